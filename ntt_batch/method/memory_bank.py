@@ -1,0 +1,344 @@
+"""Memory bank: per-instance and class prototypes from reference instances (method.md §2-3).
+
+Only what inference needs is kept: the per-instance prototypes p[c,k] ([R, D], un-normalised
+masked means) and their class index; the class prototypes P[c] = normalize(mean_k p[c,k]) are
+derived from them. That is KB-MB, not the reference's GB of full 37×37×D maps (§8.7).
+
+On disk a bank is a directory::
+
+    BANK/memory_bank.safetensors   instance_prototypes [R, D] float32, instance_labels [R] int64
+    BANK/memory_bank.json          categories, shots, encoder (name, checkpoint sha256), config,
+                                   references' provenance, content_hash
+
+No pickle: tensors in safetensors, everything else JSON. ``content_hash`` is a SHA-256 over the
+tensors and the metadata that changes their meaning, checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import __version__
+from ..io.masks import segmentation_to_mask
+from .config import MemoryConfig, config_to_dict
+
+log = logging.getLogger(__name__)
+
+BANK_FORMAT = "ntt-batch/memory-bank"
+BANK_VERSION = 1
+TENSORS_FILE = "memory_bank.safetensors"
+META_FILE = "memory_bank.json"
+
+
+# ----------------------------------------------------------------------------- math (method.md §2-3)
+
+
+def context_crop_box(bbox_xywh: Sequence[float], image_w: int, image_h: int, context_ratio: float = 0.2) -> tuple[int, int, int, int]:
+    """Square context crop centred on the box (§2.1 steps 3-4), clipped to the image.
+
+    Returns (x0, x1, y0, y1): columns [x0, x1), rows [y0, y1). Clipping can make it non-square.
+    """
+    x, y, w, h = bbox_xywh
+    x1, y1, x2, y2 = int(x), int(y), int(x + w), int(y + h)
+    side = (1.0 + context_ratio) * max(x2 - x1, y2 - y1)
+    mx, my = (x1 + x2) / 2, (y1 + y2) / 2
+    return (
+        max(0, int(mx - side / 2)),
+        min(image_w, int(mx + side / 2)),
+        max(0, int(my - side / 2)),
+        min(image_h, int(my + side / 2)),
+    )
+
+
+def crop_reference(image: Tensor, mask: Tensor, bbox_xywh: Sequence[float], config: MemoryConfig) -> tuple[Tensor, Tensor]:
+    """Crop and resize one reference (§2.1 step 5).
+
+    Args:
+        image: [3, H, W] float RGB in [0, 1] at original size.
+        mask: [H, W] float {0, 1} instance mask.
+    Returns:
+        image crop [3, S, S] (bicubic, no clamp) and soft mask [S, S] (bilinear), S = crop_size.
+    """
+    _, h, w = image.shape
+    x0, x1, y0, y1 = context_crop_box(bbox_xywh, w, h, config.context_ratio)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"reference box {list(bbox_xywh)} gives an empty crop in a {w}x{h} image")
+    s = config.crop_size
+    img = F.interpolate(image[None, :, y0:y1, x0:x1], size=(s, s), mode="bicubic", align_corners=False)[0]
+    m = F.interpolate(mask[None, None, y0:y1, x0:x1], size=(s, s), mode="bilinear", align_corners=False)[0, 0]
+    return img, m
+
+
+def mask_to_patch_weights(soft_mask: Tensor, grid: int, fallback: str = "area") -> tuple[Tensor, bool]:
+    """Soft mask [S, S] → patch weights [grid, grid] (§2.2).
+
+    Nearest interpolation, which samples the top-left pixel of each patch, kept as float weights.
+    If that misses every patch (thin objects, §8.6) and ``fallback == "area"``, the mean of the mask
+    over each patch is used instead. Returns (weights, used_fallback).
+    """
+    w = F.interpolate(soft_mask[None, None], size=(grid, grid), mode="nearest")[0, 0]
+    if w.sum() > 0:
+        return w, False
+    if fallback != "area":
+        raise ValueError("reference mask misses every sampled patch (set empty_mask_fallback='area')")
+    return F.interpolate(soft_mask[None, None], size=(grid, grid), mode="area")[0, 0], True
+
+
+def instance_prototype(patch_features: Tensor, weights: Tensor) -> Tensor:
+    """p = Σ_n w_n F_n / Σ_n w_n (§3 step 2). patch_features [G, G, D] or [n, D]; weights [G, G] or [n]."""
+    f = patch_features.reshape(-1, patch_features.shape[-1])
+    wt = weights.reshape(-1).to(f.dtype)
+    return (wt[:, None] * f).sum(dim=0) / wt.sum()
+
+
+def class_prototypes(instance_prototypes: Tensor, instance_labels: Tensor, num_classes: int) -> Tensor:
+    """P[c] = normalize((1/K_c) Σ_k p[c,k]) (§3 step 3); K_c may differ per class (ragged shots).
+
+    Args:
+        instance_prototypes: [R, D] un-normalised p[c,k].
+        instance_labels: [R] class index of each.
+    Returns:
+        [C, D] unit vectors.
+    """
+    d = instance_prototypes.shape[1]
+    sums = torch.zeros(num_classes, d, dtype=instance_prototypes.dtype).index_add_(0, instance_labels, instance_prototypes)
+    counts = torch.bincount(instance_labels, minlength=num_classes).to(instance_prototypes.dtype)
+    if (counts == 0).any():
+        missing = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"class index(es) {missing} have no reference instance")
+    mean = sums / counts[:, None]
+    return mean / mean.norm(dim=1, keepdim=True)
+
+
+# ----------------------------------------------------------------------------- the bank
+
+
+@dataclass
+class MemoryBank:
+    """Prototypes and metadata. Class index = rank of the sorted category id (§2.3)."""
+
+    categories: list[dict]  # [{"id": int, "name": str}] sorted by id
+    instance_prototypes: Tensor  # [R, D] float32
+    instance_labels: Tensor  # [R] int64, class index
+    encoder: dict  # {"name", "checkpoint_sha256", "official"}
+    config: dict = field(default_factory=dict)
+    references: dict = field(default_factory=dict)  # provenance: source + per-reference ids
+    notes: list[str] = field(default_factory=list)
+    class_prototypes: Tensor = field(init=False)
+
+    def __post_init__(self):
+        ids = [int(c["id"]) for c in self.categories]
+        if ids != sorted(ids) or len(set(ids)) != len(ids):
+            raise ValueError(f"bank categories must be unique and sorted by id, got {ids}")
+        self.instance_prototypes = self.instance_prototypes.to(torch.float32).contiguous()
+        self.instance_labels = self.instance_labels.to(torch.int64).contiguous()
+        self.class_prototypes = class_prototypes(self.instance_prototypes, self.instance_labels, len(ids))
+
+    @property
+    def category_ids(self) -> list[int]:
+        return [int(c["id"]) for c in self.categories]
+
+    @property
+    def category_names(self) -> list[str]:
+        return [str(c["name"]) for c in self.categories]
+
+    @property
+    def shots(self) -> dict[str, int]:
+        counts = torch.bincount(self.instance_labels, minlength=len(self.categories)).tolist()
+        return {c["name"]: int(n) for c, n in zip(self.categories, counts)}
+
+    @property
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps({"categories": self.categories, "encoder": self.encoder.get("name")}, sort_keys=True).encode())
+        for t in (self.instance_prototypes, self.instance_labels):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
+    def metadata(self) -> dict:
+        return {
+            "format": BANK_FORMAT,
+            "version": BANK_VERSION,
+            "ntt_batch_version": __version__,
+            "categories": self.categories,
+            "shots": self.shots,
+            "feature_dim": int(self.instance_prototypes.shape[1]),
+            "encoder": self.encoder,
+            "config": self.config,
+            "references": self.references,
+            "notes": self.notes,
+            "content_hash": self.content_hash,
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = self.metadata()
+        save_file(
+            {"instance_prototypes": self.instance_prototypes, "instance_labels": self.instance_labels},
+            str(d / TENSORS_FILE),
+            metadata={"format": BANK_FORMAT, "content_hash": meta["content_hash"]},
+        )
+        tmp = d / (META_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, d / META_FILE)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "MemoryBank":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        meta_path, tensor_path = d / META_FILE, d / TENSORS_FILE
+        if not meta_path.is_file() or not tensor_path.is_file():
+            raise FileNotFoundError(
+                f"{d} is not a memory bank: expected {META_FILE} and {TENSORS_FILE} in it "
+                "(build one with `ntt-batch memory build`)"
+            )
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != BANK_FORMAT or meta.get("version") != BANK_VERSION:
+            raise ValueError(f"{meta_path}: unsupported format {meta.get('format')!r} version {meta.get('version')!r}")
+        tensors = load_file(str(tensor_path))
+        bank = cls(
+            categories=meta["categories"],
+            instance_prototypes=tensors["instance_prototypes"],
+            instance_labels=tensors["instance_labels"],
+            encoder=meta["encoder"],
+            config=meta.get("config", {}),
+            references=meta.get("references", {}),
+            notes=meta.get("notes", []),
+        )
+        if bank.content_hash != meta.get("content_hash"):
+            raise ValueError(f"{d}: content hash mismatch (files modified or mixed from two banks)")
+        return bank
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def image_to_tensor(image: np.ndarray) -> Tensor:
+    """RGB uint8 [H, W, 3] → float [3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+
+
+@torch.no_grad()
+def sam2_box_masks(proposer, image: np.ndarray, boxes_xywh: Sequence[Sequence[float]]) -> list[np.ndarray]:
+    """Masks for box-only references from SAM2 box prompts (method.md §5.4 uses SAM for this).
+
+    Standard predictor conventions: squash to the SAM input size, single-mask output, logits
+    upsampled bilinearly to the original size and thresholded at 0.
+    """
+    from .segmenter import prepare_target
+
+    h, w = image.shape[:2]
+    s = proposer.image_size
+    resized, _ = prepare_target(image, s, "squash")
+    device = next(proposer.parameters()).device if hasattr(proposer, "parameters") else torch.device("cpu")
+    feats = proposer.encode(image_to_tensor(resized)[None].to(device))
+    b = torch.tensor([[x * s / w, y * s / h, (x + bw) * s / w, (y + bh) * s / h] for x, y, bw, bh in boxes_xywh],
+                     dtype=torch.float32, device=device)
+    logits, _ = proposer.decode_boxes(feats, b)
+    up = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
+    return [m[0].cpu().numpy() > 0 for m in up]
+
+
+@torch.no_grad()
+def build_memory_bank(
+    references: dict,
+    load_image: Callable[[dict], np.ndarray],
+    encoder: torch.nn.Module,
+    *,
+    encoder_info: dict,
+    config: MemoryConfig | None = None,
+    box_prompter=None,
+    batch_size: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> MemoryBank:
+    """Encode every reference and build the bank (§2-3).
+
+    Args:
+        references: a validated references dict (see ``method.references``).
+        load_image: reference entry → RGB uint8 [H, W, 3] original image.
+        encoder: DINOv2 encoder, ``encoder(x [B,3,S,S] in [0,1]) -> [B, S/14, S/14, D]``.
+        encoder_info: {"name", "checkpoint_sha256", "official"} recorded in the bank.
+        box_prompter: a SAM2 proposer for references without a segmentation (box-only).
+    """
+    config = (config or MemoryConfig()).validate()
+    cats = sorted(references["categories"], key=lambda c: int(c["id"]))
+    index_of = {int(c["id"]): i for i, c in enumerate(cats)}
+    device = next(encoder.parameters()).device if hasattr(encoder, "parameters") else torch.device("cpu")
+    refs = references["references"]
+    grid = config.crop_size // 14
+
+    protos: list[Tensor] = []
+    labels: list[int] = []
+    used: list[dict] = []
+    notes: list[str] = []
+    pending: list[tuple[Tensor, Tensor, dict]] = []
+
+    def flush():
+        if not pending:
+            return
+        x = torch.stack([p[0] for p in pending]).to(device)
+        feats = encoder(x).float().cpu()  # [B, g, g, D]
+        for (_, m, ref), f in zip(pending, feats):
+            w, fell_back = mask_to_patch_weights(m, grid, config.empty_mask_fallback)
+            if fell_back:
+                notes.append(f"reference annotation {ref.get('annotation_id')} (image {ref.get('file_name')}): "
+                             "nearest-sampled mask missed every patch; used area pooling (§8.6)")
+            protos.append(instance_prototype(f, w))
+            labels.append(index_of[int(ref["category_id"])])
+            used.append({k: ref.get(k) for k in ("category_id", "image_id", "annotation_id", "file_name")})
+        pending.clear()
+
+    for n, ref in enumerate(refs):
+        image = load_image(ref)
+        h, w = image.shape[:2]
+        if (h, w) != (int(ref["height"]), int(ref["width"])):
+            raise ValueError(f"reference image {ref['file_name']!r} is {w}x{h} but the references file says "
+                             f"{ref['width']}x{ref['height']}")
+        if ref.get("segmentation") is not None:
+            mask = segmentation_to_mask(ref["segmentation"], h, w)
+        elif box_prompter is not None:
+            mask = sam2_box_masks(box_prompter, image, [ref["bbox"]])[0]
+        else:
+            raise ValueError(f"reference {ref.get('file_name')!r} has only a box; a SAM2 model is needed to make its mask")
+        if not mask.any():
+            raise ValueError(f"reference annotation {ref.get('annotation_id')} in {ref['file_name']!r} has an empty mask")
+        bbox = ref.get("bbox") or _mask_bbox(mask)
+        img_t, mask_t = crop_reference(image_to_tensor(image), torch.from_numpy(mask.astype(np.float32)), bbox, config)
+        pending.append((img_t, mask_t, ref))
+        if len(pending) >= batch_size:
+            flush()
+        if progress:
+            progress(n + 1, len(refs))
+    flush()
+
+    return MemoryBank(
+        categories=[{"id": int(c["id"]), "name": str(c["name"])} for c in cats],
+        instance_prototypes=torch.stack(protos),
+        instance_labels=torch.tensor(labels),
+        encoder=dict(encoder_info),
+        config=config_to_dict(config),
+        references={"source": references.get("source", {}), "instances": used},
+        notes=notes,
+    )
+
+
+def _mask_bbox(mask: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]

@@ -1,0 +1,818 @@
+"""Reference-set creation (method.md §1) and the ``references.json`` file format.
+
+A *reference set* says which annotated instances describe each class.  It is a plain JSON-able
+dict (no pickle)::
+
+    {"format": "ntt-batch/references", "version": 1,
+     "categories": [{"id": 1, "name": "person"}, ...],          # sorted by id = class index order
+     "references": [{"category_id": 1, "image_id": 123, "file_name": "000000000123.jpg",
+                     "width": 640, "height": 480, "annotation_id": 456,
+                     "bbox": [x, y, w, h],                        # COCO xywh, pixels
+                     "segmentation": <COCO polygons or RLE dict>}, # optional (box-only refs)
+                    ...],                                         # grouped per category, id order
+     "source": {...}}                                             # provenance, optional on load
+
+Class index = rank of the category id among the sorted ids (method.md §2.3, §8.18).
+
+Three ways to build one:
+
+* :func:`sample_references` — the authors' few-shot sampler (``FSS:L16-102``), reproduced
+  exactly, including its RNG consumption order (method.md §1).
+* :func:`references_from_coco_annotations` — every non-crowd annotation of a user's COCO file.
+* :func:`references_from_csv` — a CSV of ``image,category,mask`` or ``image,category,x,y,w,h``.
+
+Pure Python + numpy + :mod:`ntt_batch.io.masks` (PIL only, lazily, for CSV references); no torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import os
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntt_batch.io.masks import encode_rle, segmentation_bbox_xywh
+
+__all__ = [
+    "FEW_SHOT_CLASS_NAMES",
+    "REFERENCES_FORMAT",
+    "REFERENCES_VERSION",
+    "is_valid_reference",
+    "resolve_categories",
+    "sample_references",
+    "sample_references_from_file",
+    "load_coco",
+    "file_sha256",
+    "validate_references",
+    "save_references",
+    "load_references",
+    "references_from_coco_annotations",
+    "references_from_csv",
+]
+
+REFERENCES_FORMAT = "ntt-batch/references"
+REFERENCES_VERSION = 1
+
+# method.md §5.1 table (META['few_shot_classes'], the 20 VOC-overlap classes), in class-index
+# order (COCO ids 1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72).
+FEW_SHOT_CLASS_NAMES: tuple[str, ...] = (
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "boat",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "bottle",
+    "chair",
+    "couch",
+    "potted plant",
+    "dining table",
+    "tv",
+)
+
+_REQUIRED_TOP_KEYS = ("format", "version", "categories", "references")
+_REQUIRED_REF_KEYS = ("category_id", "file_name", "width", "height")
+
+
+# --------------------------------------------------------------------------------------------
+# Filters and class selection
+# --------------------------------------------------------------------------------------------
+
+
+def is_valid_reference(
+    ann: Mapping[str, Any],
+    image_width: int,
+    image_height: int,
+    min_box_side: float = 32,
+    border_margin: float = 10,
+) -> bool:
+    """The authors' reference filter (method.md §1 step 3, ``DU:L35-55``).
+
+    Args:
+        ann: COCO annotation with ``bbox`` = ``[x, y, w, h]`` (pixels) and optional ``iscrowd``.
+        image_width: W of the annotation's image, pixels.
+        image_height: H of the annotation's image, pixels.
+        min_box_side: minimum box width **and** height, pixels (32).
+        border_margin: minimum distance of the box to every image border, pixels (10).
+
+    Returns:
+        True iff ``iscrowd != 1``, ``w >= 32 and h >= 32``, and ``x >= 10``, ``y >= 10``,
+        ``W - (x + w) >= 10``, ``H - (y + h) >= 10``.
+    """
+    if ann.get("iscrowd", 0) == 1:
+        return False
+    bbox = ann.get("bbox")
+    if bbox is None or len(bbox) != 4:
+        return False
+    x, y, w, h = (float(v) for v in bbox)
+    if not (w >= min_box_side and h >= min_box_side):
+        return False
+    return (
+        x >= border_margin
+        and y >= border_margin
+        and image_width - (x + w) >= border_margin
+        and image_height - (y + h) >= border_margin
+    )
+
+
+def _split_tokens(split: str | Sequence[str | int]) -> list[str | int]:
+    """Turn a comma-separated split string (or a sequence) into name/id tokens."""
+    raw: Iterable[str | int]
+    if isinstance(split, str):
+        raw = split.split(",")
+    else:
+        raw = split
+    tokens: list[str | int] = []
+    for tok in raw:
+        if isinstance(tok, bool):
+            raise ValueError(f"invalid class selector {tok!r}")
+        if isinstance(tok, int):
+            tokens.append(tok)
+            continue
+        t = str(tok).strip()
+        if not t:
+            continue
+        if t.lstrip("+-").isdigit():
+            tokens.append(int(t))
+        else:
+            tokens.append(t)
+    return tokens
+
+
+def _few_valid_names(categories: Sequence[Mapping[str, Any]], n: int = 8) -> str:
+    names = [str(c["name"]) for c in sorted(categories, key=lambda c: int(c["id"]))]
+    shown = ", ".join(repr(x) for x in names[:n])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def resolve_categories(
+    coco_categories: Sequence[Mapping[str, Any]], split: str | Sequence[str | int]
+) -> list[dict[str, Any]]:
+    """Select categories by split name, names and/or ids.
+
+    Args:
+        coco_categories: the COCO ``categories`` list (dicts with ``id`` and ``name``).
+        split: ``"few_shot"`` (the 20 VOC classes, method.md §5.1), ``"all"``, or a
+            comma-separated list of category names and/or integer ids, mixed allowed
+            (e.g. ``"person,18,potted plant"``).  A sequence of names/ids is also accepted.
+
+    Returns:
+        ``[{"id": int, "name": str}, ...]`` sorted by id, i.e. in class-index order
+        (method.md §2.3: class index = rank of the sorted category id).
+
+    Raises:
+        ValueError: unknown name or id (the message names it and lists a few valid names), or an
+            empty selection.
+    """
+    by_id: dict[int, dict[str, Any]] = {}
+    by_name: dict[str, dict[str, Any]] = {}
+    for c in coco_categories:
+        entry = {"id": int(c["id"]), "name": str(c["name"])}
+        if entry["id"] in by_id:
+            raise ValueError(f"duplicate category id {entry['id']} in the categories list")
+        by_id[entry["id"]] = entry
+        by_name.setdefault(entry["name"], entry)
+
+    if isinstance(split, str) and split.strip() == "all":
+        selected = list(by_id.values())
+    elif isinstance(split, str) and split.strip() == "few_shot":
+        missing = [n for n in FEW_SHOT_CLASS_NAMES if n not in by_name]
+        if missing:
+            raise ValueError(
+                f"split 'few_shot' needs the 20 COCO few-shot classes, but the categories lack "
+                f"{missing!r}; valid names include {_few_valid_names(coco_categories)}"
+            )
+        selected = [by_name[n] for n in FEW_SHOT_CLASS_NAMES]
+    else:
+        tokens = _split_tokens(split)
+        if not tokens:
+            raise ValueError(f"empty class selection {split!r}: use 'few_shot', 'all' or names/ids")
+        chosen: dict[int, dict[str, Any]] = {}
+        for tok in tokens:
+            if isinstance(tok, int):
+                if tok not in by_id:
+                    raise ValueError(
+                        f"unknown category id {tok} in split {split!r}; "
+                        f"valid ids are {sorted(by_id)[:8]}... and names include "
+                        f"{_few_valid_names(coco_categories)}"
+                    )
+                entry = by_id[tok]
+            else:
+                if tok not in by_name:
+                    raise ValueError(
+                        f"unknown category name {tok!r} in split {split!r}; "
+                        f"valid names include {_few_valid_names(coco_categories)}"
+                    )
+                entry = by_name[tok]
+            chosen[entry["id"]] = entry
+        selected = list(chosen.values())
+    if not selected:
+        raise ValueError(f"split {split!r} selects no category (the categories list is empty)")
+    return [dict(c) for c in sorted(selected, key=lambda c: c["id"])]
+
+
+# --------------------------------------------------------------------------------------------
+# COCO file helpers
+# --------------------------------------------------------------------------------------------
+
+
+def load_coco(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a COCO annotation JSON file (plain ``json.load``; keeps annotation file order)."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a COCO annotation file must hold a JSON object")
+    return data
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _images_by_id(coco: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:
+    return {int(im["id"]): im for im in coco.get("images", [])}
+
+
+def _copy_segmentation(seg: Any) -> Any:
+    """Deep-copy a COCO segmentation, turning compressed-RLE bytes counts into str."""
+    seg = copy.deepcopy(seg)
+    if isinstance(seg, dict) and isinstance(seg.get("counts"), (bytes, bytearray)):
+        seg["counts"] = bytes(seg["counts"]).decode("ascii")
+    return seg
+
+
+def _has_segmentation(ann: Mapping[str, Any]) -> bool:
+    seg = ann.get("segmentation")
+    if seg is None:
+        return False
+    if isinstance(seg, list):
+        return len(seg) > 0
+    return isinstance(seg, dict)
+
+
+def _reference_entry(ann: Mapping[str, Any], image: Mapping[str, Any]) -> dict[str, Any]:
+    """One ``references[]`` entry from a COCO annotation and its image record."""
+    width, height = int(image["width"]), int(image["height"])
+    entry: dict[str, Any] = {
+        "category_id": int(ann["category_id"]),
+        "image_id": int(image["id"]),
+        "file_name": str(image["file_name"]),
+        "width": width,
+        "height": height,
+        "annotation_id": int(ann["id"]),
+    }
+    has_seg = _has_segmentation(ann)
+    if ann.get("bbox") is not None:
+        entry["bbox"] = [float(v) for v in ann["bbox"]]
+    elif has_seg:
+        entry["bbox"] = segmentation_bbox_xywh(ann["segmentation"], height, width)
+    if has_seg:
+        entry["segmentation"] = _copy_segmentation(ann["segmentation"])
+    return entry
+
+
+# --------------------------------------------------------------------------------------------
+# The authors' sampler (method.md §1)
+# --------------------------------------------------------------------------------------------
+
+
+def sample_references(
+    coco: Mapping[str, Any],
+    split: str | Sequence[str | int],
+    shots: int,
+    seed: int,
+    *,
+    min_box_side: float = 32,
+    border_margin: float = 10,
+    allow_fewer: bool = False,
+    annotations_path: str | os.PathLike[str] | None = None,
+    annotations_sha256: str | None = None,
+) -> dict[str, Any]:
+    """Sample a K-shot reference set exactly like the authors' ``FSS`` sampler (method.md §1).
+
+    Args:
+        coco: a loaded COCO annotation dict (``images``, ``annotations``, ``categories``).
+        split: class selection, see :func:`resolve_categories`.
+        shots: K, the number of references per class (one instance per distinct image).
+        seed: seed of Python's ``random`` (the only randomness of the reference sampler).
+        min_box_side: minimum box side in pixels for a valid reference (32).
+        border_margin: minimum box distance to every image border in pixels (10).
+        allow_fewer: keep classes with 1..K-1 valid references (ragged shot counts) instead of
+            raising.  A class with zero usable references is always an error.
+        annotations_path: recorded in ``source.annotations`` (as given); if set and
+            ``annotations_sha256`` is not, the file's SHA-256 is computed.
+        annotations_sha256: recorded in ``source.annotations_sha256``.
+
+    Returns:
+        a references dict (module docstring).  References are grouped per category in
+        category-id order; within a category they keep the sampled order.
+
+    Raises:
+        ValueError: a selected class with too few valid references (named, with its count).
+    """
+    if int(shots) < 1:
+        raise ValueError(f"shots must be >= 1, got {shots}")
+    shots = int(shots)
+    categories = resolve_categories(coco.get("categories", []), split)
+    selected_ids = {c["id"] for c in categories}
+    images = _images_by_id(coco)
+
+    annotations: dict[int, Mapping[str, Any]] = {}
+    # method.md §1 step 2: walk annotations in file order, keep those of the selected classes,
+    # one (image_id, ann_id) list per category; categories enter the dict in order of their
+    # FIRST annotation (this order fixes the RNG consumption, so it matters).
+    per_cat: dict[int, list[tuple[int, int]]] = {}
+    for ann in coco.get("annotations", []):
+        cat_id = int(ann["category_id"])
+        if cat_id not in selected_ids:
+            continue
+        ann_id = int(ann["id"])
+        if ann_id in annotations:
+            raise ValueError(f"duplicate annotation id {ann_id} in the COCO annotations")
+        annotations[ann_id] = ann
+        per_cat.setdefault(cat_id, []).append((int(ann["image_id"]), ann_id))
+
+    # method.md §1 "Random state": only Python's random, seeded once.  A private instance gives
+    # the same sequence as random.seed(seed) without touching global state.
+    rng = random.Random(seed)
+    sampled: dict[int, list[int]] = {}
+    for cat_id, pairs in per_cat.items():  # method.md §1 step 3, in first-annotation order
+        pairs = list(pairs)
+        rng.shuffle(pairs)
+        accepted: list[int] = []
+        used_images: set[int] = set()
+        for img_id, ann_id in pairs:
+            image = images.get(img_id)
+            if image is None:
+                raise ValueError(
+                    f"annotation {ann_id} refers to image id {img_id}, which is not in 'images'"
+                )
+            if not is_valid_reference(
+                annotations[ann_id],
+                int(image["width"]),
+                int(image["height"]),
+                min_box_side=min_box_side,
+                border_margin=border_margin,
+            ):
+                continue
+            if img_id in used_images:  # one instance per image per class
+                continue
+            used_images.add(img_id)
+            accepted.append(ann_id)
+            if len(accepted) >= shots:
+                break
+        sampled[cat_id] = accepted
+
+    # method.md §1 step 4: too few references is an error (COCO path).  Categories without any
+    # annotation never enter the reference's dict; for us they are classes with 0 references.
+    problems = []
+    for c in categories:
+        n = len(sampled.get(c["id"], []))
+        if n == 0 or (n < shots and not allow_fewer):
+            problems.append(f"'{c['name']}' (id {c['id']}): {n} valid reference(s) found")
+    if problems:
+        zero_only = all(": 0 valid" in p for p in problems)
+        hint = (
+            "Every selected class needs at least one usable reference; drop these classes"
+            if zero_only
+            else "Use fewer shots, or pass --allow-fewer-shots to keep ragged shot counts"
+            " (classes with 0 references still fail)"
+        )
+        raise ValueError(
+            f"not enough references for {shots}-shot sampling "
+            f"(filters: non-crowd, box >= {min_box_side} px, >= {border_margin} px from the "
+            f"borders, one instance per image): " + "; ".join(problems) + f". {hint}"
+        )
+
+    references = []
+    for c in categories:  # grouped per category in category-id order
+        for ann_id in sampled[c["id"]]:
+            ann = annotations[ann_id]
+            references.append(_reference_entry(ann, images[int(ann["image_id"])]))
+
+    if annotations_path is not None and annotations_sha256 is None:
+        annotations_sha256 = file_sha256(annotations_path)
+    return {
+        "format": REFERENCES_FORMAT,
+        "version": REFERENCES_VERSION,
+        "categories": categories,
+        "references": references,
+        "source": {
+            "kind": "coco-sample",
+            "annotations": None if annotations_path is None else str(annotations_path),
+            "annotations_sha256": annotations_sha256,
+            "split": split if isinstance(split, str) else list(split),
+            "shots": shots,
+            "seed": seed,
+            "min_box_side": min_box_side,
+            "border_margin": border_margin,
+            "allow_fewer_shots": bool(allow_fewer),
+        },
+    }
+
+
+def sample_references_from_file(
+    annotations_path: str | os.PathLike[str],
+    split: str | Sequence[str | int],
+    shots: int,
+    seed: int,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`load_coco` + :func:`sample_references`, recording the file's path and SHA-256."""
+    coco = load_coco(annotations_path)
+    return sample_references(
+        coco,
+        split,
+        shots,
+        seed,
+        annotations_path=annotations_path,
+        annotations_sha256=file_sha256(annotations_path),
+        **kwargs,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# references.json: validation, save, load
+# --------------------------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def validate_references(refs: Any, where: str = "<references>") -> dict[str, Any]:
+    """Check a references dict; return it with ``categories`` sorted by id.
+
+    Args:
+        refs: the dict to check.
+        where: the file (or other origin) named in error messages.
+
+    Raises:
+        ValueError: wrong format/version, missing keys, bad types, duplicate category ids or
+            names, a reference whose ``category_id`` is not in ``categories``, a reference with
+            neither ``bbox`` nor ``segmentation``, or a category without any reference.
+    """
+    if not isinstance(refs, dict):
+        raise ValueError(f"{where}: a references file must hold a JSON object")
+    missing = [k for k in _REQUIRED_TOP_KEYS if k not in refs]
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing} (not an ntt-batch references file?)")
+    if refs["format"] != REFERENCES_FORMAT:
+        raise ValueError(
+            f"{where}: format is {refs['format']!r}, expected {REFERENCES_FORMAT!r}"
+        )
+    if refs["version"] != REFERENCES_VERSION:
+        raise ValueError(
+            f"{where}: unsupported references version {refs['version']!r} "
+            f"(this ntt-batch reads version {REFERENCES_VERSION})"
+        )
+    cats = refs["categories"]
+    if not isinstance(cats, list) or not cats:
+        raise ValueError(f"{where}: 'categories' must be a non-empty list")
+    seen_ids: set[int] = set()
+    seen_names: set[str] = set()
+    for i, c in enumerate(cats):
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            raise ValueError(f"{where}: categories[{i}] must be an object with 'id' and 'name'")
+        if not _is_int(c["id"]) or not isinstance(c["name"], str):
+            raise ValueError(f"{where}: categories[{i}] needs an integer 'id' and a string 'name'")
+        if c["id"] in seen_ids:
+            raise ValueError(f"{where}: duplicate category id {c['id']}")
+        if c["name"] in seen_names:
+            raise ValueError(f"{where}: duplicate category name {c['name']!r}")
+        seen_ids.add(c["id"])
+        seen_names.add(c["name"])
+    items = refs["references"]
+    if not isinstance(items, list):
+        raise ValueError(f"{where}: 'references' must be a list")
+    counts = {c["id"]: 0 for c in cats}
+    for i, r in enumerate(items):
+        if not isinstance(r, dict):
+            raise ValueError(f"{where}: references[{i}] must be an object")
+        miss = [k for k in _REQUIRED_REF_KEYS if k not in r]
+        if miss:
+            raise ValueError(f"{where}: references[{i}] is missing key(s) {miss}")
+        if not _is_int(r["category_id"]):
+            raise ValueError(f"{where}: references[{i}].category_id must be an integer")
+        if r["category_id"] not in counts:
+            raise ValueError(
+                f"{where}: references[{i}] has category_id {r['category_id']}, "
+                f"which is not in 'categories' (ids {sorted(counts)})"
+            )
+        if not isinstance(r["file_name"], str) or not r["file_name"]:
+            raise ValueError(f"{where}: references[{i}].file_name must be a non-empty string")
+        for k in ("width", "height"):
+            if not _is_int(r[k]) or r[k] <= 0:
+                raise ValueError(f"{where}: references[{i}].{k} must be a positive integer")
+        has_bbox = "bbox" in r and r["bbox"] is not None
+        has_seg = "segmentation" in r and r["segmentation"] is not None
+        if not has_bbox and not has_seg:
+            raise ValueError(f"{where}: references[{i}] has neither 'bbox' nor 'segmentation'")
+        if has_bbox:
+            b = r["bbox"]
+            if not isinstance(b, list) or len(b) != 4 or not all(_is_number(v) for v in b):
+                raise ValueError(f"{where}: references[{i}].bbox must be [x, y, w, h] numbers")
+            if b[2] <= 0 or b[3] <= 0:
+                raise ValueError(f"{where}: references[{i}].bbox has a non-positive size {b}")
+        if has_seg:
+            s = r["segmentation"]
+            if isinstance(s, dict):
+                if "size" not in s or "counts" not in s:
+                    raise ValueError(
+                        f"{where}: references[{i}].segmentation RLE needs 'size' and 'counts'"
+                    )
+                if list(s["size"]) != [r["height"], r["width"]]:
+                    raise ValueError(
+                        f"{where}: references[{i}].segmentation size {s['size']} does not match "
+                        f"[height, width] = [{r['height']}, {r['width']}]"
+                    )
+            elif not (isinstance(s, list) and s and all(isinstance(p, list) for p in s)):
+                raise ValueError(
+                    f"{where}: references[{i}].segmentation must be a non-empty list of "
+                    "polygons or an RLE object"
+                )
+        counts[r["category_id"]] += 1
+    empty = [c for c in cats if counts[c["id"]] == 0]
+    if empty:
+        names = ", ".join(f"{c['name']!r} (id {c['id']})" for c in empty)
+        raise ValueError(f"{where}: no reference for category {names}")
+    out = dict(refs)
+    out["categories"] = sorted(cats, key=lambda c: c["id"])
+    return out
+
+
+def save_references(refs: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+    """Validate and write a references dict as JSON (one reference per line; atomic replace)."""
+    refs = validate_references(dict(refs), where=str(path))
+    lines = ["{"]
+    head = [k for k in refs if k != "references"]
+    for k in head:
+        lines.append(f"  {json.dumps(k)}: {json.dumps(refs[k])},")
+    items = refs["references"]
+    lines.append('  "references": [')
+    for i, r in enumerate(items):
+        lines.append("    " + json.dumps(r) + ("," if i < len(items) - 1 else ""))
+    lines.append("  ]")
+    lines.append("}")
+    text = "\n".join(lines) + "\n"
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_references(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate a references JSON file (see :func:`validate_references`)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    return validate_references(data, where=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Custom references
+# --------------------------------------------------------------------------------------------
+
+
+def references_from_coco_annotations(
+    coco: Mapping[str, Any],
+    *,
+    split: str | Sequence[str | int] = "all",
+    max_per_class: int | None = None,
+) -> dict[str, Any]:
+    """Use every non-crowd annotation of the chosen classes of a user's COCO file as a reference.
+
+    No size/border filters.  Annotations may carry polygons, RLE, or only a ``bbox`` (box-only
+    references: the memory-bank builder makes their masks with SAM2 box prompts).
+
+    Args:
+        coco: loaded COCO dict.
+        split: class selection, see :func:`resolve_categories`.  With ``"all"``, categories that
+            have no usable annotation are dropped (a COCO file often lists more categories than
+            it annotates); with an explicit selection they are an error.
+        max_per_class: keep at most this many references per class (the first ones in file
+            order); None = all.
+
+    Returns:
+        a references dict; per class, references keep the file order.
+    """
+    if max_per_class is not None and int(max_per_class) < 1:
+        raise ValueError(f"max_per_class must be >= 1 or None, got {max_per_class}")
+    categories = resolve_categories(coco.get("categories", []), split)
+    selected = {c["id"]: c for c in categories}
+    images = _images_by_id(coco)
+    per_cat: dict[int, list[dict[str, Any]]] = {cid: [] for cid in selected}
+    for ann in coco.get("annotations", []):
+        cid = int(ann["category_id"])
+        if cid not in selected or ann.get("iscrowd", 0) == 1:
+            continue
+        if ann.get("bbox") is None and not _has_segmentation(ann):
+            continue
+        if max_per_class is not None and len(per_cat[cid]) >= int(max_per_class):
+            continue
+        image = images.get(int(ann["image_id"]))
+        if image is None:
+            raise ValueError(
+                f"annotation {ann.get('id')} refers to image id {ann['image_id']}, "
+                "which is not in 'images'"
+            )
+        per_cat[cid].append(_reference_entry(ann, image))
+
+    dropped = [c for c in categories if not per_cat[c["id"]]]
+    if dropped and not (isinstance(split, str) and split.strip() == "all"):
+        names = ", ".join(f"'{c['name']}' (id {c['id']})" for c in dropped)
+        raise ValueError(f"no usable (non-crowd) annotation for selected class(es) {names}")
+    categories = [c for c in categories if per_cat[c["id"]]]
+    if not categories:
+        raise ValueError("the COCO file has no usable (non-crowd) annotation")
+    references = [r for c in categories for r in per_cat[c["id"]]]
+    return {
+        "format": REFERENCES_FORMAT,
+        "version": REFERENCES_VERSION,
+        "categories": categories,
+        "references": references,
+        "source": {
+            "kind": "coco-annotations",
+            "split": split if isinstance(split, str) else list(split),
+            "max_per_class": max_per_class,
+            "dropped_categories": [c["name"] for c in dropped],
+        },
+    }
+
+
+_CSV_MASK_HEADER = ["image", "category", "mask"]
+_CSV_BOX_HEADER = ["image", "category", "x", "y", "w", "h"]
+
+
+def _png_mask(path: Path) -> np.ndarray:
+    """Read a mask image as bool (H, W): nonzero pixels = object (alpha channel ignored)."""
+    from PIL import Image  # local import: only CSV references need PIL
+
+    with Image.open(path) as im:
+        im.load()
+        if im.mode == "P":
+            arr = np.asarray(im)  # palette index, 0 = background
+        elif im.mode in ("RGBA", "LA", "PA"):
+            arr = np.asarray(im)[..., :-1]
+        else:
+            arr = np.asarray(im)
+    if arr.ndim == 3:
+        return np.any(arr != 0, axis=2)
+    return arr != 0
+
+
+def references_from_csv(
+    csv_path: str | os.PathLike[str], image_root: str | os.PathLike[str] | None
+) -> dict[str, Any]:
+    """Build references from a CSV file.
+
+    The header is either ``image,category,mask`` or ``image,category,x,y,w,h``:
+
+    * ``image``: image path relative to ``image_root`` (stored as ``file_name`` as written);
+    * ``category``: class name; classes get ids 1..N in order of first appearance;
+    * ``mask``: PNG path relative to the CSV's folder; nonzero pixels = object; must have the
+      image's size (H, W); stored as a compressed RLE ``segmentation``, with its tight box;
+    * ``x,y,w,h``: COCO box in pixels (box-only reference, must lie inside the image).
+
+    Image sizes are read with PIL without decoding pixels.  Image ids are 1..M in order of first
+    appearance; annotation ids are the data-row numbers 1..R.
+
+    Args:
+        csv_path: the CSV file.
+        image_root: folder the ``image`` paths are relative to (None = the CSV's folder).
+
+    Raises:
+        ValueError: bad header, missing files, size mismatch, empty mask, bad box... — the message
+            names the CSV file and line.
+    """
+    from PIL import Image  # local import: only CSV references need PIL
+
+    csv_path = Path(csv_path)
+    csv_dir = csv_path.parent
+    root = csv_dir if image_root is None else Path(image_root)
+    categories: dict[str, int] = {}
+    image_ids: dict[str, int] = {}
+    image_sizes: dict[str, tuple[int, int]] = {}
+    references: list[dict[str, Any]] = []
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{csv_path}: empty CSV file")
+        header = [h.strip() for h in header]
+        if header == _CSV_MASK_HEADER:
+            kind = "mask"
+        elif header == _CSV_BOX_HEADER:
+            kind = "box"
+        else:
+            raise ValueError(
+                f"{csv_path} line 1: header must be 'image,category,mask' or "
+                f"'image,category,x,y,w,h', got {','.join(header)!r}"
+            )
+        for row in reader:
+            line = reader.line_num
+            where = f"{csv_path} line {line}"
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"{where}: expected {len(header)} columns, got {len(row)}")
+            row = [c.strip() for c in row]
+            image_name, cat_name = row[0], row[1]
+            if not image_name or not cat_name:
+                raise ValueError(f"{where}: empty 'image' or 'category'")
+            if image_name not in image_sizes:
+                img_path = root / image_name
+                try:
+                    with Image.open(img_path) as im:  # lazy: reads the header only
+                        w_img, h_img = im.size
+                except FileNotFoundError as e:
+                    raise ValueError(f"{where}: image not found: {img_path}") from e
+                except OSError as e:
+                    raise ValueError(f"{where}: cannot read image {img_path}: {e}") from e
+                image_sizes[image_name] = (int(w_img), int(h_img))
+                image_ids[image_name] = len(image_ids) + 1
+            width, height = image_sizes[image_name]
+            entry: dict[str, Any] = {
+                "category_id": categories.setdefault(cat_name, len(categories) + 1),
+                "image_id": image_ids[image_name],
+                "file_name": image_name,
+                "width": width,
+                "height": height,
+                "annotation_id": len(references) + 1,
+            }
+            if kind == "mask":
+                mask_path = csv_dir / row[2]
+                if not row[2]:
+                    raise ValueError(f"{where}: empty 'mask'")
+                try:
+                    mask = _png_mask(mask_path)
+                except FileNotFoundError as e:
+                    raise ValueError(f"{where}: mask not found: {mask_path}") from e
+                except OSError as e:
+                    raise ValueError(f"{where}: cannot read mask {mask_path}: {e}") from e
+                if mask.shape != (height, width):
+                    raise ValueError(
+                        f"{where}: mask {mask_path} has size {mask.shape[1]}x{mask.shape[0]} "
+                        f"(WxH) but image {image_name} has size {width}x{height}"
+                    )
+                if not mask.any():
+                    raise ValueError(f"{where}: mask {mask_path} is empty (no nonzero pixel)")
+                rle = encode_rle(mask)
+                entry["bbox"] = segmentation_bbox_xywh(rle, height, width)
+                entry["segmentation"] = rle
+            else:
+                try:
+                    x, y, w, h = (float(v) for v in row[2:6])
+                except ValueError as e:
+                    raise ValueError(f"{where}: x,y,w,h must be numbers, got {row[2:6]}") from e
+                if not all(np.isfinite([x, y, w, h])) or w <= 0 or h <= 0:
+                    raise ValueError(f"{where}: box needs finite x, y and w > 0, h > 0")
+                if x < 0 or y < 0 or x + w > width or y + h > height:
+                    raise ValueError(
+                        f"{where}: box [{x}, {y}, {w}, {h}] (xywh) is outside image "
+                        f"{image_name} of size {width}x{height}"
+                    )
+                entry["bbox"] = [x, y, w, h]
+            references.append(entry)
+    if not references:
+        raise ValueError(f"{csv_path}: no data rows")
+    cats = [{"id": cid, "name": name} for name, cid in categories.items()]
+    references.sort(key=lambda r: r["category_id"])  # stable: CSV order within a class
+    return {
+        "format": REFERENCES_FORMAT,
+        "version": REFERENCES_VERSION,
+        "categories": cats,
+        "references": references,
+        "source": {
+            "kind": "csv",
+            "csv": str(csv_path),
+            "csv_sha256": file_sha256(csv_path),
+            "image_root": str(root),
+        },
+    }

@@ -1,0 +1,113 @@
+"""Registry of the official SAM 2 / SAM 2.1 and DINOv2 checkpoints.
+
+Each entry names the file exactly as its publisher does, where to download it, and the SHA-256
+of the official file. The digests were collected from independent public projects that verify
+these downloads (micro-sam, SlicerSegmentWithSAM, refiners) and agree with each other; a file
+whose digest differs is not the official checkpoint (see ``checkpoints.resolve_checkpoint``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SAM2_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2"
+DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
+
+# The paper's models (method.md §6): SAM 2.0 Hiera-L + DINOv2 ViT-L/14.
+DEFAULT_SAM2 = "sam2_hiera_large"
+DEFAULT_ENCODER = "dinov2_vitl14"
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """One official checkpoint.
+
+    Attributes:
+        name: the model name users pass (``sam2.1_hiera_tiny``, ``dinov2_vits14``).
+        family: ``"sam2"`` or ``"dinov2"``.
+        filename: the official file name; pre-placed files are looked up by it.
+        url: official download address.
+        sha256: hex digest of the official file.
+        size_bytes: size of the official file (for progress and sanity checks).
+        sam2_config: for SAM2, the config name inside the ``sam2`` package (hydra).
+    """
+
+    name: str
+    family: Literal["sam2", "dinov2"]
+    filename: str
+    url: str
+    sha256: str
+    size_bytes: int
+    sam2_config: str | None = None
+
+
+def _sam2(name: str, release: str, config: str, sha256: str, size: int) -> CheckpointSpec:
+    filename = f"{name}.pt"
+    return CheckpointSpec(
+        name=name,
+        family="sam2",
+        filename=filename,
+        url=f"{SAM2_BASE_URL}/{release}/{filename}",
+        sha256=sha256,
+        size_bytes=size,
+        sam2_config=config,
+    )
+
+
+def _dinov2(name: str, sha256: str, size: int) -> CheckpointSpec:
+    base = name.removesuffix("_reg4")
+    filename = f"{name}_pretrain.pth"
+    return CheckpointSpec(
+        name=name,
+        family="dinov2",
+        filename=filename,
+        url=f"{DINOV2_BASE_URL}/{base}/{filename}",
+        sha256=sha256,
+        size_bytes=size,
+    )
+
+
+_SPECS = [
+    # SAM 2.0, release 07/28/24 (the paper uses sam2_hiera_large).
+    _sam2("sam2_hiera_tiny", "072824", "configs/sam2/sam2_hiera_t.yaml",
+          "65b50056e05bcb13694174f51bb6da89c894b57b75ccdf0ba6352c597c5d1125", 155906050),
+    _sam2("sam2_hiera_small", "072824", "configs/sam2/sam2_hiera_s.yaml",
+          "95949964d4e548409021d47b22712d5f1abf2564cc0c3c765ba599a24ac7dce3", 184309650),
+    _sam2("sam2_hiera_base_plus", "072824", "configs/sam2/sam2_hiera_b+.yaml",
+          "d0bb7f236400a49669ffdd1be617959a8b1d1065081789d7bbff88eded3a8071", 323493298),
+    _sam2("sam2_hiera_large", "072824", "configs/sam2/sam2_hiera_l.yaml",
+          "7442e4e9b732a508f80e141e7c2913437a3610ee0c77381a66658c3a445df87b", 897952466),
+    # SAM 2.1, release 09/28/24.
+    _sam2("sam2.1_hiera_tiny", "092824", "configs/sam2.1/sam2.1_hiera_t.yaml",
+          "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69", 156008466),
+    _sam2("sam2.1_hiera_small", "092824", "configs/sam2.1/sam2.1_hiera_s.yaml",
+          "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38", 184416285),
+    _sam2("sam2.1_hiera_base_plus", "092824", "configs/sam2.1/sam2.1_hiera_b+.yaml",
+          "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5", 323606802),
+    _sam2("sam2.1_hiera_large", "092824", "configs/sam2.1/sam2.1_hiera_l.yaml",
+          "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318", 898083611),
+    # DINOv2 backbones (torch-hub names), with and without 4 register tokens.
+    _dinov2("dinov2_vits14", "b938bf1bc15cd2ec0feacfe3a1bb553fe8ea9ca46a7e1d8d00217f29aef60cd9", 88283115),
+    _dinov2("dinov2_vitb14", "0b8b82f85de91b424aded121c7e1dcc2b7bc6d0adeea651bf73a13307fad8c73", 346378731),
+    _dinov2("dinov2_vitl14", "d5383ea8f4877b2472eb973e0fd72d557c7da5d3611bd527ceeb1d7162cbf428", 1217586395),
+    _dinov2("dinov2_vitg14", "baf8467e50af277596bbbafa06887c177ee899ab46033649c383577d7e9309d3", 4546108579),
+    _dinov2("dinov2_vits14_reg4", "f433177089a681826f849f194ece3bb48f4d63fb38d32fc837e3dc7a4e5641fb", 88291785),
+    _dinov2("dinov2_vitb14_reg4", "73182a088cf94833c94b1666d1c99e02fe87e2007bff57b564fb6206e25dba71", 346393545),
+    _dinov2("dinov2_vitl14_reg4", "36e4deffbaef061a2576705b0c36f93621e2ae20bf6274694821b0b492551b51", 1217607321),
+    _dinov2("dinov2_vitg14_reg4", "746ecb8c6301c645c5c855be91687d274587d6e48fdaec4a729753160b34a283", 4546140349),
+]
+
+CHECKPOINTS: dict[str, CheckpointSpec] = {s.name: s for s in _SPECS}
+SAM2_MODELS = [s.name for s in _SPECS if s.family == "sam2"]
+DINOV2_MODELS = [s.name for s in _SPECS if s.family == "dinov2"]
+
+
+def get_spec(name: str, family: str | None = None) -> CheckpointSpec:
+    """Look up a checkpoint by model name; unknown names list the valid ones."""
+    spec = CHECKPOINTS.get(name)
+    if spec is None or (family is not None and spec.family != family):
+        valid = [n for n, s in CHECKPOINTS.items() if family is None or s.family == family]
+        kind = f"{family} model" if family else "model"
+        raise ValueError(f"unknown {kind} {name!r}; valid names: {', '.join(valid)}")
+    return spec
