@@ -99,8 +99,8 @@ _SPECS = [
 ]
 
 CHECKPOINTS: dict[str, CheckpointSpec] = {s.name: s for s in _SPECS}
-SAM2_MODELS = [s.name for s in _SPECS if s.family == "sam2"]
-DINOV2_MODELS = [s.name for s in _SPECS if s.family == "dinov2"]
+SAM2_NAMES = [s.name for s in _SPECS if s.family == "sam2"]
+DINOV2_NAMES = [s.name for s in _SPECS if s.family == "dinov2"]
 
 
 def get_spec(name: str, family: str | None = None) -> CheckpointSpec:

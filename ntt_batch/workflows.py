@@ -1,0 +1,183 @@
+"""The single-process workflows behind the CLI: build a memory bank, segment images, the demo.
+
+Each function takes plain arguments, does one job, and returns what it produced; the CLI only
+parses flags and calls one of these. Every output records its provenance (config, model names,
+checkpoint sha256s and whether they are the official files, memory-bank hash, package version).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from . import __version__
+from .io.images import ImageDecodeError, load_image
+from .io.sources import ImageEntry, coco_images, list_images, safe_join
+from .method.config import MemoryConfig, SegmenterConfig, config_to_dict
+from .method.memory_bank import MemoryBank, build_memory_bank
+from .method.references import load_references
+from .method.segmenter import Segmenter, TargetImage, resolve_device
+from .models.loading import load_encoder, load_sam2
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json_atomic(path: str | os.PathLike, obj, indent: int | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=indent)
+    os.replace(tmp, path)
+
+
+def build_bank(
+    references_path: str,
+    image_root: str,
+    out: str,
+    *,
+    encoder_name: str,
+    checkpoint_dir: str | None = None,
+    download: bool = True,
+    device: str = "auto",
+    sam2_name: str | None = None,
+    config: MemoryConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> MemoryBank:
+    """`ntt-batch memory build`: references JSON + images → memory bank directory ``out``."""
+    refs = load_references(references_path)
+    dev = resolve_device(device)
+    encoder, ckpt = load_encoder(encoder_name, checkpoint_dir=checkpoint_dir, download=download)
+    encoder = encoder.to(dev)
+    box_prompter = None
+    if any(r.get("segmentation") is None for r in refs["references"]):
+        if not sam2_name:
+            raise ValueError(f"{references_path} has box-only references; pass --sam2 NAME to make their masks")
+        box_prompter, _ = load_sam2(sam2_name, checkpoint_dir=checkpoint_dir, download=download, add_no_mem_embed=True)
+        box_prompter = box_prompter.to(dev)
+
+    def load_ref_image(ref: dict):
+        return load_image(safe_join(image_root, ref["file_name"]))
+
+    bank = build_memory_bank(
+        refs, load_ref_image, encoder,
+        encoder_info={"name": encoder_name, "checkpoint_sha256": ckpt.sha256, "official": ckpt.official},
+        config=config, box_prompter=box_prompter, progress=progress,
+    )
+    bank.save(out)
+    return bank
+
+
+def load_segmenter(
+    memory: str,
+    *,
+    sam2_name: str,
+    config: SegmenterConfig,
+    checkpoint_dir: str | None = None,
+    download: bool = True,
+) -> tuple[Segmenter, dict]:
+    """Load bank + models into a :class:`Segmenter`; also return the provenance record."""
+    bank = MemoryBank.load(memory)
+    enc_name = bank.encoder["name"]
+    encoder, enc_ckpt = load_encoder(enc_name, checkpoint_dir=checkpoint_dir, download=download)
+    if bank.encoder.get("checkpoint_sha256") and enc_ckpt.sha256 != bank.encoder["checkpoint_sha256"]:
+        raise ValueError(
+            f"memory bank {memory} was built with {enc_name} weights sha256 {bank.encoder['checkpoint_sha256']}, "
+            f"but {enc_ckpt.path} has sha256 {enc_ckpt.sha256}: features would not be comparable. Use the same "
+            "checkpoint (--checkpoint-dir) or rebuild the bank."
+        )
+    proposer, sam_ckpt = load_sam2(sam2_name, checkpoint_dir=checkpoint_dir, download=download,
+                                   add_no_mem_embed=config.add_no_mem_embed)
+    segmenter = Segmenter(proposer, encoder, bank, config)
+    provenance = {
+        "ntt_batch_version": __version__,
+        "torch_version": torch.__version__,
+        "device": str(segmenter.device),
+        "config": config_to_dict(config),
+        "models": {"sam2": sam_ckpt.to_json(), "encoder": enc_ckpt.to_json()},
+        "memory_bank": {"path": str(memory), "content_hash": bank.content_hash, "categories": bank.categories,
+                        "shots": bank.shots},
+        "official_weights": sam_ckpt.official and enc_ckpt.official,
+    }
+    return segmenter, provenance
+
+
+def resolve_targets(images: str | None, annotations: str | None, image_root: str | None, limit: int | None) -> list[ImageEntry]:
+    """Target list from ``--images`` (folder/glob/file) or ``--annotations`` + ``--image-root``."""
+    if annotations:
+        if not image_root:
+            raise ValueError("--annotations needs --image-root (the folder holding the images it lists)")
+        entries = coco_images(annotations, image_root)
+    elif images:
+        entries = list_images(images)
+    else:
+        raise ValueError("give --images PATH_OR_GLOB, or --annotations ANN.json with --image-root ROOT")
+    return entries[:limit] if limit else entries
+
+
+def segment_to_coco_results(
+    segmenter: Segmenter,
+    entries: Iterable[ImageEntry],
+    out: str,
+    provenance: dict,
+    *,
+    batch_size: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Segment ``entries`` and write a COCO results JSON to ``out``; provenance to ``<out>.meta.json``.
+
+    An image that cannot be read is recorded in the meta file's ``errors`` and skipped, so one
+    bad file does not lose the others' results.
+    """
+    entries = list(entries)
+    started, t0 = _now(), time.perf_counter()
+    results: list[dict] = []
+    errors: list[dict] = []
+    per_image: list[dict] = []
+    done = 0
+    for start in range(0, len(entries), batch_size):
+        chunk = entries[start : start + batch_size]
+        targets, ok_entries = [], []
+        for e in chunk:
+            try:
+                targets.append(TargetImage.from_image(load_image(e.path), segmenter.config))
+                ok_entries.append(e)
+            except (OSError, ImageDecodeError) as exc:
+                errors.append({"image_id": e.image_id, "path": e.path, "error": f"{type(exc).__name__}: {exc}"})
+        for e, instances in zip(ok_entries, segmenter.segment_targets(targets)):
+            results.extend(inst.to_coco_result(e.image_id) for inst in instances)
+            per_image.append({"image_id": e.image_id, "file_name": e.file_name, "instances": len(instances)})
+        done += len(chunk)
+        if progress:
+            progress(done, len(entries))
+    _write_json_atomic(out, results)
+    elapsed = time.perf_counter() - t0
+    summary = {
+        "images": len(entries),
+        "images_ok": len(per_image),
+        "images_empty": sum(1 for p in per_image if p["instances"] == 0),
+        "images_error": len(errors),
+        "instances": len(results),
+        "seconds": round(elapsed, 3),
+        "images_per_s": round(len(entries) / elapsed, 4) if elapsed > 0 else None,
+    }
+    meta = {**provenance, "started_at": started, "finished_at": _now(), "results": str(out),
+            "summary": summary, "errors": errors, "images": per_image}
+    _write_json_atomic(meta_path_for(out), meta, indent=2)
+    return summary
+
+
+def meta_path_for(results_path: str | os.PathLike) -> Path:
+    p = Path(results_path)
+    return p.with_name(p.stem + ".meta.json")
