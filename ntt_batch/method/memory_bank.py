@@ -232,7 +232,7 @@ class MemoryBank:
 
 def image_to_tensor(image: np.ndarray) -> Tensor:
     """RGB uint8 [H, W, 3] → float [3, H, W] in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0
 
 
 @torch.no_grad()

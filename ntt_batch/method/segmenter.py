@@ -168,7 +168,7 @@ def prepare_target(image: np.ndarray, image_size: int = 1024, resize_mode: str =
     h, w = image.shape[:2]
     pil = Image.fromarray(image)
     if resize_mode == "squash":
-        return np.asarray(pil.resize((image_size, image_size), Image.BICUBIC)), (image_size, image_size)
+        return np.array(pil.resize((image_size, image_size), Image.BICUBIC)), (image_size, image_size)
     if resize_mode != "letterbox":
         raise ValueError(f"unknown resize_mode {resize_mode!r}")
     scale = image_size / max(h, w)

@@ -151,7 +151,10 @@ def build_sam2_proposer(
     spec = get_spec(name, "sam2")
     model = _build_sam2_module(spec.sam2_config)
     if state_dict is not None:
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise ValueError(f"checkpoint does not match {name} (a different SAM2 size or version?): {e}") from e
         if missing or unexpected:
             raise ValueError(
                 f"checkpoint does not match {name}: missing keys {missing[:5]}{'…' if len(missing) > 5 else ''}, "

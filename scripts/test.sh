@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install everything (idempotent) and run the whole test suite. CI runs exactly this.
+# Needs the shared test data beside the repo (../shared/data) or NTT_SHARED_DATA pointing at it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh --test
+export NTT_SHARED_DATA="${NTT_SHARED_DATA:-$(cd .. && pwd)/shared/data}"
+exec "${PYTHON:-python3}" -m pytest -q "$@"
