@@ -548,11 +548,8 @@ def test_segmenter_to_coco_result():
     assert isinstance(d["segmentation"]["counts"], str)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "segmenter.py:282 uses hasattr(sam_feats, 'select') to pick Sam2Features.select(i), but a "
-    "plain Tensor also has .select(dim, index), so a proposer whose encode() returns a Tensor "
-    "crashes with TypeError instead of taking the sam_feats[i:i+1] branch"))
 def test_segmenter_proposer_returning_plain_tensor_features():
+    """A proposer whose encode() returns a plain Tensor is sliced per image (Tensor.select is not ours)."""
     seg, proposer, _ = make_segmenter([{P0: (0, X_LOG, 0.9)}], [MAIN_MAP], _main_bank(), wrap=False)
     (res,) = seg.segment_images([blank(16, 24)])
     assert [r.category_id for r in res] == [3]

@@ -279,7 +279,7 @@ class Segmenter:
         patch_feats = patch_feats.float()
         out = []
         for i, t in enumerate(targets):
-            feats_i = sam_feats.select(i) if hasattr(sam_feats, "select") else sam_feats[i : i + 1]
+            feats_i = sam_feats[i : i + 1] if isinstance(sam_feats, Tensor) else sam_feats.select(i)
             out.append(self._segment_one(feats_i, patch_feats[i], t))
         return out
 
