@@ -457,11 +457,9 @@ class _TensorFeaturesProposer(OracleProposer):
         return super().decode_points(_OracleFeatures(features.numpy()), points)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "segmenter.py:282 uses `sam_feats.select(i) if hasattr(sam_feats, 'select') else "
-    "sam_feats[i:i+1]`; torch.Tensor has a select(dim, index) method, so a proposer whose encode "
-    "returns a tensor gets TypeError instead of the slicing branch"))
 def test_proposer_returning_a_tensor(run):
+    """Regression: torch.Tensor has a select(dim, index) method, so the old per-image slicing
+    ``feats.select(i) if hasattr(feats, "select") else feats[i:i+1]`` raised TypeError here."""
     image_id = min(run["val_images"])
     cfg = SegmenterConfig(image_size=SAM_SIZE, points_per_side=POINTS_PER_SIDE, device="cpu")
     seg = Segmenter(_TensorFeaturesProposer(SAM_SIZE), run["encoder"], run["bank"], cfg)

@@ -230,6 +230,13 @@ class MemoryBank:
 # ----------------------------------------------------------------------------- building
 
 
+def module_device(module) -> torch.device:
+    """Device of a module's first parameter or buffer; CPU for stateless modules."""
+    for t in list(module.parameters()) + list(module.buffers()) if isinstance(module, torch.nn.Module) else []:
+        return t.device
+    return torch.device("cpu")
+
+
 def image_to_tensor(image: np.ndarray) -> Tensor:
     """RGB uint8 [H, W, 3] → float [3, H, W] in [0, 1]."""
     return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0
@@ -247,7 +254,7 @@ def sam2_box_masks(proposer, image: np.ndarray, boxes_xywh: Sequence[Sequence[fl
     h, w = image.shape[:2]
     s = proposer.image_size
     resized, _ = prepare_target(image, s, "squash")
-    device = next(proposer.parameters()).device if hasattr(proposer, "parameters") else torch.device("cpu")
+    device = module_device(proposer)
     feats = proposer.encode(image_to_tensor(resized)[None].to(device))
     b = torch.tensor([[x * s / w, y * s / h, (x + bw) * s / w, (y + bh) * s / h] for x, y, bw, bh in boxes_xywh],
                      dtype=torch.float32, device=device)
@@ -280,7 +287,7 @@ def build_memory_bank(
     config = (config or MemoryConfig()).validate()
     cats = sorted(references["categories"], key=lambda c: int(c["id"]))
     index_of = {int(c["id"]): i for i, c in enumerate(cats)}
-    device = next(encoder.parameters()).device if hasattr(encoder, "parameters") else torch.device("cpu")
+    device = module_device(encoder)
     refs = references["references"]
     grid = config.crop_size // 14
 
