@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
 import json
 import os
 import random
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..hashing import file_sha256
 
 from ntt_batch.io.masks import encode_rle, segmentation_bbox_xywh
 
@@ -238,15 +239,6 @@ def load_coco(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a COCO annotation file must hold a JSON object")
     return data
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _images_by_id(coco: Mapping[str, Any]) -> dict[int, Mapping[str, Any]]:

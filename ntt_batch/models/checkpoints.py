@@ -26,6 +26,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..hashing import file_sha256
 from .registry import CheckpointSpec, get_spec
 
 log = logging.getLogger(__name__)
@@ -58,15 +59,6 @@ class ResolvedCheckpoint:
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get(ENV_CACHE_DIR) or Path.home() / ".cache" / "ntt_batch")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file, streamed in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cached_file_sha256(path: Path) -> str:
