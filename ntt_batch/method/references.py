@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..hashing import file_sha256
-
-from ntt_batch.io.masks import encode_rle, segmentation_bbox_xywh
+from ..io.masks import encode_rle, segmentation_bbox_xywh
 
 __all__ = [
     "FEW_SHOT_CLASS_NAMES",
