@@ -310,6 +310,88 @@ def segment(memory, images, annotations, image_root, limit, batch_size, out, **k
                f"{summary['images_per_s']} images/s); provenance in {meta_path_for(out)}")
 
 
+# ----------------------------------------------------------------------------- batch job
+
+_SEGMENTER_FLAGS = ("points_per_side", "points_batch_size", "pred_iou_threshold", "nms_iou_threshold", "max_detections",
+                    "add_no_mem_embed", "drop_unmatched_before_nms", "resize_mode", "point_grid", "device", "bf16")
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Job YAML with the same keys as these flags (segmenter settings under 'segmenter:'); flags given on the command line override it.")
+@click.option("--images", default=None, help="Input images: fsspec URI of a prefix/folder, a glob, or one file (s3://bucket/prefix/, gs://..., /data/imgs).")
+@click.option("--manifest", default=None, help="Parquet/CSV/JSONL listing image URIs (column image_uri, optional image_id).")
+@click.option("--annotations", default=None, help="COCO JSON listing the images (ids from it); needs --image-root.")
+@click.option("--image-root", default=None, help="URI the COCO file names are relative to.")
+@click.option("--memory", default=None, type=click.Path(file_okay=False), help="Memory bank folder.")
+@click.option("--out", default=None, help="Output URI for the Parquet shards and run.json (local folder or s3://...).")
+@click.option("--endpoint-url", default=None, help="S3-compatible endpoint (MinIO, Ceph, ...).")
+@click.option("--anon", is_flag=True, default=None, help="Anonymous object-store access.")
+@click.option("--profile", default=None, help="AWS profile for s3:// URIs.")
+@click.option("--storage-option", "storage_option", multiple=True, help="Extra fsspec option KEY=VALUE (repeatable).")
+@click.option("--num-actors", type=click.IntRange(min=1), default=None, help="Segment actors (one GPU each where GPUs exist). [default: 1]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per actor call. [default: 2]")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Refuse images with more pixels (decompression bombs). [default: 100M]")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N inputs.")
+@click.option("--allow-errors", is_flag=True, default=None, help="Exit 0 even if some images got status error.")
+@click.option("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local instance).")
+@click.option("--dry-run", is_flag=True, help="List what would be processed and exit.")
+@segmenter_options
+@click.pass_context
+def run(ctx, config_file, dry_run, **kw):
+    """The batch job: stream images through Ray actors into Parquet/RLE shards (resumable).
+
+    Every input image gets exactly one row (status ok / empty / error + message). Rerunning
+    the same command processes only images without a row. Exit code: 0 on success, 1 if some
+    images errored (unless --allow-errors), 3 if rows are missing or duplicated.
+    """
+    from .pipeline.job import JobConfig, run_job
+
+    data: dict = {}
+    if config_file:
+        import yaml
+
+        with open(config_file) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise click.ClickException(f"{config_file}: expected a mapping of settings at the top level")
+    given = {k for k in kw if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    seg = dict(data.pop("segmenter", None) or {})
+    for k in given & set(_SEGMENTER_FLAGS):
+        seg[k] = kw[k]
+    opts = dict(data.pop("storage_options", None) or {})
+    for flag, key in (("endpoint_url", "endpoint_url"), ("anon", "anon"), ("profile", "profile")):
+        if flag in given:
+            opts[key] = kw[flag]
+    for item in kw["storage_option"]:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--storage-option")
+        opts[k] = yaml_scalar(v)
+    if opts.get("endpoint_url"):
+        opts.setdefault("client_kwargs", {})["endpoint_url"] = opts.pop("endpoint_url")
+    data["storage_options"] = opts
+    mapping = {"images": "images", "manifest": "manifest", "annotations": "annotations", "image_root": "image_root",
+               "memory": "memory", "out": "out", "num_actors": "num_actors", "batch_size": "batch_size",
+               "max_pixels": "max_pixels", "limit": "limit", "allow_errors": "allow_errors", "ray_address": "ray_address",
+               "sam2_name": "sam2", "checkpoint_dir": "checkpoint_dir"}
+    for flag, key in mapping.items():
+        if flag in given or (flag == "checkpoint_dir" and kw[flag] and key not in data):
+            data[key] = kw[flag]
+    if "no_download" in given:
+        data["download"] = not kw["no_download"]
+    data["segmenter"] = seg
+    cfg = JobConfig.from_dict(data, where=config_file or "flags")
+    result = run_job(cfg, dry_run=dry_run, echo=click.echo)
+    ctx.exit(result.exit_code)
+
+
+def yaml_scalar(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
 # ----------------------------------------------------------------------------- demo
 
 

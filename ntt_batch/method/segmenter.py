@@ -268,7 +268,7 @@ class Segmenter:
         """Batch version on prepared targets: the two image encoders run on the whole batch."""
         if not targets:
             return []
-        x = torch.stack([torch.from_numpy(t.resized) for t in targets]).to(self.device)
+        x = torch.from_numpy(np.stack([t.resized for t in targets])).to(self.device)  # np.stack copies: writable
         x = x.permute(0, 3, 1, 2).float() / 255.0  # [B, 3, S, S] in [0, 1]
         with self._autocast():
             sam_feats = self.proposer.encode(x)
