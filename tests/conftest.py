@@ -30,3 +30,17 @@ def random_checkpoints(tmp_path_factory) -> Path:
     for name in ("sam2.1_hiera_tiny", "dinov2_vits14"):
         write_random_checkpoint(name, d, seed=0)
     return d
+
+
+@pytest.fixture(scope="session")
+def small_bank(tmp_path_factory, random_checkpoints, coco_mini) -> Path:
+    """A 2-class (person, car) 1-shot bank from coco_mini train, built by the real builder."""
+    from ntt_batch.method.references import sample_references_from_file, save_references
+    from ntt_batch.workflows import build_bank
+
+    d = tmp_path_factory.mktemp("bank")
+    refs = sample_references_from_file(str(coco_mini / "annotations/instances_train2017.json"), "person,car", 1, 33)
+    save_references(refs, d / "refs.json")
+    build_bank(str(d / "refs.json"), str(coco_mini / "train2017"), str(d / "bank"), encoder_name="dinov2_vits14",
+               checkpoint_dir=str(random_checkpoints), download=False, device="cpu")
+    return d / "bank"

@@ -63,6 +63,7 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 def shard_paths(out_uri: str, options: dict | None = None) -> tuple[Any, list[str]]:
     fs, root = filesystem(out_uri, options)
+    fs.invalidate_cache()  # listings are cached per filesystem instance (s3fs): never resume from a stale one
     if not fs.exists(root):
         return fs, []
     paths = [p for p in fs.find(root) if p.endswith(".parquet") and f"/{QUARANTINE_DIR}/" not in p]

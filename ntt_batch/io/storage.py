@@ -65,6 +65,7 @@ def list_image_uris(uri: str, options: dict[str, Any] | None = None) -> list[str
     extension is still listed and gets an error row when it fails to decode.
     """
     fs, path = filesystem(uri, options)
+    fs.invalidate_cache()
     if fsspec.core.has_magic(path):
         found = fs.glob(path)
     elif fs.isdir(path):

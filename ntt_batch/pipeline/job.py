@@ -344,6 +344,12 @@ def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None
     return JobResult(summary, attempt, code)
 
 
+def _decode_memory_bytes(cfg: JobConfig) -> int:
+    """Memory to reserve per decode task: a batch of RGB images at the pixel limit (capped) plus the resized copies."""
+    per_image = min(cfg.max_pixels, 50_000_000) * 3 + cfg.segmenter.image_size**2 * 3
+    return int(cfg.batch_size * per_image + (64 << 20))
+
+
 def _execute(cfg: JobConfig, todo: list[InputImage], bank, run_id: str, ray) -> None:
     import ray.data
 
@@ -355,10 +361,11 @@ def _execute(cfg: JobConfig, todo: list[InputImage], bank, run_id: str, ray) -> 
     bank_ref = ray.put(bank)  # broadcast once; actors receive the reference, never a copy per batch
     ds = ray.data.from_items([{"image_id": i.image_id, "image_uri": i.image_uri} for i in todo],
                              override_num_blocks=max(1, min(len(todo), (len(todo) + cfg.batch_size - 1) // cfg.batch_size)))
-    # Decode tasks retry on worker loss (max_retries); that remote arg also differs from the
+    # Decode tasks reserve memory for a full-size decode; that remote arg also differs from the
     # actors', so Ray does not fuse decoding into the actors: CPU decoding overlaps with model work.
     # Small batches keep blocks flowing, so shards are written as images finish (resume granularity).
-    ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1, max_retries=3,
+    ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1,
+                        memory=_decode_memory_bytes(cfg),
                         fn_kwargs={"storage_options": cfg.storage_options, "image_size": seg.image_size,
                                    "resize_mode": seg.resize_mode, "max_pixels": cfg.max_pixels})
     ds = ds.map_batches(
