@@ -120,3 +120,14 @@ def summarize(out_uri: str, options: dict | None = None) -> dict[str, int]:
         "instances": int(sum(n or 0 for n in t.column("num_instances").to_pylist())),
         "duplicate_uris": len(uris) - len(set(uris)),
     }
+
+
+def shards_to_coco_results(out_uri: str, options: dict | None = None) -> list[dict]:
+    """COCO results entries (``COCO.loadRes`` format) from the shards' instances."""
+    t = read_shards(out_uri, options, columns=["image_id", "instances"])
+    results = []
+    for image_id, instances in zip(t.column("image_id").to_pylist(), t.column("instances").to_pylist()):
+        for inst in instances or []:
+            results.append({"image_id": int(image_id), "category_id": int(inst["category_id"]), "bbox": inst["bbox"],
+                            "score": float(inst["score"]), "segmentation": inst["segmentation"]})
+    return results

@@ -26,6 +26,15 @@ class InputImage:
     image_uri: str
 
 
+def absolute_uri(uri: str | None) -> str | None:
+    """Local relative paths → absolute (Ray workers need not share the driver's cwd); URIs unchanged."""
+    if uri is None or fsspec.utils.get_protocol(uri) not in ("file", "local"):
+        return uri
+    import os
+
+    return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+
+
 def storage_options_for(uri: str, options: dict[str, Any] | None) -> dict[str, Any]:
     """fsspec storage options for ``uri``: only remote protocols take them (local ignores them)."""
     protocol = fsspec.utils.get_protocol(uri)

@@ -36,7 +36,7 @@ from .. import __version__
 from ..io.images import DEFAULT_MAX_PIXELS, decode_image
 from ..io.masks import encode_rle, mask_area
 from ..io.shards import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, completed_uris, rows_to_table, summarize
-from ..io.storage import InputImage, filesystem, inputs_from_coco, inputs_from_manifest, inputs_from_uri, read_bytes
+from ..io.storage import InputImage, absolute_uri, filesystem, inputs_from_coco, inputs_from_manifest, inputs_from_uri, read_bytes
 from ..method.config import ConfigError, SegmenterConfig, config_from_dict
 from ..models.registry import DEFAULT_SAM2, get_spec
 
@@ -77,6 +77,8 @@ class JobConfig:
         if self.annotations and not self.image_root:
             raise ConfigError("image_root: required with annotations (the URI holding the images it lists)")
         get_spec(self.sam2, "sam2")
+        for name in ("memory", "out", "images", "manifest", "annotations", "image_root", "checkpoint_dir"):
+            setattr(self, name, absolute_uri(getattr(self, name)))
         for name in ("num_actors", "batch_size", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
