@@ -18,8 +18,9 @@ from typing import Callable, Iterable
 import torch
 
 from . import __version__
-from .io.images import ImageDecodeError, load_image
-from .io.sources import ImageEntry, coco_images, list_images, safe_join
+from .io.images import ImageDecodeError, decode_image, load_image
+from .io.sources import safe_join
+from .io.storage import InputImage, inputs_from_coco, inputs_from_uri, read_bytes
 from .method.config import MemoryConfig, SegmenterConfig, config_to_dict
 from .method.memory_bank import MemoryBank, build_memory_bank
 from .method.references import load_references
@@ -113,14 +114,17 @@ def load_segmenter(
     return segmenter, provenance
 
 
-def resolve_targets(images: str | None, annotations: str | None, image_root: str | None, limit: int | None) -> list[ImageEntry]:
-    """Target list from ``--images`` (folder/glob/file) or ``--annotations`` + ``--image-root``."""
+def resolve_targets(images: str | None, annotations: str | None, image_root: str | None, limit: int | None) -> list[InputImage]:
+    """Target list from ``--images`` (folder/glob/file/URI) or ``--annotations`` + ``--image-root``.
+
+    The same resolution (and so the same image ids) as the batch job's.
+    """
     if annotations:
         if not image_root:
             raise ValueError("--annotations needs --image-root (the folder holding the images it lists)")
-        entries = coco_images(annotations, image_root)
+        entries = inputs_from_coco(annotations, image_root)
     elif images:
-        entries = list_images(images)
+        entries = inputs_from_uri(images)
     else:
         raise ValueError("give --images PATH_OR_GLOB, or --annotations ANN.json with --image-root ROOT")
     return entries[:limit] if limit else entries
@@ -128,7 +132,7 @@ def resolve_targets(images: str | None, annotations: str | None, image_root: str
 
 def segment_to_coco_results(
     segmenter: Segmenter,
-    entries: Iterable[ImageEntry],
+    entries: Iterable[InputImage],
     out: str,
     provenance: dict,
     *,
@@ -151,13 +155,13 @@ def segment_to_coco_results(
         targets, ok_entries = [], []
         for e in chunk:
             try:
-                targets.append(TargetImage.from_image(load_image(e.path), segmenter.config))
+                targets.append(TargetImage.from_image(decode_image(read_bytes(e.image_uri)), segmenter.config))
                 ok_entries.append(e)
             except (OSError, ImageDecodeError) as exc:
-                errors.append({"image_id": e.image_id, "path": e.path, "error": f"{type(exc).__name__}: {exc}"})
+                errors.append({"image_id": e.image_id, "image_uri": e.image_uri, "error": f"{type(exc).__name__}: {exc}"})
         for e, instances in zip(ok_entries, segmenter.segment_targets(targets)):
             results.extend(inst.to_coco_result(e.image_id) for inst in instances)
-            per_image.append({"image_id": e.image_id, "file_name": e.file_name, "instances": len(instances)})
+            per_image.append({"image_id": e.image_id, "image_uri": e.image_uri, "instances": len(instances)})
         done += len(chunk)
         if progress:
             progress(done, len(entries))
