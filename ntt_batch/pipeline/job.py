@@ -262,10 +262,13 @@ def _read_run_manifest(out: str, options: dict) -> dict:
 
 
 def _write_run_manifest(out: str, options: dict, manifest: dict) -> None:
+    """Write run.json via a temporary name + rename, so a crash mid-write never loses the attempt history."""
     fs, root = filesystem(out, options)
     fs.makedirs(root, exist_ok=True)
-    with fs.open(f"{root.rstrip('/')}/run.json", "wb") as f:
+    final, tmp = f"{root.rstrip('/')}/run.json", f"{root.rstrip('/')}/.run.json.tmp"
+    with fs.open(tmp, "wb") as f:
         f.write(json.dumps(manifest, indent=2).encode())
+    fs.mv(tmp, final)
 
 
 @dataclass
