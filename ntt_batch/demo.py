@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -26,8 +25,8 @@ def default_data_dir() -> Path:
 
 def run_demo(*, data, out, random_weights, sam2_name, encoder_name, shots, limit, points_per_side, device,
              checkpoint_dir, echo: Callable[[str], None] = print) -> dict:
-    from .eval.coco_eval import evaluate_coco
-    from .io.shards import shards_to_coco_results
+    from .eval.coco_eval import evaluate_coco, write_report
+    from .io.merge import merge_results
     from .pipeline.job import JobConfig, run_job
     from .workflows import build_bank
 
@@ -68,25 +67,16 @@ def run_demo(*, data, out, random_weights, sam2_name, encoder_name, shots, limit
                     sam2=sam2_name, checkpoint_dir=checkpoint_dir, limit=limit, batch_size=2,
                     segmenter=SegmenterConfig(points_per_side=points_per_side, device=device))
     result = run_job(job, echo=lambda line: echo(f"[demo]     {line}"))
-    results_list = shards_to_coco_results(str(shards))
-    results.write_text(json.dumps(results_list))
-    echo(f"[demo]     shards in {shards}; {len(results_list)} instances as COCO results -> {results}")
-    echo("[demo] 4/4 COCO evaluation (few-shot classes, evaluated images only)")
-    subset_gt = out / "val_subset_gt.json"
-    gt = json.loads(ann_val.read_text())
-    ids = {int(i) for i in shards_to_image_ids(str(shards))}
-    gt["images"] = [im for im in gt["images"] if im["id"] in ids]
-    gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in ids]
-    subset_gt.write_text(json.dumps(gt))
-    report = evaluate_coco(str(subset_gt), str(results), split="few_shot")
+    merged = merge_results(str(shards), str(results))
+    echo(f"[demo]     shards in {shards}; {merged.instances_written} instances as COCO results -> {results}")
+    echo("[demo] 4/4 COCO evaluation (few-shot classes, the images the job processed)")
+    report = evaluate_coco(str(ann_val), str(shards), split="few_shot", restrict_to_processed=True)
+    write_report(report, str(out / "eval_report.json"))
     for t in ("bbox", "segm"):
         echo(f"[demo] {t}: AP {report[t]['stats']['AP']:.4f}  AP50 {report[t]['stats']['AP50']:.4f}")
+    echo(f"[demo]     full report (12-number summaries, per-class AP): {out / 'eval_report.json'}; the same from the "
+         f"command line: ntt-batch eval --annotations {ann_val} --results {shards} --split few_shot --restrict-to-processed")
     if random_weights:
         echo("[demo] NOTE: random weights — the pipeline ran end to end, the AP is meaningless.")
     return {"summary": result.summary, "report": report, "results": str(results), "shards": str(shards)}
 
-
-def shards_to_image_ids(out_uri: str) -> list[int]:
-    from .io.shards import read_shards
-
-    return read_shards(out_uri, columns=["image_id"]).column("image_id").to_pylist()

@@ -1,60 +1,314 @@
 """COCO evaluation with class splits (method.md §5.1), on real pycocotools.
 
-For a split other than "all", the ground truth keeps only that split's annotations (crowd ones
-included, COCOeval ignores them as usual) while every image stays in, so false positives on
-images without those classes count — the COCO-FSOD protocol.
+Protocol (the paper's, COCO-FSOD): for a split other than ``all`` the ground truth keeps only the
+split's annotations (crowd ones included; COCOeval ignores them as usual) while **every image and
+every category stays in**, so false positives on images without those classes count. Detections
+of other classes are dropped (they could only fall on classes without ground truth, which COCOeval
+leaves out of the means anyway). Then ``COCOeval(gt, gt.loadRes(dets), iou_type)`` with
+``params.imgIds`` = all ground-truth image ids and default ``catIds``; the 12 standard numbers come
+from ``summarize()`` unchanged. Per-class AP is read from the same ``eval["precision"]`` array
+(area ``all``, 100 detections) COCOeval averages.
+
+Edge cases, each reported as a notice rather than a crash:
+
+* ground truth without ``segmentation`` (or results without it) → bbox-only evaluation;
+* no detections → every class with ground truth gets AP 0 (COCOeval run on an empty result set);
+* detections on image ids absent from the ground truth → dropped, counted (``loadRes`` would
+  refuse the whole file), and so are detections with unknown category ids;
+* ``restrict_to_processed`` (shards only): ground truth restricted to images the job processed,
+  for evaluating a partial run.
+
+The report is plain JSON (see :func:`evaluate_coco`); :func:`format_report` renders it as text.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
-from typing import Sequence
+import math
+from collections import Counter
+from typing import Any, Sequence
 
+import numpy as np
+
+from ..io.merge import is_results_file, read_json
 from ..method.references import resolve_categories
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+IOU_TYPES = ("bbox", "segm")
+REPORT_FORMAT = "ntt-batch/eval-report"
+_MAX_EXAMPLES = 5
+
+
+def parse_iou_types(value: str | Sequence[str]) -> tuple[str, ...]:
+    """'bbox,segm' (or a sequence) → a validated tuple, in the given order, without repeats."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for t in (s.strip() for s in items):
+        if not t:
+            continue
+        if t not in IOU_TYPES:
+            raise ValueError(f"unknown IoU type {t!r}: use bbox, segm or bbox,segm")
+        if t not in out:
+            out.append(t)
+    if not out:
+        raise ValueError("no IoU type given: use bbox, segm or bbox,segm")
+    return tuple(out)
+
+
+def _check_detections(dets: list, where: str) -> None:
+    if not isinstance(dets, list):
+        raise ValueError(f"{where}: a COCO results file is a JSON array of detections, got {type(dets).__name__} "
+                         "(an annotation file? pass it as --annotations, and `ntt-batch merge --format results` output "
+                         "or the shards as --results)")
+    for k, d in enumerate(dets):
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: detection [{k}] is not an object")
+        missing = [key for key in ("image_id", "category_id", "score") if key not in d]
+        if "bbox" not in d and "segmentation" not in d:
+            missing.append("bbox or segmentation")
+        if missing:
+            raise ValueError(f"{where}: detection [{k}] lacks {', '.join(missing)}")
+
+
+def _has_segmentation(seg: Any) -> bool:
+    return isinstance(seg, dict) and "counts" in seg or isinstance(seg, list) and len(seg) > 0
 
 
 def evaluate_coco(
-    annotations: str,
+    annotations: str | dict,
     results: str | list,
     *,
     split: str = "all",
-    iou_types: Sequence[str] = ("bbox", "segm"),
+    iou_types: Sequence[str] | str = IOU_TYPES,
+    restrict_to_processed: bool = False,
+    options: dict | None = None,
 ) -> dict:
-    """Run COCOeval; returns {iou_type: {"stats": {name: value}, "summary": text}} plus split info."""
+    """Run COCOeval on ground truth vs results; return the JSON report.
+
+    Args:
+        annotations: COCO annotation file (path/URI) or its parsed dict.
+        results: a COCO results JSON (path/URI), a shards folder/URI from ``ntt-batch run``,
+            or an in-memory list of detections.
+        split: ``few_shot`` (20 classes, method.md §5.1), ``all``, or comma-separated names/ids.
+        iou_types: ``("bbox", "segm")`` or a subset ("bbox,segm" string accepted).
+        restrict_to_processed: only with shards — evaluate only images the job processed
+            (rows with status ok/empty); for partial runs.
+        options: fsspec storage options for remote URIs.
+
+    Returns:
+        ``{"format", "annotations", "results", "split", "categories": [{"id", "name"}],
+        "category_ids", "num_images", "num_gt", "num_detections", "detections": {...counts...},
+        "notices": [...], "iou_types": [...], "bbox"/"segm": {"stats": {AP, AP50, ...: float},
+        "summary": str, "per_class": [{"id", "name", "num_gt", "num_detections", "AP", "AP50",
+        "AP75"}]}}``. AP values are in [0, 1]; -1 (stats) / null (per class) means "no ground
+        truth for that class", as in pycocotools.
+    """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    with open(annotations) as f:
-        gt_json = json.load(f)
-    cats = resolve_categories(gt_json["categories"], split) if split != "all" else gt_json["categories"]
+    iou_types = parse_iou_types(iou_types)
+    notices: list[str] = []
+    ann_name = annotations if isinstance(annotations, str) else "<in memory>"
+    gt_json = read_json(annotations, options) if isinstance(annotations, str) else annotations
+    if not isinstance(gt_json, dict) or "images" not in gt_json or "annotations" not in gt_json:
+        raise ValueError(f"{ann_name}: not a COCO annotation file (needs 'images', 'annotations' and 'categories'); "
+                         "a results file goes to --results")
+    gt_cats = gt_json.get("categories") or []
+    if not gt_cats:
+        raise ValueError(f"{ann_name}: the annotation file has no 'categories'")
+    cats = resolve_categories(gt_cats, split)
     keep_ids = {int(c["id"]) for c in cats}
-    gt_json = copy.copy(gt_json)
-    gt_json["annotations"] = [a for a in gt_json["annotations"] if int(a["category_id"]) in keep_ids]
-    dets = results if isinstance(results, list) else json.load(open(results))
-    dets = [d for d in dets if int(d["category_id"]) in keep_ids]
 
-    out: dict = {"split": split, "category_ids": sorted(keep_ids), "num_detections": len(dets)}
+    # ---- detections
+    res_name, processed = "<in memory>", None
+    if isinstance(results, str):
+        res_name = results
+        if is_results_file(results, options):
+            dets = read_json(results, options)
+        else:
+            from ..io.merge import coco_results_from_shards
+
+            sr = coco_results_from_shards(results, options)
+            dets, processed = sr.results, sr.processed_image_ids
+            if sr.error_image_ids:
+                notices.append(f"{len(sr.error_image_ids)} image(s) have status 'error' in the shards: no detections "
+                               "on them" + ("" if restrict_to_processed else " (they count as misses)"))
+    else:
+        dets = results
+    _check_detections(dets, res_name)
+    if restrict_to_processed and processed is None:
+        raise ValueError("restrict_to_processed needs the shards as results (a results JSON does not say which images "
+                         "were processed: images without detections are absent from it)")
+
+    # ---- ground truth: split annotations, all images (or the processed ones)
+    images = list(gt_json["images"])
+    gt_image_ids = {int(im["id"]) for im in images}
+    if restrict_to_processed:
+        images = [im for im in images if int(im["id"]) in processed]
+        notices.append(f"ground truth restricted to the {len(images)} of {len(gt_image_ids)} images the job processed")
+        gt_image_ids = {int(im["id"]) for im in images}
+    elif processed is not None:
+        unprocessed = len(gt_image_ids - processed)
+        if unprocessed:
+            notices.append(f"{unprocessed} ground-truth image(s) have no processed row in the shards: their objects "
+                           "count as misses (use --restrict-to-processed to evaluate a partial run)")
+    gt_anns = [a for a in gt_json["annotations"] if int(a["category_id"]) in keep_ids and int(a["image_id"]) in gt_image_ids]
+    gt = {"info": gt_json.get("info", {}), "licenses": gt_json.get("licenses", []), "images": images,
+          "annotations": gt_anns, "categories": gt_cats}
+    if not gt_anns:
+        notices.append(f"the ground truth has no annotation of the selected classes ({split}): AP is undefined (-1)")
+
+    # ---- detections: drop (and count) those COCOeval cannot or would not use
+    all_cat_ids = {int(c["id"]) for c in gt_cats}
+    counts = Counter()
+    kept, unknown_img_examples = [], []
+    for d in dets:
+        iid, cid = int(d["image_id"]), int(d["category_id"])
+        if iid not in gt_image_ids:
+            counts["unknown_image"] += 1
+            if len(unknown_img_examples) < _MAX_EXAMPLES and iid not in unknown_img_examples:
+                unknown_img_examples.append(iid)
+        elif cid not in all_cat_ids:
+            counts["unknown_category"] += 1
+        elif cid not in keep_ids:
+            counts["other_classes"] += 1
+        else:
+            kept.append(d)
+    det_info = {"total": len(dets), "evaluated": len(kept), "unknown_image": counts["unknown_image"],
+                "unknown_category": counts["unknown_category"], "other_classes": counts["other_classes"],
+                "unknown_image_examples": unknown_img_examples}
+    if counts["unknown_image"]:
+        where = "the processed images" if restrict_to_processed else "the ground truth"
+        notices.append(f"{counts['unknown_image']} detection(s) are on image ids not in {where} (e.g. "
+                       f"{', '.join(map(str, unknown_img_examples))}): not evaluated")
+    if counts["unknown_category"]:
+        notices.append(f"{counts['unknown_category']} detection(s) have category ids not in the ground truth: not evaluated")
+    if not kept:
+        notices.append("no detections to evaluate: AP = 0 for every class with ground truth")
+
+    # ---- which IoU types can run
+    run_types = list(iou_types)
+    if "segm" in run_types:
+        no_seg = sum(1 for a in gt_anns if not _has_segmentation(a.get("segmentation")))
+        if no_seg:
+            run_types.remove("segm")
+            what = "has no" if no_seg == len(gt_anns) else f"lacks it on {no_seg} of {len(gt_anns)} annotations:"
+            notices.append(f"ground truth {what} 'segmentation': bbox-only evaluation (segm skipped)")
+        elif kept and any(not _has_segmentation(d.get("segmentation")) for d in kept):
+            run_types.remove("segm")
+            notices.append("results without 'segmentation': bbox-only evaluation (segm skipped)")
+    if "bbox" in run_types and any(not d.get("bbox") for d in kept):
+        run_types.remove("bbox")
+        notices.append("results without 'bbox': bbox evaluation skipped")
+
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT, "version": 1, "annotations": ann_name, "results": res_name, "split": split,
+        "categories": [{"id": int(c["id"]), "name": str(c["name"])} for c in cats],
+        "category_ids": sorted(keep_ids), "num_images": len(images), "num_gt": len(gt_anns),
+        "num_detections": len(kept), "detections": det_info, "notices": notices, "iou_types": run_types,
+        "restricted_to_processed": bool(restrict_to_processed),
+    }
+    if not run_types:
+        return report
+
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = gt_json
-        gt.createIndex()
-    if not dets:
-        out.update({t: {"stats": {n: 0.0 for n in STAT_NAMES}, "summary": "no detections: AP = 0"} for t in iou_types})
-        return out
-    with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(dets)
-    for t in iou_types:
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        if kept:
+            coco_dt = coco_gt.loadRes([dict(d) for d in kept])
+        else:
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": images, "categories": gt_cats, "annotations": []}
+            coco_dt.createIndex()
+    gt_per_class = Counter(int(a["category_id"]) for a in gt_anns if not a.get("iscrowd", 0))
+    dt_per_class = Counter(int(d["category_id"]) for d in kept)
+    for t in run_types:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            ev = COCOeval(gt, dt, t)
-            ev.params.imgIds = sorted(gt.getImgIds())
+            ev = COCOeval(coco_gt, coco_dt, t)
+            ev.params.imgIds = sorted(gt_image_ids)
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        out[t] = {"stats": dict(zip(STAT_NAMES, map(float, ev.stats))), "summary": buf.getvalue()}
-    return out
+        report[t] = {
+            "stats": dict(zip(STAT_NAMES, map(float, ev.stats))),
+            "summary": _summary_lines(buf.getvalue()),
+            "per_class": _per_class(ev, cats, gt_per_class, dt_per_class),
+        }
+    return report
+
+
+def _summary_lines(text: str) -> str:
+    """Keep the 12 ' Average Precision/Recall ...' lines of pycocotools' printout."""
+    return "\n".join(line for line in text.splitlines() if line.lstrip().startswith("Average"))
+
+
+def _per_class(ev, cats: list[dict], gt_n: Counter, dt_n: Counter) -> list[dict]:
+    """Per-class AP, AP50, AP75 from COCOeval's precision array (area all, maxDets 100)."""
+    precision = ev.eval["precision"]  # [T iou thresholds, R recall points, K classes, A areas, M maxDets]
+    cat_index = {int(c): k for k, c in enumerate(ev.params.catIds)}
+    iou = np.asarray(ev.params.iouThrs)
+    t50, t75 = int(np.argmin(np.abs(iou - 0.5))), int(np.argmin(np.abs(iou - 0.75)))
+    m = len(ev.params.maxDets) - 1
+    rows = []
+    for c in cats:
+        cid = int(c["id"])
+        k = cat_index.get(cid)
+        p = precision[:, :, k, 0, m] if k is not None else np.full((1, 1), -1.0)
+
+        def mean(x):
+            x = x[x > -1]
+            return float(np.mean(x)) if x.size else None
+
+        rows.append({"id": cid, "name": str(c["name"]), "num_gt": int(gt_n.get(cid, 0)),
+                     "num_detections": int(dt_n.get(cid, 0)), "AP": mean(p),
+                     "AP50": mean(p[t50]) if k is not None else None, "AP75": mean(p[t75]) if k is not None else None})
+    return rows
+
+
+def _fmt(v: float | None) -> str:
+    return "   n/a" if v is None or (isinstance(v, float) and (math.isnan(v) or v < 0)) else f"{v:6.3f}"
+
+
+def format_report(report: dict) -> str:
+    """Human-readable text: notices, the 12-number summaries per IoU type, the per-class AP table."""
+    lines = [f"ground truth {report['annotations']}: {report['num_images']} images, {report['num_gt']} annotations "
+             f"of {len(report['categories'])} classes (split {report['split']})",
+             f"results {report['results']}: {report['detections']['total']} detections, "
+             f"{report['num_detections']} evaluated"]
+    lines += [f"notice: {n}" for n in report["notices"]]
+    types = [t for t in report["iou_types"] if t in report]
+    for t in types:
+        lines += ["", f"== {t} ==", report[t]["summary"]]
+    if types:
+        lines += ["", "per-class AP (area all, maxDets 100; #gt without crowd); n/a = no ground truth for the class"]
+        head = f"{'id':>4}  {'class':<16} {'#gt':>6} {'#det':>7}"
+        for t in types:
+            head += f"  {t + ' AP':>8} {'AP50':>6} {'AP75':>6}"
+        lines.append(head)
+        per = {t: report[t]["per_class"] for t in types}
+        for k, c in enumerate(per[types[0]]):
+            row = f"{c['id']:>4}  {c['name'][:16]:<16} {c['num_gt']:>6} {c['num_detections']:>7}"
+            for t in types:
+                r = per[t][k]
+                row += f"  {_fmt(r['AP']):>8} {_fmt(r['AP50'])} {_fmt(r['AP75'])}"
+            lines.append(row)
+        n_gt = sum(c["num_gt"] for c in per[types[0]])
+        mean_row = f"{'':>4}  {'mean (= AP)':<16} {n_gt:>6} {report['num_detections']:>7}"
+        for t in types:
+            s = report[t]["stats"]
+            mean_row += f"  {_fmt(s['AP']):>8} {_fmt(s['AP50'])} {_fmt(s['AP75'])}"
+        lines.append(mean_row)
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: str, options: dict | None = None) -> None:
+    """Write the report JSON atomically (local path or fsspec URI)."""
+    from ..io.merge import atomic_output
+
+    with atomic_output(path, options) as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")

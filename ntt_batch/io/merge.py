@@ -1,0 +1,598 @@
+"""Streaming merge of the batch job's Parquet shards into COCO results or a COCO dataset.
+
+Two products (``ntt-batch merge --format ...``):
+
+``results``
+    A COCO *results* file: one JSON array of ``{"image_id", "category_id", "bbox", "score",
+    "segmentation"}`` entries (compressed RLE), exactly what ``COCO.loadRes`` and COCOeval read.
+``dataset``
+    A complete COCO *annotation* file — the auto-labeling product::
+
+        {"info": {...provenance...}, "licenses": [],
+         "images": [{"id", "file_name", "width", "height", "image_uri"}, ...],
+         "annotations": [{"id", "image_id", "category_id", "segmentation": {"size", "counts"},
+                          "bbox", "area", "iscrowd": 0, "score"}, ...],
+         "categories": [{"id", "name", "supercategory"}, ...]}
+
+    ``file_name`` is the image URI as the job read it (absolute path or ``s3://…``), or, with
+    ``image_root``, the path relative to that prefix. Every image whose row is ``ok`` or
+    ``empty`` is listed — images left without a label above the score threshold stay in as
+    negatives; ``error`` rows are skipped and counted. ``bbox`` and ``area`` are the shard's
+    (the method's box convention, method.md §4.8; ``area`` = mask pixels).
+
+Bounded memory: shards are read one record batch at a time (``ParquetFile.iter_batches``), every
+entry is written to disk as soon as it is formatted, and nothing per instance is kept. What stays
+in memory is one Parquet row group plus one batch of rows, the category list, and 8 bytes per
+image (the image ids, to refuse duplicates at the end). ``dataset`` writes its ``images`` and
+``annotations`` arrays to two temporary files in the same single pass and concatenates them at the
+end. The output appears atomically (temporary file + rename, or one upload for object stores):
+a crash or an error never leaves a half-written file under the final name.
+
+Scores are written in the shortest decimal form that round-trips the stored float32 (``0.8125``,
+not ``0.8125000119...``); that mapping is monotonic, so rankings — and therefore AP — are the
+same as on the shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from array import array
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii as _json_str
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .shards import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, shard_paths
+from .storage import absolute_uri, filesystem
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("results", "dataset")
+DATASET_FORMAT = "ntt-batch/auto-labels"
+_COLUMNS = ["image_id", "image_uri", "width", "height", "status", "error", "instances"]
+_MAX_EXAMPLES = 5
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass
+class ImageBatch:
+    """One record batch of shard rows, columnar: ``n`` images and their ``m`` instances.
+
+    Per image ``i`` (lists of length n): ``image_id``, ``image_uri``, ``width``, ``height``,
+    ``status``, ``error``; its instances are ``offsets[i]:offsets[i + 1]`` of the per-instance
+    lists (length m): ``category_id`` (int), ``category_name``, ``score`` (float32 values as
+    float), ``score_text`` (shortest round-trip decimal of the float32), ``bbox`` ([x, y, w, h]
+    px), ``area`` (mask px), ``size`` ([h, w]) and ``counts`` (COCO compressed-RLE string).
+    """
+
+    image_id: list[int]
+    image_uri: list[str]
+    width: list[int | None]
+    height: list[int | None]
+    status: list[str]
+    error: list[str | None]
+    offsets: np.ndarray
+    category_id: list[int]
+    category_name: list[str | None]
+    score: list[float]
+    score_text: list[str]
+    bbox: list[list[float]]
+    area: list[int]
+    size: list[list[int]]
+    counts: list[str]
+    shard: str
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+    def instances(self, i: int, score_threshold: float | None = None) -> list[dict[str, Any]]:
+        """Row ``i``'s instances as shard-schema dicts (``segmentation`` = {size, counts})."""
+        out = []
+        for j in range(int(self.offsets[i]), int(self.offsets[i + 1])):
+            if score_threshold is not None and self.score[j] < score_threshold:
+                continue
+            out.append({"category_id": self.category_id[j], "category_name": self.category_name[j],
+                        "score": self.score[j], "bbox": self.bbox[j], "area": self.area[j],
+                        "segmentation": {"size": self.size[j], "counts": self.counts[j]}})
+        return out
+
+
+def list_shards(shards: str, options: dict | None = None) -> tuple[Any, list[str]]:
+    """(filesystem, sorted shard paths) of a run's output URI (or one ``.parquet`` file); error if none."""
+    fs, paths = shard_paths(shards, options)
+    if not paths:
+        raise FileNotFoundError(
+            f"no Parquet shards under {shards!r}: pass the --out folder/URI of an `ntt-batch run` "
+            "(it holds run.json and *.parquet files)")
+    return fs, paths
+
+
+def iter_image_batches(shards: str, options: dict | None = None, *, batch_rows: int = 64,
+                       batch_instances: int = 2048,
+                       progress: Callable[[int, int], None] | None = None) -> Iterator[ImageBatch]:
+    """Stream the shards as :class:`ImageBatch` objects, bounded in rows and in instances.
+
+    Reads one Parquet record batch of at most ``batch_rows`` rows at a time (never a whole shard,
+    never the whole output) and hands it out in zero-copy slices of at most ``batch_instances``
+    instances (at least one row each), so the Python objects alive at once stay bounded whether
+    images have 0 or 1000 instances. ``progress`` is called with (shards done, shards total).
+    """
+    if batch_rows < 1 or batch_instances < 1:
+        raise ValueError(f"batch_rows and batch_instances must be >= 1, got {batch_rows} and {batch_instances}")
+    fs, paths = list_shards(shards, options)
+    for k, path in enumerate(paths):
+        try:
+            with fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                missing = [c for c in _COLUMNS if c not in pf.schema_arrow.names]
+                if missing:
+                    raise ValueError(f"shard {path} lacks column(s) {missing}: not an ntt-batch output shard")
+                for batch in pf.iter_batches(batch_size=batch_rows, columns=_COLUMNS):
+                    for part in _slices(batch, batch_instances):
+                        yield _image_batch(part, path)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise ValueError(f"shard {path} is unreadable ({e}); rerun `ntt-batch run` with the same "
+                             "arguments (it quarantines broken shards and redoes their images)") from e
+        if progress:
+            progress(k + 1, len(paths))
+
+
+def _slices(batch: pa.RecordBatch, max_instances: int) -> Iterator[pa.RecordBatch]:
+    """Consecutive zero-copy slices of ``batch`` holding at most ``max_instances`` instances (>= 1 row)."""
+    lengths = pc.fill_null(pc.list_value_length(batch.column("instances")), 0).to_numpy(zero_copy_only=False)
+    cum = np.concatenate([[0], np.cumsum(lengths)])
+    n, start = len(lengths), 0
+    while start < n:
+        end = int(np.searchsorted(cum, cum[start] + max_instances, side="right")) - 1
+        end = min(n, max(end, start + 1))
+        yield batch.slice(start, end - start)
+        start = end
+
+
+def _image_batch(batch: pa.RecordBatch, path: str) -> ImageBatch:
+    instances = batch.column("instances")
+    lengths = pc.fill_null(pc.list_value_length(instances), 0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = instances.flatten()  # respects slicing and null lists
+
+    def field_(name):
+        return pc.struct_field(values, name)
+
+    scores = field_("score").to_numpy(zero_copy_only=False).astype(np.float32)
+    if scores.size and not np.isfinite(scores).all():
+        raise ValueError(f"shard {path} holds a non-finite score: not a valid ntt-batch output")
+    bbox = field_("bbox")
+    box_lengths = pc.list_value_length(bbox)
+    if len(bbox) and (pc.min(box_lengths).as_py() != 4 or pc.max(box_lengths).as_py() != 4):
+        raise ValueError(f"shard {path}: every instance bbox must have 4 numbers [x, y, w, h]")
+    seg = field_("segmentation")
+    size = pc.struct_field(seg, "size")
+    return ImageBatch(
+        image_id=batch.column("image_id").to_pylist(),
+        image_uri=batch.column("image_uri").to_pylist(),
+        width=batch.column("width").to_pylist(),
+        height=batch.column("height").to_pylist(),
+        status=batch.column("status").to_pylist(),
+        error=batch.column("error").to_pylist(),
+        offsets=offsets,
+        category_id=field_("category_id").to_pylist(),
+        category_name=field_("category_name").to_pylist(),
+        score=scores.astype(np.float64).tolist(),
+        # numpy prints float32 in its shortest round-trip form ("0.8125"): monotonic in the value
+        score_text=scores.astype(str).tolist(),
+        bbox=bbox.flatten().to_numpy(zero_copy_only=False).reshape(-1, 4).tolist(),
+        area=field_("area").to_pylist(),
+        size=size.flatten().to_numpy(zero_copy_only=False).reshape(-1, 2).tolist(),
+        counts=pc.struct_field(seg, "counts").to_pylist(),
+        shard=path,
+    )
+
+
+def read_run_manifest(shards: str, options: dict | None = None) -> dict:
+    """The run's ``run.json`` (beside the shards) or {} when there is none."""
+    fs, root = filesystem(shards, options)
+    path = f"{root.rstrip('/')}/run.json"
+    try:
+        if fs.isfile(path):
+            with fs.open(path, "rb") as f:
+                return json.load(f)
+    except (OSError, ValueError) as e:
+        log.warning("could not read %s (%s); continuing without it", path, e)
+    return {}
+
+
+def read_json(uri: str, options: dict | None = None) -> Any:
+    """Read a JSON file from a local path or any fsspec URI."""
+    fs, path = filesystem(uri, options)
+    if not fs.isfile(path):
+        raise FileNotFoundError(f"{uri!r} does not exist (expected a JSON file)")
+    with fs.open(path, "rb") as f:
+        try:
+            return json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{uri!r} is not valid JSON: {e}") from e
+
+
+def is_results_file(source: str, options: dict | None = None) -> bool:
+    """True if ``source`` is a JSON results file; False for a shards folder/URI (or a .parquet file)."""
+    if source.lower().endswith(".json"):
+        return True
+    if source.lower().endswith(".parquet"):
+        return False
+    fs, path = filesystem(source, options)
+    return fs.isfile(path)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+@dataclass
+class MergeStats:
+    """What a merge read and wrote. ``notices`` are human-readable remarks worth showing."""
+
+    format: str
+    out: str
+    shards: int = 0
+    rows: int = 0
+    images_ok: int = 0
+    images_empty: int = 0
+    images_error: int = 0
+    images_written: int = 0
+    instances_read: int = 0
+    instances_written: int = 0
+    below_threshold: int = 0
+    score_threshold: float | None = None
+    categories: list[dict] = field(default_factory=list)
+    categories_source: str | None = None
+    error_examples: list[dict] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    bytes_written: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def _count_row(self, b: ImageBatch, i: int) -> bool:
+        """Count row i; False if it is an error row (skipped by every product)."""
+        self.rows += 1
+        status = b.status[i]
+        if status == STATUS_ERROR:
+            self.images_error += 1
+            if len(self.error_examples) < _MAX_EXAMPLES:
+                self.error_examples.append({"image_id": b.image_id[i], "image_uri": b.image_uri[i], "error": b.error[i]})
+            return False
+        if status == STATUS_OK:
+            self.images_ok += 1
+        elif status == STATUS_EMPTY:
+            self.images_empty += 1
+        else:
+            raise ValueError(f"shard {b.shard}: row for {b.image_uri[i]!r} has unknown status {status!r} "
+                             f"(expected {STATUS_OK}, {STATUS_EMPTY} or {STATUS_ERROR})")
+        return True
+
+
+class _IdChecker:
+    """Collects image ids compactly (8 bytes each) and reports duplicates at the end."""
+
+    def __init__(self) -> None:
+        self.ids = array("q")
+
+    def add(self, image_id: int) -> None:
+        self.ids.append(int(image_id))
+
+    def check(self, shards: str) -> None:
+        if not self.ids:
+            return
+        ids = np.frombuffer(self.ids, dtype=np.int64)
+        uniq, counts = np.unique(ids, return_counts=True)
+        dup = uniq[counts > 1]
+        if dup.size:
+            shown = ", ".join(str(int(x)) for x in dup[:_MAX_EXAMPLES])
+            raise ValueError(
+                f"{shards}: {dup.size} image id(s) appear in more than one row (e.g. {shown}); nothing was "
+                "written. Each image must have exactly one row: find them with e.g. duckdb -c \"select image_id, "
+                f"image_uri from '{shards.rstrip('/')}/*.parquet' where image_id in ({shown})\" and give those "
+                "inputs unique ids (a manifest with an image_id column)")
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+@contextmanager
+def atomic_output(out: str, options: dict | None = None, *, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary local file that becomes ``out`` only when the block succeeds.
+
+    Local ``out``: a hidden temporary file in the same folder, then ``os.replace`` (atomic).
+    Object stores: a local temporary file, then one upload (an object appears whole or not at all).
+    """
+    fs, path = filesystem(out, options)
+    local = _is_local(fs)
+    if local:
+        parent = os.path.dirname(os.path.abspath(path)) or "."
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"output folder {parent!r} does not exist: create it first")
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    else:
+        fd, tmp = tempfile.mkstemp(prefix="ntt-merge-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, encoding="utf-8" if "b" not in mode else None) as f:
+            yield f
+        if local:
+            os.replace(tmp, path)
+        else:
+            fs.put_file(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _is_local(fs) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def _bbox_json(b: list[float]) -> str:
+    return f"[{b[0]!r}, {b[1]!r}, {b[2]!r}, {b[3]!r}]"
+
+
+def _check_threshold(score_threshold: float | None) -> float | None:
+    if score_threshold is None:
+        return None
+    t = float(score_threshold)
+    if not np.isfinite(t):
+        raise ValueError(f"score threshold must be a finite number, got {score_threshold!r}")
+    return t
+
+
+def merge_results(shards: str, out: str, *, options: dict | None = None, score_threshold: float | None = None,
+                  batch_rows: int = 64, progress: Callable[[int, int], None] | None = None) -> MergeStats:
+    """Shards → one COCO results JSON array (``COCO.loadRes`` format), streamed to ``out``.
+
+    Keeps instances with ``score >= score_threshold`` (all when None). ``error`` rows contribute
+    nothing and are counted. Raises ValueError on duplicate image ids (nothing is written then).
+    """
+    t = _check_threshold(score_threshold)
+    stats = MergeStats(format="results", out=out, score_threshold=t)
+    ids = _IdChecker()
+    shard_names: set[str] = set()
+    with atomic_output(out, options) as f:
+        f.write("[")
+        first = True
+        for b in iter_image_batches(shards, options, batch_rows=batch_rows, progress=progress):
+            parts = []
+            for i in range(len(b)):
+                ids.add(b.image_id[i])
+                if not stats._count_row(b, i):
+                    continue
+                lo, hi = int(b.offsets[i]), int(b.offsets[i + 1])
+                stats.instances_read += hi - lo
+                prefix = f'{{"image_id": {int(b.image_id[i])}, "category_id": '
+                for j in range(lo, hi):
+                    if t is not None and b.score[j] < t:
+                        stats.below_threshold += 1
+                        continue
+                    h, w = b.size[j]
+                    parts.append(
+                        f'{prefix}{int(b.category_id[j])}, "bbox": {_bbox_json(b.bbox[j])}, "score": {b.score_text[j]}, '
+                        f'"segmentation": {{"size": [{h}, {w}], "counts": {_json_str(b.counts[j])}}}}}')
+                stats.images_written += 1
+            if parts:
+                f.write(("\n" if first else ",\n") + ",\n".join(parts))
+                first = False
+                stats.instances_written += len(parts)
+            shard_names.add(b.shard)
+        f.write("\n]\n")
+        ids.check(shards)
+        stats.bytes_written = f.tell()
+    stats.shards = len(shard_names)
+    _finish_stats(stats)
+    return stats
+
+
+def _finish_stats(stats: MergeStats) -> None:
+    if stats.images_error:
+        stats.notices.append(f"{stats.images_error} image(s) with status 'error' were skipped "
+                             f"(e.g. {stats.error_examples[0]['image_uri']}: {stats.error_examples[0]['error']})")
+    if stats.rows and not stats.instances_written:
+        stats.notices.append("no instance was written" + (f" (all {stats.below_threshold} are below the score "
+                                                           f"threshold {stats.score_threshold})" if stats.below_threshold else ""))
+
+
+def dataset_categories(shards: str, options: dict | None = None) -> list[dict] | None:
+    """The memory bank's categories recorded in the run's ``run.json`` (None when unavailable)."""
+    bank = (read_run_manifest(shards, options).get("memory_bank") or {})
+    cats = bank.get("categories")
+    if not cats:
+        return None
+    return [{"id": int(c["id"]), "name": str(c["name"])} for c in sorted(cats, key=lambda c: int(c["id"]))]
+
+
+def relative_file_name(uri: str, image_root: str | None) -> str:
+    """``uri`` relative to ``image_root`` (a folder or URI prefix); the URI itself without a root."""
+    if not image_root:
+        return uri
+    root = image_root.rstrip("/") + "/"
+    if not uri.startswith(root):
+        raise ValueError(f"image {uri!r} is not under --image-root {image_root!r}: use a common prefix of all "
+                         "image URIs, or leave --image-root out to write full URIs as file_name")
+    return uri[len(root):]
+
+
+def merge_dataset(shards: str, out: str, *, options: dict | None = None, score_threshold: float | None = None,
+                  image_root: str | None = None, categories: list[dict] | None = None, batch_rows: int = 64,
+                  progress: Callable[[int, int], None] | None = None) -> MergeStats:
+    """Shards → a complete COCO annotation file (auto-labels), streamed to ``out`` in one pass.
+
+    ``categories``: the category list to write; default: the memory bank's, from ``run.json``;
+    else the (id, name) pairs found in the instances (classes never predicted are then absent:
+    a notice says so). Instances with ``score >= score_threshold`` become annotations with ids
+    1..N in shard order. Images with status ``ok``/``empty`` are all listed; ``error`` rows are
+    skipped and counted.
+    """
+    t = _check_threshold(score_threshold)
+    stats = MergeStats(format="dataset", out=out, score_threshold=t)
+    image_root = absolute_uri(image_root) if image_root else None  # the job records absolute local paths
+    if categories is None:
+        categories = dataset_categories(shards, options)
+        stats.categories_source = "run.json (memory bank)" if categories else "instances"
+    else:
+        stats.categories_source = "given"
+    known = {int(c["id"]): c for c in categories or []}
+    seen: dict[int, str] = {}
+    ids = _IdChecker()
+    shard_names: set[str] = set()
+    out_dir = _spill_dir(out, options)
+    ann_id = 0
+    first_image = first_ann = True
+    with tempfile.TemporaryDirectory(prefix=".ntt-merge-", dir=out_dir) as spill:
+        img_path, ann_path = os.path.join(spill, "images.json"), os.path.join(spill, "annotations.json")
+        with open(img_path, "w", encoding="utf-8") as fi, open(ann_path, "w", encoding="utf-8") as fa:
+            for b in iter_image_batches(shards, options, batch_rows=batch_rows, progress=progress):
+                img_parts, ann_parts = [], []
+                for i in range(len(b)):
+                    ids.add(b.image_id[i])
+                    if not stats._count_row(b, i):
+                        continue
+                    image_id = int(b.image_id[i])
+                    uri = b.image_uri[i]
+                    img_parts.append(
+                        f'{{"id": {image_id}, "file_name": {_json_str(relative_file_name(uri, image_root))}, '
+                        f'"width": {int(b.width[i])}, "height": {int(b.height[i])}, "image_uri": {_json_str(uri)}}}')
+                    lo, hi = int(b.offsets[i]), int(b.offsets[i + 1])
+                    stats.instances_read += hi - lo
+                    for j in range(lo, hi):
+                        if t is not None and b.score[j] < t:
+                            stats.below_threshold += 1
+                            continue
+                        cid = int(b.category_id[j])
+                        if cid not in seen:
+                            seen[cid] = b.category_name[j] or f"class_{cid}"
+                        ann_id += 1
+                        h, w = b.size[j]
+                        ann_parts.append(
+                            f'{{"id": {ann_id}, "image_id": {image_id}, "category_id": {cid}, '
+                            f'"segmentation": {{"size": [{h}, {w}], "counts": {_json_str(b.counts[j])}}}, '
+                            f'"bbox": {_bbox_json(b.bbox[j])}, "area": {int(b.area[j])}, "iscrowd": 0, '
+                            f'"score": {b.score_text[j]}}}')
+                shard_names.add(b.shard)
+                if img_parts:
+                    fi.write(("\n" if first_image else ",\n") + ",\n".join(img_parts))
+                    first_image = False
+                    stats.images_written += len(img_parts)
+                if ann_parts:
+                    fa.write(("\n" if first_ann else ",\n") + ",\n".join(ann_parts))
+                    first_ann = False
+                    stats.instances_written += len(ann_parts)
+        ids.check(shards)
+        if not known:
+            cats = [{"id": c, "name": seen[c]} for c in sorted(seen)]
+            if stats.instances_written:
+                stats.notices.append("categories taken from the instances (no run.json with the memory bank beside the "
+                                     "shards): classes that were never predicted are absent")
+        else:
+            cats = [dict(c) for c in sorted(known.values(), key=lambda c: int(c["id"]))]
+            extra = sorted(set(seen) - set(known))
+            if extra:
+                stats.notices.append(f"instances use category id(s) {extra} absent from the category list; added them "
+                                     "with the names found in the shards")
+                cats = sorted(cats + [{"id": c, "name": seen[c]} for c in extra], key=lambda c: int(c["id"]))
+        cats = [{"id": int(c["id"]), "name": str(c["name"]), "supercategory": str(c.get("supercategory", ""))} for c in cats]
+        stats.categories = [{"id": c["id"], "name": c["name"]} for c in cats]
+        manifest = read_run_manifest(shards, options)
+        info = {
+            "description": "ntt-batch auto-labels (training-free reference-based instance segmentation)",
+            "format": DATASET_FORMAT,
+            "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "shards": shards,
+            "score_threshold": t,
+            "file_name": "relative to " + image_root if image_root else "image URI",
+            "memory_bank_hash": (manifest.get("memory_bank") or {}).get("content_hash"),
+            "official_weights": manifest.get("official_weights"),
+            "run_ids": [a.get("run_id") for a in manifest.get("attempts", [])],
+            "ntt_batch_version": manifest.get("ntt_batch_version"),
+        }
+        with atomic_output(out, options) as f:
+            f.write('{"info": ' + json.dumps(info) + ',\n"licenses": [],\n"images": [')
+            with open(img_path, encoding="utf-8") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+            f.write('\n],\n"annotations": [')
+            with open(ann_path, encoding="utf-8") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+            f.write('\n],\n"categories": ' + json.dumps(cats) + "\n}\n")
+            stats.bytes_written = f.tell()
+    stats.shards = len(shard_names)
+    _finish_stats(stats)
+    return stats
+
+
+def _spill_dir(out: str, options: dict | None) -> str | None:
+    """Where the dataset writer keeps its two temporary arrays: beside a local output, else the temp dir."""
+    fs, path = filesystem(out, options)
+    if _is_local(fs):
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"output folder {parent!r} does not exist: create it first")
+        return parent
+    return None
+
+
+def merge(shards: str, out: str, *, format: str, **kwargs) -> MergeStats:
+    """Dispatch to :func:`merge_results` or :func:`merge_dataset` (``format`` in ``FORMATS``)."""
+    if format == "results":
+        kwargs.pop("image_root", None)
+        kwargs.pop("categories", None)
+        return merge_results(shards, out, **kwargs)
+    if format == "dataset":
+        return merge_dataset(shards, out, **kwargs)
+    raise ValueError(f"unknown merge format {format!r}: use one of {', '.join(FORMATS)}")
+
+
+# ----------------------------------------------------------------------------- in memory (eval)
+
+
+@dataclass
+class ShardResults:
+    """COCO results read from shards for evaluation, with the per-image status it saw."""
+
+    results: list[dict]
+    processed_image_ids: set[int]  # rows with status ok or empty
+    error_image_ids: set[int]
+    rows: int
+
+
+def coco_results_from_shards(shards: str, options: dict | None = None, *,
+                             score_threshold: float | None = None) -> ShardResults:
+    """All instances as COCO results dicts in memory (COCOeval needs them all at once anyway)."""
+    t = _check_threshold(score_threshold)
+    results: list[dict] = []
+    processed: set[int] = set()
+    errors: set[int] = set()
+    rows = 0
+    for b in iter_image_batches(shards, options):
+        for i in range(len(b)):
+            rows += 1
+            image_id = int(b.image_id[i])
+            if b.status[i] == STATUS_ERROR:
+                errors.add(image_id)
+                continue
+            processed.add(image_id)
+            for j in range(int(b.offsets[i]), int(b.offsets[i + 1])):
+                if t is not None and b.score[j] < t:
+                    continue
+                results.append({"image_id": image_id, "category_id": int(b.category_id[j]), "bbox": b.bbox[j],
+                                "score": float(b.score_text[j]),
+                                "segmentation": {"size": b.size[j], "counts": b.counts[j]}})
+    return ShardResults(results, processed, errors, rows)

@@ -1,0 +1,1 @@
+"""Visual checks of predictions: PNG overlays (``overlay``), PIL only."""
