@@ -1,0 +1,250 @@
+"""Job files (YAML for ``ntt-batch run --config``): loading and ``ntt-batch config check``.
+
+A job file holds the same settings as the ``run`` flags (see ``JobConfig``); nested blocks are
+``segmenter:`` (method settings), ``storage_options:`` (fsspec options) and ``references:``
+(build the memory bank on first run, see ``bank_prep``). ``check_job_file`` validates a file
+without running anything: it parses it into a ``JobConfig`` (unknown keys and bad values are
+errors that name the key), then does the checks that are cheap on this machine (local paths,
+the memory bank's metadata, checkpoint files, S3 bucket names). Remote objects are not opened.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+import yaml
+
+from ..method.config import ConfigError
+from .bank_prep import bank_exists, bank_mismatches, memory_folder_problem, read_bank_meta
+from .job import JobConfig
+
+_LOCAL = ("file", "local")
+_S3 = ("s3", "s3a")
+# S3 bucket names: 3-63 chars, lowercase letters, digits, dots and hyphens, starting and ending alphanumeric.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_job_file(path: str | Path) -> dict:
+    """Read a job YAML into a dict (errors name the file, and the line for syntax errors / repeated keys)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read job file ({e})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    return data
+
+
+def job_config_from_file(path: str | Path) -> JobConfig:
+    """Load and validate a job file into a :class:`JobConfig` (errors start with the file's name)."""
+    data = load_job_file(path)
+    try:
+        return JobConfig.from_dict(data, where=str(path)).validate()
+    except ValueError as e:  # ConfigError, unknown model names
+        message = str(e)
+        raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+
+
+# ----------------------------------------------------------------------------- storage options
+
+
+def _uris(cfg: JobConfig) -> dict[str, str]:
+    """Every URI of a job, by the key that holds it."""
+    out = {k: getattr(cfg, k) for k in ("images", "manifest", "annotations", "image_root", "out", "memory", "checkpoint_dir")}
+    if cfg.references is not None:
+        out.update({f"references.{k}": getattr(cfg.references, k) for k in ("annotations", "file", "image_root")})
+    return {k: v for k, v in out.items() if v}
+
+
+def _protocol(uri: str) -> str:
+    return fsspec.utils.get_protocol(uri)
+
+
+def s3_option_names() -> set[str]:
+    """Option names s3fs accepts: S3FileSystem's arguments, fsspec's cache options, aiobotocore's session arguments."""
+    import s3fs
+
+    names = {p for p in inspect.signature(s3fs.S3FileSystem.__init__).parameters if p not in ("self", "kwargs")}
+    names |= {"use_listings_cache", "listings_expiry_time", "max_paths", "skip_instance_cache"}
+    try:
+        from aiobotocore.session import AioSession
+
+        names |= {p for p in inspect.signature(AioSession.__init__).parameters if p != "self"}
+    except ImportError:  # pragma: no cover
+        pass
+    return names
+
+
+def check_storage_options(cfg: JobConfig) -> None:
+    """Refuse storage option names that the job's object store does not know (a misspelling would be ignored or fail late).
+
+    Checked for s3:// jobs (s3fs); other protocols take free-form options (e.g. HTTP headers) and pass unchecked.
+    """
+    if not cfg.storage_options:
+        return
+    if not isinstance(cfg.storage_options, dict):
+        raise ConfigError(f"storage_options: must be a mapping of fsspec options, got {type(cfg.storage_options).__name__}")
+    protocols = {_protocol(u) for u in _uris(cfg).values()}
+    if protocols & set(_S3):
+        valid = s3_option_names()
+        unknown = sorted(k for k in cfg.storage_options if k not in valid)
+        if unknown:
+            raise ConfigError(
+                f"storage_options: unknown key(s) {', '.join(repr(f'storage_options.{k}') for k in unknown)} for s3:// "
+                f"(s3fs); valid keys: {', '.join(sorted(valid))}")
+
+
+# ----------------------------------------------------------------------------- config check
+
+
+@dataclass
+class CheckReport:
+    path: str
+    config: JobConfig
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def format(self) -> str:
+        lines = [f"{self.path}: {'valid job config' if self.ok else 'INVALID job config'}",
+                 "resolved settings (credentials redacted; defaults filled in):"]
+        dumped = yaml.safe_dump(self.config.to_dict(), sort_keys=False, default_flow_style=False)
+        lines += ["  " + ln for ln in dumped.rstrip().splitlines()]
+        for title, items in (("notes", self.notes), ("warnings", self.warnings), ("errors", self.errors)):
+            if items:
+                lines.append(f"{title}:")
+                lines += [f"  - {item}" for item in items]
+        return "\n".join(lines)
+
+
+def check_job_file(path: str | Path) -> CheckReport:
+    """Validate a job file and check, cheaply and without running anything, what it points at.
+
+    Raises:
+        ConfigError: the file does not parse into a valid config (the message names the key).
+    """
+    cfg = job_config_from_file(path)
+    report = CheckReport(str(path), cfg)
+    _check_locations(cfg, report)
+    encoder = _check_bank(cfg, report)
+    _check_checkpoints(cfg, encoder, report)
+    return report
+
+
+def _check_locations(cfg: JobConfig, report: CheckReport) -> None:
+    bad_buckets: dict[str, list[str]] = {}
+    for key, uri in _uris(cfg).items():
+        protocol = _protocol(uri)
+        if protocol in _LOCAL:
+            if key in ("out", "memory"):
+                continue  # created by the run (memory: see _check_bank)
+            if not Path(uri).exists():
+                report.warnings.append(f"{key}: {uri} does not exist on this machine (it must exist where the job runs)")
+            continue
+        if protocol in _S3:
+            bucket = uri.split("://", 1)[1].split("/", 1)[0]
+            if not _BUCKET.match(bucket):
+                bad_buckets.setdefault(bucket, []).append(key)
+                continue
+        report.notes.append(f"{key}: {uri} (remote; not opened by the check)")
+    for bucket, keys in bad_buckets.items():
+        report.warnings.append(
+            f"{', '.join(keys)}: {bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens); "
+            f"if it is the placeholder of a shipped job file, replace it with your bucket before running")
+    problem = memory_folder_problem(cfg.memory)
+    if problem and (cfg.references is not None or _protocol(cfg.memory) not in _LOCAL):
+        report.errors.append(problem)
+    if cfg.checkpoint_dir and _protocol(cfg.checkpoint_dir) not in _LOCAL:
+        report.errors.append(f"checkpoint_dir: {cfg.checkpoint_dir} must be a local folder on every node")
+
+
+def _check_bank(cfg: JobConfig, report: CheckReport) -> str | None:
+    """Report the bank (or how it will be made); return the encoder name it uses, if known."""
+    spec = cfg.references
+    if _protocol(cfg.memory) not in _LOCAL:
+        return spec.encoder if spec else None
+    if bank_exists(cfg.memory):
+        try:
+            meta = read_bank_meta(cfg.memory)
+        except (OSError, ValueError) as e:
+            report.errors.append(f"memory: {cfg.memory}/memory_bank.json cannot be read ({e})")
+            return None
+        names = [c["name"] for c in meta.get("categories", [])]
+        shots = sorted(set((meta.get("shots") or {}).values()))
+        encoder = (meta.get("encoder") or {}).get("name")
+        report.notes.append(
+            f"memory: bank with {len(names)} classes ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}), "
+            f"shots per class {shots[0] if len(shots) == 1 else shots}, encoder {encoder}, "
+            f"hash {str(meta.get('content_hash'))[:16]}")
+        if spec is not None:
+            problems = bank_mismatches(spec, meta)
+            if problems:
+                report.errors.append(f"memory: the bank in {cfg.memory} was built with {', '.join(problems)}; point memory: "
+                                     "at another folder or delete it to rebuild")
+        return encoder
+    if spec is not None:
+        how = (f"sampling {spec.shots} shot(s) per class of split {spec.split!r} (seed {spec.seed}) from {spec.annotations}"
+               if spec.annotations else f"the references in {spec.file}")
+        report.notes.append(f"memory: {cfg.memory} holds no bank yet; the first run builds it from {how} "
+                            f"with {spec.encoder} (images under {spec.image_root})")
+        return spec.encoder
+    report.warnings.append(
+        f"memory: {cfg.memory} holds no memory bank on this machine. Build it first: `ntt-batch references sample "
+        f"--annotations ANN.json --split few_shot --shots K --seed 33 --out refs.json` then `ntt-batch memory build "
+        f"--references refs.json --image-root IMAGES/ --out {cfg.memory}`; or add a references: block so the job builds it")
+    return None
+
+
+def _check_checkpoints(cfg: JobConfig, encoder: str | None, report: CheckReport) -> None:
+    """Where the model files would come from on this machine (no hashing, no download)."""
+    from ..models.checkpoints import _search_dirs, default_cache_dir
+    from ..models.registry import get_spec
+
+    names = [cfg.sam2] + ([encoder] if encoder else [])
+    if cfg.references is not None and cfg.references.sam2:
+        names.append(cfg.references.sam2)
+    dirs = _search_dirs(cfg.checkpoint_dir, default_cache_dir())
+    for name in dict.fromkeys(names):
+        try:
+            spec = get_spec(name)
+        except ValueError as e:
+            report.errors.append(str(e))
+            continue
+        found = next((d / spec.filename for d in dirs if (d / spec.filename).is_file()), None)
+        if found:
+            report.notes.append(f"checkpoint {name}: {found}")
+        elif cfg.download:
+            report.notes.append(f"checkpoint {name}: not on this machine; downloaded on first use "
+                                f"({spec.size_bytes / 1e6:.0f} MB from {spec.url})")
+        else:
+            report.warnings.append(f"checkpoint {name}: {spec.filename} not found in {', '.join(map(str, dirs))} "
+                                   "and download is false: place it there on every node, or set download: true")
