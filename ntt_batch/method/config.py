@@ -47,7 +47,13 @@ class SegmenterConfig:
     # "reference": linspace(0, S-1, n) + 0.5 with x as the outer index (§4.2, §8.3);
     # "amg": SAM's automatic-mask-generator grid (cell centres, y outer).
     point_grid: Literal["reference", "amg"] = "reference"
-    points_batch_size: int = 256  # prompts per decoder call (testing_point_bs)
+    # "fast": the same function computed with far less work (exact re-arrangements: shared
+    # first decoder layer, filter before upscaling, separable mask pooling, merge restricted to
+    # overlapping pairs); "reference": the straightforward path as method.md §4 describes it.
+    implementation: Literal["fast", "reference"] = "fast"
+    # Prompts per decoder call on the reference path (testing_point_bs). The fast path sizes its
+    # decoder batches to memory instead (free GPU memory; 64 on CPU), capped by this value.
+    points_batch_size: int = 256
     add_no_mem_embed: bool = False  # the reference skips it (§8.1)
     pred_iou_threshold: float = 0.4  # keep predicted IoU > thr, strict (§4.2)
     nms_iou_threshold: float = 0.5  # class-aware box NMS on 256-grid boxes (§4.5)
@@ -71,6 +77,8 @@ class SegmenterConfig:
         _check(self.points_per_side >= 1, "points_per_side", self.points_per_side, ">= 1")
         _check(self.point_grid in ("reference", "amg"), "point_grid", self.point_grid,
                "'reference' or 'amg'")
+        _check(self.implementation in ("fast", "reference"), "implementation", self.implementation,
+               "'fast' or 'reference'")
         _check(self.points_batch_size >= 1, "points_batch_size", self.points_batch_size, ">= 1")
         _check(0.0 <= self.pred_iou_threshold <= 1.0, "pred_iou_threshold",
                self.pred_iou_threshold, "in [0, 1]")

@@ -113,6 +113,40 @@ def pool_mask_features(masks: Tensor, dense_features: Tensor) -> Tensor:
     return mean / mean.norm(dim=1, keepdim=True)
 
 
+def linear_interpolation_matrix(n_in: int, n_out: int, device=None) -> Tensor:
+    """[n_out, n_in] weights W with ``W @ x`` = 1-D linear interpolation of x (align_corners=False).
+
+    Bilinear upsampling is separable, so ``F.interpolate(X, (h, w), mode="bilinear")`` equals
+    ``Wy @ X @ Wxᵀ`` with these matrices (up to float rounding).
+    """
+    eye = torch.eye(n_in, dtype=torch.float32, device=device)[None]  # [1, n_in (channels), n_in]
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.contiguous()
+
+
+def pool_mask_features_separable(masks: Tensor, patch_features: Tensor) -> Tensor:
+    """:func:`pool_mask_features` over :func:`upsample_features`, without the upsampled features.
+
+    ``Σ_q m[q]·Fup[q] = Σ_p (Wyᵀ·m·Wx)[p]·F[p]``: the mask is pushed down onto the patch grid with
+    the transposed interpolation weights (N·h·w·gw MACs) instead of pulling the features up to
+    h×w (N·h·w·D MACs plus a [h·w, D] buffer). Same result up to float rounding.
+
+    Args:
+        masks: [N, h, w] bool.
+        patch_features: [gh, gw, D].
+    Returns:
+        [N, D] unit vectors; NaN rows for empty masks (as :func:`pool_mask_features`).
+    """
+    n, h, w = masks.shape
+    gh, gw, d = patch_features.shape
+    wy = linear_interpolation_matrix(gh, h, masks.device)  # [h, gh]
+    wx = linear_interpolation_matrix(gw, w, masks.device)  # [w, gw]
+    m = masks.to(patch_features.dtype)
+    on_grid = wy.T @ (m @ wx)  # [N, gh, gw]
+    summed = on_grid.reshape(n, gh * gw) @ patch_features.reshape(gh * gw, d)  # [N, D]
+    mean = summed / m.flatten(1).sum(dim=1, keepdim=True)
+    return mean / mean.norm(dim=1, keepdim=True)
+
+
 def class_similarity(mask_features: Tensor, class_prototypes: Tensor) -> Tensor:
     """Cosine similarity to each class prototype, clamped at 0: [N, D] × [C, D] → [N, C] (§4.4)."""
     return (mask_features @ class_prototypes.T).clamp(min=0)
@@ -232,6 +266,28 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+class StageTimer:
+    """Accumulates wall seconds per named stage; synchronises CUDA so GPU time lands in the right stage."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        import time
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
 class Segmenter:
     """Segments target images against a memory bank (method.md §4).
 
@@ -252,6 +308,10 @@ class Segmenter:
         if proposer.image_size != config.image_size:
             raise ValueError(f"proposer input size {proposer.image_size} != config image_size {config.image_size}")
         self.points = point_grid(config.points_per_side, config.image_size, config.point_grid).to(self.device)
+        self.timer: StageTimer | None = None  # set one to get per-stage seconds (the benchmark does)
+
+    def _stage(self, name: str):
+        return self.timer(name) if self.timer is not None else contextlib.nullcontext()
 
     def _autocast(self):
         if self.config.bf16 and self.device.type == "cuda":
@@ -271,11 +331,13 @@ class Segmenter:
         x = torch.from_numpy(np.stack([t.resized for t in targets])).to(self.device)  # np.stack copies: writable
         x = x.permute(0, 3, 1, 2).float() / 255.0  # [B, 3, S, S] in [0, 1]
         with self._autocast():
-            sam_feats = self.proposer.encode(x)
-            # §4.3: torch bicubic S → 518, no antialias, from the same [0, 1] tensor.
-            e = self.config.encoder_image_size
-            x_enc = F.interpolate(x, size=(e, e), mode="bicubic", align_corners=False)
-            patch_feats = self.encoder(x_enc)  # [B, gh, gw, D]
+            with self._stage("sam2_encoder"):
+                sam_feats = self.proposer.encode(x)
+            with self._stage("dinov2"):
+                # §4.3: torch bicubic S → 518, no antialias, from the same [0, 1] tensor.
+                e = self.config.encoder_image_size
+                x_enc = F.interpolate(x, size=(e, e), mode="bicubic", align_corners=False)
+                patch_feats = self.encoder(x_enc)  # [B, gh, gw, D]
         patch_feats = patch_feats.float()
         out = []
         for i, t in enumerate(targets):
@@ -296,17 +358,63 @@ class Segmenter:
             ious.append(iou[keep])
         return torch.cat(logits), torch.cat(ious)
 
+    def _propose_fast(self, sam_feats: Any) -> tuple[Tensor, Tensor]:
+        """Same result as :meth:`_propose`, computed by the proposer's point decoder when it has one.
+
+        The decoder picks the best multimask output and applies the IoU filter before it builds any
+        mask, so only surviving prompts are upscaled (see ``models.sam2_point_decoder``). Batches
+        are sized to memory instead of fixed at ``points_batch_size``.
+        """
+        make = getattr(self.proposer, "point_decoder", None)
+        if make is None or isinstance(sam_feats, Tensor):  # a proposer without the fast decoder
+            return self._propose(sam_feats)
+        dec = make()
+        with self._autocast():
+            state = dec.prepare(sam_feats.image_embed, sam_feats.high_res)
+            logits, ious = [], []
+            bs = self._fast_decoder_batch()
+            for start in range(0, self.points.shape[0], bs):
+                _, lg, iou = dec.decode(state, self.points[start : start + bs], self.config.pred_iou_threshold)
+                logits.append(lg.float())
+                ious.append(iou.float())
+        return torch.cat(logits), torch.cat(ious)
+
+    def _fast_decoder_batch(self) -> int:
+        """Prompts per fast decoder call: what fits in half the free GPU memory (~24 MiB per prompt
+        in fp32, half in bf16); 64 on CPU, where larger batches buy nothing. Capped by points_batch_size."""
+        cap = self.config.points_batch_size
+        if self.device.type != "cuda":
+            return min(cap, 64)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        per_prompt = (12 if self.config.bf16 else 24) * 2**20
+        return max(1, min(cap * 4, int(free * 0.5) // per_prompt))
+
     def _segment_one(self, sam_feats: Any, patch_feats: Tensor, target: TargetImage) -> list[Instance]:
         cfg = self.config
-        logits, iou = self._propose(sam_feats)
+        fast = cfg.implementation == "fast"
+        with self._stage("mask_decoder"):
+            logits, iou = self._propose_fast(sam_feats) if fast else self._propose(sam_feats)
         if logits.shape[0] == 0:
             return []
+        with self._stage("matching_nms"):
+            keep, feats, sem, label = self._match_and_nms(logits, iou, patch_feats, fast)
+        if keep.numel() == 0:
+            return []  # the reference raises "No masks found" here (§8.5)
+        with self._stage("upsample_merge"):
+            return self._finalize(logits, keep, feats, sem, label, target)
+
+    def _match_and_nms(self, logits: Tensor, iou: Tensor, patch_feats: Tensor, fast: bool):
+        """§4.3-4.5 on the 256² grid → (kept candidate indices in NMS order, features, sem, labels)."""
+        cfg = self.config
         lh, lw = logits.shape[-2:]
         lr_masks = logits > 0  # [N, h, w]
 
         # §4.3-4.4: bilinear-upsampled DINOv2 features, uniform mask pooling, clamped cosine.
-        dense = upsample_features(patch_feats, (lh, lw))  # [h·w, D]
-        feats = pool_mask_features(lr_masks, dense)  # [N, D]; NaN rows for empty masks
+        if fast:
+            feats = pool_mask_features_separable(lr_masks, patch_feats)  # [N, D]
+        else:
+            dense = upsample_features(patch_feats, (lh, lw))  # [h·w, D]
+            feats = pool_mask_features(lr_masks, dense)  # [N, D]; NaN rows for empty masks
         sim = class_similarity(feats, self.prototypes)  # [N, C]
         sim = torch.nan_to_num(sim, nan=0.0)  # empty mask: no similarity (dropped below)
         sem, label = sim.topk(1, dim=1)  # topk, not argmax: the reference's tie-breaking (§8.19)
@@ -323,9 +431,11 @@ class Segmenter:
         keep = batched_nms(boxes, iou[candidates], label[candidates], cfg.nms_iou_threshold)
         keep = candidates[keep[: cfg.nms_keep_factor * cfg.max_detections]]
         keep = keep[sem[keep] > 0]  # positive-score filter, after NMS (§4.5)
-        if keep.numel() == 0:
-            return []  # the reference raises "No masks found" here (§8.5)
+        return keep, feats, sem, label
 
+    def _finalize(self, logits, keep, feats, sem, label, target: TargetImage) -> list[Instance]:
+        """§4.6-4.8: full-resolution masks, soft merging, top-k → instances."""
+        cfg = self.config
         # §4.6: upsample the kept low-res logits straight to the original size.
         masks = self._to_original(logits[keep], target)  # [M, H, W] bool
         nonempty = masks.flatten(1).any(dim=1)  # §8.6: an empty full-res mask would give NaN

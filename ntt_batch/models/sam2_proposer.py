@@ -117,6 +117,14 @@ class Sam2Proposer(nn.Module):
         labels = torch.ones(points.shape[0], 1, dtype=torch.int, device=points.device)
         return self._decode((coords, labels), None, features, multimask=True)
 
+    def point_decoder(self):
+        """The fast multimask point decoder over this model's weights (built once, shares the modules)."""
+        if getattr(self, "_point_decoder", None) is None:
+            from .sam2_point_decoder import PointGridDecoder
+
+            self._point_decoder = PointGridDecoder(self.model)
+        return self._point_decoder
+
     @torch.no_grad()
     def decode_boxes(self, features: Sam2Features, boxes: Tensor) -> tuple[Tensor, Tensor]:
         """Box prompts (used to turn box-only references into masks, method.md §5.4).

@@ -1,0 +1,296 @@
+"""`ntt-batch bench`: per-stage timing of the fast path against the reference path, same run.
+
+For each image (interleaved, so machine load hits both paths alike):
+
+* **decode**: read bytes, decode, EXIF-orient, squash/letterbox to the SAM2 input (CPU, as the
+  job's decode tasks do);
+* the segmenter's stages (:class:`ntt_batch.method.segmenter.StageTimer`): ``sam2_encoder``,
+  ``dinov2``, ``mask_decoder``, ``matching_nms`` (pooling, similarity, NMS), ``upsample_merge``
+  (full-resolution masks, soft merging, top-k);
+* **rle**: COCO RLE of every output mask; **write**: the Parquet row written to a shard.
+
+The *reference path* is ``SegmenterConfig(implementation="reference")`` with the reference's
+fixed decoder batches of 256 prompts, fp32: method.md §4 as written. The *fast path* is the
+default implementation. Both use the same weights, bank and images, so they pass the same
+candidates through the same filters; the run checks that their detections agree (per image,
+greedy matching by class with box IoU ≥ ``agree_iou`` and |Δscore| ≤ ``agree_score``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .io.images import decode_image
+from .io.masks import encode_rle, mask_area
+from .io.shards import STATUS_EMPTY, STATUS_OK, rows_to_table
+from .io.storage import InputImage, read_bytes
+from .method.config import SegmenterConfig
+from .method.memory_bank import MemoryBank
+from .method.references import FEW_SHOT_CLASS_NAMES
+from .method.segmenter import Instance, Segmenter, StageTimer, TargetImage
+
+STAGES = ["decode", "sam2_encoder", "mask_decoder", "dinov2", "matching_nms", "upsample_merge", "rle", "write"]
+
+
+class PeakRSS:
+    """Peak resident set size (bytes) of this process while the block runs, sampled every 5 ms."""
+
+    def __init__(self):
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def current() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            self._stop.wait(0.005)
+
+    def __enter__(self):
+        self.peak = self.current()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current())
+
+
+def random_bank(encoder_name: str, dim: int, num_classes: int = 20, seed: int = 0) -> MemoryBank:
+    """A bank of random unit prototypes (the few-shot class names): enough to time the matching."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.nn.functional.normalize(torch.randn(num_classes, dim, generator=g), dim=1)
+    names = FEW_SHOT_CLASS_NAMES[:num_classes]
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+    return MemoryBank(categories=cats, instance_prototypes=protos, instance_labels=torch.arange(num_classes),
+                      encoder={"name": encoder_name, "checkpoint_sha256": None, "official": False},
+                      notes=["random prototypes for benchmarking"])
+
+
+def _box_iou(a: list[float], b: list[float]) -> float:
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    iw = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
+    ih = max(0.0, min(ay2, by2) - max(a[1], b[1]))
+    inter = iw * ih
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    if union <= 0:  # degenerate (zero-area) boxes: equal or not
+        return 1.0 if a == b else 0.0
+    return inter / union
+
+
+def match_detections(fast: list[Instance], ref: list[Instance], iou_min: float, score_tol: float) -> dict:
+    """Greedy one-to-one matching (reference order, best box IoU) of same-class detections."""
+    used: set[int] = set()
+    matched, worst_iou, worst_score = 0, 1.0, 0.0
+    for r in ref:
+        best, best_iou = None, -1.0
+        for j, f in enumerate(fast):
+            if j in used or f.category_id != r.category_id or abs(f.score - r.score) > score_tol:
+                continue
+            iou = _box_iou(f.bbox, r.bbox)
+            if iou > best_iou:
+                best, best_iou = j, iou
+        if best is not None and best_iou >= iou_min:
+            used.add(best)
+            matched += 1
+            worst_iou = min(worst_iou, best_iou)
+            worst_score = max(worst_score, abs(fast[best].score - r.score))
+    return {"reference": len(ref), "fast": len(fast), "matched": matched,
+            "agree": matched == len(ref) == len(fast), "min_box_iou": worst_iou, "max_score_diff": worst_score}
+
+
+@dataclasses.dataclass
+class PathResult:
+    seconds: dict[str, float]
+    images: int
+    peak_rss: int
+    peak_gpu: int | None
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+    def to_json(self) -> dict:
+        return {"images": self.images, "seconds_total": self.total, "images_per_s": self.images / self.total if self.total else None,
+                "seconds_per_image": {k: v / max(1, self.images) for k, v in self.seconds.items()},
+                "peak_rss_bytes": self.peak_rss, "peak_gpu_bytes": self.peak_gpu}
+
+
+def _process(segmenter: Segmenter, image: InputImage, timer: StageTimer, shard_dir: str, tag: str) -> list[Instance]:
+    """One image through decode → segment → RLE → Parquet write, timing each stage."""
+    cfg = segmenter.config
+    with timer("decode"):
+        decoded = decode_image(read_bytes(image.image_uri))
+        target = TargetImage.from_image(decoded, cfg)
+    segmenter.timer = timer
+    try:
+        (instances,) = segmenter.segment_targets([target])
+    finally:
+        segmenter.timer = None
+    with timer("rle"):
+        records = []
+        for inst in instances:
+            rle = encode_rle(inst.mask)
+            records.append({"category_id": inst.category_id, "category_name": inst.category_name, "score": inst.score,
+                            "bbox": inst.bbox, "area": mask_area(rle),
+                            "segmentation": {"size": list(rle["size"]), "counts": rle["counts"]}})
+    with timer("write"):
+        import pyarrow.parquet as pq
+
+        row = {"image_id": image.image_id, "image_uri": image.image_uri, "width": int(decoded.shape[1]),
+               "height": int(decoded.shape[0]), "status": STATUS_OK if records else STATUS_EMPTY, "error": None,
+               "num_instances": len(records), "instances": records, "run_id": "bench"}
+        pq.write_table(rows_to_table([row]), os.path.join(shard_dir, f"{tag}-{image.image_id}.parquet"))
+    return instances
+
+
+def run_benchmark(
+    fast: Segmenter,
+    reference: Segmenter,
+    images: list[InputImage],
+    *,
+    warmup: int = 0,
+    agree_iou: float = 0.99,
+    agree_score: float = 1e-3,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Time both segmenters on ``images`` (interleaved per image); return the report dict."""
+    say = progress or (lambda msg: None)
+    device = fast.device
+    shard_dir = tempfile.mkdtemp(prefix="ntt-bench-")
+    for im in images[:warmup]:
+        say(f"warm-up on {im.image_uri}")
+        for seg, tag in ((fast, "warm-f"), (reference, "warm-r")):
+            _process(seg, im, StageTimer(device), shard_dir, tag)
+    timers = {"fast": StageTimer(device), "reference": StageTimer(device)}
+    peaks = {"fast": [0, 0], "reference": [0, 0]}
+    agreement = []
+    for n, im in enumerate(images, 1):
+        out = {}
+        for name, seg in (("fast", fast), ("reference", reference)):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            with PeakRSS() as rss:
+                out[name] = _process(seg, im, timers[name], shard_dir, name)
+            peaks[name][0] = max(peaks[name][0], rss.peak)
+            if device.type == "cuda":
+                peaks[name][1] = max(peaks[name][1], torch.cuda.max_memory_allocated(device))
+        m = match_detections(out["fast"], out["reference"], agree_iou, agree_score)
+        m["image_uri"] = im.image_uri
+        agreement.append(m)
+        say(f"[{n}/{len(images)}] {Path(im.image_uri).name}: fast {sum(timers['fast'].seconds.values()):.1f}s, "
+            f"reference {sum(timers['reference'].seconds.values()):.1f}s cumulative; "
+            f"{m['matched']}/{m['reference']} detections agree")
+    res = {k: PathResult(dict(timers[k].seconds), len(images), peaks[k][0], peaks[k][1] if device.type == "cuda" else None)
+           for k in timers}
+    fps, rps = (len(images) / res[k].total for k in ("fast", "reference"))
+    return {
+        "images_per_s": fps,
+        "reference_images_per_s": rps,
+        "speedup_vs_reference": fps / rps,
+        "detections_agree": all(a["agree"] for a in agreement),
+        "agreement": {"box_iou_min": agree_iou, "score_tolerance": agree_score, "per_image": agreement},
+        "fast": res["fast"].to_json(),
+        "reference": res["reference"].to_json(),
+        "stages": STAGES,
+        "config": {"fast": dataclasses.asdict(fast.config), "reference": dataclasses.asdict(reference.config)},
+        "environment": environment(device),
+    }
+
+
+def environment(device: torch.device) -> dict:
+    env = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "ntt_batch": __version__,
+           "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def format_report(report: dict) -> str:
+    """The human-readable table: seconds per image per stage for both paths, then the ratios."""
+    f, r = report["fast"], report["reference"]
+    lines = [f"{'stage (s / image)':<20}{'fast':>12}{'reference':>12}{'ratio':>9}"]
+    for s in STAGES:
+        a, b = f["seconds_per_image"].get(s, 0.0), r["seconds_per_image"].get(s, 0.0)
+        lines.append(f"{s:<20}{a:>12.3f}{b:>12.3f}{(b / a if a > 0 else float('nan')):>8.1f}x")
+    lines.append(f"{'total':<20}{f['seconds_total'] / f['images']:>12.3f}{r['seconds_total'] / r['images']:>12.3f}")
+    lines.append(f"images/s: fast {report['images_per_s']:.4f}, reference {report['reference_images_per_s']:.4f}, "
+                 f"speedup {report['speedup_vs_reference']:.2f}x")
+    gib = 2**30
+    lines.append(f"peak host RSS: fast {f['peak_rss_bytes'] / gib:.2f} GiB, reference {r['peak_rss_bytes'] / gib:.2f} GiB"
+                 + (f"; peak GPU: fast {f['peak_gpu_bytes'] / gib:.2f} GiB, reference {r['peak_gpu_bytes'] / gib:.2f} GiB"
+                    if f["peak_gpu_bytes"] is not None else ""))
+    per = report["agreement"]["per_image"]
+    lines.append(f"detections agree: {report['detections_agree']} ({sum(a['matched'] for a in per)}/"
+                 f"{sum(a['reference'] for a in per)} matched; box IoU >= {report['agreement']['box_iou_min']}, "
+                 f"|score diff| <= {report['agreement']['score_tolerance']})")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- pipeline overhead
+
+
+def run_pipeline_noop(images: list[InputImage], *, repeat: int, batch_size: int, checkpoint_dir: str,
+                      encoder_name: str = "dinov2_vits14", sam2_name: str = "sam2.1_hiera_tiny",
+                      echo: Callable[[str], None] = print) -> dict:
+    """The Ray job end to end with the model stage replaced by :class:`NoopModelActor`.
+
+    The images are hard-linked (copied across devices) ``repeat`` times under fresh names, so
+    every one is a distinct input; the job reads, decodes, moves and writes them like a real run.
+    Returns images/s over the job's own execution time (``run.json``'s attempt seconds: dataset
+    start-up included, Ray start-up not).
+    """
+    import shutil
+
+    import ray
+
+    from .pipeline.job import JobConfig, NoopModelActor, run_job
+
+    work = Path(tempfile.mkdtemp(prefix="ntt-bench-pipeline-"))
+    src = work / "images"
+    src.mkdir()
+    n = 0
+    for r in range(repeat):
+        for im in images:
+            dst = src / f"r{r:03d}_{Path(im.image_uri).name}"
+            try:
+                os.link(im.image_uri, dst)
+            except OSError:
+                shutil.copyfile(im.image_uri, dst)
+            n += 1
+    bank_dir = work / "bank"
+    dim = {"dinov2_vits14": 384, "dinov2_vitb14": 768, "dinov2_vitl14": 1024, "dinov2_vitg14": 1536}.get(
+        encoder_name.replace("_reg", ""), 384)
+    random_bank(encoder_name, dim).save(bank_dir)
+    cfg = JobConfig(memory=str(bank_dir), out=str(work / "out"), images=str(src), sam2=sam2_name,
+                    checkpoint_dir=checkpoint_dir, download=False, batch_size=batch_size,
+                    actor_num_cpus=0.0)  # a no-op needs no core of its own: all of them go to decoding
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    echo(f"pipeline no-op: {n} images ({len(images)} distinct x {repeat}), batch size {batch_size}, "
+         f"{int(ray.cluster_resources().get('CPU', 0))} CPUs")
+    result = run_job(cfg, echo=echo, model_stage=NoopModelActor)
+    summary = result.summary
+    report = {"images": n, "seconds": result.attempt["seconds"], "images_per_s": n / result.attempt["seconds"],
+              "rows": summary["rows"], "errors": summary["error"], "batch_size": batch_size,
+              "environment": environment(torch.device("cpu"))}
+    shutil.rmtree(work, ignore_errors=True)
+    return report
