@@ -349,12 +349,9 @@ def run(ctx, config_file, dry_run, **kw):
 
     data: dict = {}
     if config_file:
-        import yaml
+        from .pipeline.job_files import load_job_file
 
-        with open(config_file) as f:
-            data = yaml.safe_load(f) or {}
-        if not isinstance(data, dict):
-            raise click.ClickException(f"{config_file}: expected a mapping of settings at the top level")
+        data = load_job_file(config_file)  # the same reader as `config check`: repeated keys are errors
     given = {k for k in kw if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
     seg = dict(data.pop("segmenter", None) or {})
     for k in given & set(_SEGMENTER_FLAGS):
@@ -392,6 +389,185 @@ def yaml_scalar(text: str):
     return yaml.safe_load(text)
 
 
+# ----------------------------------------------------------------------------- merge / eval / visualize
+
+
+def storage_flags(f):
+    """Object-store flags for commands that read shards/files by URI (same meaning as for `run`)."""
+    opts = [
+        click.option("--endpoint-url", default=None, help="S3-compatible endpoint (MinIO, Ceph, ...)."),
+        click.option("--anon", is_flag=True, default=False, help="Anonymous object-store access."),
+        click.option("--profile", default=None, help="AWS profile for s3:// URIs."),
+        click.option("--storage-option", "storage_option", multiple=True, help="Extra fsspec option KEY=VALUE (repeatable)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def storage_options_from_flags(kw: dict) -> dict:
+    """fsspec storage options from the `storage_flags` values (removed from ``kw``)."""
+    opts: dict = {}
+    endpoint, anon, profile = kw.pop("endpoint_url", None), kw.pop("anon", False), kw.pop("profile", None)
+    for item in kw.pop("storage_option", ()) or ():
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--storage-option")
+        opts[k] = yaml_scalar(v)
+    if endpoint:
+        opts.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
+    if anon:
+        opts["anon"] = True
+    if profile:
+        opts["profile"] = profile
+    return opts
+
+
+@main.command()
+@click.option("--shards", required=True, help="Output folder/URI of `ntt-batch run` (holds *.parquet and run.json), or one .parquet file.")
+@click.option("--out", required=True, help="Output JSON file (local path or s3://...). Written atomically: temp file, then rename/upload.")
+@click.option("--format", "fmt", required=True, type=click.Choice(["results", "dataset"]),
+              help="results: COCO results array for COCOeval/`ntt-batch eval`. dataset: a complete COCO annotation file "
+                   "(images, categories, annotations with RLE masks and scores) to train other models on.")
+@click.option("--score-threshold", type=float, default=None,
+              help="Keep instances with score >= T (default: all). For auto-labels pick T by looking at `ntt-batch visualize` and eval numbers.")
+@click.option("--image-root", default=None,
+              help="dataset only: write file_name relative to this folder/URI prefix (default: file_name is the full image URI).")
+@click.option("--batch-rows", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Shard rows read per step (memory: about one Parquet row group + this many rows, handled "
+                   "in slices of at most 2048 instances).")
+@storage_flags
+def merge(shards, out, fmt, score_threshold, image_root, batch_rows, **kw):
+    """Stream the batch job's shards into one COCO JSON file, in bounded memory.
+
+    \b
+    --format results   [{"image_id", "category_id", "bbox", "score", "segmentation": RLE}, ...]
+                       exactly what pycocotools COCO.loadRes and `ntt-batch eval` read.
+    --format dataset   {"info", "images": [{"id", "file_name", "width", "height", "image_uri"}],
+                        "annotations": [{"id", "image_id", "category_id", "segmentation": RLE, "bbox",
+                        "area", "iscrowd": 0, "score"}], "categories"}: the auto-labeling product.
+                       Categories come from the memory bank recorded in run.json (else from the
+                       instances); images whose row has status error are skipped and counted.
+
+    Memory stays bounded however many instances there are: shards are read one record batch at a
+    time and entries are written as they are formatted. Example:
+
+    \b
+      ntt-batch merge --shards out/ --out results.json --format results
+      ntt-batch merge --shards s3://bucket/run1/ --out labels.json --format dataset --score-threshold 0.5
+    """
+    from .io.merge import merge as merge_shards
+
+    options = storage_options_from_flags(kw)
+    stats = merge_shards(shards, out, format=fmt, options=options, score_threshold=score_threshold,
+                         image_root=image_root, batch_rows=batch_rows, progress=_progress("shards"))
+    click.echo(f"wrote {out} ({fmt}): {stats.instances_written} instances on {stats.images_written} images "
+               f"from {stats.rows} rows in {stats.shards} shards ({stats.images_ok} ok, {stats.images_empty} empty, "
+               f"{stats.images_error} error skipped); {stats.below_threshold} below the score threshold; "
+               f"{stats.bytes_written / 1e6:.1f} MB")
+    if fmt == "dataset":
+        click.echo(f"  {len(stats.categories)} categories (from {stats.categories_source})")
+    for n in stats.notices:
+        click.echo(f"  notice: {n}")
+
+
+@main.command("eval")
+@click.option("--annotations", required=True, help="COCO ground-truth annotation JSON (local path or URI).")
+@click.option("--results", required=True,
+              help="A COCO results JSON (`ntt-batch merge --format results`, `ntt-batch segment`) or the shards folder/URI of `ntt-batch run`.")
+@click.option("--split", default="all", show_default=True,
+              help="Classes to score: 'few_shot' (the 20 COCO-FSOD classes, method.md §5.1), 'all', or comma-separated names/ids.")
+@click.option("--iou-type", "iou_type", default="bbox,segm", show_default=True, help="bbox, segm or bbox,segm.")
+@click.option("--restrict-to-processed", is_flag=True,
+              help="Shards only: score only the images the job processed (status ok/empty), for partial runs. "
+                   "Default: every ground-truth image counts, unprocessed ones as misses.")
+@click.option("--report", default=None, help="Write the full report (numbers, per-class AP, notices) as JSON here.")
+@storage_flags
+def eval_cmd(annotations, results, split, iou_type, restrict_to_processed, report, **kw):
+    """Score results against COCO ground truth with pycocotools COCOeval (the paper's protocol).
+
+    For a split other than 'all' the ground truth keeps only that split's annotations while every
+    image stays in, so false positives on the other images count (method.md §5.1). Prints the
+    standard 12-number summary per IoU type and a per-class AP table. Ground truth without masks
+    gives a bbox-only evaluation, no detections give AP 0, and detections on unknown image ids
+    are counted and reported, each with a notice. Example:
+
+    \b
+      ntt-batch eval --annotations instances_val2017.json --results results.json --split few_shot --report report.json
+    """
+    from .eval.coco_eval import evaluate_coco, format_report, write_report
+
+    options = storage_options_from_flags(kw)
+    rep = evaluate_coco(annotations, results, split=split, iou_types=iou_type,
+                        restrict_to_processed=restrict_to_processed, options=options)
+    click.echo(format_report(rep))
+    if report:
+        write_report(rep, report, options)
+        click.echo(f"wrote {report}")
+
+
+@main.command()
+@click.option("--shards", "source", required=True, help="Shards folder/URI of `ntt-batch run`, or a COCO results JSON.")
+@click.option("--images", "images_root", default=None,
+              help="Folder/URI with the images. Needed for a results JSON; with shards the rows' image URIs are tried first.")
+@click.option("--annotations", default=None, help="COCO ground truth: draws it beside the prediction, and names classes.")
+@click.option("--ids", multiple=True, help="Image ids to draw (repeatable or comma-separated). Default: the first --limit images.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="Images to draw when --ids is not given.")
+@click.option("--score-threshold", type=float, default=None, help="Draw predictions with score >= T only.")
+@click.option("--max-instances", default=50, show_default=True, type=click.IntRange(min=1), help="Draw at most this many predictions per image (highest scores).")
+@click.option("--max-side", default=1024, show_default=True, type=click.IntRange(min=16), help="Scale images down so the longer side is at most this (px).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs (<image_id>.png).")
+@storage_flags
+def visualize(source, images_root, annotations, ids, limit, score_threshold, max_instances, max_side, out, **kw):
+    """PNG overlays: masks in class colours with 'name score' tags (ground truth left when given).
+
+    \b
+      ntt-batch visualize --shards out/ --images val2017/ --annotations instances_val2017.json --limit 10 --out viz/
+    """
+    from .viz.overlay import visualize as draw
+
+    options = storage_options_from_flags(kw)
+    summary = draw(source, out, images_root=images_root, annotations=annotations, ids=ids or None, limit=limit,
+                   score_threshold=score_threshold, max_instances=max_instances, max_side=max_side, options=options,
+                   echo=click.echo)
+    for s in summary.skipped:
+        click.echo(f"skipped image {s['image_id']}: {s['reason']}", err=True)
+    click.echo(f"wrote {len(summary.written)} overlay(s) to {out}" + (f"; {len(summary.skipped)} skipped" if summary.skipped else ""))
+    if not summary.written:
+        raise click.ClickException("no overlay was written (see the skipped images above)")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@main.group("config")
+def config_group():
+    """Job files (YAML for `ntt-batch run --config`): validate them without running anything."""
+
+
+@config_group.command("check")
+@click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--strict", is_flag=True, help="Also fail (exit 1) when there are warnings, e.g. a local path that does not exist.")
+def config_check(job_file, strict):
+    """Validate JOB_FILE and print its resolved settings (credentials redacted).
+
+    Unknown or misspelled keys and bad values are errors that name the key (e.g. "segmenter:
+    unknown key(s) 'point_per_side'"). Then cheap checks on this machine: local paths exist, the
+    memory bank's classes and shots (or how the `references:` block will build it), where the
+    checkpoints come from, S3 bucket names. Remote objects are not opened. Exit 0 when valid,
+    1 on errors (and on warnings with --strict).
+
+    \b
+    Example:  ntt-batch config check jobs/coco-fsod-10shot.yaml
+    """
+    from .pipeline.job_files import check_job_file
+
+    report = check_job_file(job_file)
+    click.echo(report.format())
+    if not report.ok or (strict and report.warnings):
+        raise SystemExit(1)
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -417,6 +593,93 @@ def demo(data, out, random_weights, sam2_name, encoder, shots, limit, points_per
     run_demo(data=data, out=out, random_weights=random_weights, sam2_name=sam2_name, encoder_name=encoder,
              shots=shots, limit=limit, points_per_side=points_per_side, device=device, checkpoint_dir=checkpoint_dir,
              echo=click.echo)
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+@main.command()
+@click.option("--sam2", "sam2_name", default="sam2.1_hiera_tiny", show_default=True, type=click.Choice(SAM2_NAMES), help="SAM2 proposer.")
+@click.option("--encoder", default="dinov2_vits14", show_default=True, type=click.Choice(DINOV2_NAMES), help="DINOv2 encoder.")
+@click.option("--images", required=True, help="Images to time on: folder, glob or file (fsspec URI).")
+@click.option("--limit", default=3, show_default=True, type=click.IntRange(min=1), help="Timed images (the reference path costs minutes per image on CPU).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--points-per-side", default=32, show_default=True, help="Point grid side; 32 is the paper's 1024 prompts.")
+@click.option("--memory", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Memory bank to match against. Default: 20 random prototypes (fine for timing).")
+@click.option("--bf16", is_flag=True, help="bf16 autocast on the fast path (CUDA only); agreement is then checked loosely.")
+@click.option("--warmup", type=int, default=None, help="Untimed images first (default: 1 on CUDA, 0 on CPU).")
+@click.option("--random-weights", is_flag=True, help="Write random-initialised checkpoints (official layouts) into --checkpoint-dir or a temp folder when missing.")
+@click.option("--pipeline-noop", is_flag=True, help="Instead: time the Ray job with the model stage replaced by a no-op (read, decode, write).")
+@click.option("--repeat", default=8, show_default=True, help="--pipeline-noop: each image appears this many times (distinct names).")
+@click.option("--batch-size", default=16, show_default=True, help="--pipeline-noop: images per batch.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON here.")
+@_ckpt_dir_opt
+@_no_download_opt
+def bench(sam2_name, encoder, images, limit, device, points_per_side, memory, bf16, warmup, random_weights,
+          pipeline_noop, repeat, batch_size, json_out, checkpoint_dir, no_download):
+    """Time every stage of the fast path against the reference path on the same images and weights.
+
+    Prints seconds per image per stage (decode, SAM2 encoder, mask decoder, DINOv2, matching + NMS,
+    upsampling + merging, RLE, write), images/s of both paths and their ratio, peak host RSS (and
+    GPU memory), and whether the two paths' detections agree (same class, box IoU >= 0.99, scores
+    within 1e-3 in fp32). The reference path is method.md §4 as written: fp32, decoder batches of
+    256 prompts, every kept mask upsampled to full size before merging.
+
+    \b
+    Examples:
+      ntt-batch bench --images ../shared/data/coco_mini/val2017 --limit 3 --device cpu --random-weights --json bench.json
+      ntt-batch bench --sam2 sam2_hiera_large --encoder dinov2_vitl14 --images s3://bucket/val/ --device cuda --limit 50
+      ntt-batch bench --pipeline-noop --images ../shared/data/coco_mini/val2017 --random-weights
+    """
+    import tempfile
+
+    from .benchmark import format_report, random_bank, run_benchmark, run_pipeline_noop
+    from .io.storage import inputs_from_uri
+    from .method.config import SegmenterConfig
+    from .method.memory_bank import MemoryBank
+    from .method.segmenter import Segmenter
+    from .models.checkpoints import CheckpointNotFoundError
+    from .models.loading import load_encoder, load_sam2, write_random_checkpoint
+
+    if random_weights:
+        checkpoint_dir = checkpoint_dir or tempfile.mkdtemp(prefix="ntt-bench-ckpt-")
+        for name in (sam2_name, encoder):
+            try:
+                from .models.checkpoints import resolve_checkpoint
+
+                resolve_checkpoint(name, checkpoint_dir=checkpoint_dir, download=False)
+            except CheckpointNotFoundError:
+                click.echo(f"writing random {name} weights into {checkpoint_dir}", err=True)
+                write_random_checkpoint(name, checkpoint_dir)
+    targets = inputs_from_uri(images)
+    if not targets:
+        raise click.BadParameter(f"no images found at {images!r}", param_hint="--images")
+    if pipeline_noop:
+        report = run_pipeline_noop(targets[:limit] if limit > 3 else targets, repeat=repeat, batch_size=batch_size,
+                                   checkpoint_dir=checkpoint_dir, encoder_name=encoder, sam2_name=sam2_name,
+                                   echo=lambda m: click.echo(m, err=True))
+        click.echo(f"pipeline with a no-op model stage: {report['images']} images in {report['seconds']:.2f} s "
+                   f"= {report['images_per_s']:.1f} images/s ({report['errors']} errors)")
+    else:
+        encoder_model, _ = load_encoder(encoder, checkpoint_dir=checkpoint_dir, download=not no_download)
+        proposer, _ = load_sam2(sam2_name, checkpoint_dir=checkpoint_dir, download=not no_download)
+        bank = MemoryBank.load(memory) if memory else random_bank(encoder, int(encoder_model.embed_dim))
+        base = dict(points_per_side=points_per_side, device=device)
+        fast = Segmenter(proposer, encoder_model, bank, SegmenterConfig(**base, bf16=bf16))
+        ref = Segmenter(proposer, encoder_model, bank, SegmenterConfig(**base, implementation="reference"))
+        n_warm = warmup if warmup is not None else (1 if fast.device.type == "cuda" else 0)
+        click.echo(f"bench: {sam2_name} + {encoder} on {fast.device}, {points_per_side}x{points_per_side} grid, "
+                   f"{min(limit, len(targets))} images (+{n_warm} warm-up)", err=True)
+        report = run_benchmark(fast, ref, targets[:limit], warmup=n_warm, agree_score=5e-2 if bf16 else 1e-3,
+                               progress=lambda m: click.echo(m, err=True))
+        report["models"] = {"sam2": sam2_name, "encoder": encoder, "random_weights": bool(random_weights)}
+        click.echo(format_report(report))
+    report["command"] = " ".join(["ntt-batch"] + sys.argv[1:])
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(report, indent=2))
+        click.echo(f"wrote {json_out}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

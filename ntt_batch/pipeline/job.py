@@ -4,9 +4,10 @@ Data flow (streaming, bounded memory)::
 
     input list (driver; minus URIs that already have a row)  ── from_items
       └─ map_batches(decode_batch)      CPU tasks: read bytes (fsspec), decode, EXIF-orient, RGB,
-                                        pixel limit, resize to the SAM2 input; bad inputs → error rows
-      └─ map_batches(SegmentActor)      actor pool: models loaded once per actor in __init__, the
-                                        memory bank broadcast once with ray.put; instances are
+                                        pixel limit; bad inputs → error rows
+      └─ map_batches(SegmentActor)      actor pool: resize to the SAM2 input and segment; models
+                                        loaded once per actor in __init__, the memory bank
+                                        broadcast once with ray.put; instances are
                                         RLE-encoded inside the actor (full-res masks never travel)
       └─ write_parquet(out URI)         one row per input image (see ``io.shards``)
 
@@ -39,6 +40,7 @@ from ..io.shards import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, completed_uris, r
 from ..io.storage import InputImage, absolute_uri, filesystem, inputs_from_coco, inputs_from_manifest, inputs_from_uri, read_bytes
 from ..method.config import ConfigError, SegmenterConfig, config_from_dict
 from ..models.registry import DEFAULT_SAM2, get_spec
+from .bank_prep import ReferencesSpec, prepare_memory_bank
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class JobConfig:
     limit: int | None = None
     allow_errors: bool = False  # exit 0 even if some images errored
     ray_address: str | None = None  # None: RAY_ADDRESS or a local instance
+    references: ReferencesSpec | None = None  # build the bank from these when `memory` holds none (see bank_prep)
 
     def validate(self) -> "JobConfig":
         if not self.memory:
@@ -85,18 +88,30 @@ class JobConfig:
         if not isinstance(self.segmenter, SegmenterConfig):
             raise ConfigError("segmenter: must be a mapping of segmenter settings")
         self.segmenter.validate()
+        if self.references is not None:
+            if not isinstance(self.references, ReferencesSpec):
+                raise ConfigError("references: must be a mapping of reference settings (see jobs/*.yaml)")
+            self.references.validate()
+        from .job_files import check_storage_options
+
+        check_storage_options(self)
         return self
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "job config") -> "JobConfig":
         data = dict(data)
         seg = data.pop("segmenter", None) or {}
+        refs = data.pop("references", None)
+        if refs is not None and not isinstance(refs, dict):
+            raise ConfigError(f"{where}: references must be a mapping, got {type(refs).__name__}")
         if not isinstance(seg, dict):
             raise ConfigError(f"{where}: segmenter must be a mapping, got {type(seg).__name__}")
         names = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(names))}")
+        if refs is not None:
+            data["references"] = config_from_dict(ReferencesSpec, refs, f"{where}: references")
         return cls(segmenter=config_from_dict(SegmenterConfig, seg, f"{where}: segmenter"), **data)
 
     def to_dict(self) -> dict:
@@ -124,29 +139,49 @@ def _redact(options: dict) -> dict:
 # ----------------------------------------------------------------------------- stages
 
 
-def decode_batch(batch: dict[str, np.ndarray], *, storage_options: dict, image_size: int, resize_mode: str,
-                 max_pixels: int) -> dict[str, Any]:
-    """CPU stage: read + decode + resize each image; failures become error rows (never raised)."""
-    from ..method.segmenter import prepare_target
+def decode_batch(batch: dict[str, np.ndarray], *, storage_options: dict, max_pixels: int) -> dict[str, Any]:
+    """CPU stage: read + decode each image (EXIF-oriented RGB uint8); failures become error rows (never raised).
 
-    out: dict[str, list] = {k: [] for k in ("image_id", "image_uri", "width", "height", "error", "resized", "valid_h", "valid_w")}
+    The resize to the model input happens in the actor: shipping the original pixels is lighter
+    on the object store (a 640×480 image is 0.9 MB, its 1024² squash 3 MB) and keeps this stage
+    model-agnostic.
+    """
+    out: dict[str, list] = {k: [] for k in ("image_id", "image_uri", "width", "height", "error", "pixels")}
     for image_id, uri in zip(batch["image_id"], batch["image_uri"]):
         uri = str(uri)
-        width = height = vh = vw = 0
-        resized, error = b"", ""
+        width = height = 0
+        pixels, error = b"", ""
         try:
             image = decode_image(read_bytes(uri, storage_options), max_pixels=max_pixels)
             height, width = image.shape[:2]
-            arr, (vh, vw) = prepare_target(image, image_size, resize_mode)
-            resized = arr.tobytes()
+            pixels = image.tobytes()
         except FileNotFoundError as e:
             error = f"missing: {uri} does not exist ({e})"
         except Exception as e:  # ImageDecodeError, permissions, network, ...
             error = f"{type(e).__name__}: {e}"
         for k, v in (("image_id", int(image_id)), ("image_uri", uri), ("width", width), ("height", height),
-                     ("error", error), ("resized", resized), ("valid_h", vh), ("valid_w", vw)):
+                     ("error", error), ("pixels", pixels)):
             out[k].append(v)
-    return {k: np.array(v, dtype=object) if k in ("resized", "image_uri", "error") else np.array(v) for k, v in out.items()}
+    return {k: np.array(v, dtype=object) if k in ("pixels", "image_uri", "error") else np.array(v) for k, v in out.items()}
+
+
+def batch_columns(batch) -> dict[str, list]:
+    """A decoded batch (pyarrow Table, or dict of numpy arrays) → per-column Python lists.
+
+    From a pyarrow batch the ``pixels`` are zero-copy buffers over the object store's memory:
+    no image is copied between the decode stage and the model.
+    """
+    if isinstance(batch, dict):
+        return {k: list(v) for k, v in batch.items()}
+    cols = {k: batch.column(k).to_pylist() for k in batch.column_names if k != "pixels"}
+    px = batch.column("pixels")
+    cols["pixels"] = [px[i].as_buffer() for i in range(len(px))]
+    return cols
+
+
+def batch_image(cols: dict[str, list], i: int) -> np.ndarray:
+    """The decoded RGB image [H, W, 3] uint8 of row ``i`` of :func:`batch_columns` (read-only view)."""
+    return np.frombuffer(cols["pixels"][i], dtype=np.uint8).reshape(int(cols["height"][i]), int(cols["width"][i]), 3)
 
 
 class SegmentActor:
@@ -170,16 +205,14 @@ class SegmentActor:
         self.segmenter = Segmenter(proposer, encoder, bank, config)
         self.run_id = run_id
 
-    def __call__(self, batch: dict[str, np.ndarray]):
+    def __call__(self, batch):
         from ..method.segmenter import TargetImage
 
-        s = self.segmenter.config.image_size
+        batch = batch_columns(batch)
         n = len(batch["image_id"])
-        rows = [self._base_row(batch, i) for i in range(n)]
+        rows = [_base_row(batch, i, self.run_id) for i in range(n)]
         ready = [i for i in range(n) if not batch["error"][i]]
-        targets = [TargetImage(np.frombuffer(batch["resized"][i], dtype=np.uint8).reshape(s, s, 3),
-                               (int(batch["valid_h"][i]), int(batch["valid_w"][i])),
-                               (int(batch["height"][i]), int(batch["width"][i]))) for i in ready]
+        targets = [TargetImage.from_image(batch_image(batch, i), self.segmenter.config) for i in ready]
         try:
             results = self.segmenter.segment_targets(targets)
         except Exception:  # isolate the failing image: retry one by one
@@ -199,20 +232,37 @@ class SegmentActor:
             rows[i]["status"] = STATUS_OK if instances else STATUS_EMPTY
         return rows_to_table(rows)
 
-    def _base_row(self, batch, i: int) -> dict:
-        err = str(batch["error"][i])
-        ok = not err
-        return {
-            "image_id": int(batch["image_id"][i]),
-            "image_uri": str(batch["image_uri"][i]),
-            "width": int(batch["width"][i]) if ok else None,
-            "height": int(batch["height"][i]) if ok else None,
-            "status": STATUS_ERROR if not ok else STATUS_EMPTY,
-            "error": err or None,
-            "num_instances": 0,
-            "instances": [],
-            "run_id": self.run_id,
-        }
+
+
+class NoopModelActor:
+    """The model stage replaced by nothing: every decoded image becomes an ``empty`` row.
+
+    Same constructor arguments and output as :class:`SegmentActor`, no models. The pipeline
+    benchmark uses it to measure what the framework itself costs (read, decode, move, write).
+    """
+
+    def __init__(self, *, run_id: str, **_ignored):
+        self.run_id = run_id
+
+    def __call__(self, batch):
+        batch = batch_columns(batch)
+        return rows_to_table([_base_row(batch, i, self.run_id) for i in range(len(batch["image_id"]))])
+
+
+def _base_row(batch, i: int, run_id: str) -> dict:
+    err = str(batch["error"][i])
+    ok = not err
+    return {
+        "image_id": int(batch["image_id"][i]),
+        "image_uri": str(batch["image_uri"][i]),
+        "width": int(batch["width"][i]) if ok else None,
+        "height": int(batch["height"][i]) if ok else None,
+        "status": STATUS_ERROR if not ok else STATUS_EMPTY,
+        "error": err or None,
+        "num_instances": 0,
+        "instances": [],
+        "run_id": run_id,
+    }
 
 
 def _instance_record(inst) -> dict:
@@ -278,8 +328,12 @@ class JobResult:
     exit_code: int
 
 
-def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None] = print) -> JobResult:
-    """Run (or resume) a batch job; returns the summary over the whole output and an exit code."""
+def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None] = print,
+            model_stage: type | None = None) -> JobResult:
+    """Run (or resume) a batch job; returns the summary over the whole output and an exit code.
+
+    ``model_stage`` replaces :class:`SegmentActor` (the pipeline benchmark passes :class:`NoopModelActor`).
+    """
     import ray
 
     from ..method.memory_bank import MemoryBank
@@ -290,6 +344,7 @@ def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None
     done = completed_uris(cfg.out, cfg.storage_options)
     todo = [i for i in inputs if i.image_uri not in done]
     echo(f"inputs: {len(inputs)} images; already done: {len(inputs) - len(todo)}; to process: {len(todo)}")
+    bank_build = prepare_memory_bank(cfg, dry_run=dry_run, echo=echo)  # only with `references:` and no bank yet
     if dry_run:
         for i in todo[:50]:
             echo(f"  would process image_id={i.image_id} {i.image_uri}")
@@ -313,13 +368,15 @@ def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None
         "official_weights": sam_ckpt.official and enc_ckpt.official,
         "memory_bank": {"path": cfg.memory, "content_hash": bank.content_hash, "categories": bank.categories, "shots": bank.shots},
     })
+    if bank_build:
+        attempt["memory_bank_build"] = bank_build
     manifest.setdefault("attempts", []).append(attempt)
     _write_run_manifest(cfg.out, cfg.storage_options, manifest)
 
     t0 = time.perf_counter()
     try:
         if todo:
-            _execute(cfg, todo, bank, run_id, ray)
+            _execute(cfg, todo, bank, run_id, ray, model_stage)
         attempt["status"] = "completed"
     except BaseException as e:
         attempt["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"
@@ -349,13 +406,23 @@ def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None
     return JobResult(summary, attempt, code)
 
 
-def _decode_memory_bytes(cfg: JobConfig) -> int:
-    """Memory to reserve per decode task: a batch of RGB images at the pixel limit (capped) plus the resized copies."""
-    per_image = min(cfg.max_pixels, 50_000_000) * 3 + cfg.segmenter.image_size**2 * 3
-    return int(cfg.batch_size * per_image + (64 << 20))
+def _decode_memory_bytes(cfg: JobConfig, cluster_memory: float | None = None) -> int:
+    """Memory to reserve per decode task.
+
+    A task decodes its batch one image at a time: at most one image at the pixel limit (capped at
+    50 MP) is in flight, twice over while PIL converts it, plus the batch's decoded outputs
+    (budgeted at 12 MP each). Capped at a quarter of the cluster's memory resource, so a large
+    batch can never ask for more than a node has (the task would wait forever).
+    """
+    one = min(cfg.max_pixels, 50_000_000) * 3
+    need = 2 * one + cfg.batch_size * 12_000_000 * 3 + (64 << 20)
+    if cluster_memory:
+        need = min(need, int(cluster_memory / 4))
+    return int(need)
 
 
-def _execute(cfg: JobConfig, todo: list[InputImage], bank, run_id: str, ray) -> None:
+def _execute(cfg: JobConfig, todo: list[InputImage], bank, run_id: str, ray, model_stage=None) -> None:
+    model_stage = model_stage or SegmentActor
     import ray.data
 
     if not ray.is_initialized():
@@ -370,11 +437,10 @@ def _execute(cfg: JobConfig, todo: list[InputImage], bank, run_id: str, ray) -> 
     # actors', so Ray does not fuse decoding into the actors: CPU decoding overlaps with model work.
     # Small batches keep blocks flowing, so shards are written as images finish (resume granularity).
     ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1,
-                        memory=_decode_memory_bytes(cfg),
-                        fn_kwargs={"storage_options": cfg.storage_options, "image_size": seg.image_size,
-                                   "resize_mode": seg.resize_mode, "max_pixels": cfg.max_pixels})
+                        memory=_decode_memory_bytes(cfg, ray.cluster_resources().get("memory")),
+                        fn_kwargs={"storage_options": cfg.storage_options, "max_pixels": cfg.max_pixels})
     ds = ds.map_batches(
-        SegmentActor, batch_size=cfg.batch_size, batch_format="numpy",
+        model_stage, batch_size=cfg.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_gpus=1 if gpus >= 1 else 0, num_cpus=cfg.actor_num_cpus,
         fn_constructor_kwargs={"bank_holder": [bank_ref], "sam2_name": cfg.sam2, "segmenter": asdict(seg),
