@@ -602,7 +602,8 @@ def demo(data, out, random_weights, sam2_name, encoder, shots, limit, points_per
 @click.option("--sam2", "sam2_name", default="sam2.1_hiera_tiny", show_default=True, type=click.Choice(SAM2_NAMES), help="SAM2 proposer.")
 @click.option("--encoder", default="dinov2_vits14", show_default=True, type=click.Choice(DINOV2_NAMES), help="DINOv2 encoder.")
 @click.option("--images", required=True, help="Images to time on: folder, glob or file (fsspec URI).")
-@click.option("--limit", default=3, show_default=True, type=click.IntRange(min=1), help="Timed images (the reference path costs minutes per image on CPU).")
+@click.option("--limit", default=None, type=click.IntRange(min=1),
+              help="Timed images [default: 3; the reference path costs minutes per image on CPU]. With --pipeline-noop: distinct images used [default: all].")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--points-per-side", default=32, show_default=True, help="Point grid side; 32 is the paper's 1024 prompts.")
 @click.option("--memory", type=click.Path(exists=True, file_okay=False), default=None,
@@ -656,7 +657,7 @@ def bench(sam2_name, encoder, images, limit, device, points_per_side, memory, bf
     if not targets:
         raise click.BadParameter(f"no images found at {images!r}", param_hint="--images")
     if pipeline_noop:
-        report = run_pipeline_noop(targets[:limit] if limit > 3 else targets, repeat=repeat, batch_size=batch_size,
+        report = run_pipeline_noop(targets[:limit] if limit else targets, repeat=repeat, batch_size=batch_size,
                                    checkpoint_dir=checkpoint_dir, encoder_name=encoder, sam2_name=sam2_name,
                                    echo=lambda m: click.echo(m, err=True))
         click.echo(f"pipeline with a no-op model stage: {report['images']} images in {report['seconds']:.2f} s "
@@ -669,6 +670,7 @@ def bench(sam2_name, encoder, images, limit, device, points_per_side, memory, bf
         fast = Segmenter(proposer, encoder_model, bank, SegmenterConfig(**base, bf16=bf16))
         ref = Segmenter(proposer, encoder_model, bank, SegmenterConfig(**base, implementation="reference"))
         n_warm = warmup if warmup is not None else (1 if fast.device.type == "cuda" else 0)
+        limit = limit or 3
         click.echo(f"bench: {sam2_name} + {encoder} on {fast.device}, {points_per_side}x{points_per_side} grid, "
                    f"{min(limit, len(targets))} images (+{n_warm} warm-up)", err=True)
         report = run_benchmark(fast, ref, targets[:limit], warmup=n_warm, agree_score=5e-2 if bf16 else 1e-3,
