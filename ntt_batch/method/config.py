@@ -52,7 +52,7 @@ class SegmenterConfig:
     # overlapping pairs); "reference": the straightforward path as method.md §4 describes it.
     implementation: Literal["fast", "reference"] = "fast"
     # Prompts per decoder call on the reference path (testing_point_bs). The fast path sizes its
-    # decoder batches to memory instead (free GPU memory; 64 on CPU), capped by this value.
+    # decoder batches to free GPU memory instead; on CPU it uses min(this, 64).
     points_batch_size: int = 256
     add_no_mem_embed: bool = False  # the reference skips it (§8.1)
     pred_iou_threshold: float = 0.4  # keep predicted IoU > thr, strict (§4.2)

@@ -380,14 +380,15 @@ class Segmenter:
         return torch.cat(logits), torch.cat(ious)
 
     def _fast_decoder_batch(self) -> int:
-        """Prompts per fast decoder call: what fits in half the free GPU memory (~24 MiB per prompt
-        in fp32, half in bf16); 64 on CPU, where larger batches buy nothing. Capped by points_batch_size."""
-        cap = self.config.points_batch_size
+        """Prompts per fast decoder call. CUDA: what fits in half the free memory (~24 MiB per prompt
+        in fp32, half in bf16), up to the whole grid. CPU: at most 64 (larger batches buy nothing
+        there, they only raise the peak RSS), and at most ``points_batch_size``."""
+        n = self.points.shape[0]
         if self.device.type != "cuda":
-            return min(cap, 64)
+            return max(1, min(self.config.points_batch_size, 64, n))
         free, _ = torch.cuda.mem_get_info(self.device)
         per_prompt = (12 if self.config.bf16 else 24) * 2**20
-        return max(1, min(cap * 4, int(free * 0.5) // per_prompt))
+        return max(1, min(n, int(free * 0.5) // per_prompt))
 
     def _segment_one(self, sam_feats: Any, patch_feats: Tensor, target: TargetImage) -> list[Instance]:
         cfg = self.config
