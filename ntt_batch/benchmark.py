@@ -33,13 +33,13 @@ import torch
 
 from . import __version__
 from .io.images import decode_image
-from .io.masks import encode_rle, mask_area
 from .io.shards import STATUS_EMPTY, STATUS_OK, rows_to_table
 from .io.storage import InputImage, read_bytes
 from .method.config import SegmenterConfig
 from .method.memory_bank import MemoryBank
 from .method.references import FEW_SHOT_CLASS_NAMES
 from .method.segmenter import Instance, Segmenter, StageTimer, TargetImage
+from .pipeline.job import instance_record
 
 STAGES = ["decode", "sam2_encoder", "mask_decoder", "dinov2", "matching_nms", "upsample_merge", "rle", "write"]
 
@@ -145,12 +145,7 @@ def _process(segmenter: Segmenter, image: InputImage, timer: StageTimer, shard_d
     finally:
         segmenter.timer = None
     with timer("rle"):
-        records = []
-        for inst in instances:
-            rle = encode_rle(inst.mask)
-            records.append({"category_id": inst.category_id, "category_name": inst.category_name, "score": inst.score,
-                            "bbox": inst.bbox, "area": mask_area(rle),
-                            "segmentation": {"size": list(rle["size"]), "counts": rle["counts"]}})
+        records = [instance_record(inst) for inst in instances]  # exactly what the job's actor writes
     with timer("write"):
         import pyarrow.parquet as pq
 
@@ -279,8 +274,9 @@ def run_pipeline_noop(images: list[InputImage], *, repeat: int, batch_size: int,
                 shutil.copyfile(im.image_uri, dst)
             n += 1
     bank_dir = work / "bank"
-    dim = {"dinov2_vits14": 384, "dinov2_vitb14": 768, "dinov2_vitl14": 1024, "dinov2_vitg14": 1536}.get(
-        encoder_name.replace("_reg", ""), 384)
+    from .models.dinov2 import _arch
+
+    dim = _arch(encoder_name).embed_dim
     random_bank(encoder_name, dim).save(bank_dir)
     cfg = JobConfig(memory=str(bank_dir), out=str(work / "out"), images=str(src), sam2=sam2_name,
                     checkpoint_dir=checkpoint_dir, download=False, batch_size=batch_size,

@@ -227,7 +227,7 @@ class SegmentActor:
         for i, instances in zip(ready, results):
             if instances is None:
                 continue
-            rows[i]["instances"] = [_instance_record(inst) for inst in instances]
+            rows[i]["instances"] = [instance_record(inst) for inst in instances]
             rows[i]["num_instances"] = len(instances)
             rows[i]["status"] = STATUS_OK if instances else STATUS_EMPTY
         return rows_to_table(rows)
@@ -265,7 +265,8 @@ def _base_row(batch, i: int, run_id: str) -> dict:
     }
 
 
-def _instance_record(inst) -> dict:
+def instance_record(inst) -> dict:
+    """One :class:`Instance` as a shard ``instances`` entry (mask → COCO compressed RLE)."""
     rle = encode_rle(inst.mask)
     return {
         "category_id": int(inst.category_id),
