@@ -39,7 +39,7 @@ from .method.config import SegmenterConfig
 from .method.memory_bank import MemoryBank
 from .method.references import FEW_SHOT_CLASS_NAMES
 from .method.segmenter import Instance, Segmenter, StageTimer, TargetImage
-from .pipeline.job import instance_record
+from .pipeline.stages import instance_record
 
 STAGES = ["decode", "sam2_encoder", "mask_decoder", "dinov2", "matching_nms", "upsample_merge", "rle", "write"]
 
@@ -259,7 +259,8 @@ def run_pipeline_noop(images: list[InputImage], *, repeat: int, batch_size: int,
     import ray
     import ray.data
 
-    from .pipeline.job import JobConfig, NoopModelActor, run_job
+    from .pipeline.job import JobConfig, run_job
+    from .pipeline.stages import NoopModelActor
 
     work = Path(tempfile.mkdtemp(prefix="ntt-bench-pipeline-"))
     src = work / "images"

@@ -11,7 +11,7 @@ PY="${PYTHON:-python3}"
 extras=""
 [[ "${1:-}" == "--test" ]] && extras="[test]"
 
-"$PY" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.2"
+"$PY" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 "$PY" -m pip install --quiet "setuptools>=61" wheel
 if ! "$PY" -c "import sam2" 2>/dev/null; then
   SAM2_BUILD_CUDA=0 "$PY" -m pip install --quiet --no-build-isolation "sam2==1.1.0"
