@@ -30,13 +30,14 @@ import json
 import logging
 import math
 import os
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 DEFAULT_KEY = "default"
 
-__all__ = ["ScoreThresholds", "DEFAULT_KEY"]
+__all__ = ["DEFAULT_KEY", "ScoreThresholds"]
 
 
 def _check_value(key: Any, value: Any, where: str) -> float | None:
@@ -83,7 +84,7 @@ class ScoreThresholds:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def load(cls, source: "str | os.PathLike | Mapping | float | int | ScoreThresholds | None") -> "ScoreThresholds":
+    def load(cls, source: str | os.PathLike | Mapping | float | ScoreThresholds | None) -> ScoreThresholds:
         """Thresholds from a YAML/JSON file path, a dict, one number (global), or None (keep all).
 
         A string that parses as a number is taken as a global threshold (so a CLI flag can take
@@ -113,8 +114,10 @@ class ScoreThresholds:
                          f"{type(source).__name__}")
 
     @classmethod
-    def _from_file(cls, path: str) -> "ScoreThresholds":
-        from .storage import filesystem  # local import: keeps this module importable on its own
+    def _from_file(cls, path: str) -> ScoreThresholds:
+        from .storage import (
+            filesystem,  # local import: keeps this module importable on its own
+        )
 
         fs, p = filesystem(path)
         if not fs.isfile(p):
@@ -144,7 +147,7 @@ class ScoreThresholds:
         return cls._from_mapping(data, f"score thresholds file {path!r}")
 
     @classmethod
-    def _from_mapping(cls, data: Mapping, where: str) -> "ScoreThresholds":
+    def _from_mapping(cls, data: Mapping, where: str) -> ScoreThresholds:
         by_name: dict[str, Any] = {}
         by_id: dict[int, Any] = {}
         default = None
