@@ -110,10 +110,22 @@ def write_shard_set(root: str, n_images: int, per_image: int, images_per_file: i
     return {"files": (n_images + images_per_file - 1) // images_per_file, "parquet_bytes": total_bytes}
 
 
+def shards_to_coco_results(shards: str) -> list[dict]:
+    """The load-everything baseline: every shard read whole, every result built in memory."""
+    from ntt_batch.io.shards import read_shards
+
+    t = read_shards(shards, columns=["image_id", "instances"])
+    results = []
+    for image_id, instances in zip(t.column("image_id").to_pylist(), t.column("instances").to_pylist()):
+        for inst in instances or []:
+            results.append({"image_id": int(image_id), "category_id": int(inst["category_id"]), "bbox": inst["bbox"],
+                            "score": float(inst["score"]), "segmentation": inst["segmentation"]})
+    return results
+
+
 def child(mode: str, shards: str, out: str) -> None:
     """Run one merge in this (fresh) process; print a JSON line with its figures."""
     from ntt_batch.io import merge as merge_mod
-    from ntt_batch.io.shards import shards_to_coco_results
 
     before = _status_mb("VmRSS")
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The output data-lake layout: Parquet shards with one row per input image, plus ``run.json``.
+"""The row schema of the batch job's output: one row per input image (layout: ``io.output_folder``).
 
 Row schema (``SHARD_SCHEMA``), readable by pyarrow / pandas / DuckDB without this package:
 
@@ -14,22 +14,18 @@ Row schema (``SHARD_SCHEMA``), readable by pyarrow / pandas / DuckDB without thi
                   ``segmentation`` is COCO compressed RLE: pycocotools.mask.decode reads it.
     run_id        string      which attempt wrote the row
 
-Shards are the checkpoint: a row means "done". Resume reads only the ``image_uri`` column of the
-existing shards; a shard whose footer cannot be read (a write cut off by a crash) is moved to
-``_quarantine/`` — never deleted — and its images are processed again.
+A row means "done": resume reads the ``image_uri`` and ``status`` columns of the committed
+files (``pipeline.plan``).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .storage import filesystem
-
-log = logging.getLogger(__name__)
 
 STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
 
@@ -53,7 +49,6 @@ SHARD_SCHEMA = pa.schema([
     ("instances", pa.list_(INSTANCE_TYPE)),
     ("run_id", pa.string()),
 ])
-QUARANTINE_DIR = "_quarantine"
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -62,39 +57,22 @@ def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def shard_paths(out_uri: str, options: dict | None = None) -> tuple[Any, list[str]]:
-    fs, root = filesystem(out_uri, options)
-    fs.invalidate_cache()  # listings are cached per filesystem instance (s3fs): never resume from a stale one
-    if not fs.exists(root):
-        return fs, []
-    paths = [p for p in fs.find(root) if p.endswith(".parquet") and f"/{QUARANTINE_DIR}/" not in p]
-    return fs, sorted(paths)
+    """(filesystem, committed shard paths) of an output URI, or of one ``.parquet`` file.
 
+    Only the committed ``*.parquet`` files directly under the output count (see
+    ``io.output_folder``); staging, temporary and quarantined files live under ``_ntt/``.
+    """
+    from .output_folder import OutputFolder
 
-def completed_uris(out_uri: str, options: dict | None = None) -> set[str]:
-    """URIs that already have a row in a readable shard under ``out_uri`` (resume), quarantining broken shards."""
-    fs, paths = shard_paths(out_uri, options)
-    done: set[str] = set()
-    for p in paths:
-        try:
-            with fs.open(p, "rb") as f:
-                table = pq.read_table(f, columns=["image_uri"])
-        except Exception as e:  # truncated / corrupt footer: a write cut off by a crash
-            _quarantine(fs, out_uri, p, e, options)
-            continue
-        done.update(table.column("image_uri").to_pylist())
-    return done
-
-
-def _quarantine(fs, out_uri: str, path: str, error: Exception, options) -> None:
-    _, root = filesystem(out_uri, options)
-    dest = f"{root.rstrip('/')}/{QUARANTINE_DIR}/{path.rsplit('/', 1)[-1]}"
-    log.warning("shard %s is unreadable (%s); moved to %s and its images will be processed again", path, error, dest)
-    fs.makedirs(dest.rsplit("/", 1)[0], exist_ok=True)
-    fs.mv(path, dest)
+    if out_uri.lower().endswith(".parquet"):
+        fs, path = filesystem(out_uri, options)
+        return fs, [path] if fs.exists(path) else []
+    folder = OutputFolder(out_uri, options)
+    return folder.fs, [p.path for p in folder.parts()]
 
 
 def read_shards(out_uri: str, options: dict | None = None, columns: Iterable[str] | None = None) -> pa.Table:
-    """All readable shards as one table (empty table with the schema if there are none)."""
+    """All committed shards as one table (empty table with the schema if there are none). Small outputs only."""
     fs, paths = shard_paths(out_uri, options)
     cols = list(columns) if columns else None
     tables = []
@@ -108,7 +86,8 @@ def read_shards(out_uri: str, options: dict | None = None, columns: Iterable[str
 
 
 def summarize(out_uri: str, options: dict | None = None) -> dict[str, int]:
-    """Counts over the whole output: rows, per status, instances, duplicate URIs (must be 0)."""
+    """Counts read from the files: rows, per status, instances, duplicate URIs (must be 0). Small outputs only;
+    `ntt-batch verify` does this at any size."""
     t = read_shards(out_uri, options, columns=["image_uri", "status", "num_instances"])
     statuses = t.column("status").to_pylist()
     uris = t.column("image_uri").to_pylist()
@@ -120,14 +99,3 @@ def summarize(out_uri: str, options: dict | None = None) -> dict[str, int]:
         "instances": int(sum(n or 0 for n in t.column("num_instances").to_pylist())),
         "duplicate_uris": len(uris) - len(set(uris)),
     }
-
-
-def shards_to_coco_results(out_uri: str, options: dict | None = None) -> list[dict]:
-    """COCO results entries (``COCO.loadRes`` format) from the shards' instances."""
-    t = read_shards(out_uri, options, columns=["image_id", "instances"])
-    results = []
-    for image_id, instances in zip(t.column("image_id").to_pylist(), t.column("instances").to_pylist()):
-        for inst in instances or []:
-            results.append({"image_id": int(image_id), "category_id": int(inst["category_id"]), "bbox": inst["bbox"],
-                            "score": float(inst["score"]), "segmentation": inst["segmentation"]})
-    return results

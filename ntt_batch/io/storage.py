@@ -1,4 +1,4 @@
-"""Object storage through fsspec: filesystems, input listing (URI / glob / manifest / COCO file).
+"""Object storage through fsspec: filesystems, byte reads, and small input lists (``segment``).
 
 Every input becomes a :class:`InputImage` (``image_id``, ``image_uri``). ``image_uri`` is the
 identity used for resume: each input URI gets exactly one output row.
@@ -6,18 +6,10 @@ identity used for resume: each input URI gets exactly one output row.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 
 import fsspec
-
-from .sources import IMAGE_EXTENSIONS, safe_join
-
-_DIGITS = re.compile(r"(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -54,96 +46,60 @@ def _unstrip(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
 
 
-def stable_image_id(uri: str) -> int:
-    """A 63-bit id from the URI (for inputs without ids whose names carry no unique number)."""
-    return int.from_bytes(hashlib.sha256(uri.encode()).digest()[:8], "big") >> 1
+def assign_ids(uris: list[str], ids: list[int | None]) -> list[int]:
+    """Image ids for a list of inputs: the source's when every input has one; else the numbers
+    COCO-style file names end with when present and unique; else a hash of each URI.
 
+    The batch job's planner applies the same rule without holding the list (``pipeline.plan``).
+    """
+    from .inputs import name_number, stable_image_id
 
-def _ids_from_names(uris: list[str]) -> list[int]:
-    """COCO-style numeric stems (000000000139.jpg → 139) when unique across the input, else URI hashes."""
-    stems = [_DIGITS.search(PurePosixPath(u).stem) for u in uris]
-    if all(stems) and len({int(m.group(1)) for m in stems}) == len(uris):
-        return [int(m.group(1)) for m in stems]
+    if ids and all(i is not None for i in ids):
+        return [int(i) for i in ids]
+    numbers = [name_number(u) for u in uris]
+    if all(n is not None for n in numbers) and len(set(numbers)) == len(numbers):
+        return [int(n) for n in numbers]
     return [stable_image_id(u) for u in uris]
 
 
-def list_image_uris(uri: str, options: dict[str, Any] | None = None) -> list[str]:
-    """Image files under a prefix/folder, a glob, or one file — sorted, full URIs.
-
-    Files are selected by extension (``IMAGE_EXTENSIONS``); a non-image file with an image
-    extension is still listed and gets an error row when it fails to decode.
-    """
-    fs, path = filesystem(uri, options)
-    fs.invalidate_cache()
-    if fsspec.core.has_magic(path):
-        found = fs.glob(path)
-    elif fs.isdir(path):
-        found = fs.find(path)
-    elif fs.isfile(path):
-        found = [path]
-    else:
-        raise FileNotFoundError(f"no images at {uri!r}: not a folder/prefix, file or glob that matches anything")
-    paths = sorted(p for p in found if p.lower().endswith(IMAGE_EXTENSIONS))
-    if not paths:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {uri!r}")
-    return [_unstrip(fs, p) for p in paths]
+def _collect(batches) -> list[InputImage]:
+    uris: list[str] = []
+    ids: list[int | None] = []
+    for b in batches:
+        uris += b.column("image_uri").to_pylist()
+        ids += b.column("image_id").to_pylist()
+    if len(set(uris)) != len(uris):
+        seen: set[str] = set()
+        dup = next(u for u in uris if u in seen or seen.add(u))
+        raise ValueError(f"input {dup!r} is listed more than once")
+    final = assign_ids(uris, ids)
+    if len(set(final)) != len(final):
+        raise ValueError("image_id values are not unique")
+    return [InputImage(i, u) for i, u in zip(final, uris)]
 
 
 def inputs_from_uri(uri: str, options: dict[str, Any] | None = None) -> list[InputImage]:
-    uris = list_image_uris(uri, options)
-    return [InputImage(i, u) for i, u in zip(_ids_from_names(uris), uris)]
+    """Every object under a prefix/folder, a glob's matches or one file (sorted), as inputs.
+
+    For small lists (``ntt-batch segment``); the batch job streams the same source instead.
+    """
+    from .inputs import iter_listing
+
+    return _collect(iter_listing(uri, options))
 
 
 def inputs_from_manifest(manifest: str, options: dict[str, Any] | None = None) -> list[InputImage]:
     """A Parquet, CSV or JSONL manifest with column ``image_uri`` (or ``uri``/``path``) and optional ``image_id``."""
-    fs, path = filesystem(manifest, options)
-    suffix = PurePosixPath(path).suffix.lower()
-    with fs.open(path, "rb") as f:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
+    from .inputs import iter_manifest
 
-            rows = pq.read_table(f).to_pylist()
-        elif suffix == ".csv":
-            import csv
-            import io
-
-            rows = list(csv.DictReader(io.TextIOWrapper(f, encoding="utf-8")))
-        elif suffix in (".jsonl", ".ndjson"):
-            rows = [json.loads(line) for line in f.read().decode("utf-8").splitlines() if line.strip()]
-        else:
-            raise ValueError(f"manifest {manifest!r}: unsupported type {suffix!r} (use .parquet, .csv or .jsonl)")
-    if not rows:
-        raise ValueError(f"manifest {manifest!r} is empty")
-    col = next((c for c in ("image_uri", "uri", "path") if c in rows[0]), None)
-    if col is None:
-        raise ValueError(f"manifest {manifest!r} needs a column 'image_uri' (or 'uri'/'path'); has {sorted(rows[0])}")
-    uris = [str(r[col]) for r in rows]
-    if len(set(uris)) != len(uris):
-        dup = next(u for u in uris if uris.count(u) > 1)
-        raise ValueError(f"manifest {manifest!r} lists {dup!r} more than once")
-    if all(r.get("image_id") not in (None, "") for r in rows):
-        ids = [int(r["image_id"]) for r in rows]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"manifest {manifest!r}: image_id values are not unique")
-    else:
-        ids = _ids_from_names(uris)
-    return [InputImage(i, u) for i, u in zip(ids, uris)]
+    return _collect(iter_manifest(manifest, options))
 
 
 def inputs_from_coco(annotations: str, image_root: str, options: dict[str, Any] | None = None) -> list[InputImage]:
     """Images listed in a COCO JSON (ids from it, sorted) under ``image_root`` (any fsspec URI)."""
-    fs, path = filesystem(annotations, options)
-    with fs.open(path, "rb") as f:
-        coco = json.load(f)
-    images = sorted(coco.get("images", []), key=lambda im: int(im["id"]))
-    if not images:
-        raise ValueError(f"{annotations}: no 'images' in the annotation file")
-    root = image_root.rstrip("/")
-    out = []
-    for im in images:
-        rel = safe_join("", im["file_name"]).as_posix()  # refuses absolute names and '..'
-        out.append(InputImage(int(im["id"]), f"{root}/{rel}"))
-    return out
+    from .inputs import iter_coco
+
+    return _collect(iter_coco(annotations, image_root, options))
 
 
 def read_bytes(uri: str, options: dict[str, Any] | None = None) -> bytes:

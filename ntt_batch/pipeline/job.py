@@ -1,20 +1,26 @@
-"""`ntt-batch run`: the Ray Data batch job.
+"""`ntt-batch run`: the Ray Data batch job, resumable, one job per output.
 
-Data flow (streaming, bounded memory)::
+Attempt, start to end (the output's layout is described in ``io.output_folder``)::
 
-    input list (driver; minus URIs that already have a row)  ── from_items
-      └─ map_batches(decode_batch)      CPU tasks: read bytes (fsspec), decode, EXIF-orient, RGB,
-                                        pixel limit; bad inputs → error rows
-      └─ map_batches(SegmentActor)      actor pool: resize to the SAM2 input and segment; models
-                                        loaded once per actor in __init__, the memory bank
-                                        broadcast once with ray.put; instances are
-                                        RLE-encoded inside the actor (full-res masks never travel)
-      └─ write_parquet(out URI)         one row per input image (see ``io.shards``)
+    take the output's lease (one run at a time; io.output_folder.Lease)
+    check the job fingerprint against run.json (another job's output is refused)
+    finish or undo half-done commits; check new/changed parts; commit what dead attempts staged
+    plan (pipeline.plan): stream the inputs, drop those with a row → todo files under _ntt/todo/
+    Ray Data:
+      read_parquet(todo) → repartition(block_rows)
+      └─ map_batches(decode_batch)   CPU tasks: read bytes (fsspec), decode, EXIF-orient, RGB,
+                                     pixel limit; bad inputs → error rows
+      └─ map_batches(SegmentActor)   actor pool: models loaded once per actor, the memory bank
+                                     broadcast once with ray.put; masks RLE-encoded in the actor
+      └─ write_parquet(_ntt/staging/<run_id>/)
+    the committer (a driver thread) turns staging files into large part-*.parquet files as they
+    accumulate and at the end (io.parts), then small parts are compacted
 
-Resume: the shards are the checkpoint. Before building the dataset the driver reads the
-``image_uri`` column of the existing shards and drops those inputs, so a rerun after a crash,
-a killed worker or Ctrl-C processes only images without a row and never writes one twice.
-Ray Data's own ``CheckpointConfig`` (beta in Ray 2.60) was not used: it keeps a second record
+Resume: a row means "done". A rerun reads the ``image_uri``/``status`` columns of the committed
+parts once, drops those inputs, and processes the rest: cost proportional to the output's rows
+(16 bytes each in memory), not to its files. Nothing is lost on a crash: staged files of a dead
+attempt are committed by the next one, and partial files are never visible to readers. Ray
+Data's own ``CheckpointConfig`` (beta in Ray 2.60) was not used: it keeps a second record
 beside the output, wants a cluster-shared path, and could disagree with the shards after a
 crash; here "has a row" and "is done" are the same fact, on any fsspec store.
 """
@@ -22,22 +28,25 @@ crash; here "has a row" and "is done" are the same fact, on any fsspec store.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
+import socket
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Callable
-
+from typing import Any, Callable
 
 from .. import __version__
 from ..io.images import DEFAULT_MAX_PIXELS
-from ..io.shards import completed_uris, summarize
-from ..io.storage import InputImage, absolute_uri, filesystem, inputs_from_coco, inputs_from_manifest, inputs_from_uri
+from ..io.inputs import HashAccumulator, InputSpec, normalise_extensions
+from ..io.output_folder import COMMITS, LEGACY_RUN_JSON, RETRIED, RUN_JSON, STAGING, TMP, OutputFolder, now_iso
+from ..io.parts import PartStats, commit_staging, compact, recover_commits, summary_of, withdraw_rows
+from ..io.storage import InputImage, absolute_uri, inputs_from_coco, inputs_from_manifest, inputs_from_uri
 from ..method.config import ConfigError, SegmenterConfig, config_from_dict
 from ..models.registry import DEFAULT_SAM2, get_spec
 from .bank_prep import ReferencesSpec, prepare_memory_bank
+from .plan import TODO, OutputScan, Plan, plan_inputs, scan_output
 from .stages import NoopModelActor, SegmentActor, decode_batch, instance_record  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -66,8 +75,17 @@ class JobConfig:
     allow_errors: bool = False  # exit 0 even if some images errored
     ray_address: str | None = None  # None: RAY_ADDRESS or a local instance
     references: ReferencesSpec | None = None  # build the bank from these when `memory` holds none (see bank_prep)
+    extensions: list[str] | None = None  # opt-in filter for listings (e.g. [jpg, png]); default: every object
+    retry_errors: bool = False  # redo inputs whose row has status error (their old rows are replaced)
+    allow_job_change: bool = False  # write into an output whose job fingerprint differs (recorded)
+    block_rows: int = 64  # rows per Ray Data block (and per staging file)
+    target_file_mb: int = 512  # size of committed part files (MB)
+    lease_ttl_s: float = 120.0  # object stores: a dead run's lock expires after this (renewed every ttl/4)
 
     def validate(self) -> "JobConfig":
+        from ..method.config import check_config_types
+
+        check_config_types(self)  # also for configs built in Python: types first, then values
         if not self.memory:
             raise ConfigError("memory: required (a memory-bank folder from `ntt-batch memory build`)")
         if not self.out:
@@ -80,9 +98,11 @@ class JobConfig:
         get_spec(self.sam2, "sam2")
         for name in ("memory", "out", "images", "manifest", "annotations", "image_root", "checkpoint_dir"):
             setattr(self, name, absolute_uri(getattr(self, name)))
-        for name in ("num_actors", "batch_size", "max_pixels"):
-            if getattr(self, name) < 1:
+        for name in ("num_actors", "batch_size", "max_pixels", "limit", "block_rows", "target_file_mb"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.actor_num_cpus <= 0:
+            raise ConfigError(f"actor_num_cpus: must be > 0, got {self.actor_num_cpus}")
         if not isinstance(self.segmenter, SegmenterConfig):
             raise ConfigError("segmenter: must be a mapping of segmenter settings")
         self.segmenter.validate()
@@ -97,20 +117,16 @@ class JobConfig:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "job config") -> "JobConfig":
-        data = dict(data)
-        seg = data.pop("segmenter", None) or {}
-        refs = data.pop("references", None)
-        if refs is not None and not isinstance(refs, dict):
-            raise ConfigError(f"{where}: references must be a mapping, got {type(refs).__name__}")
-        if not isinstance(seg, dict):
-            raise ConfigError(f"{where}: segmenter must be a mapping, got {type(seg).__name__}")
-        names = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(names))}")
-        if refs is not None:
-            data["references"] = config_from_dict(ReferencesSpec, refs, f"{where}: references")
-        return cls(segmenter=config_from_dict(SegmenterConfig, seg, f"{where}: segmenter"), **data)
+        """Settings from a job file or the flags, every value type-checked against the annotations above
+        (``limit: three`` is an error naming key, value and type; see ``config_from_dict``). An empty
+        ``segmenter:`` or ``storage_options:`` block means the defaults. Call :meth:`validate` next."""
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if not (k in ("segmenter", "storage_options") and v is None)}
+        return config_from_dict(cls, data, where, validate=False)
+
+    @property
+    def target_file_bytes(self) -> int:
+        return int(self.target_file_mb) << 20
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -137,7 +153,14 @@ def _redact(options: dict) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
+def input_spec(cfg: JobConfig) -> InputSpec:
+    """Where the job's inputs come from (the job's own output is never an input)."""
+    return InputSpec(images=cfg.images, manifest=cfg.manifest, annotations=cfg.annotations, image_root=cfg.image_root,
+                     extensions=normalise_extensions(cfg.extensions), exclude_prefix=cfg.out)
+
+
 def resolve_inputs(cfg: JobConfig) -> list[InputImage]:
+    """The job's inputs as a list (small jobs and tests; the job itself streams them, see ``plan``)."""
     if cfg.images:
         inputs = inputs_from_uri(cfg.images, cfg.storage_options)
     elif cfg.manifest:
@@ -147,35 +170,123 @@ def resolve_inputs(cfg: JobConfig) -> list[InputImage]:
     return inputs[: cfg.limit] if cfg.limit else inputs
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+# Exit codes of `ntt-batch run` (also listed in its --help).
+EXIT_OK, EXIT_IMAGE_ERRORS, EXIT_USAGE, EXIT_INTEGRITY, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+
+# Segmenter settings that change speed only, never the rows: left out of the job fingerprint.
+PERFORMANCE_ONLY_SETTINGS = frozenset({"device", "points_batch_size", "implementation", "compile"})
 
 
-def _pyarrow_fs(uri: str, options: dict):
-    """A pyarrow filesystem over fsspec (so custom S3 endpoints/credentials work for the writer)."""
-    import pyarrow.fs as pafs
-
-    fs, path = filesystem(uri, options)
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+class JobMismatchError(ConfigError):
+    """The output belongs to a job with another fingerprint."""
 
 
-def _read_run_manifest(out: str, options: dict) -> dict:
-    fs, root = filesystem(out, options)
-    path = f"{root.rstrip('/')}/run.json"
-    if fs.exists(path):
-        with fs.open(path, "rb") as f:
-            return json.load(f)
-    return {}
+def job_fingerprint(cfg: JobConfig, bank_hash: str, sam_ckpt, enc_ckpt) -> dict:
+    """What makes two runs the same job: inputs, bank content, segmenter settings, model weights, pixel limit."""
+    seg = {k: v for k, v in asdict(cfg.segmenter).items() if k not in PERFORMANCE_ONLY_SETTINGS}
+    return {
+        "inputs": input_spec(cfg).describe(),
+        "memory_bank": bank_hash,
+        "segmenter": seg,
+        "models": {"sam2": {"name": sam_ckpt.name, "sha256": sam_ckpt.sha256},
+                   "encoder": {"name": enc_ckpt.name, "sha256": enc_ckpt.sha256}},
+        "max_pixels": cfg.max_pixels,
+    }
 
 
-def _write_run_manifest(out: str, options: dict, manifest: dict) -> None:
-    """Write run.json via a temporary name + rename, so a crash mid-write never loses the attempt history."""
-    fs, root = filesystem(out, options)
-    fs.makedirs(root, exist_ok=True)
-    final, tmp = f"{root.rstrip('/')}/run.json", f"{root.rstrip('/')}/.run.json.tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(json.dumps(manifest, indent=2).encode())
-    fs.mv(tmp, final)
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def fingerprint_differences(old: dict, new: dict) -> list[str]:
+    """Human-readable differences between two fingerprints, e.g. "segmenter.points_per_side: 32 → 8"."""
+    a, b = _flatten(old), _flatten(new)
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            va, vb = a.get(k, "(absent)"), b.get(k, "(absent)")
+            if isinstance(va, str) and isinstance(vb, str) and len(va) == len(vb) == 64:
+                va, vb = va[:12] + "…", vb[:12] + "…"
+            out.append(f"{k}: {va!r} in the output, {vb!r} now")
+    return out
+
+
+class RunRecord:
+    """run.json of the running attempt: one in-memory dict, every change written atomically.
+
+    Thread-safe (the committer thread and the driver both update it); the summary is recomputed
+    from the per-part stats on every write, so it never needs a pass over the files.
+    """
+
+    def __init__(self, folder: OutputFolder, run: dict):
+        self.folder = folder
+        self.run = run
+        self._lock = threading.RLock()
+
+    def write(self) -> None:
+        with self._lock:
+            self.run["summary"] = summary_of(self.run.get("parts", {}))
+            self.folder.write_run(self.run)
+
+    def update(self, fn: Callable[[dict], None]) -> None:
+        with self._lock:
+            fn(self.run)
+            self.write()
+
+
+class StagingCommitter:
+    """Commits the attempt's staging files into large parts: in the background whenever a part's
+    worth (``target_bytes``) has accumulated, and once more at the end (see ``io.parts``)."""
+
+    def __init__(self, folder: OutputFolder, run_id: str, seen: HashAccumulator, record: RunRecord, *,
+                 target_bytes: int, lease, interval_s: float = 20.0):
+        self.folder, self.run_id, self.seen, self.record = folder, run_id, seen, record
+        self.target_bytes, self.lease, self.interval_s = target_bytes, lease, interval_s
+        self.stats = PartStats()
+        self.duplicates_dropped = 0
+        self.quarantined: list[str] = []
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _files(self) -> list:
+        return self.folder.files_under(f"{STAGING}/{self.run_id}", ".parquet")
+
+    def commit(self, *, final: bool, min_bytes: int = 0) -> None:
+        with self._lock:
+            files = self._files()
+            if not files or sum(f.size for f in files) < min_bytes:
+                return
+            res = commit_staging(self.folder, files, run_id=self.run_id, seen=self.seen, update_run=self.record.update,
+                                 final=final, target_bytes=self.target_bytes, before_publish=self.lease.check)
+            self.stats.add(res.stats)
+            self.duplicates_dropped += res.duplicates_dropped
+            self.quarantined += res.quarantined
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.commit(final=False, min_bytes=self.target_bytes)
+            except BaseException as e:  # surfaced by the driver after the dataset finishes
+                log.exception("background commit failed")
+                self.error = e
+                return
+
+    def __enter__(self) -> "StagingCommitter":
+        self._thread = threading.Thread(target=self._loop, name="ntt-committer", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
 
 
 @dataclass
@@ -185,82 +296,209 @@ class JobResult:
     exit_code: int
 
 
+def new_run_id() -> str:
+    return f"{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
 def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None] = print,
             model_stage: type | None = None) -> JobResult:
     """Run (or resume) a batch job; returns the summary over the whole output and an exit code.
 
-    ``model_stage`` replaces :class:`SegmentActor` (the pipeline benchmark passes :class:`NoopModelActor`).
+    Raises :class:`LeaseHeldError` when another run writes the output, :class:`JobMismatchError`
+    when the output belongs to another job. ``model_stage`` replaces :class:`SegmentActor` (the
+    pipeline benchmark passes :class:`NoopModelActor`).
     """
-    import ray
-
     from ..method.memory_bank import MemoryBank
     from ..models.checkpoints import resolve_checkpoint
 
     cfg.validate()
-    inputs = resolve_inputs(cfg)
-    done = completed_uris(cfg.out, cfg.storage_options)
-    todo = [i for i in inputs if i.image_uri not in done]
-    echo(f"inputs: {len(inputs)} images; already done: {len(inputs) - len(todo)}; to process: {len(todo)}")
-    bank_build = prepare_memory_bank(cfg, dry_run=dry_run, echo=echo)  # only with `references:` and no bank yet
+    folder = OutputFolder(cfg.out, cfg.storage_options)
     if dry_run:
-        for i in todo[:50]:
-            echo(f"  would process image_id={i.image_id} {i.image_uri}")
-        if len(todo) > 50:
-            echo(f"  ... and {len(todo) - 50} more")
-        return JobResult({"to_process": len(todo), "inputs": len(inputs)}, {}, 0)
-
+        return _dry_run(cfg, folder, echo)
+    bank_build = prepare_memory_bank(cfg, dry_run=False, echo=echo)  # only with `references:` and no bank yet
     bank = MemoryBank.load(cfg.memory)
     sam_ckpt = resolve_checkpoint(cfg.sam2, checkpoint_dir=cfg.checkpoint_dir, download=cfg.download)
     enc_ckpt = resolve_checkpoint(bank.encoder["name"], checkpoint_dir=cfg.checkpoint_dir, download=cfg.download)
     if bank.encoder.get("checkpoint_sha256") and enc_ckpt.sha256 != bank.encoder["checkpoint_sha256"]:
         raise ValueError(f"memory bank {cfg.memory} was built with {bank.encoder['name']} weights sha256 "
                          f"{bank.encoder['checkpoint_sha256']} but {enc_ckpt.path} has {enc_ckpt.sha256}; rebuild the bank")
-    run_id = f"{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    manifest = _read_run_manifest(cfg.out, cfg.storage_options)
-    attempt = {"run_id": run_id, "started_at": _now(), "status": "running", "inputs": len(inputs),
-               "already_done": len(inputs) - len(todo), "to_process": len(todo)}
-    manifest.update({
-        "format": "ntt-batch/run", "ntt_batch_version": __version__, "config": cfg.to_dict(),
-        "models": {"sam2": sam_ckpt.to_json(), "encoder": enc_ckpt.to_json()},
-        "official_weights": sam_ckpt.official and enc_ckpt.official,
-        "memory_bank": {"path": cfg.memory, "content_hash": bank.content_hash, "categories": bank.categories, "shots": bank.shots},
-    })
+    run_id = new_run_id()
+    fingerprint = job_fingerprint(cfg, bank.content_hash, sam_ckpt, enc_ckpt)
+    lease = folder.lease({"run_id": run_id}, ttl_s=cfg.lease_ttl_s).acquire()
+    try:
+        provenance = {
+            "format": "ntt-batch/run", "layout": 2, "ntt_batch_version": __version__, "fingerprint": fingerprint,
+            "config": cfg.to_dict(), "models": {"sam2": sam_ckpt.to_json(), "encoder": enc_ckpt.to_json()},
+            "official_weights": sam_ckpt.official and enc_ckpt.official,
+            "memory_bank": {"path": cfg.memory, "content_hash": bank.content_hash, "categories": bank.categories,
+                            "shots": bank.shots},
+        }
+        return _attempt(cfg, folder, lease, run_id, provenance, bank, bank_build, echo, model_stage)
+    finally:
+        lease.release()
+
+
+def _dry_run(cfg: JobConfig, folder: OutputFolder, echo: Callable[[str], None]) -> JobResult:
+    """What a run would do, without taking the lock or writing anything."""
+    run = folder.read_run() if folder.exists() else {}
+    scan = scan_output(folder, run.get("parts", {}), read_only=True) if folder.exists() else OutputScan()
+    plan = plan_inputs(input_spec(cfg), cfg.storage_options, scan, folder=None, run_id="dry-run", limit=cfg.limit,
+                       retry_errors=cfg.retry_errors, echo=echo)
+    _echo_plan(plan, echo)
+    if scan.corrupt:
+        echo(f"  {len(scan.corrupt)} committed file(s) are corrupt and would be quarantined: {', '.join(scan.corrupt[:5])}")
+    for image_id, uri in plan.sample:
+        echo(f"  would process image_id={image_id} {uri}")
+    if plan.to_process > len(plan.sample):
+        echo(f"  ... and {plan.to_process - len(plan.sample)} more")
+    return JobResult({**plan.to_record()}, {}, EXIT_OK)
+
+
+def _echo_plan(plan: Plan, echo: Callable[[str], None]) -> None:
+    extra = f" ({plan.skipped_by_extension} skipped by --extensions)" if plan.skipped_by_extension else ""
+    retry = f" ({plan.retry_errors} error rows to redo)" if plan.retry_errors else ""
+    echo(f"inputs: {plan.inputs} images{extra}; already done: {plan.already_done}; to process: {plan.to_process}{retry}")
+
+
+def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenance: dict, bank, bank_build,
+             echo: Callable[[str], None], model_stage) -> JobResult:
+    run = folder.read_run()
+    legacy = folder.read_json(LEGACY_RUN_JSON) is not None and folder.read_json(RUN_JSON) is None
+    old_fp = run.get("fingerprint")
+    new_fp = provenance["fingerprint"]
+    changes = fingerprint_differences(old_fp, new_fp) if old_fp else []
+    if changes and not cfg.allow_job_change:
+        raise JobMismatchError(
+            f"output {cfg.out} belongs to another job: {'; '.join(changes)}. Write to a new output (--out), or pass "
+            "--allow-job-change to add this run's rows to it anyway (run.json then records both settings)")
+    for a in run.get("attempts", []):
+        if a.get("status") == "running":  # we hold the lease: that attempt cannot be alive
+            a.update(status="died", died_noticed_at=now_iso(), died_noticed_by=run_id)
+    if changes:
+        run.setdefault("fingerprint_history", []).append({"until_run": run_id, "fingerprint": old_fp, "changes": changes})
+    run.update(provenance)
+    attempt: dict[str, Any] = {"run_id": run_id, "started_at": now_iso(), "status": "running", "host": socket.gethostname(),
+                               "pid": os.getpid(), "retry_errors_requested": cfg.retry_errors}
     if bank_build:
         attempt["memory_bank_build"] = bank_build
-    manifest.setdefault("attempts", []).append(attempt)
-    _write_run_manifest(cfg.out, cfg.storage_options, manifest)
+    run.setdefault("attempts", []).append(attempt)
+    record = RunRecord(folder, run)
+    record.write()
+    if legacy:
+        folder.remove(folder.path(LEGACY_RUN_JSON))
+        attempt.setdefault("notes", []).append("moved the 0.1 layout's run.json to _ntt/run.json")
 
+    # 1. finish or undo half-done commits; 2. check the parts; 3. commit what dead attempts staged
+    notes = recover_commits(folder, record.update)
+    scan = _scan(folder, record, echo)
+    seen = HashAccumulator()
+    seen.add(scan.done.hi, scan.done.lo)
+    leftovers = [f for f in folder.files_under(STAGING, ".parquet") if f"/{STAGING}/{run_id}/" not in f.path]
+    if leftovers:
+        res = commit_staging(folder, leftovers, run_id=run_id, seen=seen, update_run=record.update, final=True,
+                             target_bytes=cfg.target_file_bytes, before_publish=lease.check)
+        notes.append(f"committed {res.stats.rows} row(s) that interrupted attempts had staged "
+                     f"({res.files} file(s); {res.duplicates_dropped} duplicate(s) dropped, "
+                     f"{len(res.quarantined)} incomplete file(s) quarantined)")
+        scan = _scan(folder, record, echo)
+    folder.rmdir_tree(STAGING)
+    folder.rmdir_tree(TODO)
+    if scan.quarantined:
+        notes.append(f"quarantined {len(scan.quarantined)} unreadable file(s): {', '.join(scan.quarantined[:5])}")
+    for n in notes:
+        echo(f"note: {n}")
+
+    plan = plan_inputs(input_spec(cfg), cfg.storage_options, scan, folder=folder, run_id=run_id, limit=cfg.limit,
+                       retry_errors=cfg.retry_errors, echo=echo)
+    _echo_plan(plan, echo)
+    attempt.update(plan.to_record())
+    if notes:
+        attempt.setdefault("notes", []).extend(notes)
+    if plan.retry_errors:
+        withdrawn = 0
+        for name, part in scan.error_parts.items():
+            withdrawn += withdraw_rows(folder, part, plan.retry, run_id=run_id, update_run=record.update,
+                                       retried_path=folder.path(f"{RETRIED}/{run_id}-{name}"),
+                                       target_bytes=cfg.target_file_bytes, before_publish=lease.check)
+        attempt["errors_withdrawn"] = withdrawn
+    record.write()
+
+    seen = HashAccumulator()  # rows this attempt commits (duplicates of a retried write are dropped)
+    seen.add(scan.done.hi, scan.done.lo)
+    if plan.retry_errors:
+        keep = ~plan.retry.contains(scan.done.hi, scan.done.lo)
+        seen = HashAccumulator()
+        seen.add(scan.done.hi[keep], scan.done.lo[keep])
+    committer = StagingCommitter(folder, run_id, seen, record, target_bytes=cfg.target_file_bytes, lease=lease)
     t0 = time.perf_counter()
     try:
-        if todo:
-            _execute(cfg, todo, bank, run_id, ray, model_stage)
+        if plan.to_process:
+            with committer:
+                _execute(cfg, plan, bank, run_id, folder, model_stage)
+            if committer.error:
+                raise committer.error
+        committer.commit(final=True)
+        merged = compact(folder, folder.parts(), run_id=run_id, update_run=record.update,
+                         target_bytes=cfg.target_file_bytes, before_publish=lease.check)
+        if merged:
+            attempt["compacted_into"] = merged
         attempt["status"] = "completed"
     except BaseException as e:
         attempt["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"
+        try:  # keep what finished: complete staging files are committed, partial ones wait for the next run
+            committer.commit(final=False)
+        except BaseException:
+            log.exception("could not commit the finished rows; the next run will")
         raise
     finally:
         elapsed = time.perf_counter() - t0
-        attempt["finished_at"] = _now()
-        attempt["seconds"] = round(elapsed, 3)
-        attempt["images_per_s"] = round(len(todo) / elapsed, 4) if elapsed > 0 and todo else None
-        summary = summarize(cfg.out, cfg.storage_options)
-        manifest["summary"] = summary
-        if ray.is_initialized():
-            manifest["cluster_resources"] = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
-        _write_run_manifest(cfg.out, cfg.storage_options, manifest)
+        attempt.update(finished_at=now_iso(), seconds=round(elapsed, 3),
+                       committed=committer.stats.to_dict() | {"duplicates_dropped": committer.duplicates_dropped},
+                       images_per_s=round(committer.stats.rows / elapsed, 4) if elapsed > 0 and committer.stats.rows else None)
+        for k in ("bytes", "version", "run_id"):
+            attempt["committed"].pop(k, None)
+        try:
+            import ray
 
-    missing = len({i.image_uri for i in inputs} - completed_uris(cfg.out, cfg.storage_options))
-    summary = {**summary, "missing": missing, "processed_this_run": len(todo), "seconds": attempt["seconds"],
-               "images_per_s": attempt["images_per_s"]}
+            if ray.is_initialized():
+                run["cluster_resources"] = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+        except Exception:  # pragma: no cover
+            pass
+        record.write()
+        folder.rmdir_tree(f"{TODO}/{run_id}")
+        for rel in (TODO, TMP, f"{STAGING}/{run_id}", STAGING, COMMITS):
+            folder.remove_empty_dir(rel)
+
+    missing = plan.to_process - committer.stats.rows
+    summary = {**record.run["summary"], "missing": missing, "duplicate_uris": 0, "processed_this_run": committer.stats.rows,
+               "to_process": plan.to_process, "seconds": attempt["seconds"], "images_per_s": attempt["images_per_s"]}
     echo(f"summary: {summary['ok']} ok, {summary['empty']} empty, {summary['error']} error "
-         f"({summary['rows']} rows, {summary['instances']} instances); this run: {len(todo)} images "
-         f"in {attempt['seconds']} s ({attempt['images_per_s']} images/s)")
-    code = 0
-    if missing or summary["duplicate_uris"]:
-        code = 3
+         f"({summary['rows']} rows in {summary['files']} file(s), {summary['instances']} instances); this run: "
+         f"{committer.stats.rows} images in {attempt['seconds']} s ({attempt['images_per_s']} images/s); output {cfg.out}")
+    code = EXIT_OK
+    if missing:
+        echo(f"ERROR: {missing} image(s) of this run got no row; run the same command again, then `ntt-batch verify {cfg.out}`")
+        code = EXIT_INTEGRITY
     elif summary["error"] and not cfg.allow_errors:
-        code = 1
+        code = EXIT_IMAGE_ERRORS
     return JobResult(summary, attempt, code)
+
+
+def _scan(folder: OutputFolder, record: RunRecord, echo) -> OutputScan:
+    """Scan the parts and bring run.json's per-part stats in line with what is there."""
+    scan = scan_output(folder, record.run.get("parts", {}), echo=echo)
+    present = {p.name for p in scan.parts}
+
+    def apply(run: dict) -> None:
+        parts = run.setdefault("parts", {})
+        for name in list(parts):
+            if name not in present:
+                parts.pop(name)
+        for name, stats in scan.verified.items():
+            parts[name] = stats.to_dict()
+
+    record.update(apply)
+    return scan
 
 
 def _decode_memory_bytes(cfg: JobConfig, cluster_memory: float | None = None) -> int:
@@ -278,21 +516,34 @@ def _decode_memory_bytes(cfg: JobConfig, cluster_memory: float | None = None) ->
     return int(need)
 
 
-def _execute(cfg: JobConfig, todo: list[InputImage], bank, run_id: str, ray, model_stage=None) -> None:
-    model_stage = model_stage or SegmentActor
+def init_ray(address: str | None = None) -> None:
+    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local instance; no-op when connected."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+    else:
+        ray.init()
+
+
+def _execute(cfg: JobConfig, plan: Plan, bank, run_id: str, folder: OutputFolder, model_stage=None) -> None:
+    """The Ray Data pipeline over the plan's todo files; rows land in ``_ntt/staging/<run_id>/``."""
+    import ray
     import ray.data
 
-    if not ray.is_initialized():
-        address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True) if address else ray.init()
+    model_stage = model_stage or SegmentActor
+    init_ray(cfg.ray_address)
     gpus = ray.cluster_resources().get("GPU", 0)
-    seg = cfg.segmenter
     bank_ref = ray.put(bank)  # broadcast once; actors receive the reference, never a copy per batch
-    ds = ray.data.from_items([{"image_id": i.image_id, "image_uri": i.image_uri} for i in todo],
-                             override_num_blocks=max(1, min(len(todo), (len(todo) + cfg.batch_size - 1) // cfg.batch_size)))
+    pafs, _ = folder.pyarrow_fs()
+    ds = ray.data.read_parquet(plan.todo_paths, filesystem=pafs)
+    # Small blocks keep every stage busy and rows flowing to the writer (one todo file is one read task).
+    ds = ds.repartition(target_num_rows_per_block=cfg.block_rows)
     # Decode tasks reserve memory for a full-size decode; that remote arg also differs from the
     # actors', so Ray does not fuse decoding into the actors: CPU decoding overlaps with model work.
-    # Small batches keep blocks flowing, so shards are written as images finish (resume granularity).
     ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1,
                         memory=_decode_memory_bytes(cfg, ray.cluster_resources().get("memory")),
                         fn_kwargs={"storage_options": cfg.storage_options, "max_pixels": cfg.max_pixels})
@@ -300,9 +551,9 @@ def _execute(cfg: JobConfig, todo: list[InputImage], bank, run_id: str, ray, mod
         model_stage, batch_size=cfg.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
         num_gpus=1 if gpus >= 1 else 0, num_cpus=cfg.actor_num_cpus,
-        fn_constructor_kwargs={"bank_holder": [bank_ref], "sam2_name": cfg.sam2, "segmenter": asdict(seg),
+        fn_constructor_kwargs={"bank_holder": [bank_ref], "sam2_name": cfg.sam2, "segmenter": asdict(cfg.segmenter),
                                "checkpoint_dir": cfg.checkpoint_dir, "download": cfg.download, "run_id": run_id,
                                "num_threads": max(1, int(cfg.actor_num_cpus))},
     )
-    fs, path = _pyarrow_fs(cfg.out, cfg.storage_options)
-    ds.write_parquet(path, filesystem=fs, max_rows_per_file=cfg.batch_size)
+    # Workers write small staging files as blocks finish; the driver commits them into large parts.
+    ds.write_parquet(folder.staging(run_id), filesystem=pafs, max_rows_per_file=cfg.block_rows)

@@ -1,0 +1,468 @@
+"""The output folder of a batch job: one object for its layout, files, metadata and lock.
+
+Layout (any fsspec store: a local folder, ``s3://bucket/prefix``, ...)::
+
+    <out>/part-<run_id>-<seq>.parquet   committed data files, one row per input image (SHARD_SCHEMA)
+    <out>/_ntt/run.json                 job fingerprint, config, models, bank hash, attempts, per-part stats
+    <out>/_ntt/lock, _ntt/lock.json     the lease: one run at a time (flock locally, conditional writes on S3)
+    <out>/_ntt/staging/<run_id>/        files the running attempt's workers write (not yet committed)
+    <out>/_ntt/tmp/                     committed files being assembled (not visible to readers)
+    <out>/_ntt/commits/<id>.json        commit intents (crash recovery; see io.parts)
+    <out>/_ntt/quarantine/              unreadable files moved aside (never deleted)
+    <out>/_ntt/retried/                 error rows replaced by ``--retry-errors`` (kept for the record)
+
+Readers (pyarrow.dataset, pandas, DuckDB ``read_parquet('<out>/*.parquet')``, Spark) see only the
+committed ``part-*.parquet`` files: everything else is under ``_ntt/``, which they skip by its
+``_`` prefix, and a part appears under its final name only when complete (local: rename of a
+finished file; object stores: one finished upload or copy).
+
+Atomic metadata writes, the unreadable-file policy (quarantine only what is proven corrupt, never
+on a transient read error) and the lease live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .storage import filesystem
+
+log = logging.getLogger(__name__)
+
+META = "_ntt"
+RUN_JSON = f"{META}/run.json"
+STAGING = f"{META}/staging"
+TMP = f"{META}/tmp"
+COMMITS = f"{META}/commits"
+QUARANTINE = f"{META}/quarantine"
+RETRIED = f"{META}/retried"
+LOCK = f"{META}/lock"
+LOCK_JSON = f"{META}/lock.json"
+LEGACY_RUN_JSON = "run.json"  # layout of ntt-batch 0.1 (run.json beside the shards)
+PART_PREFIX = "part-"
+
+
+def now_iso() -> str:
+    """UTC now, ISO 8601 to the second (timestamps in run.json and the lock)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file in the output: path (without protocol), base name, size in bytes, version (mtime ns or ETag)."""
+
+    path: str
+    name: str
+    size: int
+    version: str
+
+
+class CorruptFileError(ValueError):
+    """A file's bytes were read completely and do not parse as a valid shard."""
+
+
+class LeaseHeldError(RuntimeError):
+    """Another run holds the output's lease."""
+
+
+class LeaseLostError(RuntimeError):
+    """This run's lease expired or was taken over; it must stop writing."""
+
+
+def _info_version(info: dict) -> str:
+    for key in ("ETag", "etag", "mtime", "LastModified", "updated", "generation"):
+        if info.get(key) is not None:
+            v = info[key]
+            return str(int(v * 1e9)) if key == "mtime" and isinstance(v, float) else str(v)
+    return ""
+
+
+class OutputFolder:
+    """A batch job's output URI. ``options`` are fsspec storage options (credentials, endpoint)."""
+
+    def __init__(self, uri: str, options: dict | None = None):
+        from fsspec.implementations.local import LocalFileSystem
+
+        self.uri = uri.rstrip("/")
+        self.options = dict(options or {})
+        self.fs, root = filesystem(self.uri, self.options)
+        self.root = root.rstrip("/")
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    # ------------------------------------------------------------------ paths
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def display(self, path: str) -> str:
+        """A path as the user wrote the output URI (for messages)."""
+        rel = path[len(self.root):].lstrip("/") if path.startswith(self.root) else path
+        return f"{self.uri}/{rel}" if rel else self.uri
+
+    def staging(self, run_id: str) -> str:
+        return self.path(f"{STAGING}/{run_id}")
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.root)
+
+    # ------------------------------------------------------------------ listing
+
+    def _ls(self, path: str) -> list[dict]:
+        try:
+            return self.fs.ls(path, detail=True, refresh=True) if not self.is_local else self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+        except TypeError:  # filesystems without `refresh`
+            self.fs.invalidate_cache(path)
+            return self.fs.ls(path, detail=True)
+
+    def _file_info(self, d: dict) -> FileInfo:
+        name = d["name"].rstrip("/")
+        return FileInfo(name, name.rsplit("/", 1)[-1], int(d.get("size") or 0), _info_version(d))
+
+    def parts(self) -> list[FileInfo]:
+        """Committed data files: ``*.parquet`` directly under the output (not recursive), by name."""
+        self.fs.invalidate_cache()
+        out = [self._file_info(d) for d in self._ls(self.root)
+               if d.get("type") == "file" and d["name"].endswith(".parquet")
+               and not d["name"].rsplit("/", 1)[-1].startswith((".", "_"))]
+        return sorted(out, key=lambda f: f.name)
+
+    def files_under(self, rel: str, suffix: str = "") -> list[FileInfo]:
+        """Files under ``<out>/<rel>`` (recursive), by path."""
+        base = self.path(rel)
+        self.fs.invalidate_cache()
+        if not self.fs.exists(base):
+            return []
+        found = self.fs.find(base, detail=True)
+        return sorted((self._file_info(d) for d in found.values() if d.get("type") == "file" and d["name"].endswith(suffix)),
+                      key=lambda f: f.path)
+
+    def info(self, path: str) -> FileInfo | None:
+        try:
+            return self._file_info(self.fs.info(path))
+        except FileNotFoundError:
+            return None
+
+    # ------------------------------------------------------------------ bytes and JSON
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a whole file atomically: readers see the old file or the new one, never a part.
+
+        Local: a temporary name in the same folder, fsync, then ``os.replace``. Object stores: one
+        PUT, which is atomic.
+        """
+        parent = path.rsplit("/", 1)[0]
+        if self.is_local:
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex[:8]}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.fs.open(path, "rb") as f:
+            return f.read()
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(self.path(rel), json.dumps(obj, indent=2).encode())
+
+    def read_json(self, rel: str) -> dict | None:
+        """A JSON file of the output, or None when absent. A file that exists but does not parse is an error."""
+        path = self.path(rel)
+        try:
+            data = self.read_bytes(path)
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise ValueError(f"{self.display(path)} is not valid JSON ({e}); it is this output's metadata: "
+                             "restore it or use a new output") from None
+
+    def read_run(self) -> dict:
+        """``_ntt/run.json`` ({} when the output is new). An 0.1-layout ``run.json`` is read too."""
+        run = self.read_json(RUN_JSON)
+        if run is None:
+            run = self.read_json(LEGACY_RUN_JSON) or {}
+        return run
+
+    def write_run(self, run: dict) -> None:
+        self.write_json(RUN_JSON, run)
+
+    def remove(self, path: str) -> None:
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+
+    def move(self, src: str, dst: str) -> None:
+        """Rename (local: atomic) or copy+delete (object stores: the copy appears whole)."""
+        if self.is_local:
+            os.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+            os.replace(src, dst)
+        else:
+            self.fs.mv(src, dst)
+
+    def rmdir_tree(self, rel: str) -> None:
+        path = self.path(rel)
+        try:
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def remove_empty_dir(self, rel: str) -> None:
+        """Remove ``<out>/<rel>`` if it is an empty folder (local; object stores have no folders)."""
+        if self.is_local:
+            try:
+                os.rmdir(self.path(rel))
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------------ shard integrity
+
+    def check_shard(self, path: str, *, deep: bool) -> int:
+        """Number of rows of a shard, after checking it parses.
+
+        ``deep``: decode every page of every column (with page checksums when the file has them),
+        so corrupt data pages are caught, not only a missing footer. Raises
+        :class:`CorruptFileError` only when the file's bytes could be read completely and do not
+        parse; a read error (network, permission, throttling) propagates unchanged, so a transient
+        failure never quarantines a healthy file.
+        """
+        try:
+            with self.fs.open(path, "rb") as f:
+                return _parse_shard(f, deep)
+        except FileNotFoundError:
+            raise
+        except Exception as first:
+            try:
+                data = self.read_bytes(path)  # a read error here is not corruption: let it propagate
+            except FileNotFoundError:
+                raise
+            try:
+                return _parse_shard(pa.BufferReader(data), deep)
+            except Exception as e:
+                raise CorruptFileError(f"{self.display(path)}: {type(e).__name__}: {e}") from first
+
+    def quarantine(self, path: str, reason: str) -> str:
+        """Move an unreadable file to ``_ntt/quarantine/`` (never deleted); returns the new path."""
+        dest = self.path(f"{QUARANTINE}/{path.rsplit('/', 1)[-1]}")
+        if self.fs.exists(dest):
+            dest = f"{dest}.{uuid.uuid4().hex[:8]}"
+        log.warning("%s is unreadable (%s); moved to %s and its images will be processed again",
+                    self.display(path), reason, self.display(dest))
+        self.move(path, dest)
+        return dest
+
+    # ------------------------------------------------------------------ lease
+
+    def lease(self, holder: dict, ttl_s: float = 120.0) -> "Lease":
+        return Lease(self, holder, ttl_s)
+
+    def pyarrow_fs(self):
+        """(pyarrow filesystem, root) over this fsspec filesystem (Ray Data's readers and writers take it)."""
+        import pyarrow.fs as pafs
+
+        return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs)), self.root
+
+
+def _parse_shard(source, deep: bool) -> int:
+    pf = pq.ParquetFile(source, page_checksum_verification=deep)
+    if deep:
+        for i in range(pf.num_row_groups):
+            pf.read_row_group(i)
+    return pf.metadata.num_rows
+
+
+class Lease:
+    """Exclusive right to write an output folder, for one run.
+
+    Local folders: an advisory ``flock`` on ``_ntt/lock``, released by the kernel when the process
+    dies (so a SIGKILLed run never blocks the next one); ``_ntt/lock.json`` says who holds it.
+
+    Object stores (S3 and S3-compatible): ``_ntt/lock.json`` created with a conditional write
+    (``If-None-Match: *``), renewed by a background thread every ``ttl_s / 4`` with
+    ``If-Match: <ETag>``; a lock whose ``expires_at`` has passed (the holder died) is taken over
+    with ``If-Match`` on the expired version, so of two runs taking it over only one succeeds. A
+    holder that fails to renew marks the lease lost; the job checks before every commit.
+    """
+
+    def __init__(self, folder: OutputFolder, holder: dict, ttl_s: float):
+        self.folder = folder
+        self.holder = {**holder, "lease_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
+        self.ttl_s = float(ttl_s)
+        self._fd: int | None = None
+        self._etag: str | None = None
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -------------------------------------------------------------- public
+
+    def acquire(self) -> "Lease":
+        if self.folder.is_local:
+            self._acquire_local()
+        else:
+            self._acquire_remote()
+        return self
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLostError` if the lease was lost (remote stores)."""
+        if self._lost:
+            raise LeaseLostError(self._lost)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        if self.folder.is_local:
+            if self._fd is not None:
+                import fcntl
+
+                try:
+                    self.folder.remove(self.folder.path(LOCK_JSON))
+                finally:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    os.close(self._fd)
+                    self._fd = None
+        elif self._etag and not self._lost:
+            current = self._read_remote()
+            if current and current[0].get("lease_id") == self.holder["lease_id"]:
+                self.folder.remove(self.folder.path(LOCK_JSON))
+
+    def __enter__(self) -> "Lease":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    # -------------------------------------------------------------- local
+
+    def _acquire_local(self) -> None:
+        import fcntl
+
+        os.makedirs(self.folder.path(META), exist_ok=True)
+        fd = os.open(self.folder.path(LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            other = self.folder.read_json(LOCK_JSON) or {}
+            raise LeaseHeldError(_held_message(self.folder, other, None)) from None
+        self._fd = fd
+        self.folder.write_json(LOCK_JSON, {**self.holder, "acquired_at": now_iso()})
+
+    # -------------------------------------------------------------- remote
+
+    def _body(self) -> bytes:
+        expires = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=self.ttl_s)
+        return json.dumps({**self.holder, "ttl_s": self.ttl_s, "renewed_at": now_iso(),
+                           "expires_at": expires.isoformat(timespec="seconds")}).encode()
+
+    def _read_remote(self) -> tuple[dict, str] | None:
+        path = self.folder.path(LOCK_JSON)
+        try:
+            info = self.folder.fs.info(path)
+            data = json.loads(self.folder.read_bytes(path))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            data = {}
+        return data, str(info.get("ETag") or "")
+
+    def _put(self, **conditions) -> str:
+        out = self.folder.fs.pipe_file(self.folder.path(LOCK_JSON), self._body(), **conditions)
+        etag = (out or {}).get("ETag") if isinstance(out, dict) else None
+        if not etag:
+            etag = str(self.folder.fs.info(self.folder.path(LOCK_JSON)).get("ETag") or "")
+        return etag
+
+    def _acquire_remote(self) -> None:
+        if not _supports_conditional_writes(self.folder.fs):
+            log.warning("%s: this object store has no conditional writes here; the lock is best-effort "
+                        "(do not start two runs on one output)", self.folder.uri)
+        for _ in range(3):
+            try:
+                self._etag = self._put(mode="create")
+                break
+            except FileExistsError:
+                pass
+            current = self._read_remote()
+            if current is None:
+                continue  # released between our attempts: try to create again
+            data, etag = current
+            expires = _parse_time(data.get("expires_at"))
+            if expires is not None and expires > _dt.datetime.now(_dt.timezone.utc):
+                raise LeaseHeldError(_held_message(self.folder, data, expires))
+            try:  # expired (or unreadable): take it over, only if nobody else did in the meantime
+                self._etag = self._put(IfMatch=etag)
+                log.warning("%s: took over an expired lock of run %s (host %s)", self.folder.uri,
+                            data.get("run_id"), data.get("host"))
+                break
+            except OSError:
+                continue
+        else:
+            current = self._read_remote() or ({}, "")
+            raise LeaseHeldError(_held_message(self.folder, current[0], _parse_time(current[0].get("expires_at"))))
+        self._thread = threading.Thread(target=self._renew_loop, name="ntt-lease", daemon=True)
+        self._thread.start()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 4):
+            try:
+                self._etag = self._put(IfMatch=self._etag)
+            except Exception as e:  # 412: someone took it over; anything else: retry until it expires
+                current = self._read_remote()
+                if current is None or current[0].get("lease_id") != self.holder["lease_id"]:
+                    self._lost = (f"the lock on {self.folder.uri} was taken over by another run "
+                                  f"({(current or ({}, ''))[0].get('run_id')}); this run stops writing")
+                    log.error(self._lost)
+                    return
+                log.warning("renewing the lock on %s failed (%s); retrying", self.folder.uri, e)
+
+
+def _supports_conditional_writes(fs) -> bool:
+    return type(fs).__name__ == "S3FileSystem"
+
+
+def _parse_time(text: str | None) -> _dt.datetime | None:
+    try:
+        return _dt.datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _held_message(folder: OutputFolder, holder: dict, expires: _dt.datetime | None) -> str:
+    who = (f"run {holder.get('run_id', '?')} (host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, "
+           f"since {holder.get('acquired_at') or holder.get('renewed_at') or '?'})")
+    if expires is not None:
+        left = max(0, int((expires - _dt.datetime.now(_dt.timezone.utc)).total_seconds()))
+        tail = (f"If that run is dead, its lock expires at {expires.isoformat(timespec='seconds')} "
+                f"(in {left} s): rerun after then.")
+    else:
+        tail = "Wait for it to finish (or stop it), then rerun; a dead run's lock is released with its process."
+    return f"output {folder.uri} is being written by another {who}; two runs on one output are not allowed. {tail}"
+
+
+def table_bytes(table: pa.Table, **kwargs) -> bytes:
+    """A table as Parquet bytes (small metadata side files)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, **kwargs)
+    return sink.getvalue()

@@ -1,0 +1,264 @@
+"""Planning a batch-job attempt: what is done, what is left, without holding the input list.
+
+Two streamed passes over the inputs and one over the committed parts:
+
+* **scan** (:func:`scan_output`): the ``image_uri`` and ``status`` columns of every committed part,
+  hashed into a :class:`~ntt_batch.io.inputs.UriHashes` (16 bytes per row). A part that run.json
+  does not know, or whose size or version (mtime / ETag) changed since it was committed, is
+  decoded completely first (every page, with checksums): a corrupt one is quarantined and its
+  images are redone; unchanged parts are trusted without being re-read.
+* **pass 1** (:func:`plan_inputs`): the input source streamed in Arrow batches to a local
+  temporary Parquet file with each URI's digest; duplicates are found from the sorted digests
+  and refused, naming a few.
+* **pass 2**: the temporary file streamed again; inputs whose digest is done are dropped, ids
+  assigned, and the rest written as ``todo`` files under ``_ntt/todo/<run_id>/`` that Ray Data
+  reads (``read_parquet``), so the driver never holds the list either.
+
+Driver memory: 16 bytes per input (digests) + 16 per committed row + 8 per input for ids when
+they must be checked for uniqueness; nothing else grows with the input count.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..io.inputs import (HashAccumulator, InputSpec, SourceStats, UriHashes, iter_inputs, name_number,
+                         stable_image_id, uri_digests)
+from ..io.output_folder import META, CorruptFileError, FileInfo, OutputFolder
+from ..io.parts import PartStats
+from ..io.shards import STATUS_ERROR
+
+log = logging.getLogger(__name__)
+
+TODO = f"{META}/todo"
+TODO_SCHEMA = pa.schema([("image_id", pa.int64()), ("image_uri", pa.string())])
+_PASS1_SCHEMA = pa.schema([("image_id", pa.int64()), ("image_uri", pa.string()), ("number", pa.int64()),
+                           ("hi", pa.uint64()), ("lo", pa.uint64())])
+
+
+@dataclass
+class OutputScan:
+    """What the committed parts hold."""
+
+    parts: list[FileInfo] = field(default_factory=list)
+    done: UriHashes = field(default_factory=UriHashes)  # every committed row's URI
+    errors: UriHashes = field(default_factory=UriHashes)  # URIs whose row is status error
+    error_parts: dict[str, FileInfo] = field(default_factory=dict)  # parts holding error rows
+    verified: dict[str, PartStats] = field(default_factory=dict)  # parts (re)checked now, with stats
+    quarantined: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)  # read-only scans: what would be quarantined
+    rows: int = 0
+
+
+def scan_output(folder: OutputFolder, recorded_parts: dict[str, dict], *, read_only: bool = False,
+                echo: Callable[[str], None] | None = None) -> OutputScan:
+    """Scan the committed parts (module docstring). ``read_only``: never move anything."""
+    scan = OutputScan()
+    done, errors = HashAccumulator(), HashAccumulator()
+    for part in folder.parts():
+        rec = recorded_parts.get(part.name)
+        if rec is None or int(rec.get("bytes", -1)) != part.size or str(rec.get("version", "")) != part.version:
+            try:
+                folder.check_shard(part.path, deep=True)
+            except CorruptFileError as e:
+                if read_only:
+                    scan.corrupt.append(part.name)
+                else:
+                    scan.quarantined.append(folder.quarantine(part.path, str(e)))
+                continue
+            from ..io.parts import stats_of_file
+
+            stats = stats_of_file(folder, part.path)
+            stats.bytes, stats.version = part.size, part.version
+            stats.run_id = (rec or {}).get("run_id", "")
+            scan.verified[part.name] = stats
+        scan.parts.append(part)
+        with folder.fs.open(part.path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            for batch in pf.iter_batches(batch_size=65536, columns=["image_uri", "status"]):
+                hi, lo = uri_digests(batch.column("image_uri").to_pylist())
+                done.add(hi, lo)
+                is_err = pc.equal(batch.column("status"), STATUS_ERROR).to_numpy(zero_copy_only=False)
+                if is_err.any():
+                    errors.add(hi[is_err], lo[is_err])
+                    scan.error_parts[part.name] = part
+                scan.rows += batch.num_rows
+    scan.done, scan.errors = done.freeze(), errors.freeze()
+    if echo and (scan.verified or scan.quarantined):
+        echo(f"checked {len(scan.verified)} new or changed file(s) completely; quarantined {len(scan.quarantined)}")
+    return scan
+
+
+@dataclass
+class Plan:
+    inputs: int = 0
+    already_done: int = 0
+    to_process: int = 0
+    retry_errors: int = 0  # error rows to redo (--retry-errors)
+    listed: int = 0
+    skipped_by_extension: int = 0
+    ids_from: str = ""
+    todo_paths: list[str] = field(default_factory=list)
+    sample: list[tuple[int, str]] = field(default_factory=list)  # first todo entries (dry runs)
+    retry: UriHashes = field(default_factory=UriHashes)
+
+    def to_record(self) -> dict:
+        return {"inputs": self.inputs, "already_done": self.already_done, "to_process": self.to_process,
+                "retry_errors": self.retry_errors, "listed": self.listed,
+                "skipped_by_extension": self.skipped_by_extension, "ids_from": self.ids_from}
+
+
+class DuplicateInputError(ValueError):
+    pass
+
+
+def plan_inputs(spec: InputSpec, options: dict | None, scan: OutputScan, *, folder: OutputFolder | None,
+                run_id: str, limit: int | None = None, retry_errors: bool = False, todo_file_rows: int = 100_000,
+                sample: int = 50, echo: Callable[[str], None] | None = None) -> Plan:
+    """Passes 1 and 2 (module docstring). ``folder=None`` is a dry run: nothing is written."""
+    plan = Plan()
+    stats = SourceStats()
+    digests = HashAccumulator()
+    with tempfile.TemporaryDirectory(prefix="ntt-plan-") as tmp:
+        pass1 = os.path.join(tmp, "inputs.parquet")
+        all_ids, any_missing_id, all_numbered = [], False, True
+        numbers: list[np.ndarray] = []
+        with pq.ParquetWriter(pass1, _PASS1_SCHEMA, compression="lz4") as writer:
+            for batch in iter_inputs(spec, options, stats=stats):
+                if limit is not None and plan.inputs + batch.num_rows > limit:
+                    batch = batch.slice(0, max(0, limit - plan.inputs))
+                if not batch.num_rows:
+                    break
+                uris = batch.column("image_uri").to_pylist()
+                hi, lo = uri_digests(uris)
+                digests.add(hi, lo)
+                ids = batch.column("image_id")
+                if ids.null_count:
+                    any_missing_id = True
+                elif not any_missing_id:
+                    all_ids.append(ids.to_numpy())
+                nums = np.array([n if (n := name_number(u)) is not None else -1 for u in uris], dtype=np.int64)
+                if all_numbered and (nums < 0).any():
+                    all_numbered = False
+                if all_numbered:
+                    numbers.append(nums)
+                writer.write_batch(pa.RecordBatch.from_arrays(
+                    [ids, batch.column("image_uri"), pa.array(nums, pa.int64()), pa.array(hi), pa.array(lo)],
+                    schema=_PASS1_SCHEMA))
+                plan.inputs += batch.num_rows
+                if echo and plan.inputs % 1_000_000 < batch.num_rows:
+                    echo(f"  listed {plan.inputs:,} inputs ...")
+                if limit is not None and plan.inputs >= limit:
+                    break
+        plan.listed, plan.skipped_by_extension = stats.listed, stats.skipped_by_extension
+        if not plan.inputs:
+            where = spec.images or spec.manifest or spec.annotations
+            extra = f" ({stats.skipped_by_extension} skipped by the extension filter)" if stats.skipped_by_extension else ""
+            raise FileNotFoundError(f"no inputs found at {where!r}{extra}")
+        unique = digests.freeze()
+        dup_hi, dup_lo = unique.duplicated()
+        if dup_hi.size:
+            raise DuplicateInputError(_duplicate_message(pass1, UriHashes(dup_hi, dup_lo), spec))
+
+        # ids: the source's when all inputs have one (unique), else file-name numbers when unique, else URI hashes
+        mode = "uri hashes"
+        if not any_missing_id and all_ids:
+            ids = np.concatenate(all_ids)
+            values, counts = np.unique(ids, return_counts=True)
+            if (counts > 1).any():
+                shown = ", ".join(str(v) for v in values[counts > 1][:5])
+                raise DuplicateInputError(f"{spec.manifest or spec.annotations}: image_id values are not unique "
+                                          f"(e.g. {shown}); each input needs its own id")
+            mode = "source"
+            del ids, values, counts
+        elif all_numbered and numbers:
+            nums = np.concatenate(numbers)
+            if np.unique(nums).size == nums.size:
+                mode = "file names"
+            del nums
+        all_ids = numbers = []
+        plan.ids_from = mode
+
+        if retry_errors and len(scan.errors):
+            retry_hits = HashAccumulator()
+        else:
+            retry_hits = None
+
+        # pass 2
+        writer2, rows_in_file = None, 0
+        try:
+            for batch in pq.ParquetFile(pass1).iter_batches(batch_size=65536):
+                hi = batch.column("hi").to_numpy()
+                lo = batch.column("lo").to_numpy()
+                done = scan.done.contains(hi, lo)
+                if retry_hits is not None:
+                    redo = done & scan.errors.contains(hi, lo)
+                    if redo.any():
+                        retry_hits.add(hi[redo], lo[redo])
+                        done &= ~redo
+                todo = ~done
+                plan.already_done += int(done.sum())
+                if not todo.any():
+                    continue
+                sel = batch.filter(pa.array(todo))
+                uris = sel.column("image_uri").to_pylist()
+                if mode == "source":
+                    ids_out = sel.column("image_id")
+                elif mode == "file names":
+                    ids_out = sel.column("number")
+                else:
+                    ids_out = pa.array([stable_image_id(u) for u in uris], pa.int64())
+                out = pa.RecordBatch.from_arrays([ids_out, sel.column("image_uri")], schema=TODO_SCHEMA)
+                plan.to_process += out.num_rows
+                if len(plan.sample) < sample:
+                    plan.sample += list(zip(out.column("image_id").to_pylist(), uris))[: sample - len(plan.sample)]
+                if folder is None:
+                    continue
+                start = 0
+                while start < out.num_rows:
+                    if writer2 is None:
+                        path = folder.path(f"{TODO}/{run_id}/todo-{len(plan.todo_paths):05d}.parquet")
+                        folder.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                        fh = folder.fs.open(path, "wb")
+                        writer2 = (pq.ParquetWriter(fh, TODO_SCHEMA), fh)
+                        plan.todo_paths.append(path)
+                        rows_in_file = 0
+                    take = min(out.num_rows - start, todo_file_rows - rows_in_file)
+                    writer2[0].write_batch(out.slice(start, take))
+                    rows_in_file += take
+                    start += take
+                    if rows_in_file >= todo_file_rows:
+                        writer2[0].close()
+                        writer2[1].close()
+                        writer2 = None
+        finally:
+            if writer2 is not None:
+                writer2[0].close()
+                writer2[1].close()
+        if retry_hits is not None:
+            plan.retry = retry_hits.freeze()
+            plan.retry_errors = len(plan.retry)
+    return plan
+
+
+def _duplicate_message(pass1: str, dups: UriHashes, spec: InputSpec, show: int = 5) -> str:
+    found: list[str] = []
+    for batch in pq.ParquetFile(pass1).iter_batches(batch_size=65536, columns=["image_uri", "hi", "lo"]):
+        hit = dups.contains(batch.column("hi").to_numpy(), batch.column("lo").to_numpy())
+        for u in batch.column("image_uri").filter(pa.array(hit)).to_pylist():
+            if u not in found:
+                found.append(u)
+        if len(found) >= show:
+            break
+    where = spec.manifest or spec.annotations or spec.images
+    return (f"{where}: {len(dups)} input URI(s) are listed more than once, e.g. {', '.join(map(repr, found[:show]))}. "
+            "Every input gets exactly one row: remove the repeated entries and run again")
