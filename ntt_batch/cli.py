@@ -423,22 +423,39 @@ def storage_options_from_flags(kw: dict) -> dict:
     return opts
 
 
+_SCORE_THRESHOLD_HELP = ("Keep instances with score >= T: one number for every class, or a YAML/JSON file of per-class "
+                         "thresholds {class name or id: T, default: T} (e.g. written by `ntt-batch thresholds`). "
+                         "Default: keep all.")
+
+
 @main.command()
 @click.option("--shards", required=True, help="Output folder/URI of `ntt-batch run` (holds *.parquet and run.json), or one .parquet file.")
-@click.option("--out", required=True, help="Output JSON file (local path or s3://...). Written atomically: temp file, then rename/upload.")
-@click.option("--format", "fmt", required=True, type=click.Choice(["results", "dataset"]),
+@click.option("--out", required=True,
+              help="Output: a JSON file (results, dataset, label-studio; local path or s3://..., written atomically: temp "
+                   "file, then rename/upload) or a local folder (yolo, built under a temporary name, then renamed).")
+@click.option("--format", "fmt", required=True, type=click.Choice(["results", "dataset", "yolo", "label-studio"]),
               help="results: COCO results array for COCOeval/`ntt-batch eval`. dataset: a complete COCO annotation file "
-                   "(images, categories, annotations with RLE masks and scores) to train other models on.")
-@click.option("--score-threshold", type=float, default=None,
-              help="Keep instances with score >= T (default: all). For auto-labels pick T by looking at `ntt-batch visualize` and eval numbers.")
+                   "(images, categories, annotations with RLE masks and scores) to train other models on; FiftyOne "
+                   "loads it with its COCO importer. yolo: an Ultralytics YOLO segmentation dataset folder. "
+                   "label-studio: Label Studio tasks with polygon predictions (+ the labeling config beside it).")
+@click.option("--score-threshold", default=None, metavar="T|FILE", help=_SCORE_THRESHOLD_HELP)
 @click.option("--image-root", default=None,
-              help="dataset only: write file_name relative to this folder/URI prefix (default: file_name is the full image URI).")
+              help="dataset, label-studio: write image names relative to this folder/URI prefix (default: the full image "
+                   "URI). For FiftyOne pass the same folder as data_path.")
+@click.option("--image-url-prefix", default=None,
+              help="label-studio: prepended to data.image, e.g. '/data/local-files/?d=photos/' for Label Studio's "
+                   "local storage (with --image-root), or 'https://host/images/'.")
+@click.option("--yolo-images", type=click.Choice(["link", "copy", "uri"]), default=None,
+              help="yolo: put the images in OUT/images/ as symlinks (default; local images), as copies (works for "
+                   "s3:// images too), or not at all (images.txt lists the original URIs).")
+@click.option("--simplify", type=click.FloatRange(min=0), default=None,
+              help="yolo, label-studio: polygon simplification tolerance in px (default 1; 0 = exact pixel outline).")
 @click.option("--batch-rows", default=64, show_default=True, type=click.IntRange(min=1),
               help="Shard rows read per step (memory: about one Parquet row group + this many rows, handled "
                    "in slices of at most 2048 instances).")
 @storage_flags
-def merge(shards, out, fmt, score_threshold, image_root, batch_rows, **kw):
-    """Stream the batch job's shards into one COCO JSON file, in bounded memory.
+def merge(shards, out, fmt, score_threshold, image_root, image_url_prefix, yolo_images, simplify, batch_rows, **kw):
+    """Stream the batch job's shards into one export (COCO JSON, YOLO dataset, Label Studio tasks), in bounded memory.
 
     \b
     --format results   [{"image_id", "category_id", "bbox", "score", "segmentation": RLE}, ...]
@@ -448,6 +465,12 @@ def merge(shards, out, fmt, score_threshold, image_root, batch_rows, **kw):
                         "area", "iscrowd": 0, "score"}], "categories"}: the auto-labeling product.
                        Categories come from the memory bank recorded in run.json (else from the
                        instances); images whose row has status error are skipped and counted.
+                       FiftyOne: fo.Dataset.from_dir(dataset_type=fo.types.COCODetectionDataset,
+                       data_path=IMAGE_ROOT, labels_path=OUT, label_types=["segmentations"])
+    --format yolo      OUT/data.yaml, images.txt, images/, labels/<name>.txt: `yolo segment train
+                       data=OUT/data.yaml`. Polygons from the masks (holes filled, parts joined).
+    --format label-studio  tasks [{"data": {"image"}, "predictions": [{"result": [polygonlabels]}]}]
+                       to import in Label Studio, and OUT's .label_config.xml to paste in the project.
 
     Memory stays bounded however many instances there are: shards are read one record batch at a
     time and entries are written as they are formatted. Example:
@@ -455,17 +478,27 @@ def merge(shards, out, fmt, score_threshold, image_root, batch_rows, **kw):
     \b
       ntt-batch merge --shards out/ --out results.json --format results
       ntt-batch merge --shards s3://bucket/run1/ --out labels.json --format dataset --score-threshold 0.5
+      ntt-batch merge --shards out/ --out yolo_ds/ --format yolo --score-threshold thresholds.yaml
     """
     from .io.merge import merge as merge_shards
 
     options = storage_options_from_flags(kw)
+    extra = {"yolo": {"images": yolo_images, "simplify": simplify},
+             "label-studio": {"image_url_prefix": image_url_prefix, "simplify": simplify}}.get(fmt, {})
+    for flag, value, formats in (("--image-url-prefix", image_url_prefix, ("label-studio",)),
+                                 ("--yolo-images", yolo_images, ("yolo",)),
+                                 ("--simplify", simplify, ("yolo", "label-studio")),
+                                 ("--image-root", image_root, ("results", "dataset", "label-studio"))):
+        if value is not None and fmt not in formats:
+            raise click.UsageError(f"{flag} applies to --format {' or '.join(formats)} only")
+    extra = {k: v for k, v in extra.items() if v is not None}
     stats = merge_shards(shards, out, format=fmt, options=options, score_threshold=score_threshold,
-                         image_root=image_root, batch_rows=batch_rows, progress=_progress("shards"))
+                         image_root=image_root, batch_rows=batch_rows, progress=_progress("shards"), **extra)
+    size = f"{stats.bytes_written / 1e6:.1f} MB"
     click.echo(f"wrote {out} ({fmt}): {stats.instances_written} instances on {stats.images_written} images "
                f"from {stats.rows} rows in {stats.shards} shards ({stats.images_ok} ok, {stats.images_empty} empty, "
-               f"{stats.images_error} error skipped); {stats.below_threshold} below the score threshold; "
-               f"{stats.bytes_written / 1e6:.1f} MB")
-    if fmt == "dataset":
+               f"{stats.images_error} error skipped); {stats.below_threshold} below the score threshold; {size}")
+    if fmt != "results":
         click.echo(f"  {len(stats.categories)} categories (from {stats.categories_source})")
     for n in stats.notices:
         click.echo(f"  notice: {n}")
@@ -513,7 +546,8 @@ def eval_cmd(annotations, results, split, iou_type, restrict_to_processed, repor
 @click.option("--annotations", default=None, help="COCO ground truth: draws it beside the prediction, and names classes.")
 @click.option("--ids", multiple=True, help="Image ids to draw (repeatable or comma-separated). Default: the first --limit images.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="Images to draw when --ids is not given.")
-@click.option("--score-threshold", type=float, default=None, help="Draw predictions with score >= T only.")
+@click.option("--score-threshold", default=None, metavar="T|FILE",
+              help="Draw predictions with score >= T only: one number, or a per-class thresholds file (YAML/JSON).")
 @click.option("--max-instances", default=50, show_default=True, type=click.IntRange(min=1), help="Draw at most this many predictions per image (highest scores).")
 @click.option("--max-side", default=1024, show_default=True, type=click.IntRange(min=16), help="Scale images down so the longer side is at most this (px).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs (<image_id>.png).")
@@ -535,6 +569,45 @@ def visualize(source, images_root, annotations, ids, limit, score_threshold, max
     click.echo(f"wrote {len(summary.written)} overlay(s) to {out}" + (f"; {len(summary.skipped)} skipped" if summary.skipped else ""))
     if not summary.written:
         raise click.ClickException("no overlay was written (see the skipped images above)")
+
+
+@main.command("thresholds")
+@click.option("--annotations", required=True, help="COCO ground truth of a small labelled set (local path or URI).")
+@click.option("--shards", required=True, help="Output folder/URI of `ntt-batch run` on those images.")
+@click.option("--target", default="f1", show_default=True,
+              help="'f1': per class, the threshold with the best F1. 'precision=P': the lowest threshold reaching "
+                   "precision P (highest recall); a class that never reaches it gets 1.0.")
+@click.option("--iou", "iou_threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="IoU a detection needs to match a ground-truth instance.")
+@click.option("--iou-type", default="auto", show_default=True, type=click.Choice(["auto", "segm", "bbox"]),
+              help="Mask IoU (segm), box IoU (bbox), or segm when the ground truth has masks (auto).")
+@click.option("--default", "default_threshold", type=click.FloatRange(0, 1), default=None,
+              help="Also write 'default: T' for classes that were not tuned (default: they keep everything).")
+@click.option("--out", required=True, help="Thresholds file to write (.yaml, or .json), for --score-threshold.")
+@storage_flags
+def thresholds_cmd(annotations, shards, target, iou_threshold, iou_type, default_threshold, out, **kw):
+    """Pick per-class score thresholds on a small labelled set and write them as a map.
+
+    Detections are matched to the ground truth per image and class (greedy by score, one match
+    per ground-truth instance, IoU >= --iou, crowd regions ignored); classes are matched by name.
+    Prints a table (class, threshold, precision, recall, F1, #GT) and writes {class: threshold}
+    for `merge`, the exports and `visualize` (--score-threshold FILE). Example:
+
+    \b
+      ntt-batch thresholds --annotations val_small.json --shards out_val/ --out thresholds.yaml
+      ntt-batch merge --shards out/ --out labels.json --format dataset --score-threshold thresholds.yaml
+    """
+    from .eval.thresholds import format_table, tune_thresholds, write_thresholds
+
+    options = storage_options_from_flags(kw)
+    rep = tune_thresholds(annotations, shards, target=target, iou_threshold=iou_threshold, iou_type=iou_type,
+                          options=options)
+    click.echo(format_table(rep))
+    for n in rep.notices:
+        click.echo(f"  notice: {n}")
+    data = write_thresholds(rep, out, default=default_threshold, options=options)
+    tuned = sum(1 for k in data if k != "default")
+    click.echo(f"wrote {out}: {tuned} class threshold(s)" + (f", default {default_threshold:g}" if default_threshold is not None else ""))
 
 
 # ----------------------------------------------------------------------------- config

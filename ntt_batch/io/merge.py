@@ -1,6 +1,11 @@
-"""Streaming merge of the batch job's Parquet shards into COCO results or a COCO dataset.
+"""Reading the batch job's Parquet shards, and the streaming merge into COCO results or a COCO dataset.
 
-Two products (``ntt-batch merge --format ...``):
+This module is the one place that reads shard files (:func:`list_shards`,
+:func:`iter_image_batches`, :func:`read_run_manifest`); the writers of every export format live
+in :mod:`ntt_batch.io.exports` (``yolo`` and ``label-studio`` besides the two below) and are fed
+by one loop, :func:`ntt_batch.io.exports.base.run_export`.
+
+Two COCO products (``ntt-batch merge --format ...``):
 
 ``results``
     A COCO *results* file: one JSON array of ``{"image_id", "category_id", "bbox", "score",
@@ -23,7 +28,8 @@ Two products (``ntt-batch merge --format ...``):
 Bounded memory: shards are read one record batch at a time (``ParquetFile.iter_batches``), every
 entry is written to disk as soon as it is formatted, and nothing per instance is kept. What stays
 in memory is one Parquet row group plus one batch of rows, the category list, and 8 bytes per
-image (the image ids, to refuse duplicates at the end). ``dataset`` writes its ``images`` and
+image (the image ids, to refuse duplicates at the end). Score thresholds may be per class
+(:class:`~ntt_batch.io.thresholds.ScoreThresholds`). ``dataset`` writes its ``images`` and
 ``annotations`` arrays to two temporary files in the same single pass and concatenates them at the
 end. The output appears atomically (temporary file + rename, or one upload for object stores):
 a crash or an error never leaves a half-written file under the final name.
@@ -38,13 +44,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from array import array
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -53,11 +56,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .shards import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, shard_paths
-from .storage import absolute_uri, filesystem
+from .storage import filesystem
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("results", "dataset")
+FORMATS = ("results", "dataset", "yolo", "label-studio")  # ntt_batch.io.exports.WRITERS
 DATASET_FORMAT = "ntt-batch/auto-labels"
 _COLUMNS = ["image_id", "image_uri", "width", "height", "status", "error", "instances"]
 _MAX_EXAMPLES = 5
@@ -254,7 +257,7 @@ class MergeStats:
     instances_read: int = 0
     instances_written: int = 0
     below_threshold: int = 0
-    score_threshold: float | None = None
+    score_threshold: float | dict | None = None  # one number, or the per-class map
     categories: list[dict] = field(default_factory=list)
     categories_source: str | None = None
     error_examples: list[dict] = field(default_factory=list)
@@ -310,32 +313,64 @@ class _IdChecker:
 # ----------------------------------------------------------------------------- writing
 
 
-@contextmanager
-def atomic_output(out: str, options: dict | None = None, *, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary local file that becomes ``out`` only when the block succeeds.
+class AtomicFile:
+    """A temporary local file that becomes ``out`` on :meth:`commit` and vanishes on :meth:`abort`.
 
     Local ``out``: a hidden temporary file in the same folder, then ``os.replace`` (atomic).
     Object stores: a local temporary file, then one upload (an object appears whole or not at all).
+    ``file`` is the open text (or binary, ``mode="wb"``) file to write to.
     """
-    fs, path = filesystem(out, options)
-    local = _is_local(fs)
-    if local:
-        parent = os.path.dirname(os.path.abspath(path)) or "."
-        if not os.path.isdir(parent):
-            raise FileNotFoundError(f"output folder {parent!r} does not exist: create it first")
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
-    else:
-        fd, tmp = tempfile.mkstemp(prefix="ntt-merge-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, encoding="utf-8" if "b" not in mode else None) as f:
-            yield f
-        if local:
-            os.replace(tmp, path)
+
+    def __init__(self, out: str, options: dict | None = None, *, mode: str = "w") -> None:
+        fs, path = filesystem(out, options)
+        self.fs, self.path, self.local = fs, path, _is_local(fs)
+        if self.local:
+            parent = os.path.dirname(os.path.abspath(path)) or "."
+            if not os.path.isdir(parent):
+                raise FileNotFoundError(f"output folder {parent!r} does not exist: create it first")
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
         else:
-            fs.put_file(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            fd, self.tmp = tempfile.mkstemp(prefix="ntt-merge-", suffix=".tmp")
+        try:
+            self.file = os.fdopen(fd, mode, encoding="utf-8" if "b" not in mode else None)
+        except BaseException:
+            os.close(fd)
+            self._remove()
+            raise
+
+    def commit(self) -> None:
+        """Close the file and move it to ``out``."""
+        try:
+            self.file.close()
+            if self.local:
+                os.replace(self.tmp, self.path)
+            else:
+                self.fs.put_file(self.tmp, self.path)
+        finally:
+            self._remove()
+
+    def abort(self) -> None:
+        """Close and delete the temporary file; ``out`` is left as it was."""
+        try:
+            self.file.close()
+        finally:
+            self._remove()
+
+    def _remove(self) -> None:
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+@contextmanager
+def atomic_output(out: str, options: dict | None = None, *, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary local file that becomes ``out`` only when the block succeeds (:class:`AtomicFile`)."""
+    a = AtomicFile(out, options, mode=mode)
+    try:
+        yield a.file
+    except BaseException:
+        a.abort()
+        raise
+    a.commit()
 
 
 def _is_local(fs) -> bool:
@@ -357,49 +392,17 @@ def _check_threshold(score_threshold: float | None) -> float | None:
     return t
 
 
-def merge_results(shards: str, out: str, *, options: dict | None = None, score_threshold: float | None = None,
+def merge_results(shards: str, out: str, *, options: dict | None = None, score_threshold: Any = None,
                   batch_rows: int = 64, progress: Callable[[int, int], None] | None = None) -> MergeStats:
     """Shards → one COCO results JSON array (``COCO.loadRes`` format), streamed to ``out``.
 
-    Keeps instances with ``score >= score_threshold`` (all when None). ``error`` rows contribute
-    nothing and are counted. Raises ValueError on duplicate image ids (nothing is written then).
+    Keeps instances with ``score >= threshold`` of their class (all when None); ``score_threshold``
+    is anything :meth:`ScoreThresholds.load <ntt_batch.io.thresholds.ScoreThresholds.load>` takes (a
+    number, a per-class map or a YAML/JSON path). ``error`` rows contribute nothing and are
+    counted. Raises ValueError on duplicate image ids (nothing is written then).
     """
-    t = _check_threshold(score_threshold)
-    stats = MergeStats(format="results", out=out, score_threshold=t)
-    ids = _IdChecker()
-    shard_names: set[str] = set()
-    with atomic_output(out, options) as f:
-        f.write("[")
-        first = True
-        for b in iter_image_batches(shards, options, batch_rows=batch_rows, progress=progress):
-            parts = []
-            for i in range(len(b)):
-                ids.add(b.image_id[i])
-                if not stats._count_row(b, i):
-                    continue
-                lo, hi = int(b.offsets[i]), int(b.offsets[i + 1])
-                stats.instances_read += hi - lo
-                prefix = f'{{"image_id": {int(b.image_id[i])}, "category_id": '
-                for j in range(lo, hi):
-                    if t is not None and b.score[j] < t:
-                        stats.below_threshold += 1
-                        continue
-                    h, w = b.size[j]
-                    parts.append(
-                        f'{prefix}{int(b.category_id[j])}, "bbox": {_bbox_json(b.bbox[j])}, "score": {b.score_text[j]}, '
-                        f'"segmentation": {{"size": [{h}, {w}], "counts": {_json_str(b.counts[j])}}}}}')
-                stats.images_written += 1
-            if parts:
-                f.write(("\n" if first else ",\n") + ",\n".join(parts))
-                first = False
-                stats.instances_written += len(parts)
-            shard_names.add(b.shard)
-        f.write("\n]\n")
-        ids.check(shards)
-        stats.bytes_written = f.tell()
-    stats.shards = len(shard_names)
-    _finish_stats(stats)
-    return stats
+    return merge(shards, out, format="results", options=options, score_threshold=score_threshold,
+                 batch_rows=batch_rows, progress=progress)
 
 
 def _finish_stats(stats: MergeStats) -> None:
@@ -431,111 +434,19 @@ def relative_file_name(uri: str, image_root: str | None) -> str:
     return uri[len(root):]
 
 
-def merge_dataset(shards: str, out: str, *, options: dict | None = None, score_threshold: float | None = None,
+def merge_dataset(shards: str, out: str, *, options: dict | None = None, score_threshold: Any = None,
                   image_root: str | None = None, categories: list[dict] | None = None, batch_rows: int = 64,
                   progress: Callable[[int, int], None] | None = None) -> MergeStats:
     """Shards → a complete COCO annotation file (auto-labels), streamed to ``out`` in one pass.
 
     ``categories``: the category list to write; default: the memory bank's, from ``run.json``;
     else the (id, name) pairs found in the instances (classes never predicted are then absent:
-    a notice says so). Instances with ``score >= score_threshold`` become annotations with ids
-    1..N in shard order. Images with status ``ok``/``empty`` are all listed; ``error`` rows are
-    skipped and counted.
+    a notice says so). Instances with ``score >= threshold`` (per class, see :func:`merge_results`)
+    become annotations with ids 1..N in shard order. Images with status ``ok``/``empty`` are all
+    listed; ``error`` rows are skipped and counted.
     """
-    t = _check_threshold(score_threshold)
-    stats = MergeStats(format="dataset", out=out, score_threshold=t)
-    image_root = absolute_uri(image_root) if image_root else None  # the job records absolute local paths
-    if categories is None:
-        categories = dataset_categories(shards, options)
-        stats.categories_source = "run.json (memory bank)" if categories else "instances"
-    else:
-        stats.categories_source = "given"
-    known = {int(c["id"]): c for c in categories or []}
-    seen: dict[int, str] = {}
-    ids = _IdChecker()
-    shard_names: set[str] = set()
-    out_dir = _spill_dir(out, options)
-    ann_id = 0
-    first_image = first_ann = True
-    with tempfile.TemporaryDirectory(prefix=".ntt-merge-", dir=out_dir) as spill:
-        img_path, ann_path = os.path.join(spill, "images.json"), os.path.join(spill, "annotations.json")
-        with open(img_path, "w", encoding="utf-8") as fi, open(ann_path, "w", encoding="utf-8") as fa:
-            for b in iter_image_batches(shards, options, batch_rows=batch_rows, progress=progress):
-                img_parts, ann_parts = [], []
-                for i in range(len(b)):
-                    ids.add(b.image_id[i])
-                    if not stats._count_row(b, i):
-                        continue
-                    image_id = int(b.image_id[i])
-                    uri = b.image_uri[i]
-                    img_parts.append(
-                        f'{{"id": {image_id}, "file_name": {_json_str(relative_file_name(uri, image_root))}, '
-                        f'"width": {int(b.width[i])}, "height": {int(b.height[i])}, "image_uri": {_json_str(uri)}}}')
-                    lo, hi = int(b.offsets[i]), int(b.offsets[i + 1])
-                    stats.instances_read += hi - lo
-                    for j in range(lo, hi):
-                        if t is not None and b.score[j] < t:
-                            stats.below_threshold += 1
-                            continue
-                        cid = int(b.category_id[j])
-                        if cid not in seen:
-                            seen[cid] = b.category_name[j] or f"class_{cid}"
-                        ann_id += 1
-                        h, w = b.size[j]
-                        ann_parts.append(
-                            f'{{"id": {ann_id}, "image_id": {image_id}, "category_id": {cid}, '
-                            f'"segmentation": {{"size": [{h}, {w}], "counts": {_json_str(b.counts[j])}}}, '
-                            f'"bbox": {_bbox_json(b.bbox[j])}, "area": {int(b.area[j])}, "iscrowd": 0, '
-                            f'"score": {b.score_text[j]}}}')
-                shard_names.add(b.shard)
-                if img_parts:
-                    fi.write(("\n" if first_image else ",\n") + ",\n".join(img_parts))
-                    first_image = False
-                    stats.images_written += len(img_parts)
-                if ann_parts:
-                    fa.write(("\n" if first_ann else ",\n") + ",\n".join(ann_parts))
-                    first_ann = False
-                    stats.instances_written += len(ann_parts)
-        ids.check(shards)
-        if not known:
-            cats = [{"id": c, "name": seen[c]} for c in sorted(seen)]
-            if stats.instances_written:
-                stats.notices.append("categories taken from the instances (no run.json with the memory bank beside the "
-                                     "shards): classes that were never predicted are absent")
-        else:
-            cats = [dict(c) for c in sorted(known.values(), key=lambda c: int(c["id"]))]
-            extra = sorted(set(seen) - set(known))
-            if extra:
-                stats.notices.append(f"instances use category id(s) {extra} absent from the category list; added them "
-                                     "with the names found in the shards")
-                cats = sorted(cats + [{"id": c, "name": seen[c]} for c in extra], key=lambda c: int(c["id"]))
-        cats = [{"id": int(c["id"]), "name": str(c["name"]), "supercategory": str(c.get("supercategory", ""))} for c in cats]
-        stats.categories = [{"id": c["id"], "name": c["name"]} for c in cats]
-        manifest = read_run_manifest(shards, options)
-        info = {
-            "description": "ntt-batch auto-labels (training-free reference-based instance segmentation)",
-            "format": DATASET_FORMAT,
-            "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "shards": shards,
-            "score_threshold": t,
-            "file_name": "relative to " + image_root if image_root else "image URI",
-            "memory_bank_hash": (manifest.get("memory_bank") or {}).get("content_hash"),
-            "official_weights": manifest.get("official_weights"),
-            "run_ids": [a.get("run_id") for a in manifest.get("attempts", [])],
-            "ntt_batch_version": manifest.get("ntt_batch_version"),
-        }
-        with atomic_output(out, options) as f:
-            f.write('{"info": ' + json.dumps(info) + ',\n"licenses": [],\n"images": [')
-            with open(img_path, encoding="utf-8") as src:
-                shutil.copyfileobj(src, f, 1 << 20)
-            f.write('\n],\n"annotations": [')
-            with open(ann_path, encoding="utf-8") as src:
-                shutil.copyfileobj(src, f, 1 << 20)
-            f.write('\n],\n"categories": ' + json.dumps(cats) + "\n}\n")
-            stats.bytes_written = f.tell()
-    stats.shards = len(shard_names)
-    _finish_stats(stats)
-    return stats
+    return merge(shards, out, format="dataset", options=options, score_threshold=score_threshold,
+                 image_root=image_root, categories=categories, batch_rows=batch_rows, progress=progress)
 
 
 def _spill_dir(out: str, options: dict | None) -> str | None:
@@ -550,14 +461,10 @@ def _spill_dir(out: str, options: dict | None) -> str | None:
 
 
 def merge(shards: str, out: str, *, format: str, **kwargs) -> MergeStats:
-    """Dispatch to :func:`merge_results` or :func:`merge_dataset` (``format`` in ``FORMATS``)."""
-    if format == "results":
-        kwargs.pop("image_root", None)
-        kwargs.pop("categories", None)
-        return merge_results(shards, out, **kwargs)
-    if format == "dataset":
-        return merge_dataset(shards, out, **kwargs)
-    raise ValueError(f"unknown merge format {format!r}: use one of {', '.join(FORMATS)}")
+    """Export the shards in ``format`` (one of ``FORMATS``); see :func:`ntt_batch.io.exports.export`."""
+    from .exports import export
+
+    return export(shards, out, format=format, **kwargs)
 
 
 # ----------------------------------------------------------------------------- in memory (eval)

@@ -33,6 +33,7 @@ from ..io.merge import is_results_file, iter_image_batches, read_json
 from ..io.shards import STATUS_ERROR
 from ..io.sources import IMAGE_EXTENSIONS
 from ..io.storage import filesystem
+from ..io.thresholds import ScoreThresholds
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def render_overlay(
     ground_truth: Sequence[dict] | None = None,
     *,
     names: dict[int, str] | None = None,
-    score_threshold: float | None = None,
+    score_threshold: float | str | dict | ScoreThresholds | None = None,
     max_instances: int | None = DEFAULT_MAX_INSTANCES,
     max_side: int | None = DEFAULT_MAX_SIDE,
 ) -> Image.Image:
@@ -189,7 +190,8 @@ def render_overlay(
         ground_truth: COCO annotations of the image (polygons / RLE / box only), or None for a
             prediction-only PNG.
         names: category id → name (falls back to ``category_name`` or ``class <id>``).
-        score_threshold: draw predictions with ``score >= score_threshold`` only.
+        score_threshold: draw predictions with ``score >= threshold`` of their class only: one
+            number, a per-class map or thresholds file (:meth:`ScoreThresholds.load`), or None (all).
         max_instances: draw at most this many predictions (highest scores); None = all.
         max_side: scale the image down so its longer side is at most this (None = never).
 
@@ -209,7 +211,9 @@ def render_overlay(
     def scaled(b):
         return None if not b else [float(v) * s for v in b]
 
-    preds = [p for p in predictions if score_threshold is None or float(p["score"]) >= score_threshold]
+    th = ScoreThresholds.load(score_threshold)
+    preds = [p for p in predictions
+             if th.keep(int(p["category_id"]), p.get("category_name") or names.get(int(p["category_id"])), float(p["score"]))]
     n_pass = len(preds)
     preds = sorted(preds, key=lambda p: -float(p["score"]))[: max_instances if max_instances else None]
     pred_inst = []
@@ -227,8 +231,10 @@ def render_overlay(
     title = f"prediction: {len(preds)}"
     if n_pass > len(preds):
         title += f" of {n_pass} (top scores)"
-    if score_threshold is not None:
-        title += f", score >= {score_threshold:g}"
+    if th.is_global and th.default is not None:
+        title += f", score >= {th.default:g}"
+    elif not th.is_global:
+        title += ", per-class score thresholds"
     panels = [render_panel(shown, pred_inst, title)]
     if ground_truth is not None:
         gt_inst = []
@@ -358,7 +364,7 @@ def visualize(
     annotations: str | None = None,
     ids: Iterable[int | str] | None = None,
     limit: int | None = 20,
-    score_threshold: float | None = None,
+    score_threshold: float | str | dict | ScoreThresholds | None = None,
     max_instances: int | None = DEFAULT_MAX_INSTANCES,
     max_side: int | None = DEFAULT_MAX_SIDE,
     options: dict | None = None,
@@ -376,6 +382,7 @@ def visualize(
         score_threshold, max_instances, max_side: see :func:`render_overlay`.
     """
     wanted = _parse_ids(ids)
+    score_threshold = ScoreThresholds.load(score_threshold)  # a number, a per-class map/file, or None
     summary = VisualizeSummary()
     gt = read_json(annotations, options) if annotations else None
     if gt is not None and ("images" not in gt or "annotations" not in gt):
