@@ -1,0 +1,333 @@
+"""Per-class score thresholds tuned on a small labelled set (``ntt-batch thresholds``).
+
+For every class the job predicted that the ground truth also has (matched by **name**: exactly,
+then case-insensitively), the detections on the labelled images are matched to the ground truth
+COCO-style at one IoU threshold (default 0.5): per image and class, detections in decreasing
+score order each take the unmatched non-crowd ground-truth instance they overlap most (IoU >= the
+threshold; one match per ground truth); a detection left unmatched that overlaps a crowd region
+(intersection over the detection's area >= the threshold) is ignored, any other is a false
+positive. IoU is mask IoU (pycocotools) when the ground truth has masks, box IoU otherwise.
+
+Sweeping the score threshold over the detections' scores gives precision, recall and F1 per class;
+the chosen threshold
+
+* ``target="f1"``: maximises F1 (ties: the higher threshold);
+* ``target="precision=0.9"``: reaches that precision with the highest recall (ties: the higher
+  threshold); where no threshold reaches it the class gets 1.0 (keeps almost nothing) and the
+  table says "target not reached".
+
+The value written is the shortest decimal in (next lower detection score, cut score], so applying
+it reproduces the table's numbers exactly on this set. Only images the job processed (status
+ok/empty) count; ground-truth images without a row are left out (reported). Rows are matched
+to ground-truth images by file name (the basename of the row's URI; unique basenames only),
+else by image id.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from ..io.masks import segmentation_to_rle
+from ..io.merge import iter_image_batches, read_json
+from ..io.shards import STATUS_ERROR
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassThreshold:
+    """One row of the table."""
+
+    name: str
+    gt_category_id: int | None
+    num_gt: int
+    num_detections: int
+    threshold: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    true_positives: int = 0
+    note: str = ""
+
+
+@dataclass
+class ThresholdReport:
+    target: str
+    iou_threshold: float
+    iou_type: str
+    images: int
+    classes: list[ClassThreshold] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+    def to_map(self, default: float | None = None) -> dict[str, float]:
+        """``{class name: threshold}`` for the tuned classes (+ ``default`` when given)."""
+        out: dict[str, Any] = {}
+        if default is not None:
+            out["default"] = default
+        out.update({c.name: c.threshold for c in self.classes if c.threshold is not None})
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_target(target: str) -> tuple[str, float | None]:
+    """``"f1"`` → ("f1", None); ``"precision=0.9"`` → ("precision", 0.9); ValueError otherwise."""
+    t = str(target).strip().lower()
+    if t == "f1":
+        return "f1", None
+    key, sep, value = t.partition("=")
+    if key.strip() == "precision" and sep:
+        try:
+            p = float(value)
+        except ValueError:
+            p = math.nan
+        if 0.0 < p <= 1.0:
+            return "precision", p
+    raise ValueError(f"--target must be 'f1' or 'precision=P' with 0 < P <= 1, got {target!r}")
+
+
+def _nice_threshold(score: float, lower: float | None) -> float:
+    """The shortest decimal t with lower < t <= score (score itself when none has <= 9 digits)."""
+    for k in range(1, 10):
+        t = math.floor(score * 10 ** k) / 10 ** k
+        if t <= score and (lower is None or t > lower):
+            return t
+    return float(score)
+
+
+def choose_threshold(scores: np.ndarray, tp: np.ndarray, num_gt: int, target: str = "f1"
+                     ) -> tuple[float | None, float, float, float, int, str]:
+    """Pick a threshold from one class's detections (``scores``; ``tp`` True for a match; ignored
+    detections already removed). Returns (threshold, precision, recall, F1, TPs, note)."""
+    kind, goal = parse_target(target)
+    if num_gt == 0:
+        return None, 0.0, 0.0, 0.0, 0, "no ground truth on these images: not tuned"
+    if len(scores) == 0:
+        return None, 0.0, 0.0, 0.0, 0, "no detection: not tuned"
+    order = np.argsort(-scores, kind="stable")
+    s, hit = scores[order], tp[order].astype(np.int64)
+    ctp, cfp = np.cumsum(hit), np.cumsum(1 - hit)
+    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # last index of each group of equal scores
+    precision = ctp[ends] / (ctp[ends] + cfp[ends])
+    recall = ctp[ends] / num_gt
+    denom = precision + recall
+    f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
+    note = ""
+    if kind == "f1":
+        best = f1.max()
+        k = int(np.flatnonzero(f1 == best)[0])  # earliest cut = highest threshold among ties
+    else:
+        ok = np.flatnonzero(precision >= goal - 1e-12)
+        if ok.size == 0:
+            return 1.0, 0.0, 0.0, 0.0, 0, f"target not reached (best precision {precision.max():.3f}): keeps ~nothing"
+        best_r = recall[ok].max()
+        k = int(ok[recall[ok] == best_r][0])
+    cut = ends[k]
+    lower = float(s[cut + 1]) if cut + 1 < len(s) else None
+    t = _nice_threshold(float(s[cut]), lower)
+    return t, float(precision[k]), float(recall[k]), float(f1[k]), int(ctp[cut]), note
+
+
+def _lookup_name(name: str | None, exact: dict[str, int], folded: dict[str, int]) -> int | None:
+    if name is None:
+        return None
+    if name in exact:
+        return exact[name]
+    return folded.get(name.casefold())
+
+
+def tune_thresholds(annotations: str, shards: str, *, target: str = "f1", iou_threshold: float = 0.5,
+                    iou_type: str = "auto", options: dict | None = None) -> ThresholdReport:
+    """Per-class thresholds for the job output ``shards`` against COCO ground truth ``annotations``."""
+    parse_target(target)
+    if not 0.0 < float(iou_threshold) <= 1.0:
+        raise ValueError(f"IoU threshold must be in (0, 1], got {iou_threshold!r}")
+    if iou_type not in ("auto", "segm", "bbox"):
+        raise ValueError(f"iou type must be auto, segm or bbox, got {iou_type!r}")
+    gt = read_json(annotations, options)
+    if not isinstance(gt, dict) or not {"images", "annotations", "categories"} <= set(gt):
+        raise ValueError(f"{annotations}: not a COCO annotation file (needs images, annotations and categories)")
+    exact = {str(c["name"]): int(c["id"]) for c in gt["categories"]}
+    folded: dict[str, int] = {}
+    for n, i in exact.items():
+        folded.setdefault(n.casefold(), i)
+    gt_names = {int(c["id"]): str(c["name"]) for c in gt["categories"]}
+    images = {int(im["id"]): im for im in gt["images"]}
+    base_count: dict[str, int] = defaultdict(int)
+    for im in gt["images"]:
+        base_count[PurePosixPath(str(im["file_name"])).name] += 1
+    by_base = {PurePosixPath(str(im["file_name"])).name: int(im["id"]) for im in gt["images"]
+               if base_count[PurePosixPath(str(im["file_name"])).name] == 1}
+
+    report = ThresholdReport(target=target, iou_threshold=float(iou_threshold), iou_type=iou_type, images=0)
+    # detections per (gt image id, gt category id): list of (score, segmentation RLE, bbox)
+    dets: dict[tuple[int, int], list[tuple[float, dict, list[float]]]] = defaultdict(list)
+    processed: set[int] = set()
+    unmatched_names: dict[str, int] = defaultdict(int)
+    renamed: dict[str, str] = {}
+    rows_unknown = 0
+    for b in iter_image_batches(shards, options):
+        for i in range(len(b)):
+            if b.status[i] == STATUS_ERROR:
+                continue
+            gid = by_base.get(PurePosixPath(str(b.image_uri[i]).split("?", 1)[0]).name)
+            if gid is None and int(b.image_id[i]) in images:
+                gid = int(b.image_id[i])
+            if gid is None:
+                rows_unknown += 1
+                continue
+            processed.add(gid)
+            for j in range(int(b.offsets[i]), int(b.offsets[i + 1])):
+                name = b.category_name[j]
+                cid = _lookup_name(name, exact, folded)
+                if cid is None:
+                    unmatched_names[name or f"id {b.category_id[j]}"] += 1
+                    continue
+                if name != gt_names[cid]:
+                    renamed[name] = gt_names[cid]
+                dets[(gid, cid)].append((b.score[j], {"size": b.size[j], "counts": b.counts[j]}, b.bbox[j]))
+    report.images = len(processed)
+    if not processed:
+        raise ValueError(f"no row of {shards} is an image of {annotations} (matched by file name, then image id): "
+                         "run the job on the labelled images first")
+    if len(processed) < len(images):
+        report.notices.append(f"{len(images) - len(processed)} ground-truth image(s) have no processed row in the shards "
+                              "and were left out")
+    if rows_unknown:
+        report.notices.append(f"{rows_unknown} processed row(s) are not images of the ground truth and were left out")
+    if unmatched_names:
+        shown = ", ".join(f"{n!r} ({k})" for n, k in sorted(unmatched_names.items()))
+        report.notices.append(f"predicted classes absent from the ground truth (not tuned): {shown}")
+    for a, g in sorted(renamed.items()):
+        report.notices.append(f"class {a!r} matched the ground truth's {g!r} (case-insensitive)")
+
+    gts: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for a in gt["annotations"]:
+        if int(a["image_id"]) in processed:
+            gts[(int(a["image_id"]), int(a["category_id"]))].append(a)
+    mode = iou_type
+    if mode == "auto":
+        has_masks = all(a.get("segmentation") for v in gts.values() for a in v if not a.get("iscrowd"))
+        mode = "segm" if has_masks else "bbox"
+        if not has_masks:
+            report.notices.append("some ground-truth instances have no mask: using box IoU")
+    report.iou_type = mode
+
+    predicted = {cid for (_, cid) in dets}
+    num_gt: dict[int, int] = defaultdict(int)
+    for (_, cid), anns in gts.items():
+        num_gt[cid] += sum(1 for a in anns if not a.get("iscrowd"))
+    per_class_scores: dict[int, list[float]] = defaultdict(list)
+    per_class_tp: dict[int, list[bool]] = defaultdict(list)
+    for (gid, cid), dl in dets.items():
+        im = images[gid]
+        anns = gts.get((gid, cid), [])
+        scores, tp = _match(dl, anns, int(im["height"]), int(im["width"]), float(iou_threshold), mode)
+        per_class_scores[cid] += scores
+        per_class_tp[cid] += tp
+    for cid in sorted(predicted | {c for c, n in num_gt.items() if n}):
+        scores = np.asarray(per_class_scores.get(cid, []), dtype=np.float64)
+        tp = np.asarray(per_class_tp.get(cid, []), dtype=bool)
+        n_det = sum(len(v) for (g, c), v in dets.items() if c == cid)
+        row = ClassThreshold(name=gt_names[cid], gt_category_id=cid, num_gt=num_gt.get(cid, 0), num_detections=n_det)
+        if cid not in predicted:
+            row.note = "never predicted: not tuned"
+        else:
+            (row.threshold, row.precision, row.recall, row.f1, row.true_positives,
+             row.note) = choose_threshold(scores, tp, row.num_gt, target)
+        report.classes.append(row)
+    return report
+
+
+def _match(dl: list[tuple[float, dict, list[float]]], anns: list[dict], h: int, w: int, thr: float,
+           mode: str) -> tuple[list[float], list[bool]]:
+    """COCO-style greedy matching of one image's detections of one class; ignored ones are dropped."""
+    order = sorted(range(len(dl)), key=lambda k: -dl[k][0])
+    normal = [a for a in anns if not a.get("iscrowd")]
+    crowd = [a for a in anns if a.get("iscrowd")]
+    gts = normal + crowd
+    if gts:
+        if mode == "segm":
+            d_obj = [dl[k][1] for k in order]
+            g_obj = [segmentation_to_rle(a["segmentation"], h, w) if a.get("segmentation") else
+                     mask_utils.frPyObjects([_box_poly(a["bbox"])], h, w)[0] for a in gts]
+            d_obj = [{"size": list(d["size"]), "counts": d["counts"].encode() if isinstance(d["counts"], str) else d["counts"]}
+                     for d in d_obj]
+            g_obj = [{"size": list(g["size"]), "counts": g["counts"].encode() if isinstance(g["counts"], str) else g["counts"]}
+                     for g in g_obj]
+        else:
+            d_obj = [list(map(float, dl[k][2])) for k in order]
+            g_obj = [list(map(float, a["bbox"])) for a in gts]
+        ious = np.asarray(mask_utils.iou(d_obj, g_obj, [int(bool(a.get("iscrowd"))) for a in gts]), dtype=np.float64)
+        ious = ious.reshape(len(d_obj), len(gts))
+    else:
+        ious = np.zeros((len(order), 0))
+    taken = np.zeros(len(normal), dtype=bool)
+    scores, tp = [], []
+    for r, k in enumerate(order):
+        score = dl[k][0]
+        best, best_iou = -1, thr
+        for g in range(len(normal)):
+            if not taken[g] and ious[r, g] >= best_iou:
+                best, best_iou = g, ious[r, g]
+        if best >= 0:
+            taken[best] = True
+            scores.append(score)
+            tp.append(True)
+        elif crowd and ious[r, len(normal):].max() >= thr:
+            continue  # on a crowd region: neither right nor wrong
+        else:
+            scores.append(score)
+            tp.append(False)
+    return scores, tp
+
+
+def _box_poly(b: list[float]) -> list[float]:
+    x, y, w, h = (float(v) for v in b)
+    return [x, y, x + w, y, x + w, y + h, x, y + h]
+
+
+def format_table(report: ThresholdReport) -> str:
+    """The printed table: class, threshold, precision, recall, F1, #GT (+ #detections, note)."""
+    lines = [(f"score thresholds ({report.target}; IoU >= {report.iou_threshold:g}, {report.iou_type}; "
+              f"{report.images} labelled images)"),
+             f"{'class':<24} {'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>6} {'#GT':>5} {'#det':>6}  note"]
+
+    def num(v, fmt):
+        return format(v, fmt) if v is not None else "-"
+
+    for c in report.classes:
+        lines.append(f"{c.name[:24]:<24} {num(c.threshold, '9.4g')} {num(c.precision, '9.3f')} {num(c.recall, '7.3f')} "
+                     f"{num(c.f1, '6.3f')} {c.num_gt:>5} {c.num_detections:>6}  {c.note}".rstrip())
+    return "\n".join(lines)
+
+
+def write_thresholds(report: ThresholdReport, out: str, *, default: float | None = None,
+                     options: dict | None = None) -> dict:
+    """Write the map as YAML (JSON when ``out`` ends in .json) with the table as comments; returns it."""
+    import json
+
+    import yaml
+
+    from ..io.merge import atomic_output
+    from ..io.thresholds import ScoreThresholds
+
+    data = report.to_map(default)
+    ScoreThresholds.load(data)  # the file must load back
+    with atomic_output(out, options) as f:
+        if out.lower().endswith(".json"):
+            f.write(json.dumps(data, indent=2) + "\n")
+        else:
+            f.write("# per-class score thresholds written by `ntt-batch thresholds`; use with --score-threshold\n")
+            f.write("".join(f"# {line}\n" for line in format_table(report).splitlines()))
+            f.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True) if data else "{}\n")
+    return data
