@@ -110,13 +110,13 @@ class ExportContext:
     known_categories: list[dict] | None  # from run.json or the caller; None: from the instances
     image_root: str | None = None
     seen: dict[int, str] = field(default_factory=dict)  # category id -> name of every exported instance
+    _names: dict[int, str] | None = field(default=None, repr=False)
 
     def category_name(self, category_id: int, name: str | None) -> str:
         """The name to export for a class: the category list's, else the shard's, else ``class_<id>``."""
-        for c in self.known_categories or ():
-            if int(c["id"]) == int(category_id):
-                return str(c["name"])
-        return name or f"class_{int(category_id)}"
+        if self._names is None:
+            self._names = {int(c["id"]): str(c["name"]) for c in self.known_categories or ()}
+        return self._names.get(int(category_id)) or name or f"class_{int(category_id)}"
 
     def final_categories(self) -> list[dict]:
         """The category list to write: the known list (plus ids only the instances use, with a notice)
