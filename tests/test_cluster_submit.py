@@ -206,7 +206,7 @@ actor_num_cpus: 1
     table = read_shards(str(out))
     assert sorted(table.column("image_uri").to_pylist()) == sorted(str(p) for p in images.glob("*.jpg"))
     assert set(table.column("status").to_pylist()) <= {"ok", "empty"}
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "_ntt" / "run.json").read_text())
     resources = run["cluster_resources"]
     assert resources.get(MARKER) == 1 and resources["CPU"] == 2  # this head's resources: the job joined it
     attempt = run["attempts"][-1]
@@ -223,6 +223,6 @@ actor_num_cpus: 1
     assert status == JobStatus.SUCCEEDED, logs[-6000:]
     assert "already done: 2; to process: 0" in logs
     assert f"memory bank: {bank} (exists; built with the same reference settings)" in logs
-    run = json.loads((out / "run.json").read_text())
+    run = json.loads((out / "_ntt" / "run.json").read_text())
     assert len(run["attempts"]) == 2 and "memory_bank_build" not in run["attempts"][-1]
     assert summarize(str(out))["rows"] == 2

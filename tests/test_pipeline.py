@@ -6,7 +6,7 @@ image costs a SAM2 + DINOv2 forward (~8 s on 2 CPU cores): the corpora are kept 
 
 from __future__ import annotations
 
-import io
+import json
 import os
 import shutil
 import signal
@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -144,21 +143,24 @@ def test_rerun_adds_nothing_and_run_json_records_provenance(corpus_run):
 
     out, first, cfg = corpus_run
     files_before = sorted(p.name for p in Path(out).glob("*.parquet"))
+    assert len(files_before) == 1 and files_before[0].startswith("part-")  # all rows in one committed file
     again = run_job(cfg, echo=lambda s: None)
     assert again.attempt["to_process"] == 0 and again.summary["rows"] == first.summary["rows"]
     assert sorted(p.name for p in Path(out).glob("*.parquet")) == files_before
-    run = json.loads((Path(out) / "run.json").read_text())
+    run = json.loads((Path(out) / "_ntt" / "run.json").read_text())
     assert [a["status"] for a in run["attempts"]] == ["completed", "completed"]
     assert run["models"]["sam2"]["name"] == "sam2.1_hiera_tiny" and len(run["models"]["encoder"]["sha256"]) == 64
     assert run["memory_bank"]["content_hash"] and run["official_weights"] is False
     assert run["summary"]["rows"] == first.summary["rows"] and "CPU" in run["cluster_resources"]
+    assert run["fingerprint"]["segmenter"]["points_per_side"] == 2 and run["fingerprint"]["inputs"]["manifest"]
+    assert run["parts"][files_before[0]]["rows"] == first.summary["rows"]
 
 
 def test_shards_readable_without_this_package(corpus_run):
     """Plain pyarrow (and pandas) read the layout; nothing of ntt_batch is needed."""
     out = corpus_run[0]
-    code = ("import pyarrow.dataset as ds, sys; t = ds.dataset(sys.argv[1], format='parquet', "
-            "exclude_invalid_files=True).to_table(); df = t.to_pandas(); "
+    code = ("import pyarrow.dataset as ds, sys; t = ds.dataset(sys.argv[1], format='parquet').to_table(); "
+            "df = t.to_pandas(); "
             "print(len(df), sorted(set(df['status'])), t.schema.field('instances').type)")
     res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True)
     assert res.stdout.startswith("12 ['empty', 'error', 'ok']") or res.stdout.startswith("12 ['error', 'ok']")
@@ -197,6 +199,10 @@ def test_dry_run_lists_only(corpus, random_checkpoints, small_bank, tmp_path):
 
 
 def test_killed_driver_resumes_without_loss_or_duplicates(ray_local, coco_mini, random_checkpoints, small_bank, tmp_path):
+    """SIGKILL mid-run: readers see no partial file, a second run is refused while the first holds the
+    output, and the rerun commits what the dead run staged, redoes the rest, and equals an uninterrupted run."""
+    from ntt_batch.io.output_folder import LeaseHeldError
+
     images = tmp_path / "in"
     images.mkdir()
     for p in sorted((coco_mini / "val2017").glob("*.jpg"))[2:6]:
@@ -204,27 +210,37 @@ def test_killed_driver_resumes_without_loss_or_duplicates(ray_local, coco_mini, 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "ntt_batch.cli", "run", "--images", str(images), "--memory", str(small_bank),
            "--out", str(out), "--sam2", "sam2.1_hiera_tiny", "--checkpoint-dir", str(random_checkpoints),
-           "--no-download", "--points-per-side", "2", "--device", "cpu", "--batch-size", "1"]
+           "--no-download", "--points-per-side", "2", "--device", "cpu", "--batch-size", "1", "--block-rows", "1"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    staged = lambda: list(out.glob("_ntt/staging/*/*.parquet"))  # noqa: E731
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not list(out.glob("*.parquet")):
+        deadline = time.time() + 300
+        while time.time() < deadline and not staged():
             assert proc.poll() is None, "the run finished before it could be interrupted"
             time.sleep(0.2)
-        assert list(out.glob("*.parquet")), "no shard was written in time"
+        assert staged(), "no row was staged in time"
+        with pytest.raises(LeaseHeldError, match="being written by another run"):  # one run per output
+            run_job(_job(random_checkpoints, small_bank, images=str(images), out=str(out)), echo=lambda s: None)
+        second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 4 and "being written by another run" in second.stderr
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray die together
         proc.wait()
-    partial = _rows(out)
-    assert 1 <= len(partial) < 4
+    assert not list(out.glob("*.parquet")), "nothing is committed before the end of a short run"
+    code = "import pyarrow.dataset as ds, sys; print(ds.dataset(sys.argv[1], format='parquet').count_rows())"
+    res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "0"  # readers see no partial file
+    killed_run = json.loads((out / "_ntt" / "run.json").read_text())["attempts"][0]["run_id"]
 
     result = run_job(_job(random_checkpoints, small_bank, images=str(images), out=str(out)), echo=lambda s: None)
-    assert result.attempt["to_process"] == 4 - len(partial)
     rows = _rows(out)
-    assert set(rows) == {str(p) for p in images.iterdir()} and result.summary["duplicate_uris"] == 0
-    for uri, r in partial.items():  # rows written before the kill are untouched
-        assert rows[uri]["run_id"] == r["run_id"]
+    recovered = [r for r in rows.values() if r["run_id"] == killed_run]
+    assert recovered and result.attempt["to_process"] == 4 - len(recovered)
+    assert set(rows) == {str(p) for p in images.iterdir()} and result.summary["missing"] == 0
+    run = json.loads((out / "_ntt" / "run.json").read_text())
+    assert [a["status"] for a in run["attempts"]] == ["died", "completed"]
+    assert any("interrupted attempts had staged" in n for n in run["attempts"][1]["notes"])
 
     # the resumed output equals an uninterrupted run over the same images
     full = run_job(_job(random_checkpoints, small_bank, images=str(images), out=str(tmp_path / "full")), echo=lambda s: None)
@@ -245,10 +261,10 @@ def test_truncated_shard_is_quarantined_and_redone(ray_local, coco_mini, random_
     cfg = _job(random_checkpoints, small_bank, images=str(images), out=str(out))
     run_job(cfg, echo=lambda s: None)
     (shard,) = out.glob("*.parquet")
-    shard.write_bytes(shard.read_bytes()[:100])  # a write cut off by a crash: no footer
+    shard.write_bytes(shard.read_bytes()[:100])  # e.g. a file cut short by a copy tool: no footer
     result = run_job(cfg, echo=lambda s: None)
     assert result.attempt["to_process"] == 1 and result.summary["rows"] == 1
-    assert (out / "_quarantine" / shard.name).exists()  # kept, never deleted
+    assert (out / "_ntt" / "quarantine" / shard.name).exists()  # kept, never deleted
 
 
 # ----------------------------------------------------------------------------- S3 (moto server)
@@ -295,5 +311,5 @@ def test_s3_input_and_output(ray_local, s3_server, coco_mini, random_checkpoints
     assert rows[f"s3://ntt-test/in/{good[0].name}"]["status"] in ("ok", "empty")
     again = run_job(cfg, echo=lambda s: None)
     assert again.attempt["to_process"] == 0 and again.summary["rows"] == 2
-    run = fs.cat_file("ntt-test/out/run.json").decode()
+    run = fs.cat_file("ntt-test/out/_ntt/run.json").decode()
     assert "testing-secret" not in run and json.loads(run)["config"]["storage_options"]["secret"] == "***"

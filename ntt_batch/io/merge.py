@@ -205,15 +205,15 @@ def _image_batch(batch: pa.RecordBatch, path: str) -> ImageBatch:
 
 
 def read_run_manifest(shards: str, options: dict | None = None) -> dict:
-    """The run's ``run.json`` (beside the shards) or {} when there is none."""
-    fs, root = filesystem(shards, options)
-    path = f"{root.rstrip('/')}/run.json"
+    """The run's record (``_ntt/run.json``, or an 0.1-layout ``run.json`` beside the shards); {} when there is none."""
+    from .output_folder import OutputFolder
+
+    if shards.lower().endswith(".parquet"):
+        return {}
     try:
-        if fs.isfile(path):
-            with fs.open(path, "rb") as f:
-                return json.load(f)
+        return OutputFolder(shards, options).read_run()
     except (OSError, ValueError) as e:
-        log.warning("could not read %s (%s); continuing without it", path, e)
+        log.warning("could not read the run record of %s (%s); continuing without it", shards, e)
     return {}
 
 

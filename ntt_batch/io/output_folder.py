@@ -58,6 +58,11 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def new_run_id() -> str:
+    """A sortable, unique attempt id: UTC time + 8 random hex digits (``20261130T215918Z-9cc54f03``)."""
+    return f"{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
 @dataclass(frozen=True)
 class FileInfo:
     """A file in the output: path (without protocol), base name, size in bytes, version (mtime ns or ETag)."""

@@ -27,20 +27,18 @@ crash; here "has a row" and "is done" are the same fact, on any fsspec store.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
 import socket
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from .. import __version__
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.inputs import HashAccumulator, InputSpec, normalise_extensions
-from ..io.output_folder import COMMITS, LEGACY_RUN_JSON, RETRIED, RUN_JSON, STAGING, TMP, OutputFolder, now_iso
+from ..io.output_folder import COMMITS, LEGACY_RUN_JSON, RETRIED, RUN_JSON, STAGING, TMP, OutputFolder, new_run_id, now_iso
 from ..io.parts import PartStats, commit_staging, compact, recover_commits, summary_of, withdraw_rows
 from ..io.storage import InputImage, absolute_uri, inputs_from_coco, inputs_from_manifest, inputs_from_uri
 from ..method.config import ConfigError, SegmenterConfig, config_from_dict
@@ -294,10 +292,6 @@ class JobResult:
     summary: dict
     attempt: dict
     exit_code: int
-
-
-def new_run_id() -> str:
-    return f"{_dt.datetime.now(_dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
 def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None] = print,

@@ -1,0 +1,306 @@
+"""`ntt-batch verify` and `ntt-batch compact`: check and maintain a job's output without rerunning it.
+
+``verify`` reads every committed file completely (every page, checksums where written), counts
+rows per status, finds URIs with more than one row, compares run.json's per-part record with the
+files, lists the attempts and anything left behind (staging files, half-done commits, a lock);
+with the job's inputs (from run.json's fingerprint, or given) it also finds inputs without a row.
+``--repair`` quarantines corrupt files (their images are redone by the next ``run``) and removes
+duplicate rows (keeping one per URI: a non-error row over an error row, then the newest).
+
+Exit codes: 0 consistent; 1 consistent but some rows have status error; 3 integrity problem
+(corrupt files, duplicates, inputs without a row, record mismatch, leftovers); 4 locked.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..io.inputs import HashAccumulator, InputSpec, UriHashes, iter_inputs, uri_digests
+from ..io.output_folder import COMMITS, LOCK_JSON, STAGING, CorruptFileError, OutputFolder, new_run_id
+from ..io.parts import PartAssembler, PartStats, commit, compact, recover_commits
+from ..io.shards import STATUS_ERROR
+
+log = logging.getLogger(__name__)
+
+EXIT_CONSISTENT, EXIT_HAS_ERROR_ROWS, EXIT_INTEGRITY, EXIT_LOCKED = 0, 1, 3, 4
+
+
+@dataclass
+class VerifyReport:
+    output: str
+    files: int = 0
+    rows: int = 0
+    stats: PartStats = field(default_factory=PartStats)
+    corrupt: list[str] = field(default_factory=list)
+    duplicate_uris: int = 0
+    duplicate_examples: list[str] = field(default_factory=list)
+    missing_inputs: int | None = None  # None: inputs not checked
+    missing_examples: list[str] = field(default_factory=list)
+    inputs: int | None = None
+    record_mismatches: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)
+    attempts: list[dict] = field(default_factory=list)
+    lock: dict | None = None
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def integrity_ok(self) -> bool:
+        return not (self.corrupt or self.duplicate_uris or self.missing_inputs or self.record_mismatches or self.leftovers)
+
+    @property
+    def exit_code(self) -> int:
+        if not self.integrity_ok:
+            return EXIT_INTEGRITY
+        return EXIT_HAS_ERROR_ROWS if self.stats.error else EXIT_CONSISTENT
+
+    def to_dict(self) -> dict:
+        return {"output": self.output, "files": self.files, "rows": self.rows, "ok": self.stats.ok,
+                "empty": self.stats.empty, "error": self.stats.error, "instances": self.stats.instances,
+                "corrupt_files": self.corrupt, "duplicate_uris": self.duplicate_uris,
+                "duplicate_examples": self.duplicate_examples, "inputs": self.inputs,
+                "missing_inputs": self.missing_inputs, "missing_examples": self.missing_examples,
+                "record_mismatches": self.record_mismatches, "leftovers": self.leftovers,
+                "attempts": self.attempts, "lock": self.lock, "repaired": self.repaired,
+                "integrity_ok": self.integrity_ok, "exit_code": self.exit_code}
+
+    def format(self) -> str:
+        s = self.stats
+        lines = [f"{self.output}: {self.files} file(s), {self.rows} rows ({s.ok} ok, {s.empty} empty, {s.error} error), "
+                 f"{s.instances} instances"]
+        if self.inputs is not None:
+            lines.append(f"  inputs: {self.inputs}; without a row: {self.missing_inputs}"
+                         + (f" (e.g. {', '.join(self.missing_examples)})" if self.missing_examples else ""))
+        lines.append(f"  URIs with more than one row: {self.duplicate_uris}"
+                     + (f" (e.g. {', '.join(self.duplicate_examples)})" if self.duplicate_examples else ""))
+        lines.append(f"  corrupt files: {len(self.corrupt)}" + (f" ({', '.join(self.corrupt[:5])})" if self.corrupt else ""))
+        for m in self.record_mismatches:
+            lines.append(f"  run.json record: {m}")
+        for m in self.leftovers:
+            lines.append(f"  left behind: {m}")
+        if self.lock:
+            lines.append(f"  locked by run {self.lock.get('run_id')} (host {self.lock.get('host')}, pid {self.lock.get('pid')})")
+        for a in self.attempts:
+            lines.append(f"  attempt {a.get('run_id')}: {a.get('status')} (started {a.get('started_at')}, "
+                         f"{(a.get('committed') or {}).get('rows', 0)} rows committed)")
+        for r in self.repaired:
+            lines.append(f"  repaired: {r}")
+        verdict = {EXIT_CONSISTENT: "consistent", EXIT_HAS_ERROR_ROWS: "consistent; some images have status error "
+                   "(rerun with --retry-errors to redo them)", EXIT_INTEGRITY: "INTEGRITY PROBLEM (see above; "
+                   "`ntt-batch verify --repair` fixes corrupt files and duplicates, `ntt-batch run` redoes missing images)"}
+        lines.append(f"verdict: {verdict[self.exit_code]}")
+        return "\n".join(lines)
+
+
+def verify_output(out: str, options: dict | None = None, *, inputs: InputSpec | None | bool = True,
+                  repair: bool = False, echo: Callable[[str], None] | None = None) -> VerifyReport:
+    """Check an output completely (module docstring). ``inputs``: True = the job's inputs from
+    run.json's fingerprint, an :class:`InputSpec` = those, False/None = skip the inputs check."""
+    folder = OutputFolder(out, options)
+    report = VerifyReport(out)
+    if not folder.exists():
+        raise FileNotFoundError(f"{out!r} does not exist: pass the --out of an `ntt-batch run`")
+    run = folder.read_run()
+    report.attempts = [{k: a.get(k) for k in ("run_id", "status", "started_at", "finished_at", "committed")}
+                       for a in run.get("attempts", [])]
+    report.lock = folder.read_json(LOCK_JSON)
+    lease = None
+    if repair:
+        lease = folder.lease({"run_id": f"verify-repair-{new_run_id()}"}).acquire()
+        report.lock = None
+    try:
+        return _verify(folder, run, report, inputs, repair, echo)
+    finally:
+        if lease is not None:
+            lease.release()
+
+
+def _verify(folder: OutputFolder, run: dict, report: VerifyReport, inputs, repair: bool, echo) -> VerifyReport:
+    if repair:
+        record = _Record(folder, run)
+        report.repaired += recover_commits(folder, record.update)
+    for f in folder.files_under(COMMITS, ".json"):
+        report.leftovers.append(f"half-done commit {f.name} (the next run or --repair finishes it)")
+    staged = folder.files_under(STAGING, ".parquet")
+    if staged:
+        report.leftovers.append(f"{len(staged)} staged file(s) of interrupted attempts (the next run commits them)")
+    recorded = dict(run.get("parts", {}))
+    digests = HashAccumulator()
+    where: list[np.ndarray] = []  # part index per row, for naming/repairing duplicates
+    parts = folder.parts()
+    good = []
+    for k, part in enumerate(parts):
+        try:
+            folder.check_shard(part.path, deep=True)
+        except CorruptFileError as e:
+            report.corrupt.append(part.name)
+            if repair:
+                folder.quarantine(part.path, str(e))
+                report.repaired.append(f"quarantined {part.name} (its images are redone by the next run)")
+            continue
+        good.append(part)
+        with folder.fs.open(part.path, "rb") as fh:
+            t = pq.read_table(fh, columns=["image_uri", "status", "num_instances"])
+        st = PartStats.of_table(t)
+        report.stats.add(st)
+        report.files += 1
+        report.rows += st.rows
+        hi, lo = uri_digests(t.column("image_uri").to_pylist())
+        digests.add(hi, lo)
+        where.append(np.full(hi.size, k, dtype=np.int32))
+        rec = recorded.pop(part.name, None)
+        if rec is None:
+            report.record_mismatches.append(f"{part.name} is not in run.json (written by another tool?)")
+        elif int(rec.get("rows", -1)) != st.rows:
+            report.record_mismatches.append(f"{part.name}: run.json says {rec.get('rows')} rows, the file has {st.rows}")
+        if echo and (k + 1) % 10 == 0:
+            echo(f"  checked {k + 1}/{len(parts)} files")
+    for name in recorded:
+        if name not in report.corrupt:
+            report.record_mismatches.append(f"{name} is in run.json but not in the output")
+    all_digests = digests.freeze()
+    dup_hi, dup_lo = all_digests.duplicated()
+    dups = UriHashes(dup_hi, dup_lo)
+    report.duplicate_uris = len(dups)
+    if len(dups):
+        report.duplicate_examples = _uris_with(folder, good, dups, 5)
+        if repair:
+            removed = _remove_duplicates(folder, good, dups, run)
+            report.repaired.append(f"removed {removed} duplicate row(s), keeping one row per URI")
+    spec = _input_spec(run, inputs)
+    if spec is not None:
+        n = 0
+        missing = 0
+        for batch in iter_inputs(spec, folder.options):
+            uris = batch.column("image_uri").to_pylist()
+            hi, lo = uri_digests(uris)
+            absent = ~all_digests.contains(hi, lo)
+            n += len(uris)
+            missing += int(absent.sum())
+            for u, a in zip(uris, absent):
+                if a and len(report.missing_examples) < 5:
+                    report.missing_examples.append(u)
+        report.inputs, report.missing_inputs = n, missing
+    if repair and (report.corrupt or report.duplicate_uris or report.record_mismatches):
+        _Record(folder, run).update(lambda r: _resync_parts(folder, r))
+        report.record_mismatches = []
+        report.duplicate_uris = 0
+        report.corrupt = []
+    return report
+
+
+def _input_spec(run: dict, inputs) -> InputSpec | None:
+    if isinstance(inputs, InputSpec):
+        return inputs
+    if not inputs:
+        return None
+    described = (run.get("fingerprint") or {}).get("inputs")
+    if not described:
+        return None
+    return InputSpec(images=described.get("images"), manifest=described.get("manifest"),
+                     annotations=described.get("annotations"), image_root=described.get("image_root"),
+                     extensions=tuple(described["extensions"]) if described.get("extensions") else None,
+                     exclude_prefix=(run.get("config") or {}).get("out"))
+
+
+def _uris_with(folder: OutputFolder, parts, wanted: UriHashes, limit: int) -> list[str]:
+    found: list[str] = []
+    for part in parts:
+        with folder.fs.open(part.path, "rb") as fh:
+            uris = pq.read_table(fh, columns=["image_uri"]).column("image_uri").to_pylist()
+        hi, lo = uri_digests(uris)
+        for u, hit in zip(uris, wanted.contains(hi, lo)):
+            if hit and u not in found:
+                found.append(u)
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def _remove_duplicates(folder: OutputFolder, parts, dups: UriHashes, run: dict) -> int:
+    """Keep one row per duplicated URI — a non-error row over an error row, then the newest run —
+    by rewriting the parts that hold the others (same commit protocol as the job)."""
+    rows = []
+    for k, part in enumerate(parts):
+        with folder.fs.open(part.path, "rb") as fh:
+            t = pq.read_table(fh, columns=["image_uri", "status", "run_id"])
+        hi, lo = uri_digests(t.column("image_uri").to_pylist())
+        hit = np.nonzero(dups.contains(hi, lo))[0]
+        for i in hit:
+            rows.append((int(hi[i]), int(lo[i]), t.column("status")[i].as_py() != STATUS_ERROR,
+                         t.column("run_id")[i].as_py() or "", k, int(i)))
+    best: dict[tuple[int, int], tuple] = {}
+    for r in rows:
+        key = (r[0], r[1])
+        if key not in best or (r[2], r[3]) > (best[key][2], best[key][3]):
+            best[key] = r
+    drop: dict[int, set[int]] = {}
+    for r in rows:
+        if best[(r[0], r[1])] is not r:
+            drop.setdefault(r[4], set()).add(r[5])
+    record = _Record(folder, run)
+    removed = 0
+    for k, idx in drop.items():
+        part = parts[k]
+        with folder.fs.open(part.path, "rb") as fh:
+            t = pq.read_table(fh)
+        keep = np.ones(t.num_rows, dtype=bool)
+        keep[list(idx)] = False
+        assembler = PartAssembler(folder, f"repair-{new_run_id()}", name_tag="d")
+        assembler.add(t.filter(pa.array(keep)))
+        new_parts = assembler.close()
+        commit(folder, new_parts, [part.path], record.update, kind="repair")
+        removed += len(idx)
+    return removed
+
+
+def _resync_parts(folder: OutputFolder, run: dict) -> None:
+    """Make run.json's per-part record match the files (after a repair)."""
+    from ..io.parts import stats_of_file, summary_of
+
+    parts = {}
+    for part in folder.parts():
+        st = stats_of_file(folder, part.path)
+        st.bytes, st.version = part.size, part.version
+        st.run_id = (run.get("parts", {}).get(part.name) or {}).get("run_id", "")
+        parts[part.name] = st.to_dict()
+    run["parts"] = parts
+    run["summary"] = summary_of(parts)
+
+
+class _Record:
+    def __init__(self, folder: OutputFolder, run: dict):
+        self.folder, self.run = folder, run
+
+    def update(self, fn) -> None:
+        from ..io.parts import summary_of
+
+        fn(self.run)
+        self.run["summary"] = summary_of(self.run.get("parts", {}))
+        self.folder.write_run(self.run)
+
+
+def compact_output(out: str, options: dict | None = None, *, target_file_mb: int = 512,
+                   echo: Callable[[str], None] = print) -> dict:
+    """Merge small committed files into files of about ``target_file_mb`` (takes the lease; rows unchanged)."""
+    folder = OutputFolder(out, options)
+    run = folder.read_run()
+    if not run:
+        raise FileNotFoundError(f"{out!r} holds no ntt-batch output (no _ntt/run.json)")
+    with folder.lease({"run_id": f"compact-{new_run_id()}"}) as lease:
+        record = _Record(folder, run)
+        notes = recover_commits(folder, record.update)
+        before = folder.parts()
+        new = compact(folder, before, run_id=f"compact-{new_run_id()}",
+                      update_run=record.update, target_bytes=int(target_file_mb) << 20, before_publish=lease.check)
+        after = folder.parts()
+    result = {"files_before": len(before), "files_after": len(after), "new_files": new, "notes": notes,
+              "bytes": sum(p.size for p in after)}
+    echo(f"{out}: {len(before)} file(s) → {len(after)} file(s)" + (f" ({len(new)} written)" if new else " (nothing to merge)"))
+    return result
+
