@@ -409,3 +409,43 @@ def test_interrupted_commit_is_finished_or_undone(tmp_path, crash_after, monkeyp
         assert "finished" in notes[0] and visible == [new[0].name] and not os.path.exists(src)
         assert record.run["parts"][new[0].name]["rows"] == 2
     assert not list((tmp_path / "out" / "_ntt" / "commits").glob("*.json"))
+
+
+def test_verify_and_compact_from_the_command_line(mixed_run, tmp_path):
+    from click.testing import CliRunner
+
+    from ntt_batch.cli import main
+
+    out = _copy(mixed_run[0], tmp_path / "out")
+    (part,) = out.glob("part-*.parquet")
+    t = pq.read_table(part)
+    for k, start in enumerate(range(0, t.num_rows, 3)):  # three small files, e.g. from an older version
+        pq.write_table(t.slice(start, 3), out / f"part-small-{k}.parquet")
+    part.unlink()
+    runner = CliRunner()
+    res = runner.invoke(main, ["verify", str(out)])
+    assert res.exit_code == 3 and "not in run.json" in res.output and "INTEGRITY PROBLEM" in res.output
+    assert runner.invoke(main, ["verify", str(out), "--repair"]).exit_code in (0, 1)
+    res = runner.invoke(main, ["compact", str(out), "--target-file-mb", "1"])
+    assert res.exit_code == 0 and "3 file(s) → 1 file(s)" in res.output, res.output
+    res = runner.invoke(main, ["verify", str(out), "--json", str(tmp_path / "v.json")])
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert res.exit_code == 1 and report["rows"] == 7 and report["files"] == 1 and report["missing_inputs"] == 0
+    assert sorted(_rows(out)) == sorted(_rows(mixed_run[0]))
+
+
+def test_an_output_of_the_old_layout_is_adopted(ray_local, mixed_folder, random_checkpoints, small_bank, tmp_path):
+    """ntt-batch 0.1 wrote run.json and Ray-named shards side by side (and could leave a 0-byte shard)."""
+    out = tmp_path / "old"
+    out.mkdir()
+    jpgs = sorted(str(p) for p in mixed_folder.glob("*.jpg"))
+    pq.write_table(_table(jpgs, run_id="old-run"), out / "a1b2_000000_000000.parquet")
+    (out / "a1b2_000001_000000.parquet").write_bytes(b"")
+    (out / "run.json").write_text(json.dumps({"format": "ntt-batch/run", "attempts": [{"run_id": "old-run", "status": "running"}]}))
+    res = _noop(_job(random_checkpoints, small_bank, images=str(mixed_folder), out=str(out)))
+    rows = _rows(out)
+    assert res.attempt["already_done"] == 2 and res.attempt["to_process"] == 5 and len(rows) == 7
+    assert {rows[u]["run_id"] for u in jpgs} == {"old-run"}
+    assert not (out / "run.json").exists() and (out / "_ntt" / "quarantine" / "a1b2_000001_000000.parquet").exists()
+    run = json.loads((out / RUN_JSON).read_text())
+    assert [a["status"] for a in run["attempts"]] == ["died", "completed"]

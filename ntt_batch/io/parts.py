@@ -262,6 +262,7 @@ class CommitResult:
     quarantined: list[str] = field(default_factory=list)
     skipped_incomplete: int = 0
     parts: list[str] = field(default_factory=list)
+    error_examples: list[tuple[str, str]] = field(default_factory=list)  # (image_uri, error) of a few error rows
 
 
 def commit_staging(folder: OutputFolder, files: list[FileInfo], *, run_id: str, seen: HashAccumulator,
@@ -316,6 +317,9 @@ def commit_staging(folder: OutputFolder, files: list[FileInfo], *, run_id: str, 
                 raise CorruptFileError(f"{folder.display(f.path)} changed while being committed")
             if not keep.all():
                 table = table.filter(pa.array(keep))
+            if len(result.error_examples) < 5:
+                errs = table.filter(pc.equal(table.column("status"), STATUS_ERROR)).slice(0, 5)
+                result.error_examples += list(zip(errs.column("image_uri").to_pylist(), errs.column("error").to_pylist()))
             assembler.add(table)
             consumed.append(f.path)
         new_parts = assembler.close()

@@ -35,6 +35,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+import pyarrow.parquet as pq
+
 from .. import __version__
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.inputs import HashAccumulator, InputSpec, normalise_extensions
@@ -76,7 +78,8 @@ class JobConfig:
     extensions: list[str] | None = None  # opt-in filter for listings (e.g. [jpg, png]); default: every object
     retry_errors: bool = False  # redo inputs whose row has status error (their old rows are replaced)
     allow_job_change: bool = False  # write into an output whose job fingerprint differs (recorded)
-    block_rows: int = 64  # rows per Ray Data block (and per staging file)
+    # rows per Ray Data block, and so per staging file: what a crash can lose, and the progress granularity
+    block_rows: int = 16
     target_file_mb: int = 512  # size of committed part files (MB)
     lease_ttl_s: float = 120.0  # object stores: a dead run's lock expires after this (renewed every ttl/4)
 
@@ -246,6 +249,7 @@ class StagingCommitter:
         self.folder, self.run_id, self.seen, self.record = folder, run_id, seen, record
         self.target_bytes, self.lease, self.interval_s = target_bytes, lease, interval_s
         self.stats = PartStats()
+        self.error_examples: list[tuple[str, str]] = []
         self.duplicates_dropped = 0
         self.quarantined: list[str] = []
         self.error: BaseException | None = None
@@ -264,6 +268,7 @@ class StagingCommitter:
             res = commit_staging(self.folder, files, run_id=self.run_id, seen=self.seen, update_run=self.record.update,
                                  final=final, target_bytes=self.target_bytes, before_publish=self.lease.check)
             self.stats.add(res.stats)
+            self.error_examples = (self.error_examples + res.error_examples)[:5]
             self.duplicates_dropped += res.duplicates_dropped
             self.quarantined += res.quarantined
 
@@ -276,6 +281,19 @@ class StagingCommitter:
                 self.error = e
                 return
 
+    def rows_in_flight(self, cache: dict[str, int]) -> int:
+        """Rows staged but not committed yet (footers only; ``cache`` remembers files already read)."""
+        total = 0
+        for f in self._files():
+            if f.path not in cache:
+                try:
+                    with self.folder.fs.open(f.path, "rb") as fh:
+                        cache[f.path] = pq.ParquetFile(fh).metadata.num_rows
+                except Exception:  # still being written, or just committed
+                    continue
+            total += cache[f.path]
+        return total
+
     def __enter__(self) -> "StagingCommitter":
         self._thread = threading.Thread(target=self._loop, name="ntt-committer", daemon=True)
         self._thread.start()
@@ -287,6 +305,59 @@ class StagingCommitter:
             self._thread.join()
 
 
+class ProgressLine:
+    """Images done, images/s and ETA while the dataset runs: one line redrawn every 2 s on a terminal,
+    a plain line every 30 s otherwise (``ray job logs``, CI)."""
+
+    def __init__(self, committer: StagingCommitter, total: int, echo: Callable[[str], None], *, tty: bool | None = None):
+        import sys
+
+        self.committer, self.total, self.echo = committer, total, echo
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.interval = 2.0 if self.tty else 30.0
+        self._stop = threading.Event()
+        self._cache: dict[str, int] = {}
+        self._t0 = time.perf_counter()
+        self._thread: threading.Thread | None = None
+
+    def line(self) -> str:
+        done = min(self.total, self.committer.stats.rows + self.committer.rows_in_flight(self._cache))
+        elapsed = time.perf_counter() - self._t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else None
+        eta_text = "?" if eta is None else (f"{eta / 3600:.1f} h" if eta > 5400 else f"{eta / 60:.1f} min" if eta > 90 else f"{eta:.0f} s")
+        pct = 100.0 * done / self.total if self.total else 100.0
+        return f"progress: {done:,}/{self.total:,} images ({pct:.1f}%), {rate:.2f} images/s, ETA {eta_text}"
+
+    def _loop(self) -> None:
+        import sys
+
+        while not self._stop.wait(self.interval):
+            try:
+                text = self.line()
+            except Exception:  # progress is best-effort
+                continue
+            if self.tty:
+                sys.stderr.write("\r" + text.ljust(100)[:100])
+                sys.stderr.flush()
+            else:
+                self.echo(text)
+
+    def __enter__(self) -> "ProgressLine":
+        self._thread = threading.Thread(target=self._loop, name="ntt-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import sys
+
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        if self.tty:
+            sys.stderr.write("\n")
+
+
 @dataclass
 class JobResult:
     summary: dict
@@ -295,12 +366,13 @@ class JobResult:
 
 
 def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None] = print,
-            model_stage: type | None = None) -> JobResult:
+            model_stage: type | None = None, verbose: bool = True) -> JobResult:
     """Run (or resume) a batch job; returns the summary over the whole output and an exit code.
 
     Raises :class:`LeaseHeldError` when another run writes the output, :class:`JobMismatchError`
     when the output belongs to another job. ``model_stage`` replaces :class:`SegmentActor` (the
-    pipeline benchmark passes :class:`NoopModelActor`).
+    pipeline benchmark passes :class:`NoopModelActor`). ``verbose=False`` silences Ray's own
+    progress and status logging (the CLI's default; our progress line and summary remain).
     """
     from ..method.memory_bank import MemoryBank
     from ..models.checkpoints import resolve_checkpoint
@@ -327,7 +399,7 @@ def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None
             "memory_bank": {"path": cfg.memory, "content_hash": bank.content_hash, "categories": bank.categories,
                             "shots": bank.shots},
         }
-        return _attempt(cfg, folder, lease, run_id, provenance, bank, bank_build, echo, model_stage)
+        return _attempt(cfg, folder, lease, run_id, provenance, bank, bank_build, echo, model_stage, verbose)
     finally:
         lease.release()
 
@@ -355,7 +427,7 @@ def _echo_plan(plan: Plan, echo: Callable[[str], None]) -> None:
 
 
 def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenance: dict, bank, bank_build,
-             echo: Callable[[str], None], model_stage) -> JobResult:
+             echo: Callable[[str], None], model_stage, verbose: bool) -> JobResult:
     run = folder.read_run()
     legacy = folder.read_json(LEGACY_RUN_JSON) is not None and folder.read_json(RUN_JSON) is None
     old_fp = run.get("fingerprint")
@@ -427,8 +499,8 @@ def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenanc
     t0 = time.perf_counter()
     try:
         if plan.to_process:
-            with committer:
-                _execute(cfg, plan, bank, run_id, folder, model_stage)
+            with committer, ProgressLine(committer, plan.to_process, echo):
+                _execute(cfg, plan, bank, run_id, folder, model_stage, verbose=verbose)
             if committer.error:
                 raise committer.error
         committer.commit(final=True)
@@ -469,6 +541,12 @@ def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenanc
     echo(f"summary: {summary['ok']} ok, {summary['empty']} empty, {summary['error']} error "
          f"({summary['rows']} rows in {summary['files']} file(s), {summary['instances']} instances); this run: "
          f"{committer.stats.rows} images in {attempt['seconds']} s ({attempt['images_per_s']} images/s); output {cfg.out}")
+    if committer.error_examples:
+        echo(f"{committer.stats.error} image(s) of this run failed, e.g.:")
+        for uri, err in committer.error_examples:
+            echo(f"  {uri}: {err}")
+        echo("  all of them: duckdb -c \"select image_uri, error from '" + cfg.out.rstrip("/") + "/*.parquet' where status = 'error'\"; "
+             "to redo them (e.g. after fixing the files): the same command with --retry-errors")
     code = EXIT_OK
     if missing:
         echo(f"ERROR: {missing} image(s) of this run got no row; run the same command again, then `ntt-batch verify {cfg.out}`")
@@ -510,26 +588,44 @@ def _decode_memory_bytes(cfg: JobConfig, cluster_memory: float | None = None) ->
     return int(need)
 
 
-def init_ray(address: str | None = None) -> None:
-    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local instance; no-op when connected."""
+def init_ray(address: str | None = None, *, verbose: bool = True) -> None:
+    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local instance; no-op when connected.
+
+    ``verbose=False``: Ray's start-up banner, worker log forwarding and Ray Data's progress/status
+    lines are off (errors still surface: a failing image becomes an error row, a failing job raises).
+    """
     import ray
 
+    if not verbose:
+        for name in ("ray", "ray.data", "ray._private", "ray.util"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        from ray.data import DataContext
+
+        ctx = DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.enable_operator_progress_bars = False
+        if hasattr(ctx, "enable_rich_progress_bars"):
+            ctx.enable_rich_progress_bars = False
+        ctx.print_on_execution_start = False
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    kwargs = {} if verbose else {"log_to_driver": False, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
+        ray.init(address=address, ignore_reinit_error=True, **({"log_to_driver": True} | kwargs))
     else:
-        ray.init()
+        ray.init(**kwargs)
 
 
-def _execute(cfg: JobConfig, plan: Plan, bank, run_id: str, folder: OutputFolder, model_stage=None) -> None:
+def _execute(cfg: JobConfig, plan: Plan, bank, run_id: str, folder: OutputFolder, model_stage=None, *,
+             verbose: bool = True) -> None:
     """The Ray Data pipeline over the plan's todo files; rows land in ``_ntt/staging/<run_id>/``."""
     import ray
     import ray.data
 
     model_stage = model_stage or SegmentActor
-    init_ray(cfg.ray_address)
+    init_ray(cfg.ray_address, verbose=verbose)
     gpus = ray.cluster_resources().get("GPU", 0)
     bank_ref = ray.put(bank)  # broadcast once; actors receive the reference, never a copy per batch
     pafs, _ = folder.pyarrow_fs()
