@@ -126,8 +126,13 @@ def stable_image_id(uri: str) -> int:
 
 
 def name_number(uri: str) -> int | None:
-    """The number a COCO-style file name ends with (``000000000139.jpg`` → 139), else None."""
-    m = _DIGITS.search(PurePosixPath(uri).stem)
+    """The number a COCO-style file name's stem ends with (``000000000139.jpg`` → 139), else None.
+
+    Same as ``PurePosixPath(uri).stem`` + a trailing-digits match, without building a path object.
+    """
+    name = uri[uri.rfind("/") + 1:]
+    dot = name.rfind(".")
+    m = _DIGITS.search(name[:dot] if dot > 0 else name)
     return int(m.group(1)) if m else None
 
 
