@@ -200,9 +200,33 @@ def _batch(uris: list[str], ids: list[int | None] | None = None) -> pa.RecordBat
     return pa.RecordBatch.from_arrays([ids_arr, pa.array(uris, type=pa.string())], schema=INPUT_SCHEMA)
 
 
+def _walk_s3(fs, path: str) -> Iterator[str]:
+    """Every object under an S3 prefix, one ListObjectsV2 page (≤ 1000 keys) at a time, in key order.
+
+    s3fs's ``find``/``walk`` collect a whole prefix before returning; this never holds more than a page.
+    """
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(path)
+    kwargs = {"Bucket": bucket, "Prefix": f"{key.rstrip('/')}/" if key else "", **getattr(fs, "req_kw", {})}
+    while True:
+        page = sync(fs.loop, fs._call_s3, "list_objects_v2", **kwargs)
+        for obj in page.get("Contents", []):
+            if not obj["Key"].endswith("/"):  # folder markers are not objects
+                yield f"{bucket}/{obj['Key']}"
+        if not page.get("IsTruncated"):
+            return
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+
 def _walk_paths(fs, path: str) -> Iterator[str]:
-    """Files under ``path``, streamed directory by directory in sorted order (local: os.scandir)."""
+    """Files under ``path``, streamed: local folders directory by directory (sorted), S3 prefixes page
+    by page (key order), other stores directory by directory (``fs.walk``)."""
     from fsspec.implementations.local import LocalFileSystem
+
+    if type(fs).__name__ == "S3FileSystem" and hasattr(fs, "_call_s3"):
+        yield from _walk_s3(fs, path)
+        return
 
     if isinstance(fs, LocalFileSystem):
         stack = [path]
