@@ -26,7 +26,7 @@ extrapolated from two sizes (a straight line through both; for the O(N²) duplic
 in N²). Every extrapolated figure is marked ``~`` and says from which sizes.
 
     python benchmarks/scale.py --json scale.json                 # the real figures (~20-30 min)
-    python benchmarks/scale.py --quick                           # smoke version (small sizes)
+    python benchmarks/scale.py --quick                           # smoke version (small sizes, < 1 min idle)
     python benchmarks/scale.py --new-root /tmp/ntt-new --old-root /tmp/ntt-old --work /tmp/scale
 
 Not part of the test suite. Needs ~4 GB of disk for the default sizes (under ``--work``).
@@ -420,6 +420,20 @@ def fit(points: list[tuple[float, float]], x_target: float, power: int = 1) -> f
     return pts[-1][1] * x_target ** power / pts[-1][0]
 
 
+def fit_old(olds: list[tuple[int, dict]], key: str, x_target: float, power: int = 1) -> float | None:
+    """:func:`fit` of ``key`` over the old runs. With a single size (``--quick``) the part that does not
+    grow with N (``import_s`` of the seconds, ``rss_after_imports_mb`` of the peak) is kept fixed and
+    only the rest is scaled."""
+    fixed_key = {"seconds": "import_s", "peak_rss_mb": "rss_after_imports_mb"}.get(key)
+    usable = [(n, r) for n, r in olds if r.get(key) is not None]
+    if len(usable) == 1 and fixed_key and usable[0][1].get(fixed_key) is not None:
+        n, r = usable[0]
+        base = r[fixed_key]
+        grown = fit([(n, r[key] - base)], x_target, power)
+        return None if grown is None else base + grown
+    return fit([(n, r.get(key)) for n, r in olds], x_target, power)
+
+
 def _git(root: str, *args: str) -> str:
     try:
         return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, check=True).stdout.strip()
@@ -438,13 +452,14 @@ class Bench:
         os.makedirs(self.work, exist_ok=True)
         self.new, self.old = os.path.abspath(ns.new_root), os.path.abspath(ns.old_root)
         q = ns.quick
-        self.n_big = 200_000 if q else 10_000_000  # cases 1 and 5
-        self.n_mid = 50_000 if q else 1_000_000  # cases 2, 3, 4
-        self.old1 = [50_000, 100_000] if q else [200_000, 1_000_000]
-        self.old2 = [2_000, 6_000] if q else [20_000, 100_000]
-        self.old3 = [2_000, 6_000] if q else [8_000, 40_000]
-        self.old5 = [2_000, 6_000] if q else [30_000, 100_000]
-        self.timeout = 120 if q else ns.timeout
+        # --quick: one old size per case (proportional extrapolation), small N; a smoke run of every path
+        self.n_big = 100_000 if q else 10_000_000  # cases 1 and 5
+        self.n_mid = 5_000 if q else 1_000_000  # cases 2, 3, 4
+        self.old1 = [20_000] if q else [200_000, 1_000_000]
+        self.old2 = [1_000] if q else [20_000, 100_000]
+        self.old3 = [1_000] if q else [8_000, 40_000]
+        self.old5 = [2_000] if q else [30_000, 100_000]
+        self.timeout = 90 if q else ns.timeout
         self.cases: list[dict] = []
 
     # -- fixtures ----------------------------------------------------------
@@ -506,8 +521,8 @@ class Bench:
         self.add({"case": 1, "name": f"dry run, {_fmt_n(self.n_big)}-row manifest", "n": self.n_big, "new": new,
                   "old": [{"n": n, **r} for n, r in olds],
                   "old_extrapolated": {
-                      "seconds": fit([(n, r.get("seconds")) for n, r in olds], self.n_big),
-                      "peak_rss_mb": fit([(n, r.get("peak_rss_mb")) for n, r in olds], self.n_big)},
+                      "seconds": fit_old(olds, "seconds", self.n_big),
+                      "peak_rss_mb": fit_old(olds, "peak_rss_mb", self.n_big)},
                   "targets": {"seconds": 120, "peak_rss_mb": 2 * 1024}})
 
     def case2(self) -> None:
@@ -531,8 +546,8 @@ class Bench:
         self.add({"case": 2, "name": f"first image dispatched, {_fmt_n(self.n_mid)}-row manifest", "n": self.n_mid,
                   "new": new, "old": [{"n": n, **r} for n, r in olds],
                   "old_extrapolated": {
-                      "seconds": fit([(n, r.get("seconds")) for n, r in olds], self.n_mid),
-                      "driver_peak_rss_mb": fit([(n, r.get("driver_peak_rss_mb")) for n, r in olds], self.n_mid)},
+                      "seconds": fit_old(olds, "seconds", self.n_mid),
+                      "driver_peak_rss_mb": fit_old(olds, "driver_peak_rss_mb", self.n_mid)},
                   "targets": {"seconds": 60}})
 
     def case34(self) -> None:
@@ -571,13 +586,13 @@ class Bench:
                                            self.old, self.timeout)))
         self.add({"case": 3, "name": f"resume, {_fmt_n(self.n_mid)}-row output, dry run", "n": self.n_mid, "new": new_dry,
                   "old": [{"n": n, **r} for n, r in olds_dry],
-                  "old_extrapolated": {"seconds": fit([(n, r.get("seconds")) for n, r in olds_dry], self.n_mid),
-                                       "peak_rss_mb": fit([(n, r.get("peak_rss_mb")) for n, r in olds_dry], self.n_mid)},
+                  "old_extrapolated": {"seconds": fit_old(olds_dry, "seconds", self.n_mid),
+                                       "peak_rss_mb": fit_old(olds_dry, "peak_rss_mb", self.n_mid)},
                   "build": built, "targets": {"seconds": 15}})
         self.add({"case": "3b", "name": f"resume, {_fmt_n(self.n_mid)}-row output, full run (0 left)", "n": self.n_mid,
                   "new": new_real, "old": [{"n": n, **r} for n, r in olds_real],
-                  "old_extrapolated": {"seconds": fit([(n, r.get("seconds")) for n, r in olds_real], self.n_mid),
-                                       "peak_rss_mb": fit([(n, r.get("peak_rss_mb")) for n, r in olds_real], self.n_mid)},
+                  "old_extrapolated": {"seconds": fit_old(olds_real, "seconds", self.n_mid),
+                                       "peak_rss_mb": fit_old(olds_real, "peak_rss_mb", self.n_mid)},
                   "targets": {"seconds": 15}})
         self.add({"case": 4, "name": f"files for {_fmt_n(self.n_mid)} images at the defaults", "n": self.n_mid,
                   "new": {"files": len(parts), "bytes": sizes, "total_mb": round(sum(sizes) / 1e6, 1)},
@@ -599,8 +614,8 @@ class Bench:
             olds.append((n, r))
         self.add({"case": 5, "name": f"duplicate refused, {_fmt_n(self.n_big)}-row manifest", "n": self.n_big, "new": new,
                   "old": [{"n": n, **r} for n, r in olds],
-                  "old_extrapolated": {"seconds": fit([(n, r.get("seconds")) for n, r in olds], self.n_big, power=2),
-                                       "seconds_at_100k": fit([(n, r.get("seconds")) for n, r in olds], 100_000, power=2)},
+                  "old_extrapolated": {"seconds": fit_old(olds, "seconds", self.n_big, power=2),
+                                       "seconds_at_100k": fit_old(olds, "seconds", 100_000, power=2)},
                   "targets": {"seconds": 60}})
 
 
@@ -664,7 +679,7 @@ def report(cases: list[dict]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, < 1-2 min)")
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run: < 1 min on an idle machine)")
     ap.add_argument("--json", default=None, help="write all figures here")
     ap.add_argument("--work", default=None, help="fixtures and outputs (kept, reused by later runs); default: a temp dir")
     ap.add_argument("--new-root", default=str(REPO), help="code root of the NEW ntt_batch (default: this checkout)")
@@ -729,7 +744,8 @@ def main() -> None:
             if v:
                 print(f"case 2 NEW with 4,096-row todo files (diagnostic): {v.get('seconds', v)} s to the first image")
         print("OLD sizes are smaller where the old code would take too long or too much memory; '~' figures are the "
-              "straight line through the two measured sizes, evaluated at N (case 5: a line in N², the check is O(N²)). "
+              "straight line through the two measured sizes, evaluated at N (case 5: a line in N², the check is O(N²)); "
+              "with one size (--quick) the import time / RSS after imports is kept and the rest scaled by N. "
               "Case 2 peak RSS is the driver's only (Ray's processes excluded), sampled every 0.25 s.")
         if ns.json:
             Path(ns.json).write_text(json.dumps({**meta, "cases": b.cases, "table": lines}, indent=2))
