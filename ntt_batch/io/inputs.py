@@ -36,7 +36,9 @@ from .storage import filesystem
 
 INPUT_SCHEMA = pa.schema([("image_id", pa.int64()), ("image_uri", pa.string())])
 URI_COLUMNS = ("image_uri", "uri", "path")
-_DIGITS = re.compile(r"(\d+)$")
+# The number a file name ends with, before its extension: 000000000139.jpg → 139 (at most 18 digits: int64).
+NAME_NUMBER = r"(?P<n>\d{1,18})(?:\.[^./]*)?$"
+_NAME_NUMBER = re.compile(NAME_NUMBER)
 
 
 # ----------------------------------------------------------------------------- hashing
@@ -126,14 +128,17 @@ def stable_image_id(uri: str) -> int:
 
 
 def name_number(uri: str) -> int | None:
-    """The number a COCO-style file name's stem ends with (``000000000139.jpg`` → 139), else None.
-
-    Same as ``PurePosixPath(uri).stem`` + a trailing-digits match, without building a path object.
-    """
-    name = uri[uri.rfind("/") + 1:]
-    dot = name.rfind(".")
-    m = _DIGITS.search(name[:dot] if dot > 0 else name)
+    """The number a COCO-style file name ends with, before its extension (``000000000139.jpg`` → 139), else None."""
+    m = _NAME_NUMBER.search(uri)
     return int(m.group(1)) if m else None
+
+
+def name_numbers(uris: pa.Array) -> pa.Array:
+    """:func:`name_number` of every URI, vectorised: int64 array, null where a name has no number."""
+    import pyarrow.compute as pc
+
+    found = pc.extract_regex(uris, NAME_NUMBER)
+    return pc.cast(pc.struct_field(found, "n"), pa.int64())
 
 
 # ----------------------------------------------------------------------------- sources

@@ -35,6 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import __version__
@@ -78,7 +79,7 @@ class JobConfig:
     extensions: list[str] | None = None  # opt-in filter for listings (e.g. [jpg, png]); default: every object
     retry_errors: bool = False  # redo inputs whose row has status error (their old rows are replaced)
     allow_job_change: bool = False  # write into an output whose job fingerprint differs (recorded)
-    # rows per Ray Data block, and so per staging file: what a crash can lose, and the progress granularity
+    # rows per Ray Data block (todo file; more for jobs over 256 blocks): what a crash can lose, progress granularity
     block_rows: int = 16
     target_file_mb: int = 512  # size of committed part files (MB)
     lease_ttl_s: float = 120.0  # object stores: a dead run's lock expires after this (renewed every ttl/4)
@@ -374,13 +375,12 @@ def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None
     pipeline benchmark passes :class:`NoopModelActor`). ``verbose=False`` silences Ray's own
     progress and status logging (the CLI's default; our progress line and summary remain).
     """
-    from ..method.memory_bank import MemoryBank
-    from ..models.checkpoints import resolve_checkpoint
-
     cfg.validate()
     folder = OutputFolder(cfg.out, cfg.storage_options)
     if dry_run:
         return _dry_run(cfg, folder, echo)
+    from ..method.memory_bank import MemoryBank  # torch: not needed for a dry run
+    from ..models.checkpoints import resolve_checkpoint
     bank_build = prepare_memory_bank(cfg, dry_run=False, echo=echo)  # only with `references:` and no bank yet
     bank = MemoryBank.load(cfg.memory)
     sam_ckpt = resolve_checkpoint(cfg.sam2, checkpoint_dir=cfg.checkpoint_dir, download=cfg.download)
@@ -406,10 +406,11 @@ def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None
 
 def _dry_run(cfg: JobConfig, folder: OutputFolder, echo: Callable[[str], None]) -> JobResult:
     """What a run would do, without taking the lock or writing anything."""
+    prepare_memory_bank(cfg, dry_run=True, echo=echo)  # says how a `references:` block would build the bank
     run = folder.read_run() if folder.exists() else {}
     scan = scan_output(folder, run.get("parts", {}), read_only=True) if folder.exists() else OutputScan()
     plan = plan_inputs(input_spec(cfg), cfg.storage_options, scan, folder=None, run_id="dry-run", limit=cfg.limit,
-                       retry_errors=cfg.retry_errors, echo=echo)
+                       retry_errors=cfg.retry_errors, block_rows=cfg.block_rows, echo=echo)
     _echo_plan(plan, echo)
     if scan.corrupt:
         echo(f"  {len(scan.corrupt)} committed file(s) are corrupt and would be quarantined: {', '.join(scan.corrupt[:5])}")
@@ -475,7 +476,7 @@ def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenanc
         echo(f"note: {n}")
 
     plan = plan_inputs(input_spec(cfg), cfg.storage_options, scan, folder=folder, run_id=run_id, limit=cfg.limit,
-                       retry_errors=cfg.retry_errors, echo=echo)
+                       retry_errors=cfg.retry_errors, block_rows=cfg.block_rows, echo=echo)
     _echo_plan(plan, echo)
     attempt.update(plan.to_record())
     if notes:
@@ -618,6 +619,18 @@ def init_ray(address: str | None = None, *, verbose: bool = True) -> None:
         ray.init(**kwargs)
 
 
+def read_todo_file(batch: dict, *, out: str, storage_options: dict):
+    """Ray Data stage: one todo file (``_ntt/todo/<run_id>/todo-*.parquet``) → its rows (image_id, image_uri)."""
+    import pyarrow.parquet as _pq
+
+    folder = OutputFolder(out, storage_options)
+    tables = []
+    for path in batch["todo"]:
+        with folder.fs.open(str(path), "rb") as f:
+            tables.append(_pq.read_table(f))
+    return pa.concat_tables(tables)
+
+
 def _execute(cfg: JobConfig, plan: Plan, bank, run_id: str, folder: OutputFolder, model_stage=None, *,
              verbose: bool = True) -> None:
     """The Ray Data pipeline over the plan's todo files; rows land in ``_ntt/staging/<run_id>/``."""
@@ -628,10 +641,13 @@ def _execute(cfg: JobConfig, plan: Plan, bank, run_id: str, folder: OutputFolder
     init_ray(cfg.ray_address, verbose=verbose)
     gpus = ray.cluster_resources().get("GPU", 0)
     bank_ref = ray.put(bank)  # broadcast once; actors receive the reference, never a copy per batch
-    pafs, _ = folder.pyarrow_fs()
-    ds = ray.data.read_parquet(plan.todo_paths, filesystem=pafs)
-    # Small blocks keep every stage busy and rows flowing to the writer (one todo file is one read task).
-    ds = ds.repartition(target_num_rows_per_block=cfg.block_rows)
+    pafs, _ = folder.pyarrow_fs()  # the writer's filesystem (custom S3 endpoints and credentials work)
+    # One todo file is one block (plan sizes them: block_rows rows, or more for huge jobs), read by a
+    # small task of its own: decoding starts at once and fans out, no per-file metadata pass on the
+    # driver (read_parquet's) and no repartition stage competing with decoding for CPUs.
+    ds = ray.data.from_items([{"todo": p} for p in plan.todo_paths], override_num_blocks=len(plan.todo_paths))
+    ds = ds.map_batches(read_todo_file, batch_size=1, batch_format="numpy", num_cpus=0.25,
+                        fn_kwargs={"out": cfg.out, "storage_options": cfg.storage_options})
     # Decode tasks reserve memory for a full-size decode; that remote arg also differs from the
     # actors', so Ray does not fuse decoding into the actors: CPU decoding overlaps with model work.
     ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1,

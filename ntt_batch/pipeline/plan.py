@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..io.inputs import (HashAccumulator, InputSpec, SourceStats, UriHashes, iter_inputs, name_number,
+from ..io.inputs import (HashAccumulator, InputSpec, SourceStats, UriHashes, iter_inputs, name_numbers,
                          stable_image_id, uri_digests)
 from ..io.output_folder import META, CorruptFileError, FileInfo, OutputFolder
 from ..io.parts import PartStats
@@ -122,38 +122,32 @@ class DuplicateInputError(ValueError):
 
 
 def plan_inputs(spec: InputSpec, options: dict | None, scan: OutputScan, *, folder: OutputFolder | None,
-                run_id: str, limit: int | None = None, retry_errors: bool = False, todo_file_rows: int = 100_000,
-                sample: int = 50, echo: Callable[[str], None] | None = None) -> Plan:
-    """Passes 1 and 2 (module docstring). ``folder=None`` is a dry run: nothing is written."""
+                run_id: str, limit: int | None = None, retry_errors: bool = False, block_rows: int = 16,
+                max_todo_files: int = 256, sample: int = 50, echo: Callable[[str], None] | None = None) -> Plan:
+    """Passes 1 and 2 (module docstring). ``folder=None`` is a dry run: nothing is written.
+
+    Todo files hold ``max(block_rows, ceil(to_process / max_todo_files))`` rows: one Ray Data read
+    task (and block) each, so small jobs get small blocks and huge ones a bounded number of files.
+    """
     plan = Plan()
     stats = SourceStats()
-    digests = HashAccumulator()
     with tempfile.TemporaryDirectory(prefix="ntt-plan-") as tmp:
         pass1 = os.path.join(tmp, "inputs.parquet")
-        all_ids, any_missing_id, all_numbered = [], False, True
-        numbers: list[np.ndarray] = []
         with pq.ParquetWriter(pass1, _PASS1_SCHEMA, compression="lz4") as writer:
+            any_missing_id, all_numbered = False, True
             for batch in iter_inputs(spec, options, stats=stats):
                 if limit is not None and plan.inputs + batch.num_rows > limit:
                     batch = batch.slice(0, max(0, limit - plan.inputs))
                 if not batch.num_rows:
                     break
-                uris = batch.column("image_uri").to_pylist()
-                hi, lo = uri_digests(uris)
-                digests.add(hi, lo)
+                uris = batch.column("image_uri")
+                hi, lo = uri_digests(uris.to_pylist())
                 ids = batch.column("image_id")
-                if ids.null_count:
-                    any_missing_id = True
-                elif not any_missing_id:
-                    all_ids.append(ids.to_numpy())
-                nums = np.array([n if (n := name_number(u)) is not None else -1 for u in uris], dtype=np.int64)
-                if all_numbered and (nums < 0).any():
-                    all_numbered = False
-                if all_numbered:
-                    numbers.append(nums)
-                writer.write_batch(pa.RecordBatch.from_arrays(
-                    [ids, batch.column("image_uri"), pa.array(nums, pa.int64()), pa.array(hi), pa.array(lo)],
-                    schema=_PASS1_SCHEMA))
+                any_missing_id |= ids.null_count > 0
+                nums = name_numbers(uris)
+                all_numbered &= nums.null_count == 0
+                writer.write_batch(pa.RecordBatch.from_arrays([ids, uris, nums, pa.array(hi), pa.array(lo)],
+                                                              schema=_PASS1_SCHEMA))
                 plan.inputs += batch.num_rows
                 if echo and plan.inputs % 1_000_000 < batch.num_rows:
                     echo(f"  listed {plan.inputs:,} inputs ...")
@@ -164,34 +158,29 @@ def plan_inputs(spec: InputSpec, options: dict | None, scan: OutputScan, *, fold
             where = spec.images or spec.manifest or spec.annotations
             extra = f" ({stats.skipped_by_extension} skipped by the extension filter)" if stats.skipped_by_extension else ""
             raise FileNotFoundError(f"no inputs found at {where!r}{extra}")
-        unique = digests.freeze()
-        dup_hi, dup_lo = unique.duplicated()
-        if dup_hi.size:
-            raise DuplicateInputError(_duplicate_message(pass1, UriHashes(dup_hi, dup_lo), spec))
+        dups = _repeated_digests(pass1)
+        if len(dups):
+            raise DuplicateInputError(_duplicate_message(pass1, dups, spec))
 
         # ids: the source's when all inputs have one (unique), else file-name numbers when unique, else URI hashes
         mode = "uri hashes"
-        if not any_missing_id and all_ids:
-            ids = np.concatenate(all_ids)
-            values, counts = np.unique(ids, return_counts=True)
-            if (counts > 1).any():
-                shown = ", ".join(str(v) for v in values[counts > 1][:5])
+        if not any_missing_id:
+            repeated = _repeated_values(pass1, "image_id")
+            if repeated:
                 raise DuplicateInputError(f"{spec.manifest or spec.annotations}: image_id values are not unique "
-                                          f"(e.g. {shown}); each input needs its own id")
+                                          f"(e.g. {', '.join(map(str, repeated))}); each input needs its own id")
             mode = "source"
-            del ids, values, counts
-        elif all_numbered and numbers:
-            nums = np.concatenate(numbers)
-            if np.unique(nums).size == nums.size:
-                mode = "file names"
-            del nums
-        all_ids = numbers = []
+        elif all_numbered and not _repeated_values(pass1, "number"):
+            mode = "file names"
         plan.ids_from = mode
 
-        if retry_errors and len(scan.errors):
-            retry_hits = HashAccumulator()
-        else:
-            retry_hits = None
+        retry_hits = HashAccumulator() if retry_errors and len(scan.errors) else None
+        todo_total = 0
+        for batch in pq.ParquetFile(pass1).iter_batches(batch_size=262144, columns=["hi", "lo"]):
+            todo_total += int((~scan.done.contains(batch.column("hi").to_numpy(), batch.column("lo").to_numpy())).sum())
+        if retry_hits is not None:
+            todo_total += len(scan.errors)  # an upper bound: sizes the todo files only
+        rows_per_file = max(block_rows, -(-todo_total // max_todo_files))
 
         # pass 2
         writer2, rows_in_file = None, 0
@@ -210,17 +199,17 @@ def plan_inputs(spec: InputSpec, options: dict | None, scan: OutputScan, *, fold
                 if not todo.any():
                     continue
                 sel = batch.filter(pa.array(todo))
-                uris = sel.column("image_uri").to_pylist()
                 if mode == "source":
                     ids_out = sel.column("image_id")
                 elif mode == "file names":
                     ids_out = sel.column("number")
                 else:
-                    ids_out = pa.array([stable_image_id(u) for u in uris], pa.int64())
+                    ids_out = pa.array([stable_image_id(u) for u in sel.column("image_uri").to_pylist()], pa.int64())
                 out = pa.RecordBatch.from_arrays([ids_out, sel.column("image_uri")], schema=TODO_SCHEMA)
                 plan.to_process += out.num_rows
                 if len(plan.sample) < sample:
-                    plan.sample += list(zip(out.column("image_id").to_pylist(), uris))[: sample - len(plan.sample)]
+                    head = out.slice(0, sample - len(plan.sample))
+                    plan.sample += list(zip(head.column("image_id").to_pylist(), head.column("image_uri").to_pylist()))
                 if folder is None:
                     continue
                 start = 0
@@ -232,11 +221,11 @@ def plan_inputs(spec: InputSpec, options: dict | None, scan: OutputScan, *, fold
                         writer2 = (pq.ParquetWriter(fh, TODO_SCHEMA), fh)
                         plan.todo_paths.append(path)
                         rows_in_file = 0
-                    take = min(out.num_rows - start, todo_file_rows - rows_in_file)
+                    take = min(out.num_rows - start, rows_per_file - rows_in_file)
                     writer2[0].write_batch(out.slice(start, take))
                     rows_in_file += take
                     start += take
-                    if rows_in_file >= todo_file_rows:
+                    if rows_in_file >= rows_per_file:
                         writer2[0].close()
                         writer2[1].close()
                         writer2 = None
@@ -248,6 +237,27 @@ def plan_inputs(spec: InputSpec, options: dict | None, scan: OutputScan, *, fold
             plan.retry = retry_hits.freeze()
             plan.retry_errors = len(plan.retry)
     return plan
+
+
+def _repeated_digests(pass1: str) -> UriHashes:
+    """Digests that occur more than once in the pass-1 file, sorting (hi, lo) with ~32 bytes per input at peak."""
+    t = pq.read_table(pass1, columns=["hi", "lo"])
+    hi = t.column("hi").to_numpy()
+    lo = t.column("lo").to_numpy()
+    del t
+    order = np.lexsort((lo, hi))
+    hi = hi[order]
+    lo = lo[order]
+    del order
+    return UriHashes(*UriHashes(hi, lo).duplicated())
+
+
+def _repeated_values(pass1: str, column: str, show: int = 5) -> list[int]:
+    """A few values of an int64 column that occur more than once (8 bytes per input, sorted in place)."""
+    values = pq.read_table(pass1, columns=[column]).column(column).to_numpy().copy()
+    values.sort()
+    same = values[1:] == values[:-1]
+    return [int(v) for v in np.unique(values[1:][same])[:show]] if same.any() else []
 
 
 def _duplicate_message(pass1: str, dups: UriHashes, spec: InputSpec, show: int = 5) -> str:
