@@ -28,7 +28,9 @@ def run_demo(*, data, out, random_weights, sam2_name, encoder_name, shots, limit
     from .eval.coco_eval import evaluate_coco, write_report
     from .io.merge import merge_results
     from .pipeline.job import JobConfig, run_job
-    from .workflows import build_bank
+    from .viz.contact_sheet import bank_box_masks, reference_sheet
+    from .viz.review import write_review
+    from .workflows import REFERENCES_FILE, build_bank, load_reference_sets
 
     data = Path(data) if data else default_data_dir()
     out = Path(out)
@@ -56,10 +58,15 @@ def run_demo(*, data, out, random_weights, sam2_name, encoder_name, shots, limit
 
     echo(f"[demo] 1/4 sampling {shots}-shot references (few_shot split, seed 33) from {ann_train}")
     refs = sample_references_from_file(str(ann_train), "few_shot", shots, 33)
+    refs["image_root"] = str((data / "train2017").resolve())
     save_references(refs, refs_path)
-    echo(f"[demo] 2/4 building the memory bank with {encoder_name}")
-    bank = build_bank(str(refs_path), str(data / "train2017"), str(bank_dir), encoder_name=encoder_name,
-                      checkpoint_dir=checkpoint_dir, device=device)
+    bank = _unchanged_bank(bank_dir, refs, encoder_name, checkpoint_dir)
+    if bank is not None:
+        echo(f"[demo] 2/4 memory bank unchanged (same references, {encoder_name} weights): reusing {bank_dir}")
+    else:
+        echo(f"[demo] 2/4 building the memory bank with {encoder_name}")
+        bank = build_bank(str(refs_path), None, str(bank_dir), encoder_name=encoder_name,
+                          checkpoint_dir=checkpoint_dir, device=device)
     echo(f"[demo]     {len(bank.categories)} classes, {int(bank.instance_labels.numel())} instances, hash {bank.content_hash[:16]}")
     echo(f"[demo] 3/4 batch job on local Ray: {limit} val images, {sam2_name}, {points_per_side}x{points_per_side} points")
     shards = out / "shards"
@@ -76,7 +83,39 @@ def run_demo(*, data, out, random_weights, sam2_name, encoder_name, shots, limit
         echo(f"[demo] {t}: AP {report[t]['stats']['AP']:.4f}  AP50 {report[t]['stats']['AP50']:.4f}")
     echo(f"[demo]     full report (12-number summaries, per-class AP): {out / 'eval_report.json'}; the same from the "
          f"command line: ntt-batch eval --annotations {ann_val} --results {shards} --split few_shot --restrict-to-processed")
+    review_dir, sheet = out / "review", out / "references.png"
+    page = write_review(str(shards), str(review_dir), limit=max(1, int(limit)), title=f"ntt-batch demo: {shards}")
+    drawn = reference_sheet(load_reference_sets(str(bank_dir / REFERENCES_FILE))[0], str(sheet),
+                            box_masks=bank_box_masks(bank_dir))
+    echo(f"[demo] review page: {page.index} ({page.images} images, {page.instances} instances; class filter, "
+         "score slider, per-class counts)")
+    echo(f"[demo] references as the bank saw them: {sheet} ({drawn.references} references)")
     if random_weights:
         echo("[demo] NOTE: random weights — the pipeline ran end to end, the AP is meaningless.")
-    return {"summary": result.summary, "report": report, "results": str(results), "shards": str(shards)}
+    echo(f"[demo] next: open file://{Path(page.index).resolve()} in a browser; then label your own images: make "
+         "references (README: 'Custom references'), `ntt-batch memory build`, `ntt-batch run --images YOUR_FOLDER "
+         "--memory BANK --out OUT`, and `ntt-batch review --shards OUT --out review/`")
+    return {"summary": result.summary, "report": report, "results": str(results), "shards": str(shards),
+            "review": page.index, "references_sheet": str(sheet)}
 
+
+
+def _unchanged_bank(bank_dir: Path, refs: dict, encoder_name: str, checkpoint_dir):
+    """The bank already in ``bank_dir`` when it was built from these references with these encoder weights, else None.
+
+    Makes a repeated demo fast: the job resumes (nothing left to do) and the bank is not rebuilt.
+    """
+    from .method.memory_bank import MemoryBank
+    from .method.references import load_references
+    from .workflows import REFERENCES_FILE
+
+    try:
+        bank = MemoryBank.load(bank_dir)
+        saved = load_references(bank_dir / REFERENCES_FILE)
+        ckpt = resolve_checkpoint(encoder_name, checkpoint_dir=checkpoint_dir, download=False)
+    except (OSError, ValueError, CheckpointNotFoundError):
+        return None
+    same = (bank.encoder.get("name") == encoder_name and bank.encoder.get("checkpoint_sha256") == ckpt.sha256
+            and saved["categories"] == refs["categories"] and saved["references"] == refs["references"]
+            and saved.get("image_root") == refs.get("image_root"))
+    return bank if same else None

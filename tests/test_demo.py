@@ -20,6 +20,9 @@ def test_demo_runs_end_to_end(tmp_path, coco_mini):
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "[demo] 4/4 COCO evaluation" in res.stdout and "segm: AP" in res.stdout
-    run = json.loads((tmp_path / "demo" / "shards" / "run.json").read_text())
+    run = json.loads((tmp_path / "demo" / "shards" / "_ntt" / "run.json").read_text())
     assert run["summary"]["rows"] == 1 and run["official_weights"] is False
     json.loads((tmp_path / "demo" / "results.json").read_text())
+    # it ends with the review page and the references' contact sheet, and says where they are
+    assert (tmp_path / "demo" / "review" / "index.html").is_file() and (tmp_path / "demo" / "references.png").is_file()
+    assert "[demo] review page:" in res.stdout and "[demo] next:" in res.stdout

@@ -27,6 +27,7 @@ import contextlib
 import io
 import json
 import math
+import numbers
 from collections import Counter
 from typing import Any, Sequence
 
@@ -57,11 +58,55 @@ def parse_iou_types(value: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _check_detections(dets: list, where: str) -> None:
+def _check_detections(dets: list, where: str, gt_images: Sequence[dict] = ()) -> None:
+    """Refuse a results file pycocotools would crash on or score silently wrong, naming the entry and field.
+
+    Each detection: ``image_id``/``category_id`` integers; ``score`` a finite number (NaN would be
+    ranked arbitrarily); ``bbox`` 4 finite numbers with w, h >= 0; ``segmentation`` an RLE
+    ``{"size": [h, w], "counts"}`` whose size is its ground-truth image's (``gt_images``), or
+    polygons of at least 3 finite x, y pairs.
+    """
     if not isinstance(dets, list):
         raise ValueError(f"{where}: a COCO results file is a JSON array of detections, got {type(dets).__name__} "
                          "(an annotation file? pass it as --annotations, and `ntt-batch merge --format results` output "
                          "or the shards as --results)")
+    sizes = {}
+    for im in gt_images:
+        try:
+            sizes[int(im["id"])] = [int(im["height"]), int(im["width"])]
+        except (KeyError, TypeError, ValueError):
+            pass
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+    def is_int(v: Any) -> bool:
+        return is_num(v) and float(v).is_integer()
+
+    def finite(values: Any) -> bool:
+        return all(is_num(v) and math.isfinite(v) for v in values)
+
+    def problem_of(d: dict) -> str | None:
+        for key in ("image_id", "category_id"):
+            if not is_int(d[key]):
+                return f"'{key}': expected an integer, got {d[key]!r} ({type(d[key]).__name__})"
+        score, box, seg = d["score"], d.get("bbox"), d.get("segmentation")
+        if not is_num(score) or not math.isfinite(score):
+            return f"'score': expected a finite number, got {score!r} ({type(score).__name__})"
+        if box is not None and (not isinstance(box, (list, tuple)) or len(box) != 4 or not finite(box) or box[2] < 0 or box[3] < 0):
+            return f"'bbox': expected 4 finite numbers [x, y, w, h] with w, h >= 0, got {box!r}"
+        if isinstance(seg, dict):
+            size, expected = seg.get("size"), sizes.get(int(d["image_id"]))
+            if "counts" not in seg or not isinstance(size, (list, tuple)) or len(size) != 2 or not all(is_int(v) for v in size):
+                return "'segmentation': an RLE needs 'size' [height, width] and 'counts'"
+            if expected is not None and [int(v) for v in size] != expected:
+                return (f"'segmentation': RLE size {list(size)} differs from image {int(d['image_id'])}'s [height, width] "
+                        f"{expected} in the ground truth")
+        elif seg is not None and not (isinstance(seg, list) and all(
+                isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and finite(p) for p in seg)):
+            return "'segmentation': expected an RLE object or polygons (lists of >= 3 finite x, y pairs)"
+        return None
+
     for k, d in enumerate(dets):
         if not isinstance(d, dict):
             raise ValueError(f"{where}: detection [{k}] is not an object")
@@ -70,6 +115,9 @@ def _check_detections(dets: list, where: str) -> None:
             missing.append("bbox or segmentation")
         if missing:
             raise ValueError(f"{where}: detection [{k}] lacks {', '.join(missing)}")
+        problem = problem_of(d)
+        if problem:
+            raise ValueError(f"{where}: detection [{k}] field {problem}")
 
 
 def _has_segmentation(seg: Any) -> bool:
@@ -84,6 +132,7 @@ def evaluate_coco(
     iou_types: Sequence[str] | str = IOU_TYPES,
     restrict_to_processed: bool = False,
     options: dict | None = None,
+    result_categories: Sequence[dict] | None = None,
 ) -> dict:
     """Run COCOeval on ground truth vs results; return the JSON report.
 
@@ -96,6 +145,10 @@ def evaluate_coco(
         restrict_to_processed: only with shards — evaluate only images the job processed
             (rows with status ok/empty); for partial runs.
         options: fsspec storage options for remote URIs.
+        result_categories: the results' classes ``[{"id", "name"}]``. Default: the memory bank's
+            in the shards' ``run.json`` (else the category names in the shards), or in a results
+            file's ``<stem>.meta.json`` (``ntt-batch segment``). When known, detections are matched
+            to the ground truth's classes **by name** (:func:`align_categories`).
 
     Returns:
         ``{"format", "annotations", "results", "split", "categories": [{"id", "name"}],
@@ -137,7 +190,13 @@ def evaluate_coco(
                                "on them" + ("" if restrict_to_processed else " (they count as misses)"))
     else:
         dets = results
-    _check_detections(dets, res_name)
+    _check_detections(dets, res_name, gt_json["images"])
+    # ---- classes: results' ids → the ground truth's, by name, whenever the results' names are known
+    warnings: list[str] = []
+    res_cats, cats_from = _result_categories(results, result_categories, options)
+    alignment = None
+    if res_cats:
+        dets, alignment = align_categories(dets, res_cats, gt_cats, cats_from, notices, warnings)
     if restrict_to_processed and processed is None:
         raise ValueError("restrict_to_processed needs the shards as results (a results JSON does not say which images "
                          "were processed: images without detections are absent from it)")
@@ -179,6 +238,8 @@ def evaluate_coco(
     det_info = {"total": len(dets), "evaluated": len(kept), "unknown_image": counts["unknown_image"],
                 "unknown_category": counts["unknown_category"], "other_classes": counts["other_classes"],
                 "unknown_image_examples": unknown_img_examples}
+    if alignment is not None:
+        det_info["not_in_ground_truth"] = alignment["dropped_detections"]
     if counts["unknown_image"]:
         where = "the processed images" if restrict_to_processed else "the ground truth"
         notices.append(f"{counts['unknown_image']} detection(s) are on image ids not in {where} (e.g. "
@@ -209,6 +270,7 @@ def evaluate_coco(
         "category_ids": sorted(keep_ids), "num_images": len(images), "num_gt": len(gt_anns),
         "num_detections": len(kept), "detections": det_info, "notices": notices, "iou_types": run_types,
         "restricted_to_processed": bool(restrict_to_processed),
+        "class_alignment": alignment, "warnings": warnings,
     }
     if not run_types:
         return report
@@ -239,6 +301,90 @@ def evaluate_coco(
             "per_class": _per_class(ev, cats, gt_per_class, dt_per_class),
         }
     return report
+
+
+def _result_categories(results, given, options) -> tuple[list[dict] | None, str]:
+    """The results' classes and where they came from (see ``evaluate_coco``'s ``result_categories``)."""
+    if given is not None:
+        return [{"id": int(c["id"]), "name": str(c["name"])} for c in given], "given"
+    if not isinstance(results, str):
+        return None, ""
+    if not is_results_file(results, options):
+        from ..io.merge import dataset_categories, iter_image_batches
+
+        cats = dataset_categories(results, options)
+        if cats:
+            return cats, "the memory bank in run.json"
+        names: dict[int, str] = {}
+        for b in iter_image_batches(results, options):
+            for cid, name in zip(b.category_id, b.category_name):
+                if name is not None:
+                    names.setdefault(int(cid), str(name))
+        return ([{"id": i, "name": n} for i, n in sorted(names.items())] or None), "the category names in the shards"
+    stem = results[:-5] if results.lower().endswith(".json") else results
+    try:
+        meta = read_json(stem + ".meta.json", options)
+    except (FileNotFoundError, ValueError, OSError):
+        return None, ""
+    cats = ((meta or {}).get("memory_bank") or {}).get("categories") if isinstance(meta, dict) else None
+    if cats:
+        return [{"id": int(c["id"]), "name": str(c["name"])} for c in cats], f"the memory bank in {stem}.meta.json"
+    return None, ""
+
+
+def align_categories(dets: list, res_cats: Sequence[dict], gt_cats: Sequence[dict], source: str,
+                     notices: list[str], warnings: list[str]) -> tuple[list, dict]:
+    """Give detections the ground truth's category ids, matching classes by name.
+
+    A bank built from custom references numbers its classes 1..N; scored by id against COCO its
+    "dog" (id 1) would count as "person". Names are matched exactly, then case-insensitively.
+    Detections of classes whose name is not in the ground truth are dropped (a warning says how
+    many); detections whose id is not among ``res_cats`` keep their id. Returns (detections,
+    record for the report: ``source``, ``aligned`` [{name, results_id, ground_truth_id}], ``absent``
+    [{id, name}], ``dropped_detections``).
+    """
+    by_name = {str(c["name"]): int(c["id"]) for c in gt_cats}
+    by_fold: dict[str, int] = {}
+    for c in gt_cats:
+        by_fold.setdefault(str(c["name"]).casefold(), int(c["id"]))
+    mapping: dict[int, int] = {}
+    absent: list[dict] = []
+    for c in res_cats:
+        rid, name = int(c["id"]), str(c["name"])
+        gid = by_name.get(name, by_fold.get(name.casefold()))
+        if gid is None:
+            absent.append({"id": rid, "name": name})
+        else:
+            mapping[rid] = gid
+    names = {int(c["id"]): str(c["name"]) for c in res_cats}
+    changed = {r: g for r, g in mapping.items() if r != g}
+    record = {"source": source, "aligned": [{"name": names[r], "results_id": r, "ground_truth_id": g}
+                                            for r, g in sorted(mapping.items())],
+              "absent": absent, "dropped_detections": 0}
+    if not changed and not absent:
+        return dets, record
+    absent_ids = {a["id"] for a in absent}
+    out, dropped = [], Counter()
+    for d in dets:
+        rid = int(d["category_id"])
+        if rid in absent_ids:
+            dropped[rid] += 1
+        elif rid in changed:
+            out.append({**d, "category_id": changed[rid]})
+        else:
+            out.append(d)
+    record["dropped_detections"] = sum(dropped.values())
+    if changed:
+        shown = ", ".join(f"{names[r]!r} {r} -> {g}" for r, g in sorted(changed.items())[:8])
+        more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        notices.append(f"classes aligned by name: the results' category ids (from {source}) differ from the ground "
+                       f"truth's: {shown}{more}")
+    if absent:
+        shown = ", ".join(f"{a['name']!r} (id {a['id']}, {dropped[a['id']]} detections)" for a in absent[:8])
+        more = f" and {len(absent) - 8} more" if len(absent) > 8 else ""
+        warnings.append(f"class(es) of the results not in the ground truth (by name): {shown}{more}; their detections "
+                        "are not evaluated")
+    return out, record
 
 
 def _summary_lines(text: str) -> str:
@@ -280,6 +426,7 @@ def format_report(report: dict) -> str:
              f"results {report['results']}: {report['detections']['total']} detections, "
              f"{report['num_detections']} evaluated"]
     lines += [f"notice: {n}" for n in report["notices"]]
+    lines += [f"WARNING: {w}" for w in report.get("warnings", [])]
     types = [t for t in report["iou_types"] if t in report]
     for t in types:
         lines += ["", f"== {t} ==", report[t]["summary"]]

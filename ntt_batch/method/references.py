@@ -10,7 +10,14 @@ dict (no pickle)::
                      "bbox": [x, y, w, h],                        # COCO xywh, pixels
                      "segmentation": <COCO polygons or RLE dict>}, # optional (box-only refs)
                     ...],                                         # grouped per category, id order
+     "image_root": "images",                                      # optional: where file_name lives
      "source": {...}}                                             # provenance, optional on load
+
+``image_root`` (optional) is remembered so that ``memory build`` needs no ``--image-root``: a
+local folder inside the references file's folder is written relative to that folder, anything
+else (another local folder, an ``s3://`` prefix) as it is; :func:`load_references` turns a
+relative one back into an absolute path. In memory it is always absolute (or a URI). A reference
+may carry its own ``image_root`` (references merged from several files, :func:`merge_references`).
 
 Class index = rank of the category id among the sorted ids (method.md §2.3, §8.18).
 
@@ -19,7 +26,9 @@ Three ways to build one:
 * :func:`sample_references` — the authors' few-shot sampler (``FSS:L16-102``), reproduced
   exactly, including its RNG consumption order (method.md §1).
 * :func:`references_from_coco_annotations` — every non-crowd annotation of a user's COCO file.
-* :func:`references_from_csv` — a CSV of ``image,category,mask`` or ``image,category,x,y,w,h``.
+* :func:`references_from_csv` — a CSV of ``image,category,mask`` and/or ``x,y,w,h`` rows.
+
+:func:`merge_references` joins several reference sets (classes merged by name).
 
 Pure Python + numpy + :mod:`ntt_batch.io.masks` (PIL only, lazily, for CSV references); no torch.
 """
@@ -55,6 +64,9 @@ __all__ = [
     "load_references",
     "references_from_coco_annotations",
     "references_from_csv",
+    "merge_references",
+    "reference_image_root",
+    "resolve_image_root",
 ]
 
 REFERENCES_FORMAT = "ntt-batch/references"
@@ -547,6 +559,11 @@ def validate_references(refs: Any, where: str = "<references>") -> dict[str, Any
                     "polygons or an RLE object"
                 )
         counts[r["category_id"]] += 1
+        if r.get("image_root") is not None and (not isinstance(r["image_root"], str) or not r["image_root"]):
+            raise ValueError(f"{where}: references[{i}].image_root must be a non-empty string")
+    if refs.get("image_root") is not None and (not isinstance(refs["image_root"], str) or not refs["image_root"]):
+        raise ValueError(f"{where}: 'image_root' must be a non-empty string (the folder or URI the file names are "
+                         "relative to)")
     empty = [c for c in cats if counts[c["id"]] == 0]
     if empty:
         names = ", ".join(f"{c['name']!r} (id {c['id']})" for c in empty)
@@ -556,9 +573,54 @@ def validate_references(refs: Any, where: str = "<references>") -> dict[str, Any
     return out
 
 
+def _is_uri(root: str) -> bool:
+    return "://" in root
+
+
+def resolve_image_root(root: str | os.PathLike[str] | None, base_dir: str | os.PathLike[str]) -> str | None:
+    """An ``image_root`` as read from a references file → absolute path (URIs unchanged).
+
+    A relative local path is relative to ``base_dir``, the references file's folder.
+    """
+    if root is None:
+        return None
+    root = os.fspath(root)
+    if _is_uri(root):
+        return root
+    return os.path.abspath(os.path.join(os.fspath(base_dir), root))
+
+
+def _portable_image_root(root: str | None, refs_dir: str | os.PathLike[str]) -> str | None:
+    """What :func:`save_references` writes: relative to the file's folder when inside it, else absolute."""
+    if root is None or _is_uri(root):
+        return root
+    a, d = os.path.abspath(root), os.path.abspath(refs_dir)
+    if a == d:
+        return "."
+    if a.startswith(d.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(a, d)).as_posix()
+    return a
+
+
+def reference_image_root(
+    refs: Mapping[str, Any], ref: Mapping[str, Any], override: str | os.PathLike[str] | None = None
+) -> str | None:
+    """Where ``ref["file_name"]`` lives: ``override`` (a ``--image-root`` flag), else the reference's
+    own ``image_root`` (merged sets), else the set's ``image_root``; None when nothing says."""
+    if override is not None:
+        return os.fspath(override)
+    return ref.get("image_root") or refs.get("image_root")
+
+
 def save_references(refs: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """Validate and write a references dict as JSON (one reference per line; atomic replace)."""
+    """Validate and write a references dict as JSON (one reference per line; atomic replace).
+
+    ``image_root`` is written relative to the file's folder when it lies inside it (see the
+    module docstring), so a project folder holding both can be moved.
+    """
     refs = validate_references(dict(refs), where=str(path))
+    if refs.get("image_root") is not None:
+        refs["image_root"] = _portable_image_root(refs["image_root"], Path(path).resolve().parent)
     lines = ["{"]
     head = [k for k in refs if k != "references"]
     for k in head:
@@ -583,12 +645,133 @@ def load_references(path: str | os.PathLike[str]) -> dict[str, Any]:
             data = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
-    return validate_references(data, where=str(path))
+    refs = validate_references(data, where=str(path))
+    if refs.get("image_root") is not None:
+        refs["image_root"] = resolve_image_root(refs["image_root"], Path(path).resolve().parent)
+    return refs
+
+
+def merge_references(
+    parts: Sequence[tuple[Mapping[str, Any], str]],
+) -> tuple[dict[str, Any], list[str]]:
+    """Join several reference sets into one; classes are merged **by name**.
+
+    Args:
+        parts: ``(references dict, where)`` pairs, in order; ``where`` (usually the file name) is
+            used in notices and recorded in ``source``.
+
+    Returns:
+        ``(references, notices)``. A class keeps the id it has in the first set that names it; a
+        class whose id is already taken by another name gets the next free id (a notice says
+        so), and a name met again under another id joins the first one (a notice says so too).
+        Each reference gets its set's ``image_root`` when the sets' roots differ (the merged set
+        then has no single one). A single part is returned as it is.
+    """
+    if not parts:
+        raise ValueError("no references to merge")
+    if len(parts) == 1:
+        return dict(parts[0][0]), []
+    notices: list[str] = []
+    id_of: dict[str, int] = {}
+    name_of: dict[int, str] = {}
+    first_where: dict[str, str] = {}
+    mapped: list[tuple[Mapping[str, Any], str, dict[int, int]]] = []
+    for refs, where in parts:
+        remap: dict[int, int] = {}
+        for c in sorted(refs["categories"], key=lambda c: int(c["id"])):
+            cid, name = int(c["id"]), str(c["name"])
+            if name in id_of:
+                remap[cid] = id_of[name]
+                if id_of[name] != cid:
+                    notices.append(f"{where}: class {name!r} (id {cid}) merged into {name!r} of "
+                                   f"{first_where[name]} (id {id_of[name]})")
+                continue
+            new = cid
+            if cid in name_of:
+                new = max(name_of) + 1
+                notices.append(f"{where}: class {name!r} has id {cid}, already used by {name_of[cid]!r} of "
+                               f"{first_where[name_of[cid]]}: renumbered to {new}")
+            id_of[name], name_of[new], first_where[name] = new, name, where
+            remap[cid] = new
+        mapped.append((refs, where, remap))
+    roots = {r.get("image_root") for r, _, _ in mapped}
+    one_root = roots.pop() if len(roots) == 1 else None
+    references: list[dict[str, Any]] = []
+    for refs, where, remap in mapped:
+        for r in refs["references"]:
+            e = dict(r)
+            e["category_id"] = remap[int(r["category_id"])]
+            root = r.get("image_root") or refs.get("image_root")
+            if one_root is None and root is not None:
+                e["image_root"] = root
+            references.append(e)
+    references.sort(key=lambda r: r["category_id"])  # stable: set order, then file order, within a class
+    merged: dict[str, Any] = {
+        "format": REFERENCES_FORMAT,
+        "version": REFERENCES_VERSION,
+        "categories": [{"id": i, "name": n} for i, n in sorted(name_of.items())],
+        "references": references,
+        "source": {"kind": "merged", "parts": [{"from": where, "source": refs.get("source")} for refs, where in parts]},
+    }
+    if one_root is not None:
+        merged["image_root"] = one_root
+    return validate_references(merged, where="merged references"), notices
 
 
 # --------------------------------------------------------------------------------------------
 # Custom references
 # --------------------------------------------------------------------------------------------
+
+
+def coco_annotation_problem(ann: Mapping[str, Any], image: Mapping[str, Any]) -> str | None:
+    """What is wrong with a COCO annotation's geometry for use as a reference (None if nothing).
+
+    Checked before anything reaches pycocotools (which crashes on, or silently misreads, such
+    input: a 4-number polygon is taken for a box): the image's size; ``bbox`` = 4 finite
+    numbers with w, h > 0; polygons = lists of at least 3 x,y pairs (an even count) of finite
+    numbers inside the image (1 px tolerance); RLE = ``size`` equal to the image's [height,
+    width] and ``counts``.
+    """
+    try:
+        width, height = image["width"], image["height"]
+        if not (_is_number(width) and _is_number(height) and width >= 1 and height >= 1):
+            raise ValueError
+        width, height = int(width), int(height)
+    except (KeyError, TypeError, ValueError):
+        return f"its image has no valid width/height ({image.get('width')!r} x {image.get('height')!r})"
+    box = ann.get("bbox")
+    if box is not None:
+        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box):
+            return f"bbox must be 4 numbers [x, y, w, h], got {box!r}"
+        if not all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
+            return f"bbox needs finite numbers and w, h > 0, got {list(box)}"
+    seg = ann.get("segmentation")
+    if seg is None or (isinstance(seg, list) and not seg):
+        return None
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if counts is None or not isinstance(size, (list, tuple)) or len(size) != 2:
+            return "segmentation RLE needs 'size' [height, width] and 'counts'"
+        if [int(v) if _is_number(v) else v for v in size] != [height, width]:
+            return f"segmentation RLE size {list(size)} differs from the image's [height, width] [{height}, {width}]"
+        return None
+    if not isinstance(seg, list) or not all(isinstance(poly, list) for poly in seg):
+        return "segmentation must be an RLE object or a list of polygons, each a list [x1, y1, x2, y2, ...]"
+    tol = 1.0
+    for k, poly in enumerate(seg):
+        if not all(_is_number(v) for v in poly):
+            return f"segmentation polygon {k} holds non-numbers"
+        if len(poly) % 2:
+            return f"segmentation polygon {k} has an odd count of coordinates ({len(poly)}; x, y pairs expected)"
+        if len(poly) < 6:
+            return f"segmentation polygon {k} has {len(poly) // 2} point(s); a polygon needs at least 3"
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        if not np.isfinite(xy).all():
+            return f"segmentation polygon {k} has a NaN or infinite coordinate"
+        if (xy[:, 0] < -tol).any() or (xy[:, 0] > width + tol).any() or (xy[:, 1] < -tol).any() or (xy[:, 1] > height + tol).any():
+            return (f"segmentation polygon {k} has points outside the {width}x{height} image "
+                    f"(x in [{xy[:, 0].min():g}, {xy[:, 0].max():g}], y in [{xy[:, 1].min():g}, {xy[:, 1].max():g}])")
+    return None
 
 
 def references_from_coco_annotations(
@@ -633,6 +816,10 @@ def references_from_coco_annotations(
                 f"annotation {ann.get('id')} refers to image id {ann['image_id']}, "
                 "which is not in 'images'"
             )
+        problem = coco_annotation_problem(ann, image)
+        if problem:
+            raise ValueError(f"annotation id {ann.get('id')} (image id {ann['image_id']}): {problem}; "
+                             "fix or remove that annotation")
         per_cat[cid].append(_reference_entry(ann, image))
 
     dropped = [c for c in categories if not per_cat[c["id"]]]
@@ -657,8 +844,8 @@ def references_from_coco_annotations(
     }
 
 
-_CSV_MASK_HEADER = ["image", "category", "mask"]
-_CSV_BOX_HEADER = ["image", "category", "x", "y", "w", "h"]
+_CSV_BOX_COLUMNS = ("x", "y", "w", "h")
+_CSV_COLUMNS = ("image", "category", "mask") + _CSV_BOX_COLUMNS
 
 
 def _png_mask(path: Path) -> np.ndarray:
@@ -678,31 +865,67 @@ def _png_mask(path: Path) -> np.ndarray:
     return arr != 0
 
 
+def _csv_columns(header: list[str], csv_path: Path) -> dict[str, int]:
+    """Column name → index; checks the header (see :func:`references_from_csv`)."""
+    where = f"{csv_path} line 1"
+    cols = {h: k for k, h in enumerate(header)}
+    unknown = [h for h in header if h not in _CSV_COLUMNS]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    box = [c for c in _CSV_BOX_COLUMNS if c in cols]
+    problem = None
+    if unknown or repeated:
+        problem = (f"unknown column(s) {', '.join(map(repr, unknown))}" if unknown
+                   else f"repeated column(s) {', '.join(map(repr, repeated))}")
+    elif "image" not in cols or "category" not in cols:
+        problem = "columns 'image' and 'category' are required"
+    elif box and len(box) != 4:
+        problem = f"box columns need all of x,y,w,h (got {','.join(box)})"
+    elif "mask" not in cols and not box:
+        problem = "give a 'mask' column, the box columns x,y,w,h, or both"
+    if problem:
+        raise ValueError(
+            f"{where}: {problem}; the header must be 'image,category,mask', 'image,category,x,y,w,h' or "
+            f"'image,category,mask,x,y,w,h' (any order), got {','.join(header)!r}"
+        )
+    return cols
+
+
 def references_from_csv(
     csv_path: str | os.PathLike[str], image_root: str | os.PathLike[str] | None
 ) -> dict[str, Any]:
-    """Build references from a CSV file.
+    """Build references from a CSV file of mask rows and/or box rows.
 
-    The header is either ``image,category,mask`` or ``image,category,x,y,w,h``:
+    Columns (header line, any order): ``image``, ``category``, then ``mask``, or ``x,y,w,h``, or
+    all of them. With all of them, each row fills **either** ``mask`` **or** ``x,y,w,h`` (the
+    other cells empty), so one file can mix mask references and box-only references.
 
-    * ``image``: image path relative to ``image_root`` (stored as ``file_name`` as written);
+    * ``image``: image path relative to ``image_root`` (stored as ``file_name`` as written; no
+      absolute paths, no ``..``);
     * ``category``: class name; classes get ids 1..N in order of first appearance;
-    * ``mask``: PNG path relative to the CSV's folder; nonzero pixels = object; must have the
-      image's size (H, W); stored as a compressed RLE ``segmentation``, with its tight box;
-    * ``x,y,w,h``: COCO box in pixels (box-only reference, must lie inside the image).
+    * ``mask``: a mask image (PNG) of the object: **non-zero pixels are the object** (any channel;
+      an alpha channel is ignored; palette images: index 0 is background). It must have exactly
+      the image's size (W x H, after no resizing or rotation). A relative path is looked up in the
+      CSV's folder first, then under ``image_root``. Stored as a compressed RLE
+      ``segmentation`` with its tight box;
+    * ``x,y,w,h``: COCO box in pixels (a box-only reference, inside the image); ``memory build
+      --sam2 NAME`` makes its mask with a SAM2 box prompt.
 
-    Image sizes are read with PIL without decoding pixels.  Image ids are 1..M in order of first
-    appearance; annotation ids are the data-row numbers 1..R.
+    Image sizes are read with PIL without decoding pixels (EXIF orientation is not applied:
+    give masks and boxes in the stored pixel layout). Image ids are 1..M in order of first
+    appearance; annotation ids are the data-row numbers 1..R. The image root is remembered in
+    the result (``image_root``), so ``memory build`` does not need it again.
 
     Args:
         csv_path: the CSV file.
         image_root: folder the ``image`` paths are relative to (None = the CSV's folder).
 
     Raises:
-        ValueError: bad header, missing files, size mismatch, empty mask, bad box... — the message
-            names the CSV file and line.
+        ValueError: bad header, missing files, size mismatch, empty mask, bad box, a row with
+            both or neither of mask and box... — the message names the CSV file and line.
     """
     from PIL import Image  # local import: only CSV references need PIL
+
+    from ..io.sources import safe_join
 
     csv_path = Path(csv_path)
     csv_dir = csv_path.parent
@@ -711,21 +934,15 @@ def references_from_csv(
     image_ids: dict[str, int] = {}
     image_sizes: dict[str, tuple[int, int]] = {}
     references: list[dict[str, Any]] = []
+    kinds: dict[str, int] = {"mask": 0, "box": 0}
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
             raise ValueError(f"{csv_path}: empty CSV file")
         header = [h.strip() for h in header]
-        if header == _CSV_MASK_HEADER:
-            kind = "mask"
-        elif header == _CSV_BOX_HEADER:
-            kind = "box"
-        else:
-            raise ValueError(
-                f"{csv_path} line 1: header must be 'image,category,mask' or "
-                f"'image,category,x,y,w,h', got {','.join(header)!r}"
-            )
+        cols = _csv_columns(header, csv_path)
+        has_mask, has_box = "mask" in cols, "x" in cols
         for row in reader:
             line = reader.line_num
             where = f"{csv_path} line {line}"
@@ -734,11 +951,24 @@ def references_from_csv(
             if len(row) != len(header):
                 raise ValueError(f"{where}: expected {len(header)} columns, got {len(row)}")
             row = [c.strip() for c in row]
-            image_name, cat_name = row[0], row[1]
+            image_name, cat_name = row[cols["image"]], row[cols["category"]]
             if not image_name or not cat_name:
                 raise ValueError(f"{where}: empty 'image' or 'category'")
+            mask_cell = row[cols["mask"]] if has_mask else ""
+            box_cells = [row[cols[c]] for c in _CSV_BOX_COLUMNS] if has_box else []
+            if has_mask and not has_box and not mask_cell:
+                raise ValueError(f"{where}: empty 'mask'")
+            if has_box and any(box_cells) and not all(box_cells):
+                raise ValueError(f"{where}: fill all of x,y,w,h or none of them, got {box_cells}")
+            if mask_cell and any(box_cells):
+                raise ValueError(f"{where}: a row gives either a mask or a box x,y,w,h, not both")
+            if not mask_cell and not any(box_cells):
+                raise ValueError(f"{where}: the row has neither a mask nor a box x,y,w,h")
             if image_name not in image_sizes:
-                img_path = root / image_name
+                try:
+                    img_path = safe_join(root, image_name)
+                except ValueError as e:
+                    raise ValueError(f"{where}: {e}") from e
                 try:
                     with Image.open(img_path) as im:  # lazy: reads the header only
                         w_img, h_img = im.size
@@ -757,14 +987,16 @@ def references_from_csv(
                 "height": height,
                 "annotation_id": len(references) + 1,
             }
-            if kind == "mask":
-                mask_path = csv_dir / row[2]
-                if not row[2]:
-                    raise ValueError(f"{where}: empty 'mask'")
+            if mask_cell:
+                candidates = [csv_dir / mask_cell]
+                if not Path(mask_cell).is_absolute() and root != csv_dir:
+                    candidates.append(root / mask_cell)
+                mask_path = next((c for c in candidates if c.is_file()), None)
+                if mask_path is None:
+                    raise ValueError(f"{where}: mask not found: looked for "
+                                     + " and ".join(str(c) for c in candidates))
                 try:
                     mask = _png_mask(mask_path)
-                except FileNotFoundError as e:
-                    raise ValueError(f"{where}: mask not found: {mask_path}") from e
                 except OSError as e:
                     raise ValueError(f"{where}: cannot read mask {mask_path}: {e}") from e
                 if mask.shape != (height, width):
@@ -777,11 +1009,12 @@ def references_from_csv(
                 rle = encode_rle(mask)
                 entry["bbox"] = segmentation_bbox_xywh(rle, height, width)
                 entry["segmentation"] = rle
+                kinds["mask"] += 1
             else:
                 try:
-                    x, y, w, h = (float(v) for v in row[2:6])
+                    x, y, w, h = (float(v) for v in box_cells)
                 except ValueError as e:
-                    raise ValueError(f"{where}: x,y,w,h must be numbers, got {row[2:6]}") from e
+                    raise ValueError(f"{where}: x,y,w,h must be numbers, got {box_cells}") from e
                 if not all(np.isfinite([x, y, w, h])) or w <= 0 or h <= 0:
                     raise ValueError(f"{where}: box needs finite x, y and w > 0, h > 0")
                 if x < 0 or y < 0 or x + w > width or y + h > height:
@@ -790,6 +1023,7 @@ def references_from_csv(
                         f"{image_name} of size {width}x{height}"
                     )
                 entry["bbox"] = [x, y, w, h]
+                kinds["box"] += 1
             references.append(entry)
     if not references:
         raise ValueError(f"{csv_path}: no data rows")
@@ -800,10 +1034,13 @@ def references_from_csv(
         "version": REFERENCES_VERSION,
         "categories": cats,
         "references": references,
+        "image_root": os.path.abspath(root),
         "source": {
             "kind": "csv",
             "csv": str(csv_path),
             "csv_sha256": file_sha256(csv_path),
             "image_root": str(root),
+            "mask_rows": kinds["mask"],
+            "box_rows": kinds["box"],
         },
     }
