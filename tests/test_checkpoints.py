@@ -50,9 +50,10 @@ def test_preplaced_checkpoint_dir_and_env(tmp_path, monkeypatch):
 
 def test_non_official_file_is_flagged_loudly(tmp_path, monkeypatch, caplog):
     spec = _fake_spec(monkeypatch, b"weights")
-    (tmp_path / spec.filename).write_bytes(b"other weights")
+    torch.save({"w": torch.zeros(1)}, tmp_path / spec.filename)  # a real checkpoint (a non-checkpoint is an error)
+    other = (tmp_path / spec.filename).read_bytes()
     r = ck.resolve_checkpoint("fake_model", checkpoint_dir=tmp_path, cache_dir=tmp_path / "c", download=False)
-    assert not r.official and r.sha256 == hashlib.sha256(b"other weights").hexdigest()
+    assert not r.official and r.sha256 == hashlib.sha256(other).hexdigest()
     assert "NOT OFFICIAL" in caplog.text
 
 

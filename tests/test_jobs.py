@@ -79,7 +79,7 @@ def test_cluster_yaml_node_configs_are_valid_ec2_run_instances_arguments():
 
 def test_install_pins_in_cluster_setup_match_the_install_script():
     script = (REPO / "scripts" / "install.sh").read_text()
-    for pin in ('"torch==2.14.1"', '"torchvision==0.29.2"', '"sam2==1.1.0"', "SAM2_BUILD_CUDA=0", "--no-build-isolation"):
+    for pin in ('"torch==2.14.1"', '"torchvision==0.29.1"', '"sam2==1.1.0"', "SAM2_BUILD_CUDA=0", "--no-build-isolation"):
         assert pin in script
     import ray
 

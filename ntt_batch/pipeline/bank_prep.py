@@ -58,7 +58,10 @@ class ReferencesSpec:
     context_ratio: float = 0.2  # reference crop side = (1 + ratio) x max(box w, h)
 
     def validate(self) -> "ReferencesSpec":
+        from ..method.config import check_config_types
+
         where = "references"
+        check_config_types(self, path=where)  # every field's type, strictly (a job file's references: block)
         if not self.image_root:
             raise ConfigError(f"{where}.image_root: required (the URI the reference images' file names are relative to)")
         if bool(self.annotations) == bool(self.file):

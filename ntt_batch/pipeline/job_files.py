@@ -3,9 +3,13 @@
 A job file holds the same settings as the ``run`` flags (see ``JobConfig``); nested blocks are
 ``segmenter:`` (method settings), ``storage_options:`` (fsspec options) and ``references:``
 (build the memory bank on first run, see ``bank_prep``). ``check_job_file`` validates a file
-without running anything: it parses it into a ``JobConfig`` (unknown keys and bad values are
-errors that name the key), then does the checks that are cheap on this machine (local paths,
+without running anything: it parses it into a ``JobConfig`` (unknown keys, values of the wrong
+type and bad values are errors that name the key; every value is type-checked against the
+settings' annotations, booleans strictly, see ``method.config.config_from_dict``; s3fs options
+against s3fs's own defaults), then does the checks that are cheap on this machine (local paths,
 the memory bank's metadata, checkpoint files, S3 bucket names). Remote objects are not opened.
+A YAML syntax error is reported by line and column only: PyYAML's message quotes the text
+around the error, which may be a credential.
 """
 
 from __future__ import annotations
@@ -52,12 +56,32 @@ def load_job_file(path: str | Path) -> dict:
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_error_summary(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
     return data
+
+
+def yaml_error_summary(error: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: where (line, column) and what, never the offending text.
+
+    PyYAML's own message quotes the lines around the problem, which may hold a storage-option
+    secret; this keeps only the positions and the parser's description of the problem.
+    """
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is None or not problem:
+        return f"{type(error).__name__} (details withheld: they could quote a credential)"
+    if "alias" in problem or "anchor" in problem:  # '*text' / '&text' in a value: the name may be a secret's text
+        problem = re.sub(r"'[^']*'", "'...'", problem)
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context:
+        text += f" ({context}" + (f" started at line {context_mark.line + 1}, column {context_mark.column + 1})"
+                                  if context_mark is not None else ")")
+    return " ".join(text.split())
 
 
 def job_config_from_file(path: str | Path) -> JobConfig:
@@ -117,6 +141,61 @@ def check_storage_options(cfg: JobConfig) -> None:
             raise ConfigError(
                 f"storage_options: unknown key(s) {', '.join(repr(f'storage_options.{k}') for k in unknown)} for s3:// "
                 f"(s3fs); valid keys: {', '.join(sorted(valid))}")
+        check_s3_option_types(cfg.storage_options)
+
+
+# Option types s3fs does not state in its signature (None defaults); the others follow their defaults.
+_S3_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "endpoint_url": (str,), "key": (str,), "secret": (str,), "token": (str,), "username": (str,),
+    "password": (str,), "profile": (str,), "client_kwargs": (dict,), "config_kwargs": (dict,),
+    "s3_additional_kwargs": (dict,), "session_vars": (dict,), "default_block_size": (int,),
+    "use_listings_cache": (bool,), "listings_expiry_time": (int, float), "max_paths": (int,),
+    "skip_instance_cache": (bool,),
+}
+_S3_CLIENT_KWARG_TYPES: dict[str, tuple[type, ...]] = {
+    "endpoint_url": (str,), "region_name": (str,), "aws_access_key_id": (str,), "aws_secret_access_key": (str,),
+    "aws_session_token": (str,), "verify": (bool, str), "use_ssl": (bool,),
+}
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+
+
+def _secret_like(key: str) -> bool:
+    key = key.lower()
+    return key != "endpoint_url" and any(s in key for s in ("secret", "token", "password", "key", "credential"))
+
+
+def _option_type_error(key: str, value, types: tuple[type, ...]) -> ConfigError:
+    shown = "(value hidden)" if _secret_like(key.rsplit(".", 1)[-1]) else repr(value)
+    expected = " or ".join(_TYPE_WORDS.get(t, t.__name__) for t in types)
+    hint = "; quote it in YAML (or --storage-option KEY='VALUE')" if str in types and not isinstance(value, (dict, list)) else ""
+    return ConfigError(f"{key}: expected {expected}, got {shown} ({type(value).__name__}){hint}")
+
+
+def _has_type(value, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in types  # YAML true/false is not an int here
+    return isinstance(value, types) or (float in types and isinstance(value, int))
+
+
+def check_s3_option_types(options: dict) -> None:
+    """Refuse s3fs options of the wrong type (``anon: "false"`` would mean anonymous: a non-empty string is true).
+
+    Types come from ``S3FileSystem``'s defaults (a ``False`` default takes true/false) plus a table for the
+    options whose default is None; values of secret-looking keys are never echoed.
+    """
+    import s3fs
+
+    types = {n: (type(p.default),) for n, p in inspect.signature(s3fs.S3FileSystem.__init__).parameters.items()
+             if p.default is not None and isinstance(p.default, (bool, int, float, str))}
+    types.update(_S3_OPTION_TYPES)
+    for key, value in options.items():
+        expected = types.get(key)
+        if expected and value is not None and not _has_type(value, expected):
+            raise _option_type_error(f"storage_options.{key}", value, expected)
+    for key, value in (options.get("client_kwargs") or {}).items():
+        expected = _S3_CLIENT_KWARG_TYPES.get(key)
+        if expected and value is not None and not _has_type(value, expected):
+            raise _option_type_error(f"storage_options.client_kwargs.{key}", value, expected)
 
 
 # ----------------------------------------------------------------------------- config check
