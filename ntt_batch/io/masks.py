@@ -22,7 +22,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
+
+
+class _LazyMaskUtils:
+    """``pycocotools.mask``, imported on first use: importing this module (and so the segmenter
+    and the benchmark) does not need pycocotools, e.g. in the GPU check's minimal environment."""
+
+    def __getattr__(self, name: str):
+        from pycocotools import mask
+
+        return getattr(mask, name)
+
+
+mask_utils = _LazyMaskUtils()
 
 __all__ = [
     "encode_rle",

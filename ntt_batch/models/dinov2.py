@@ -292,7 +292,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     ``"state_dict"``. A ``backbone.`` prefix (DINOv2 training checkpoints: ``teacher.backbone.*``
     next to ``dino_head.*``/``ibot_head.*``) is stripped and the other heads dropped.
     """
-    obj: Any = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    from .checkpoints import load_checkpoint_file
+
+    obj: Any = load_checkpoint_file(path)  # torch.load(weights_only=True); one-line error naming a bad file
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
     for wrapper in ("teacher", "model", "state_dict"):
