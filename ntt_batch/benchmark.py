@@ -24,18 +24,15 @@ import os
 import platform
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from . import __version__
 from .io.images import decode_image
 from .io.shards import STATUS_EMPTY, STATUS_OK, rows_to_table
 from .io.storage import InputImage, read_bytes
-from .method.config import SegmenterConfig
 from .method.memory_bank import MemoryBank
 from .method.references import FEW_SHOT_CLASS_NAMES
 from .method.segmenter import Instance, Segmenter, StageTimer, TargetImage

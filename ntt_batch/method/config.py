@@ -7,6 +7,10 @@ CLI flag or a YAML file points straight at what to fix.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,7 +69,47 @@ class SegmenterConfig:
     merge_exponent: float = 0.5  # final = sem · (1 − IoS)^exponent (§4.7)
     max_detections: int = 100  # num_out_instance (§4.8)
     device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:N"
-    bf16: bool = False  # bf16 autocast for the model forwards on CUDA (the reference is fp32)
+    # bf16 autocast for the model forwards (SAM2 and DINOv2 encoders, the mask decoder's
+    # transformer and upscaling), on CUDA and on CPU alike (CPU: for testing; it is slower there).
+    # The decisions stay fp32: the IoU head and its filter, the mask pooling and similarities,
+    # NMS and merging run in fp32 on the bf16 forwards' outputs. The reference is fp32.
+    bf16: bool = False
+    # torch.compile the SAM2 image encoder, the DINOv2 encoder and the fast decoder's transformer
+    # (prompt batches padded to one fixed size, so the decoder compiles once). The first call per
+    # input shape pays the compile time (tens of seconds to minutes). Same detections as eager.
+    compile: bool = False
+    # Full-resolution work (§4.6-4.8) on the fast path: the chunked upsampling of the NMS survivors
+    # and the merge's intersection counts keep their buffers under about this many MiB, whatever
+    # the image size (the reference path upsamples every survivor at once: M·H·W floats). The
+    # final instances carry dense bool masks when those fit in this budget too, else only their
+    # RLE (``Instance.mask`` is then decoded on first access).
+    merge_memory_mb: int = 256
+    # Host-memory guard of the batch job's actor: an image whose estimated need exceeds this many
+    # MiB gets an ``error`` row ("out of memory (estimated) ...") instead of being attempted.
+    # 0 = half of this machine's physical memory.
+    memory_limit_mb: int = 0
+    # Tiled inference for very large images (aerial, satellite, scanned pages): an image with a
+    # side over ``tile_size`` px is cut into tile_size × tile_size tiles (the last row/column of
+    # tiles shifted back to end at the border), each segmented as an image by this same segmenter
+    # (its own resize to image_size, prompts, NMS, merging, top max_detections); the instances
+    # are shifted into image coordinates, merged across tile borders (see ``tile_merge_threshold``)
+    # and the top max_detections kept. None or 0 = off (the whole image is resized once, §4.1).
+    tile_size: int | None = None
+    # Overlap of neighbouring tiles: a fraction of tile_size if < 1 (0.2 → 20 %), else pixels.
+    # An object smaller than the overlap lies whole in at least one tile.
+    tile_overlap: float = 0.2
+    # Cross-tile merge, greedy by score, per class: an instance absorbs (mask union, box union,
+    # its own score) every lower-scored instance *of another tile* whose mask overlaps it with
+    # intersection / (smaller mask's area) > this threshold, so a duplicate from the overlap and
+    # an object cut by a tile border both become one instance. Instances of one tile never merge
+    # (the segmenter's own NMS and soft merging already decided those).
+    tile_merge_threshold: float = 0.5
+
+    def tile_overlap_px(self) -> int:
+        """``tile_overlap`` in pixels (a value < 1 is a fraction of ``tile_size``)."""
+        if self.tile_overlap < 1:
+            return int(round(self.tile_overlap * (self.tile_size or 0)))
+        return int(round(self.tile_overlap))
 
     def validate(self) -> "SegmenterConfig":
         _check(self.image_size > 0 and self.image_size % 16 == 0, "image_size", self.image_size,
@@ -89,6 +133,19 @@ class SegmenterConfig:
         _check(self.max_detections >= 1, "max_detections", self.max_detections, ">= 1")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                "device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        _check(isinstance(self.bf16, bool), "bf16", self.bf16, "true or false")
+        _check(isinstance(self.compile, bool), "compile", self.compile, "true or false")
+        _check(self.merge_memory_mb >= 1, "merge_memory_mb", self.merge_memory_mb, ">= 1 (MiB)")
+        _check(self.memory_limit_mb >= 0, "memory_limit_mb", self.memory_limit_mb,
+               ">= 0 (MiB; 0 = half the machine's memory)")
+        _check(self.tile_size is None or self.tile_size == 0 or self.tile_size >= 64, "tile_size", self.tile_size,
+               "0 or null (off), or >= 64 pixels")
+        _check(self.tile_overlap >= 0, "tile_overlap", self.tile_overlap, ">= 0 (a fraction < 1, or pixels)")
+        if self.tile_size:
+            _check(self.tile_overlap_px() < self.tile_size, "tile_overlap", self.tile_overlap,
+                   f"less than tile_size ({self.tile_size} px)")
+        _check(0.0 <= self.tile_merge_threshold <= 1.0, "tile_merge_threshold", self.tile_merge_threshold,
+               "in [0, 1]")
         return self
 
 
@@ -97,19 +154,164 @@ def _check(ok: bool, name: str, value: Any, expected: str) -> None:
         raise ConfigError(f"invalid value for {name}: {value!r} (expected {expected})")
 
 
-def config_from_dict(cls, data: dict[str, Any], where: str = "config"):
-    """Build dataclass ``cls`` from a dict; unknown keys are errors that name the key."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+def config_from_dict(cls, data: Mapping[str, Any], where: str = "config", *, validate: bool = True, path: str = ""):
+    """Build dataclass ``cls`` from a mapping (a YAML block, CLI flags), type-checking every value.
+
+    Each value must match the field's annotation (see :func:`check_value`): ``limit: three``,
+    ``num_actors: "2"`` or ``allow_errors: "false"`` are errors that name the key, the value and
+    the expected type, e.g. ``job.yaml: limit: expected an integer, got 'three' (str)``. Nested
+    dataclass fields take a mapping, built recursively (keys reported as ``segmenter.key``).
+    Unknown keys are errors that list the valid ones. With ``validate``, ``cls.validate()`` runs
+    too (on nested settings always), its message prefixed with ``where`` and the block's name.
+
+    Args:
+        where: what the settings come from (a file name, "flags"); starts every message.
+        path: the block's key within ``where`` ("" at the top level, "segmenter" for a nested one).
+    """
+    block = f"{path}: " if path else ""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix}{block}expected a mapping of settings, got {_describe(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted((k for k in data if k not in fields), key=str)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(names))}"
+            f"{prefix}{block}unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(fields))}"
         )
-    return cls(**data).validate()
+    hints = _type_hints(cls)
+    kwargs = {name: check_value(hints.get(name, Any), value, where, f"{path}.{name}" if path else name)
+              for name, value in data.items()}
+    obj = cls(**kwargs)
+    if validate and hasattr(obj, "validate"):
+        try:
+            obj.validate()
+        except ConfigError as e:
+            message = str(e)
+            if where and message.startswith(where):
+                raise
+            if path and not message.startswith(path):
+                message = f"{path}: {message}"
+            raise ConfigError(f"{prefix}{message}") from None
+    return obj
+
+
+def check_config_types(obj, where: str = "", path: str = ""):
+    """Type-check (in place) the fields of a dataclass instance built in Python, like :func:`config_from_dict`.
+
+    Integers given for ``float`` fields become floats and mappings given for nested dataclass
+    fields are built into them; anything else of the wrong type is a :class:`ConfigError`.
+    """
+    hints = _type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        key = f"{path}.{f.name}" if path else f.name
+        value = getattr(obj, f.name)
+        setattr(obj, f.name, check_value(hints.get(f.name, Any), value, where, key))
+    return obj
+
+
+def check_value(tp: Any, value: Any, where: str, key: str) -> Any:
+    """``value`` checked against annotation ``tp``; returns it (int → float for float fields).
+
+    Strict: no string is taken for a number or a boolean, no number for a string, and only
+    ``true``/``false`` for a boolean. Unsupported annotations pass the value through.
+    """
+    if tp is Any or tp is object:
+        return value
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return check_value(option, value, where, key)
+            except ConfigError as e:
+                errors.append(e)
+        if len(options) == 1:
+            raise errors[0]
+        _type_error(where, key, value, " or ".join(_expected(o) for o in options))
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if any(type(value) is type(a) and value == a for a in allowed):
+            return value
+        _type_error(where, key, value, "one of " + ", ".join(map(repr, allowed)))
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return check_config_types(value, where, key)
+        if isinstance(value, Mapping):
+            return config_from_dict(tp, value, where, path=key)
+        _type_error(where, key, value, _expected(tp))
+    if tp is bool:
+        if type(value) is bool:
+            return value
+        _type_error(where, key, value, _expected(tp))
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        _type_error(where, key, value, _expected(tp))
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                _type_error(where, key, value, "a finite number")
+            return float(value)
+        _type_error(where, key, value, _expected(tp))
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        _type_error(where, key, value, _expected(tp))
+    if tp is dict or origin is dict or tp is Mapping or origin is Mapping:
+        if isinstance(value, Mapping):
+            bad = [k for k in value if not isinstance(k, str)]
+            if bad:
+                _type_error(where, f"{key}.{bad[0]!r}", bad[0], "a string key")
+            return dict(value)
+        _type_error(where, key, value, _expected(tp))
+    if tp is list or origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp) or (Any,)
+            return [check_value(item, v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+        _type_error(where, key, value, _expected(tp))
+    return value
+
+
+_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+             list: "a list"}
+
+
+def _expected(tp: Any) -> str:
+    origin = typing.get_origin(tp) or tp
+    if dataclasses.is_dataclass(tp):
+        return "a mapping of settings"
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
+    if origin is Mapping:
+        return "a mapping"
+    return _EXPECTED.get(origin, getattr(tp, "__name__", str(tp)))
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{text if len(text) <= 80 else text[:77] + '...'} ({type(value).__name__})"
+
+
+def _type_error(where: str, key: str, value: Any, expected: str) -> typing.NoReturn:
+    prefix = f"{where}: " if where else ""
+    raise ConfigError(f"{prefix}{key}: expected {expected}, got {_describe(value)}")
+
+
+def _type_hints(cls) -> dict[str, Any]:
+    """The resolved field annotations of dataclass ``cls`` (modules use ``from __future__ import annotations``)."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an annotation that does not resolve: leave those fields unchecked
+        return {}
 
 
 def config_to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-__all__ = ["ConfigError", "MemoryConfig", "SegmenterConfig", "config_from_dict", "config_to_dict", "field"]
+__all__ = ["ConfigError", "MemoryConfig", "SegmenterConfig", "check_config_types", "check_value", "config_from_dict",
+           "config_to_dict", "field"]

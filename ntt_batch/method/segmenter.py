@@ -225,13 +225,39 @@ class Proposer(Protocol):
 
 @dataclass
 class Instance:
-    """One detected instance in original-image pixels."""
+    """One detected instance in original-image pixels.
 
-    mask: np.ndarray  # [H, W] bool
+    ``mask`` is the dense [H, W] bool mask. The fast path always sets ``rle`` (the COCO RLE of
+    the same mask) and builds the dense arrays only while the image's final masks fit in
+    ``merge_memory_mb`` (100 masks of a 50 MP image would be 5 GB); otherwise ``mask`` is
+    decoded from ``rle`` on first access (and kept). ``mask_loaded`` says whether it is held;
+    :meth:`binary_mask` decodes without keeping, :meth:`coco_rle` gives the RLE either way.
+    """
+
+    mask: np.ndarray | None  # [H, W] bool (see the class docstring: may be decoded lazily from rle)
     bbox: list[float]  # COCO [x, y, w, h] from the inclusive xyxy box (§4.8)
     score: float
     category_id: int
     category_name: str
+    rle: dict | None = None  # COCO compressed RLE {"size": [H, W], "counts": str} of the mask
+
+    @property
+    def mask_loaded(self) -> bool:
+        """Whether the dense mask is held (else it is decoded from ``rle`` when asked for)."""
+        return self.__dict__.get("_mask") is not None
+
+    def coco_rle(self) -> dict:
+        """The mask as COCO compressed RLE (the stored one, else encoded from ``mask``)."""
+        return self.rle if self.rle is not None else encode_rle(self.mask)
+
+    def binary_mask(self) -> np.ndarray:
+        """The dense [H, W] bool mask; decoded from ``rle`` (and not kept) when not held."""
+        held = self.__dict__.get("_mask")
+        if held is not None or self.rle is None:
+            return held
+        from ..io.masks import decode_rle
+
+        return decode_rle(self.rle)
 
     def to_coco_result(self, image_id: int) -> dict:
         """A COCO results entry (``COCO.loadRes`` format) with a compressed-RLE segmentation."""
@@ -240,8 +266,23 @@ class Instance:
             "category_id": int(self.category_id),
             "bbox": [float(v) for v in self.bbox],
             "score": float(self.score),
-            "segmentation": encode_rle(self.mask),
+            "segmentation": self.coco_rle(),
         }
+
+
+def _instance_mask(self: Instance) -> np.ndarray | None:
+    m = self.__dict__.get("_mask")
+    if m is None and self.__dict__.get("rle") is not None:
+        m = self.__dict__["_mask"] = self.binary_mask()
+    return m
+
+
+def _set_instance_mask(self: Instance, value: np.ndarray | None) -> None:
+    self.__dict__["_mask"] = value
+
+
+# ``mask`` is a dataclass field (constructor argument, repr, eq) backed by a lazy property.
+Instance.mask = property(_instance_mask, _set_instance_mask, doc="[H, W] bool mask (decoded from rle on first use)")
 
 
 @dataclass
@@ -251,11 +292,20 @@ class TargetImage:
     resized: np.ndarray  # [S, S, 3] uint8, from prepare_target
     valid_hw: tuple[int, int]  # region of ``resized`` that holds the image (letterbox)
     orig_hw: tuple[int, int]  # (H, W) of the original image
+    # The original pixels of an image to be segmented tile by tile (``config.tile_size``, see
+    # method/tiling.py); ``resized`` is then a blank placeholder and is not used.
+    source: np.ndarray | None = None
 
     @classmethod
     def from_image(cls, image: np.ndarray, config: SegmenterConfig) -> "TargetImage":
+        hw = (int(image.shape[0]), int(image.shape[1]))
+        from .tiling import needs_tiling
+
+        if needs_tiling(hw, config):
+            s = config.image_size
+            return cls(np.zeros((s, s, 3), dtype=np.uint8), (s, s), hw, source=image)
         resized, valid = prepare_target(image, config.image_size, config.resize_mode)
-        return cls(resized, valid, (int(image.shape[0]), int(image.shape[1])))
+        return cls(resized, valid, hw)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -309,14 +359,37 @@ class Segmenter:
             raise ValueError(f"proposer input size {proposer.image_size} != config image_size {config.image_size}")
         self.points = point_grid(config.points_per_side, config.image_size, config.point_grid).to(self.device)
         self.timer: StageTimer | None = None  # set one to get per-stage seconds (the benchmark does)
+        # The model callables. With ``compile`` they are torch.compile'd wrappers around the same
+        # modules (no copies: the proposer and encoder objects, which other segmenters may share,
+        # are left as they are). Static shapes: a new batch size compiles once more.
+        self._sam_encode = self.proposer.encode
+        self._dino = self.encoder
+        self._decoder_front = None  # compiled PointGridDecoder.front, built on first use
+        if self.config.compile:
+            self._sam_encode = torch.compile(self.proposer.encode, dynamic=False)
+            self._dino = torch.compile(self.encoder, dynamic=False)
 
     def _stage(self, name: str):
         return self.timer(name) if self.timer is not None else contextlib.nullcontext()
 
     def _autocast(self):
-        if self.config.bf16 and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast for the model forwards when ``bf16`` is set (CUDA or CPU), else nothing."""
+        if self.config.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _images_to_device(self, targets: Sequence[TargetImage]) -> Tensor:
+        """The batch's SAM2 inputs as one uint8 [B, S, S, 3] tensor on the device.
+
+        CUDA: staged in pinned host memory and copied with ``non_blocking``, so the copy runs
+        asynchronously on the current stream (ordered before the encoder kernels queued after it)
+        while the host goes on queueing work; uint8 is a quarter of the float32 bytes, the
+        conversion to [0, 1] floats happens on the device. CPU: the stacked array itself.
+        """
+        host = torch.from_numpy(np.stack([t.resized for t in targets]))  # np.stack copies: writable
+        if self.device.type != "cuda":
+            return host
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     @torch.no_grad()
     def segment_images(self, images: Sequence[np.ndarray]) -> list[list[Instance]]:
@@ -325,20 +398,25 @@ class Segmenter:
 
     @torch.no_grad()
     def segment_targets(self, targets: Sequence[TargetImage]) -> list[list[Instance]]:
-        """Batch version on prepared targets: the two image encoders run on the whole batch."""
+        """Batch version on prepared targets: the two image encoders run on the whole batch.
+
+        The SAM2 and DINOv2 encoders each take all B images in one forward (that is where a GPU
+        wants a batch); the mask decoder then runs per image over its prompt grid, in prompt
+        batches sized to free memory (the whole 32×32 grid at once on a large GPU).
+        """
         if not targets:
             return []
-        x = torch.from_numpy(np.stack([t.resized for t in targets])).to(self.device)  # np.stack copies: writable
+        x = self._images_to_device(targets)
         x = x.permute(0, 3, 1, 2).float() / 255.0  # [B, 3, S, S] in [0, 1]
         with self._autocast():
             with self._stage("sam2_encoder"):
-                sam_feats = self.proposer.encode(x)
+                sam_feats = self._sam_encode(x)
             with self._stage("dinov2"):
                 # §4.3: torch bicubic S → 518, no antialias, from the same [0, 1] tensor.
                 e = self.config.encoder_image_size
                 x_enc = F.interpolate(x, size=(e, e), mode="bicubic", align_corners=False)
-                patch_feats = self.encoder(x_enc)  # [B, gh, gw, D]
-        patch_feats = patch_feats.float()
+                patch_feats = self._dino(x_enc)  # [B, gh, gw, D]
+        patch_feats = patch_feats.float()  # pooling and similarities in fp32 (also under bf16)
         out = []
         for i, t in enumerate(targets):
             feats_i = sam_feats[i : i + 1] if isinstance(sam_feats, Tensor) else sam_feats.select(i)
@@ -346,7 +424,10 @@ class Segmenter:
         return out
 
     def _propose(self, sam_feats: Any) -> tuple[Tensor, Tensor]:
-        """All grid prompts through the decoder in batches → ([N, h, w] logits, [N] iou) (§4.2)."""
+        """All grid prompts through the decoder in batches → ([N, h, w] logits, [N] iou) (§4.2).
+
+        Under bf16 the decoder's outputs are cast to fp32 before the selection and the filter.
+        """
         logits, ious = [], []
         bs = self.config.points_batch_size
         for start in range(0, self.points.shape[0], bs):
@@ -363,34 +444,60 @@ class Segmenter:
 
         The decoder picks the best multimask output and applies the IoU filter before it builds any
         mask, so only surviving prompts are upscaled (see ``models.sam2_point_decoder``). Batches
-        are sized to memory instead of fixed at ``points_batch_size``.
+        are sized to memory instead of fixed at ``points_batch_size``. Under bf16 the IoU head
+        and the filter run in fp32 (on the bf16 transformer's tokens). With ``compile`` the
+        transformer + IoU head is compiled for one fixed prompt batch size: a short last batch is
+        padded with copies of its last point and the padding dropped before the filter.
         """
         make = getattr(self.proposer, "point_decoder", None)
         if make is None or isinstance(sam_feats, Tensor):  # a proposer without the fast decoder
             return self._propose(sam_feats)
         dec = make()
+        front = dec.front
+        if self.config.compile:
+            if self._decoder_front is None:
+                self._decoder_front = torch.compile(dec.front, dynamic=False)
+            front = self._decoder_front
+        n = self.points.shape[0]
+        bs = self._fast_decoder_batch()
+        if self.config.compile:  # one compiled shape: keep the first batch size
+            bs = self._compiled_batch = getattr(self, "_compiled_batch", None) or bs
+        # CUDA: upscale every kept prompt of a batch at once (the batch is already sized to memory).
+        upscale = bs if self.device.type == "cuda" else None
         with self._autocast():
             state = dec.prepare(sam_feats.image_embed, sam_feats.high_res)
             logits, ious = [], []
-            bs = self._fast_decoder_batch()
-            for start in range(0, self.points.shape[0], bs):
-                _, lg, iou = dec.decode(state, self.points[start : start + bs], self.config.pred_iou_threshold)
+            for start in range(0, n, bs):
+                pts = self.points[start : start + bs]
+                m = pts.shape[0]
+                if self.config.compile and m < bs:
+                    pts = torch.cat([pts, pts[-1:].expand(bs - m, -1)])
+                hs, keys, iou, best = front(state, pts)
+                if m < pts.shape[0]:
+                    hs, keys, iou, best = hs[:m], keys[:m], iou[:m], best[:m]
+                _, lg, iou = dec.select_and_upscale(state, hs, keys, iou, best, self.config.pred_iou_threshold,
+                                                    upscale_batch=upscale)
                 logits.append(lg.float())
                 ious.append(iou.float())
         return torch.cat(logits), torch.cat(ious)
 
     def _fast_decoder_batch(self) -> int:
-        """Prompts per fast decoder call. CUDA: what fits in half the free memory (~24 MiB per prompt
-        in fp32, half in bf16), up to the whole grid. CPU: at most 64 (larger batches buy nothing
-        there, they only raise the peak RSS), and at most ``points_batch_size``."""
+        """Prompts per fast decoder call. CUDA: what fits in half the free memory (~24 MiB per prompt:
+        the per-prompt image tokens and the upscaling buffers; bf16 keeps the layer norms' outputs in
+        fp32, so it is budgeted the same), up to the whole grid. CPU: at most 64 (larger batches buy
+        nothing there, they only raise the peak RSS), and at most ``points_batch_size``."""
         n = self.points.shape[0]
         if self.device.type != "cuda":
             return max(1, min(self.config.points_batch_size, 64, n))
         free, _ = torch.cuda.mem_get_info(self.device)
-        per_prompt = (12 if self.config.bf16 else 24) * 2**20
+        per_prompt = 24 * 2**20
         return max(1, min(n, int(free * 0.5) // per_prompt))
 
     def _segment_one(self, sam_feats: Any, patch_feats: Tensor, target: TargetImage) -> list[Instance]:
+        if target.source is not None:  # a large image under tile_size: its tiles are segmented as images
+            from .tiling import segment_tiled
+
+            return segment_tiled(self, target.source)
         cfg = self.config
         fast = cfg.implementation == "fast"
         with self._stage("mask_decoder"):
@@ -434,8 +541,59 @@ class Segmenter:
         keep = keep[sem[keep] > 0]  # positive-score filter, after NMS (§4.5)
         return keep, feats, sem, label
 
+    # Fast path: return dense bool masks (when the image's final masks fit in merge_memory_mb).
+    # False: RLE only (``Instance.mask`` None) — for callers that only write RLE (the batch job's
+    # actor, the tile merge); saves building and holding the dense arrays.
+    dense_masks: bool = True
+
     def _finalize(self, logits, keep, feats, sem, label, target: TargetImage) -> list[Instance]:
-        """§4.6-4.8: full-resolution masks, soft merging, top-k → instances."""
+        """§4.6-4.8: full-resolution masks, soft merging, top-k → instances.
+
+        Fast path: :mod:`ntt_batch.method.fullres` computes the same masks, counts and scores with
+        buffers bounded by ``merge_memory_mb`` (exact: same masks and boxes, scores bit-identical
+        under 16.7 MP, see there). Reference path: :meth:`_finalize_reference`, all at once.
+        """
+        if self.config.implementation == "reference":
+            return self._finalize_reference(logits, keep, feats, sem, label, target)
+        from .fullres import same_class_intersections, soft_merge_scores_from_counts, upsample_to_runs
+
+        cfg = self.config
+        budget = cfg.merge_memory_mb * 2**20
+        # §4.6: the kept low-res logits upsampled straight to the original size, as runs.
+        runs = upsample_to_runs(self._crop_valid(logits[keep], target), target.orig_hw, budget)
+        nonempty = torch.nonzero(runs.area > 0).flatten()  # §8.6: an empty full-res mask would give NaN
+        if nonempty.numel() == 0:
+            return []
+        keep = keep[nonempty]
+        labels_k = label[keep]
+        # §4.7 soft merging from exact same-class intersection counts, then §4.8 top-k.
+        labels_all = torch.full((runs.num_masks,), -1, dtype=labels_k.dtype, device=labels_k.device)
+        labels_all[nonempty] = labels_k
+        inter = same_class_intersections(runs, labels_all, budget)[nonempty][:, nonempty]
+        final = soft_merge_scores_from_counts(inter, runs.area[nonempty], feats[keep], labels_k, sem[keep],
+                                              cfg.merge_exponent)
+        order = torch.argsort(final, descending=True, stable=True)[: cfg.max_detections]
+        which = nonempty[order].tolist()  # mask indices in ``runs``
+        boxes_full = runs.box[nonempty[order]].cpu().numpy()
+        scores = final[order].cpu().numpy()
+        labels = labels_k[order].cpu().numpy()
+        h, w = target.orig_hw
+        dense = self.dense_masks and len(order) * h * w <= budget
+        return [
+            Instance(
+                mask=runs.dense(which[j]) if dense else None,
+                bbox=xyxy_to_coco_xywh([float(v) for v in boxes_full[j]]),
+                score=float(scores[j]),
+                category_id=self.bank.category_ids[int(labels[j])],
+                category_name=self.bank.category_names[int(labels[j])],
+                rle=runs.rle(which[j]),
+            )
+            for j in range(len(order))
+        ]
+
+    def _finalize_reference(self, logits, keep, feats, sem, label, target: TargetImage) -> list[Instance]:
+        """§4.6-4.8 as method.md states them: every kept mask at full size (float32, then bool),
+        a float32 Gram matrix per class, top-k. Memory M·H·W; the baseline of the fast path."""
         cfg = self.config
         # §4.6: upsample the kept low-res logits straight to the original size.
         masks = self._to_original(logits[keep], target)  # [M, H, W] bool
@@ -462,12 +620,17 @@ class Segmenter:
             for j in range(len(order))
         ]
 
-    def _to_original(self, logits: Tensor, target: TargetImage) -> Tensor:
-        """[M, h, w] low-res logits → [M, H, W] bool masks at the original size (§4.6)."""
+    def _crop_valid(self, logits: Tensor, target: TargetImage) -> Tensor:
+        """[M, h, w] low-res logits → the part that covers the image (letterbox: padding cropped)."""
         lh, lw = logits.shape[-2:]
         vh, vw = target.valid_hw
         s = self.config.image_size
-        if (vh, vw) != (s, s):  # letterbox: crop the padding away first
+        if (vh, vw) != (s, s):
             logits = logits[:, : max(1, round(vh * lh / s)), : max(1, round(vw * lw / s))]
+        return logits
+
+    def _to_original(self, logits: Tensor, target: TargetImage) -> Tensor:
+        """[M, h, w] low-res logits → [M, H, W] bool masks at the original size (§4.6), all at once."""
+        logits = self._crop_valid(logits, target)
         up = F.interpolate(logits[:, None], size=target.orig_hw, mode="bilinear", align_corners=False, antialias=True)
         return up[:, 0] > 0

@@ -655,7 +655,8 @@ def _execute(cfg: JobConfig, plan: Plan, bank, run_id: str, folder: OutputFolder
                         fn_kwargs={"storage_options": cfg.storage_options, "max_pixels": cfg.max_pixels})
     ds = ds.map_batches(
         model_stage, batch_size=cfg.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        # up to 4 batches queued per actor: decoded images wait at the GPU instead of the GPU waiting for them
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors, max_tasks_in_flight_per_actor=4),
         num_gpus=1 if gpus >= 1 else 0, num_cpus=cfg.actor_num_cpus,
         fn_constructor_kwargs={"bank_holder": [bank_ref], "sam2_name": cfg.sam2, "segmenter": asdict(cfg.segmenter),
                                "checkpoint_dir": cfg.checkpoint_dir, "download": cfg.download, "run_id": run_id,

@@ -67,7 +67,15 @@ def batch_image(cols: dict[str, list], i: int) -> np.ndarray:
 
 
 class SegmentActor:
-    """Holds SAM2 + DINOv2 + the broadcast memory bank; segments batches of decoded images."""
+    """Holds SAM2 + DINOv2 + the broadcast memory bank; segments batches of decoded images.
+
+    Memory: before an image is attempted, its need is estimated (``fullres.image_memory_estimate``:
+    pixels, full-resolution work, run lists) and an image over ``memory_limit_mb`` becomes an
+    ``error`` row ("out of memory (estimated) ..."). An image that still runs out of memory
+    (``torch.cuda.OutOfMemoryError``, ``MemoryError``, a failed CPU allocation) becomes an
+    ``error`` row "out of memory: ..." after the caches are freed; the actor lives on and the job
+    goes on. (The kernel's OOM killer cannot be caught: the estimate is there to stay clear of it.)
+    """
 
     def __init__(self, *, bank_holder: list, sam2_name: str, segmenter: dict, checkpoint_dir: str | None,
                  download: bool, run_id: str, num_threads: int | None = None):
@@ -85,35 +93,109 @@ class SegmentActor:
         proposer, _ = load_sam2(sam2_name, checkpoint_dir=checkpoint_dir, download=download,
                                 add_no_mem_embed=config.add_no_mem_embed)
         self.segmenter = Segmenter(proposer, encoder, bank, config)
+        self.segmenter.dense_masks = False  # rows carry RLE only: no dense masks are built
         self.run_id = run_id
 
     def __call__(self, batch):
-        from ..method.segmenter import TargetImage
-
         batch = batch_columns(batch)
         n = len(batch["image_id"])
         rows = [_base_row(batch, i, self.run_id) for i in range(n)]
-        ready = [i for i in range(n) if not batch["error"][i]]
-        targets = [TargetImage.from_image(batch_image(batch, i), self.segmenter.config) for i in ready]
-        try:
-            results = self.segmenter.segment_targets(targets)
-        except Exception:  # isolate the failing image: retry one by one
-            results = []
-            for i, t in zip(ready, targets):
-                try:
-                    results.append(self.segmenter.segment_targets([t])[0])
-                except Exception as e:
-                    log.error("segmenting %s failed:\n%s", rows[i]["image_uri"], traceback.format_exc())
-                    rows[i].update(status=STATUS_ERROR, error=f"segmentation failed: {type(e).__name__}: {e}")
-                    results.append(None)
-        for i, instances in zip(ready, results):
-            if instances is None:
-                continue
-            rows[i]["instances"] = [instance_record(inst) for inst in instances]
-            rows[i]["num_instances"] = len(instances)
-            rows[i]["status"] = STATUS_OK if instances else STATUS_EMPTY
-        return rows_to_table(rows)
+        return rows_to_table(segment_rows(self.segmenter, batch, rows))
 
+
+def segment_rows(segmenter, batch: dict[str, list], rows: list[dict]) -> list[dict]:
+    """Segment the decoded images of ``batch`` into ``rows`` (:class:`SegmentActor`'s work, without Ray).
+
+    Images are segmented together; if that fails, one by one, so a failure (or an out-of-memory)
+    costs only its own image an ``error`` row.
+    """
+    from ..method.fullres import host_memory_limit, image_memory_estimate
+    from ..method.segmenter import TargetImage
+
+    config = segmenter.config
+    limit = host_memory_limit(config)
+    ready, targets = [], []
+    for i in range(len(rows)):
+        if batch["error"][i]:
+            continue
+        image = batch_image(batch, i)
+        need = image_memory_estimate(image.shape[:2], config)
+        if need > limit:
+            h, w = image.shape[:2]
+            rows[i].update(status=STATUS_ERROR, error=(
+                f"out of memory (estimated): a {w}x{h} image needs about {need / 2**30:.1f} GiB here "
+                f"({config.implementation} path{', tiled' if _is_tiled(image.shape[:2], config) else ''}), "
+                f"over the limit of {limit / 2**30:.1f} GiB (segmenter memory_limit_mb; "
+                "the fast implementation or tile_size need less)"))
+            continue
+        try:
+            targets.append(TargetImage.from_image(image, config))
+            ready.append(i)
+        except Exception as e:  # noqa: BLE001 - e.g. MemoryError in the resize: this image only
+            _fail(rows[i], e)
+    # Memory is freed *after* each except block: until it ends, the exception's traceback keeps
+    # the failed call's frames (and their tensors) alive.
+    results = None
+    try:
+        results = segmenter.segment_targets(targets)
+    except Exception as e:  # isolate the failing image: retry one by one
+        log.warning("a batch of %d images failed (%s: %s); retrying them one by one", len(targets),
+                    type(e).__name__, str(e)[:200])
+    if results is None:
+        _free_memory()
+        results = []
+        for i, t in zip(ready, targets):
+            failed = False
+            try:
+                results.append(segmenter.segment_targets([t])[0])
+            except Exception as e1:  # noqa: BLE001 - one image's failure is its row's error
+                log.error("segmenting %s failed:\n%s", rows[i]["image_uri"], traceback.format_exc())
+                _fail(rows[i], e1)
+                results.append(None)
+                failed = True
+            if failed:
+                _free_memory()
+    for i, instances in zip(ready, results):
+        if instances is None:
+            continue
+        rows[i]["instances"] = [instance_record(inst) for inst in instances]
+        rows[i]["num_instances"] = len(instances)
+        rows[i]["status"] = STATUS_OK if instances else STATUS_EMPTY
+    return rows
+
+
+def _is_tiled(hw, config) -> bool:
+    from ..method.tiling import needs_tiling
+
+    return needs_tiling(hw, config)
+
+
+def _is_oom(e: BaseException) -> bool:
+    """CUDA or host out-of-memory, however torch or Python reports it."""
+    import torch
+
+    if isinstance(e, MemoryError) or isinstance(e, getattr(torch.cuda, "OutOfMemoryError", ())):
+        return True
+    msg = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def _fail(row: dict, e: BaseException) -> None:
+    if _is_oom(e):
+        row.update(status=STATUS_ERROR, error=f"out of memory: {type(e).__name__}: {str(e)[:500]}")
+    else:
+        row.update(status=STATUS_ERROR, error=f"segmentation failed: {type(e).__name__}: {e}")
+
+
+def _free_memory() -> None:
+    """Give back what a failed attempt left: Python garbage and the CUDA caching allocator's blocks."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class NoopModelActor:
@@ -149,7 +231,7 @@ def _base_row(batch, i: int, run_id: str) -> dict:
 
 def instance_record(inst) -> dict:
     """One :class:`Instance` as a shard ``instances`` entry (mask → COCO compressed RLE)."""
-    rle = encode_rle(inst.mask)
+    rle = inst.coco_rle() if hasattr(inst, "coco_rle") else encode_rle(inst.mask)
     return {
         "category_id": int(inst.category_id),
         "category_name": inst.category_name,
