@@ -196,7 +196,7 @@ actor_num_cpus: 1
     assert "memory bank: " + str(bank) + " does not exist; building it from sampling 1 shot(s)" in logs
     assert "memory bank: built" in logs and "2 classes, 2 references" in logs
     assert "MapBatches(SegmentActor)" in logs  # Ray Data's progress reaches the job logs
-    assert "summary: " in logs and "(2 rows," in logs and "this run: 2 images" in logs
+    assert "summary: " in logs and "(2 rows in 1 file(s)," in logs and "this run: 2 images" in logs
     info = client.get_job_info("ntt-test-1")
     assert info.runtime_env.get("working_dir", "").startswith("gcs://")  # the working dir was uploaded
 

@@ -289,7 +289,8 @@ def test_s3_lease_expires_and_is_taken_over_once(s3):
 
 
 def test_retry_errors_after_a_missing_file_appears(ray_local, mixed_folder, random_checkpoints, small_bank, tmp_path, coco_mini):
-    late = mixed_folder / "late.jpg"
+    late = tmp_path / "arrives_later" / "late.jpg"  # not in mixed_folder: other tests list that folder
+    late.parent.mkdir()
     manifest = tmp_path / "m.csv"
     manifest.write_text("image_uri\n" + "".join(f"{p}\n" for p in [mixed_folder / "anim.gif", late]))
     out = tmp_path / "out"

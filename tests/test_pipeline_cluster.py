@@ -38,7 +38,7 @@ def test_two_node_cluster_with_fake_gpu(tmp_path, coco_mini, random_checkpoints,
                         segmenter=SegmenterConfig(points_per_side=2, device="auto"))
         result = run_job(cfg, echo=lambda s: None)
         assert result.exit_code == 0 and result.summary["rows"] == 2 and result.summary["error"] == 0
-        run = json.loads((tmp_path / "out" / "run.json").read_text())
+        run = json.loads((tmp_path / "out" / "_ntt" / "run.json").read_text())
         assert run["cluster_resources"]["GPU"] == 1 and run["cluster_resources"]["CPU"] == 2
         assert sorted(read_shards(str(tmp_path / "out")).column("status").to_pylist()) in (["empty", "ok"], ["ok", "ok"], ["empty", "empty"])
     finally:
