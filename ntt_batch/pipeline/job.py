@@ -176,7 +176,8 @@ def resolve_inputs(cfg: JobConfig) -> list[InputImage]:
 EXIT_OK, EXIT_IMAGE_ERRORS, EXIT_USAGE, EXIT_INTEGRITY, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 # Segmenter settings that change speed only, never the rows: left out of the job fingerprint.
-PERFORMANCE_ONLY_SETTINGS = frozenset({"device", "points_batch_size", "implementation", "compile"})
+PERFORMANCE_ONLY_SETTINGS = frozenset({"device", "points_batch_size", "implementation", "compile", "merge_memory_mb",
+                                       "memory_limit_mb"})
 
 
 class JobMismatchError(ConfigError):
