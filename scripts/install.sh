@@ -14,6 +14,7 @@
 # Usage: bash scripts/install.sh [--test]     (--test adds the test extras)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo="$(pwd)"
 PY="${PYTHON:-python3}"
 extras=""
 [[ "${1:-}" == "--test" ]] && extras="[test]"
@@ -38,9 +39,11 @@ up_to_date() {
   "$PY" scripts/pip_check.py > /dev/null 2>&1 &
   local pip_check=$!
   local ok=0
-  versions="$("$PY" -c "$report"'
+  # Run from / : a `python -c` started in the checkout has the checkout first on sys.path and
+  # would import ./ntt_batch whatever is installed (the `ntt-batch` command would not).
+  versions="$(cd / && "$PY" -c "$report"'
 import os, sys
-sys.exit(0 if os.path.samefile(os.path.dirname(ntt_batch.__file__), "ntt_batch") else 1)' 2> /dev/null)" || ok=1
+sys.exit(0 if os.path.samefile(os.path.dirname(ntt_batch.__file__), sys.argv[1]) else 1)' "$repo/ntt_batch" 2> /dev/null)" || ok=1
   wait "$pip_check" || ok=1
   return "$ok"
 }
