@@ -23,19 +23,36 @@ class ConfigError(ValueError):
 class MemoryConfig:
     """Reference encoding (method.md §2.1-2.2, §3)."""
 
-    crop_size: int = 518  # square side the reference crop is resized to (§2.1 step 5)
+    # Square side the reference crop is resized to (§2.1 step 5); a multiple of the encoder's patch
+    # size. None = the encoder's native input side (DINOv2: 518 = 37 × 14, §6; DINOv3: 512).
+    crop_size: int | None = None
     context_ratio: float = 0.2  # crop side = (1 + ratio) · max(box w, h) (§2.1 step 4)
     # Fallback when the nearest-sampled 37×37 mask misses every patch (§8.6): "area" pooling of
     # the 518² mask onto the patch grid; the reference would produce a NaN prototype instead.
     empty_mask_fallback: Literal["area", "error"] = "area"
 
     def validate(self) -> "MemoryConfig":
-        _check(self.crop_size > 0 and self.crop_size % 14 == 0, "crop_size", self.crop_size,
-               "a positive multiple of the DINOv2 patch size 14")
+        _check(self.crop_size is None or self.crop_size > 0, "crop_size", self.crop_size,
+               "a positive multiple of the encoder's patch size, or null for the encoder's native size")
         _check(self.context_ratio >= 0, "context_ratio", self.context_ratio, ">= 0")
         _check(self.empty_mask_fallback in ("area", "error"), "empty_mask_fallback",
                self.empty_mask_fallback, "'area' or 'error'")
         return self
+
+    def for_encoder(self, patch_size: int, native_size: int) -> "MemoryConfig":
+        """A copy with ``crop_size`` resolved for an encoder (None → ``native_size``) and checked
+        to be a multiple of its ``patch_size``."""
+        return dataclasses.replace(self, crop_size=_encoder_side(self.crop_size, patch_size, native_size, "crop_size"))
+
+
+def _encoder_side(size: int | None, patch_size: int, native_size: int, name: str) -> int:
+    if size is None:
+        return native_size
+    lower, upper = max(patch_size, size // patch_size * patch_size), (size // patch_size + 1) * patch_size
+    _check(size > 0 and size % patch_size == 0, name, size,
+           f"a positive multiple of the encoder's patch size {patch_size}: {lower} or {upper}, "
+           f"or null for its native size {native_size}")
+    return size
 
 
 @dataclass
@@ -43,7 +60,9 @@ class SegmenterConfig:
     """Target inference (method.md §4, defaults from §7)."""
 
     image_size: int = 1024  # SAM2 input side (§4.1)
-    encoder_image_size: int = 518  # DINOv2 input side for targets (§4.3)
+    # Encoder input side for targets (§4.3), a multiple of its patch size. None = the encoder's
+    # native side (DINOv2: 518 = 37 × 14, §6; DINOv3: 512 = 32 × 16).
+    encoder_image_size: int | None = None
     # "squash" = the reference's aspect-ignoring resize (§8.2); "letterbox" = SAM's longest-side
     # resize with zero padding at the bottom/right.
     resize_mode: Literal["squash", "letterbox"] = "squash"
@@ -66,7 +85,17 @@ class SegmenterConfig:
     # torch.topk's tie-breaking and lets them suppress detections in NMS before dropping them.
     # True drops such candidates before NMS instead (saner, differs from the reference).
     drop_unmatched_before_nms: bool = False
-    merge_exponent: float = 0.5  # final = sem · (1 − IoS)^exponent (§4.7)
+    # How overlapping candidates of one class lower each other's scores (method/merging.py):
+    # "soft" = the method's semantic-aware soft merging (§4.7); "graph-diffusion" = FSOD-VFM's
+    # rescoring (arXiv 2602.03137): a penalty diffused over the overlap graph, see below.
+    merger: str = "soft"
+    merge_exponent: float = 0.5  # final = sem · (1 − penalty)^exponent (§4.7; FSOD-VFM's lambda)
+    # graph-diffusion: π ← α·P·π + (1 − α)·w, at most ``steps`` iterations (FSOD-VFM's defaults).
+    graph_diffusion_alpha: float = 0.3
+    graph_diffusion_steps: int = 30
+    # "code": P = the overlap matrix itself, as FSOD-VFM's metric.py computes it (its row
+    # "normalisation" divides by a boolean); "paper": P row-normalised as the paper writes it.
+    graph_diffusion_transition: Literal["code", "paper"] = "code"
     max_detections: int = 100  # num_out_instance (§4.8)
     device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:N"
     # bf16 autocast for the model forwards (SAM2 and DINOv2 encoders, the mask decoder's
@@ -105,6 +134,12 @@ class SegmenterConfig:
     # (the segmenter's own NMS and soft merging already decided those).
     tile_merge_threshold: float = 0.5
 
+    def for_encoder(self, patch_size: int, native_size: int) -> "SegmenterConfig":
+        """A copy with ``encoder_image_size`` resolved for an encoder (None → ``native_size``) and
+        checked to be a multiple of its ``patch_size``."""
+        side = _encoder_side(self.encoder_image_size, patch_size, native_size, "encoder_image_size")
+        return dataclasses.replace(self, encoder_image_size=side)
+
     def tile_overlap_px(self) -> int:
         """``tile_overlap`` in pixels (a value < 1 is a fraction of ``tile_size``)."""
         if self.tile_overlap < 1:
@@ -114,8 +149,15 @@ class SegmenterConfig:
     def validate(self) -> "SegmenterConfig":
         _check(self.image_size > 0 and self.image_size % 16 == 0, "image_size", self.image_size,
                "a positive multiple of 16 (SAM2 stride); the models are trained at 1024")
-        _check(self.encoder_image_size > 0 and self.encoder_image_size % 14 == 0,
-               "encoder_image_size", self.encoder_image_size, "a positive multiple of 14")
+        _check(self.encoder_image_size is None or self.encoder_image_size > 0, "encoder_image_size",
+               self.encoder_image_size, "a positive multiple of the encoder's patch size, or null for its native size")
+        _check(isinstance(self.merger, str) and bool(self.merger), "merger", self.merger,
+               "a merger name ('soft', 'graph-diffusion')")
+        _check(0.0 <= self.graph_diffusion_alpha < 1.0, "graph_diffusion_alpha", self.graph_diffusion_alpha,
+               "in [0, 1)")
+        _check(self.graph_diffusion_steps >= 1, "graph_diffusion_steps", self.graph_diffusion_steps, ">= 1")
+        _check(self.graph_diffusion_transition in ("code", "paper"), "graph_diffusion_transition",
+               self.graph_diffusion_transition, "'code' or 'paper'")
         _check(self.resize_mode in ("squash", "letterbox"), "resize_mode", self.resize_mode,
                "'squash' or 'letterbox'")
         _check(self.points_per_side >= 1, "points_per_side", self.points_per_side, ">= 1")

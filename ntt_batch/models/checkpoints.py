@@ -89,7 +89,8 @@ def cached_file_sha256(path: Path) -> str:
     return digest
 
 
-def _search_dirs(checkpoint_dir: str | os.PathLike | None, cache_dir: Path) -> list[Path]:
+def checkpoint_search_dirs(checkpoint_dir: str | os.PathLike | None, cache_dir: Path) -> list[Path]:
+    """Where checkpoint files are looked for, in order: ``checkpoint_dir`` (else ``NTT_CHECKPOINT_DIR``), then the cache."""
     dirs: list[Path] = []
     explicit = checkpoint_dir or os.environ.get(ENV_CHECKPOINT_DIR)
     if explicit:
@@ -140,7 +141,7 @@ def resolve_checkpoint(
     """
     spec = get_spec(name)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    dirs = _search_dirs(checkpoint_dir, cache)
+    dirs = checkpoint_search_dirs(checkpoint_dir, cache)
     for d in dirs:
         candidate = d / spec.filename
         if candidate.is_file():
@@ -149,6 +150,8 @@ def resolve_checkpoint(
     looked = ", ".join(str(d) for d in dirs)
     if not download:
         raise CheckpointNotFoundError(_missing_message(spec, looked, "downloads are disabled"))
+    if spec.url is None:
+        raise CheckpointNotFoundError(_missing_message(spec, looked, "its downloads are gated, there is no public address"))
     try:
         log.info("downloading %s from %s into %s", spec.filename, spec.url, cache)
         _download(spec, cache / spec.filename, timeout_s)
@@ -159,22 +162,29 @@ def resolve_checkpoint(
 
 def _verified(spec: CheckpointSpec, path: Path) -> ResolvedCheckpoint:
     digest = cached_file_sha256(path)
-    official = digest == spec.sha256
+    official = spec.matches_official(digest)
     if not official:
         check_checkpoint_file(path)  # fail here (e.g. on the job's driver) rather than in every model worker
         log.warning(
             "CHECKPOINT NOT OFFICIAL: %s has sha256 %s but the official %s is %s. Results from these "
             "weights are not the paper's; this is recorded in every output (expected only for "
             "random-weight smoke checkpoints from `ntt-batch checkpoints random`).",
-            path, digest, spec.filename, spec.sha256,
+            path, digest, spec.filename, spec.official_digest,
         )
     return ResolvedCheckpoint(spec.name, str(path), digest, official)
 
 
 def _missing_message(spec: CheckpointSpec, looked: str, why: str) -> str:
+    if spec.url is None:
+        from .registry import DINOV3_ACCESS
+
+        where = (f"request access at {DINOV3_ACCESS} (licence: {spec.license}), download {spec.filename} "
+                 f"(sha256 starts with {spec.sha256_prefix})")
+    else:
+        where = f"download {spec.url} (sha256 {spec.sha256})"
     return (
         f"checkpoint {spec.filename!r} for model {spec.name!r} not found ({why}). "
-        f"Looked in: {looked}. Either download {spec.url} (sha256 {spec.sha256}) and place it "
+        f"Looked in: {looked}. Either {where} and place it "
         f"as <dir>/{spec.filename}, then pass --checkpoint-dir <dir> or set {ENV_CHECKPOINT_DIR}; "
         f"or, for a smoke run without real weights, write random-initialised checkpoints with "
         f"`ntt-batch checkpoints random --model {spec.name} --out <dir>`."

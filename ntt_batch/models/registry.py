@@ -1,9 +1,16 @@
-"""Registry of the official SAM 2 / SAM 2.1 and DINOv2 checkpoints.
+"""Registry of the official SAM 2 / SAM 2.1, DINOv2 and DINOv3 checkpoints: the one place for
+checkpoint facts (file names, addresses, digests, licences).
 
 Each entry names the file exactly as its publisher does, where to download it, and the SHA-256
-of the official file. The digests were collected from independent public projects that verify
-these downloads (micro-sam, SlicerSegmentWithSAM, refiners) and agree with each other; a file
-whose digest differs is not the official checkpoint (see ``checkpoints.resolve_checkpoint``).
+of the official file. The SAM 2 and DINOv2 digests were collected from independent public projects
+that verify these downloads (micro-sam, SlicerSegmentWithSAM, refiners) and agree with each other;
+a file whose digest differs is not the official checkpoint (see ``checkpoints.resolve_checkpoint``).
+
+DINOv3 (facebookresearch/dinov3, LVD-1689M web-image backbones) is different on two counts: its
+downloads are gated (Meta's access form sends signed, expiring URLs, so there is no stable address
+to download from: users place the file themselves, ``--checkpoint-dir``), and no full SHA-256 is
+published, only the first 8 hex digits in the file name (torch-hub convention), which is what a
+file is checked against (``sha256_prefix``). Its licence is the DINOv3 License, not Apache-2.0.
 """
 
 from __future__ import annotations
@@ -13,6 +20,9 @@ from typing import Literal
 
 SAM2_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2"
 DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
+APACHE_2 = "Apache-2.0"
+DINOV3_LICENSE = "DINOv3 License (https://ai.meta.com/resources/models-and-libraries/dinov3-license/), not Apache-2.0"
+DINOV3_ACCESS = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
 
 # The paper's models (method.md §6): SAM 2.0 Hiera-L + DINOv2 ViT-L/14.
 DEFAULT_SAM2 = "sam2_hiera_large"
@@ -25,21 +35,38 @@ class CheckpointSpec:
 
     Attributes:
         name: the model name users pass (``sam2.1_hiera_tiny``, ``dinov2_vits14``).
-        family: ``"sam2"`` or ``"dinov2"``.
+        family: ``"sam2"``, ``"dinov2"`` or ``"dinov3"`` (the encoder families: see
+            ``models.encoders``).
         filename: the official file name; pre-placed files are looked up by it.
-        url: official download address.
-        sha256: hex digest of the official file.
-        size_bytes: size of the official file (for progress and sanity checks).
+        url: official download address; None where downloads are gated (DINOv3).
+        sha256: hex digest of the official file; None where it is not published.
+        size_bytes: size of the official file (progress, sanity checks); None if not published.
         sam2_config: for SAM2, the config name inside the ``sam2`` package (hydra).
+        license: the weights' licence.
+        sha256_prefix: the leading hex digits of the official digest when only those are
+            published (DINOv3: 8, in the file name).
     """
 
     name: str
-    family: Literal["sam2", "dinov2"]
+    family: Literal["sam2", "dinov2", "dinov3"]
     filename: str
-    url: str
-    sha256: str
-    size_bytes: int
+    url: str | None
+    sha256: str | None
+    size_bytes: int | None
     sam2_config: str | None = None
+    license: str = APACHE_2
+    sha256_prefix: str | None = None
+
+    def matches_official(self, digest: str) -> bool:
+        """Whether a file with SHA-256 ``digest`` is the official file (by full digest, else by prefix)."""
+        if self.sha256:
+            return digest == self.sha256
+        return bool(self.sha256_prefix) and digest.startswith(self.sha256_prefix)
+
+    @property
+    def official_digest(self) -> str:
+        """The published digest, for messages: the full one, else ``<prefix>…``."""
+        return self.sha256 or f"{self.sha256_prefix}… (only this prefix is published)"
 
 
 def _sam2(name: str, release: str, config: str, sha256: str, size: int) -> CheckpointSpec:
@@ -65,6 +92,19 @@ def _dinov2(name: str, sha256: str, size: int) -> CheckpointSpec:
         url=f"{DINOV2_BASE_URL}/{base}/{filename}",
         sha256=sha256,
         size_bytes=size,
+    )
+
+
+def _dinov3(name: str, filename_stem: str, sha256_prefix: str) -> CheckpointSpec:
+    return CheckpointSpec(
+        name=name,
+        family="dinov3",
+        filename=f"{filename_stem}-{sha256_prefix}.pth",
+        url=None,
+        sha256=None,
+        size_bytes=None,
+        license=DINOV3_LICENSE,
+        sha256_prefix=sha256_prefix,
     )
 
 
@@ -96,18 +136,31 @@ _SPECS = [
     _dinov2("dinov2_vitb14_reg4", "73182a088cf94833c94b1666d1c99e02fe87e2007bff57b564fb6206e25dba71", 346393545),
     _dinov2("dinov2_vitl14_reg4", "36e4deffbaef061a2576705b0c36f93621e2ae20bf6274694821b0b492551b51", 1217607321),
     _dinov2("dinov2_vitg14_reg4", "746ecb8c6301c645c5c855be91687d274587d6e48fdaec4a729753160b34a283", 4546140349),
+    # DINOv3 ViTs at patch 16, distilled on LVD-1689M (facebookresearch/dinov3 hub names).
+    _dinov3("dinov3_vits16", "dinov3_vits16_pretrain_lvd1689m", "08c60483"),
+    _dinov3("dinov3_vits16plus", "dinov3_vits16plus_pretrain_lvd1689m", "4057cbaa"),
+    _dinov3("dinov3_vitb16", "dinov3_vitb16_pretrain_lvd1689m", "73cec8be"),
+    _dinov3("dinov3_vitl16", "dinov3_vitl16_pretrain_lvd1689m", "8aa4cbdd"),
+    _dinov3("dinov3_vith16plus", "dinov3_vith16plus_pretrain_lvd1689m", "7c1da9a5"),
 ]
 
 CHECKPOINTS: dict[str, CheckpointSpec] = {s.name: s for s in _SPECS}
 SAM2_NAMES = [s.name for s in _SPECS if s.family == "sam2"]
 DINOV2_NAMES = [s.name for s in _SPECS if s.family == "dinov2"]
+DINOV3_NAMES = [s.name for s in _SPECS if s.family == "dinov3"]
+ENCODER_FAMILIES = ("dinov2", "dinov3")
+ENCODER_NAMES = [s.name for s in _SPECS if s.family in ENCODER_FAMILIES]
 
 
 def get_spec(name: str, family: str | None = None) -> CheckpointSpec:
-    """Look up a checkpoint by model name; unknown names list the valid ones."""
+    """Look up a checkpoint by model name; unknown names list the valid ones.
+
+    ``family``: ``"sam2"``, ``"dinov2"``, ``"dinov3"``, or ``"encoder"`` for any image encoder.
+    """
+    families = ENCODER_FAMILIES if family == "encoder" else (family,)
     spec = CHECKPOINTS.get(name)
-    if spec is None or (family is not None and spec.family != family):
-        valid = [n for n, s in CHECKPOINTS.items() if family is None or s.family == family]
+    if spec is None or (family is not None and spec.family not in families):
+        valid = [n for n, s in CHECKPOINTS.items() if family is None or s.family in families]
         kind = f"{family} model" if family else "model"
         raise ValueError(f"unknown {kind} {name!r}; valid names: {', '.join(valid)}")
     return spec

@@ -305,13 +305,13 @@ def _check_bank(cfg: JobConfig, report: CheckReport) -> str | None:
 
 def _check_checkpoints(cfg: JobConfig, encoder: str | None, report: CheckReport) -> None:
     """Where the model files would come from on this machine (no hashing, no download)."""
-    from ..models.checkpoints import _search_dirs, default_cache_dir
+    from ..models.checkpoints import checkpoint_search_dirs, default_cache_dir
     from ..models.registry import get_spec
 
     names = [cfg.sam2] + ([encoder] if encoder else [])
     if cfg.references is not None and cfg.references.sam2:
         names.append(cfg.references.sam2)
-    dirs = _search_dirs(cfg.checkpoint_dir, default_cache_dir())
+    dirs = checkpoint_search_dirs(cfg.checkpoint_dir, default_cache_dir())
     for name in dict.fromkeys(names):
         try:
             spec = get_spec(name)
