@@ -24,7 +24,9 @@ Class index = rank of the category id among the sorted ids (method.md §2.3, §8
 Three ways to build one:
 
 * :func:`sample_references` — the authors' few-shot sampler (``FSS:L16-102``), reproduced
-  exactly, including its RNG consumption order (method.md §1).
+  exactly, including its RNG consumption order (method.md §1). An optional
+  :class:`ReferencePreference` (off by default) narrows each class's candidates to large,
+  centred objects well inside the image before that same seeded walk.
 * :func:`references_from_coco_annotations` — every non-crowd annotation of a user's COCO file.
 * :func:`references_from_csv` — a CSV of ``image,category,mask`` and/or ``x,y,w,h`` rows.
 
@@ -41,6 +43,7 @@ import json
 import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,7 @@ __all__ = [
     "REFERENCES_VERSION",
     "is_valid_reference",
     "resolve_categories",
+    "ReferencePreference",
     "sample_references",
     "sample_references_from_file",
     "load_coco",
@@ -295,6 +299,165 @@ def _reference_entry(ann: Mapping[str, Any], image: Mapping[str, Any]) -> dict[s
 
 
 # --------------------------------------------------------------------------------------------
+# Optional reference-selection preference (off by default)
+# --------------------------------------------------------------------------------------------
+
+
+_PREFER_KEYS = {"area": "min_area_percentile", "center": "max_center_distance", "centre": "max_center_distance",
+                "edge": "min_edge_distance"}
+
+
+@dataclass(frozen=True)
+class ReferencePreference:
+    """Prefer large, centred references well inside their image (all criteria optional; None = off).
+
+    Applied per class, on top of the authors' filter (non-crowd, box sides >= 32 px, box >= 10 px
+    from every border, ``DU:L35-55``), to the annotations that pass it (the class's *candidates*):
+
+    * ``min_area_percentile`` P in [0, 100]: keep a candidate whose box area ``w * h`` (pixels) is
+      at least the P-th percentile (``numpy.percentile``, linear) of its class's candidates' box
+      areas. 50 keeps the larger half of each class. Box area, like the authors' size filter
+      (``DU:L41-46``), so box-only references are judged the same way.
+    * ``max_center_distance`` d in [0, 1]: keep a candidate whose box centre ``(cx, cy)`` has
+      ``max(|cx / W - 0.5|, |cy / H - 0.5|) * 2 <= d``: 0 = exactly at the image centre, 1 = on the
+      border. 0.5 keeps box centres in the middle half of the image along both axes.
+    * ``min_edge_distance`` e in [0, 0.5): keep a candidate whose box is at least ``e * W`` from
+      the left and right borders and ``e * H`` from the top and bottom ones — the authors' 10 px
+      border margin (``DU:L47-54``) made relative to the image size. 0.05 = 5 % of each side.
+
+    What the authors' code has: only the fixed filter above. Its comment at ``DU:L47`` says
+    "Ignore objects that are too far away from the image center", but the code under it
+    (``DU:L48-54``) tests the 10 px border margin, not a distance to the centre; the other
+    samplers (``sample_memory_semantic_ref.py:L29-65``: whole images, no filter; the LVIS path of
+    ``few_shot_sampling.py:L86-98``: invalid and duplicate references allowed) and the plotting
+    scripts (``make_plots/plot_reference_images.py``, ``few_shot_sampling.py:L176-221``) choose
+    nothing. So the area percentile and the centre distance are ours, written to do what that
+    comment intends (large objects, not cut by the border, near the centre, give context crops
+    that are mostly object); the edge distance is the authors' margin, relative.
+
+    How it combines with the sampler: the seeded walk is unchanged — each class's annotation list
+    is shuffled exactly as without a preference (same RNG consumption, so every seed keeps its
+    meaning), and a candidate the preference rejects is skipped like an invalid one. A class
+    whose candidates all pass therefore gets the very references of the plain sampler, and the
+    other classes get the first preferred candidates in that same shuffled order.
+    """
+
+    min_area_percentile: float | None = None
+    max_center_distance: float | None = None
+    min_edge_distance: float | None = None
+
+    def __post_init__(self):
+        checks = (("min_area_percentile", 0.0, 100.0, True), ("max_center_distance", 0.0, 1.0, True),
+                  ("min_edge_distance", 0.0, 0.5, False))
+        for name, lo, hi, hi_inclusive in checks:
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise ValueError(f"{name} must be a number or None, got {v!r}")
+            ok = lo <= v <= hi if hi_inclusive else lo <= v < hi
+            if not ok:
+                raise ValueError(f"{name} must be in [{lo:g}, {hi:g}{']' if hi_inclusive else ')'}, got {v}")
+            object.__setattr__(self, name, float(v))
+
+    @property
+    def active(self) -> bool:
+        """True if any criterion is set."""
+        return any(v is not None for v in asdict(self).values())
+
+    def to_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """Short text, e.g. ``area >= p50, centre distance <= 0.6`` (``off`` if none is set)."""
+        bits = []
+        if self.min_area_percentile is not None:
+            bits.append(f"box area >= p{self.min_area_percentile:g} of the class's candidates")
+        if self.max_center_distance is not None:
+            bits.append(f"box centre distance <= {self.max_center_distance:g}")
+        if self.min_edge_distance is not None:
+            bits.append(f"box >= {self.min_edge_distance:g} x image side from every border")
+        return ", ".join(bits) or "off"
+
+    @classmethod
+    def parse(cls, value: ReferencePreference | Mapping[str, Any] | str | None) -> ReferencePreference | None:
+        """Coerce ``prefer``: None / ``""`` / ``"off"`` → None; a dict of the field names; or a
+        string ``"area=50,center=0.6,edge=0.05"`` (keys ``area``, ``center``/``centre``, ``edge``
+        or the field names; any subset)."""
+        if value is None or isinstance(value, ReferencePreference):
+            return value
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(cls.__dataclass_fields__))
+            if unknown:
+                raise ValueError(f"unknown reference preference key(s) {unknown}; "
+                                 f"known: {sorted(cls.__dataclass_fields__)}")
+            return cls(**value)
+        if not isinstance(value, str):
+            raise TypeError(f"prefer must be a ReferencePreference, a dict, a string or None, got {type(value).__name__}")
+        text = value.strip()
+        if text.lower() in ("", "off", "none"):
+            return None
+        kwargs: dict[str, float] = {}
+        for part in text.split(","):
+            if not part.strip():
+                continue
+            key, sep, num = part.partition("=")
+            key = key.strip().lower().replace("-", "_")
+            field_name = _PREFER_KEYS.get(key, key if key in cls.__dataclass_fields__ else None)
+            if not sep or field_name is None:
+                raise ValueError(f"bad reference preference {part.strip()!r} in {value!r}: use e.g. "
+                                 "'area=50,center=0.6,edge=0.05' (keys area, center, edge)")
+            try:
+                kwargs[field_name] = float(num)
+            except ValueError as e:
+                raise ValueError(f"bad number {num.strip()!r} for {key!r} in reference preference {value!r}") from e
+        return cls(**kwargs)
+
+
+_PREFER_TEXT = {
+    "min_area_percentile": "box area below the class's percentile",
+    "max_center_distance": "box centre too far from the image centre",
+    "min_edge_distance": "box too close to an image border",
+}
+
+
+def _preference_filter(
+    prefer: ReferencePreference, candidates: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]
+) -> tuple[list[bool], dict[str, int], float | None]:
+    """Which of a class's candidates (annotation, image) the preference keeps.
+
+    Returns (keep flags, per criterion the count of candidates it rejects — a candidate can fail
+    several —, the area threshold in px² or None).
+    """
+    boxes = np.array([[float(v) for v in a["bbox"]] for a, _ in candidates], dtype=np.float64).reshape(-1, 4)
+    wh = np.array([[float(im["width"]), float(im["height"])] for _, im in candidates], dtype=np.float64).reshape(-1, 2)
+    keep = np.ones(len(candidates), dtype=bool)
+    removed: dict[str, int] = {}
+    area_thr = None
+    if prefer.min_area_percentile is not None and len(candidates):
+        area = boxes[:, 2] * boxes[:, 3]
+        area_thr = float(np.percentile(area, prefer.min_area_percentile))
+        ok = area >= area_thr
+        removed["min_area_percentile"] = int((~ok).sum())
+        keep &= ok
+    if prefer.max_center_distance is not None:
+        cx = (boxes[:, 0] + boxes[:, 2] / 2) / wh[:, 0]
+        cy = (boxes[:, 1] + boxes[:, 3] / 2) / wh[:, 1]
+        dist = np.maximum(np.abs(cx - 0.5), np.abs(cy - 0.5)) * 2
+        ok = dist <= prefer.max_center_distance + 1e-12
+        removed["max_center_distance"] = int((~ok).sum())
+        keep &= ok
+    if prefer.min_edge_distance is not None:
+        x, y, w, h = boxes.T
+        W, H = wh.T
+        edge = np.minimum.reduce([x / W, (W - (x + w)) / W, y / H, (H - (y + h)) / H]) if len(boxes) else np.zeros(0)
+        ok = edge >= prefer.min_edge_distance - 1e-12
+        removed["min_edge_distance"] = int((~ok).sum())
+        keep &= ok
+    return keep.tolist(), removed, area_thr
+
+
+# --------------------------------------------------------------------------------------------
 # The authors' sampler (method.md §1)
 # --------------------------------------------------------------------------------------------
 
@@ -310,6 +473,7 @@ def sample_references(
     allow_fewer: bool = False,
     annotations_path: str | os.PathLike[str] | None = None,
     annotations_sha256: str | None = None,
+    prefer: ReferencePreference | Mapping[str, Any] | str | None = None,
 ) -> dict[str, Any]:
     """Sample a K-shot reference set exactly like the authors' ``FSS`` sampler (method.md §1).
 
@@ -325,6 +489,14 @@ def sample_references(
         annotations_path: recorded in ``source.annotations`` (as given); if set and
             ``annotations_sha256`` is not, the file's SHA-256 is computed.
         annotations_sha256: recorded in ``source.annotations_sha256``.
+        prefer: an optional :class:`ReferencePreference` (or its dict / ``"area=50,center=0.6,
+            edge=0.05"`` string form, :meth:`ReferencePreference.parse`): per class, candidates
+            that pass the authors' filter but not the preference are skipped in the same seeded
+            walk. None (default), ``"off"`` or a preference with no criterion set = the authors'
+            sampler, bit for bit, and nothing is added to ``source``. When active, ``source``
+            records ``prefer`` (the criteria) and ``prefer_stats`` (per class: candidates, kept,
+            rejected per criterion, the area threshold in px²), and a class left with too few
+            references names the criteria that removed its candidates.
 
     Returns:
         a references dict (module docstring).  References are grouped per category in
@@ -333,6 +505,9 @@ def sample_references(
     Raises:
         ValueError: a selected class with too few valid references (named, with its count).
     """
+    preference = ReferencePreference.parse(prefer)
+    if preference is not None and not preference.active:
+        preference = None
     if int(shots) < 1:
         raise ValueError(f"shots must be >= 1, got {shots}")
     shots = int(shots)
@@ -357,6 +532,36 @@ def sample_references(
 
     # method.md §1 "Random state": only Python's random, seeded once.  A private instance gives
     # the same sequence as random.seed(seed) without touching global state.
+    # Optional preference: decided per class over the candidates that pass the authors' filter,
+    # before the walk; it consumes no randomness, so the shuffles below are the authors'.
+    rejected: set[int] | None = None
+    prefer_stats: dict[str, dict[str, Any]] = {}
+    if preference is not None:
+        rejected = set()
+        names = {c["id"]: c["name"] for c in categories}
+        for cat_id, pairs in per_cat.items():
+            cands = []
+            for img_id, ann_id in pairs:
+                image = images.get(img_id)
+                if image is None:
+                    raise ValueError(
+                        f"annotation {ann_id} refers to image id {img_id}, which is not in 'images'"
+                    )
+                ann = annotations[ann_id]
+                if is_valid_reference(ann, int(image["width"]), int(image["height"]),
+                                      min_box_side=min_box_side, border_margin=border_margin):
+                    cands.append((ann_id, ann, image))
+            keep, removed, area_thr = _preference_filter(preference, [(a, im) for _, a, im in cands])
+            rejected.update(ann_id for (ann_id, _, _), k in zip(cands, keep) if not k)
+            kept_images = {int(a["image_id"]) for (_, a, _), k in zip(cands, keep) if k}
+            prefer_stats[names[cat_id]] = {
+                "candidates": len(cands),
+                "kept": int(sum(keep)),
+                "kept_images": len(kept_images),
+                "rejected_by": removed,
+                "area_threshold_px2": area_thr,
+            }
+
     rng = random.Random(seed)
     sampled: dict[int, list[int]] = {}
     for cat_id, pairs in per_cat.items():  # method.md §1 step 3, in first-annotation order
@@ -378,6 +583,8 @@ def sample_references(
                 border_margin=border_margin,
             ):
                 continue
+            if rejected is not None and ann_id in rejected:  # the preference (off by default)
+                continue
             if img_id in used_images:  # one instance per image per class
                 continue
             used_images.add(img_id)
@@ -392,7 +599,13 @@ def sample_references(
     for c in categories:
         n = len(sampled.get(c["id"], []))
         if n == 0 or (n < shots and not allow_fewer):
-            problems.append(f"'{c['name']}' (id {c['id']}): {n} valid reference(s) found")
+            problem = f"'{c['name']}' (id {c['id']}): {n} valid reference(s) found"
+            st = prefer_stats.get(c["name"])
+            if st is not None and st["kept"] < st["candidates"]:
+                why = ", ".join(f"{_PREFER_TEXT[k]}: {v}" for k, v in st["rejected_by"].items() if v)
+                problem += (f" after the reference preference rejected {st['candidates'] - st['kept']} of its "
+                            f"{st['candidates']} candidate(s) that pass the filters ({why})")
+            problems.append(problem)
     if problems:
         zero_only = all(": 0 valid" in p for p in problems)
         hint = (
@@ -401,10 +614,15 @@ def sample_references(
             else "Use fewer shots, or pass --allow-fewer-shots to keep ragged shot counts"
             " (classes with 0 references still fail)"
         )
+        if preference is not None:
+            hint += (f". The reference preference ({preference.describe()}) is on: loosen it, or sample "
+                     "without it")
         raise ValueError(
             f"not enough references for {shots}-shot sampling "
             f"(filters: non-crowd, box >= {min_box_side} px, >= {border_margin} px from the "
-            f"borders, one instance per image): " + "; ".join(problems) + f". {hint}"
+            f"borders, one instance per image"
+            + (f"; preference: {preference.describe()}" if preference is not None else "")
+            + "): " + "; ".join(problems) + f". {hint}"
         )
 
     references = []
@@ -415,22 +633,27 @@ def sample_references(
 
     if annotations_path is not None and annotations_sha256 is None:
         annotations_sha256 = file_sha256(annotations_path)
+    source: dict[str, Any] = {
+        "kind": "coco-sample",
+        "annotations": None if annotations_path is None else str(annotations_path),
+        "annotations_sha256": annotations_sha256,
+        "split": split if isinstance(split, str) else list(split),
+        "shots": shots,
+        "seed": seed,
+        "min_box_side": min_box_side,
+        "border_margin": border_margin,
+        "allow_fewer_shots": bool(allow_fewer),
+    }
+    if preference is not None:  # absent when off: the authors' sampler's provenance, unchanged
+        source["prefer"] = preference.to_dict()
+        source["prefer_stats"] = {c["name"]: prefer_stats.get(c["name"], {"candidates": 0, "kept": 0})
+                                  for c in categories}
     return {
         "format": REFERENCES_FORMAT,
         "version": REFERENCES_VERSION,
         "categories": categories,
         "references": references,
-        "source": {
-            "kind": "coco-sample",
-            "annotations": None if annotations_path is None else str(annotations_path),
-            "annotations_sha256": annotations_sha256,
-            "split": split if isinstance(split, str) else list(split),
-            "shots": shots,
-            "seed": seed,
-            "min_box_side": min_box_side,
-            "border_margin": border_margin,
-            "allow_fewer_shots": bool(allow_fewer),
-        },
+        "source": source,
     }
 
 
@@ -441,7 +664,10 @@ def sample_references_from_file(
     seed: int,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """:func:`load_coco` + :func:`sample_references`, recording the file's path and SHA-256."""
+    """:func:`load_coco` + :func:`sample_references`, recording the file's path and SHA-256.
+
+    ``kwargs`` pass through (``allow_fewer``, ``min_box_side``, ``border_margin``, ``prefer``).
+    """
     coco = load_coco(annotations_path)
     return sample_references(
         coco,
