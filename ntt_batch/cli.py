@@ -17,7 +17,9 @@ from pathlib import Path
 
 import click
 
-from .models.registry import CHECKPOINTS, DEFAULT_ENCODER, DEFAULT_SAM2, DINOV2_NAMES, SAM2_NAMES
+from .cli_settings import flag_names, settings_from_flags, settings_given, settings_options
+from .method.config import MemoryConfig, SegmenterConfig
+from .models.registry import CHECKPOINTS, DEFAULT_ENCODER, DEFAULT_SAM2, DINOV3_ACCESS, ENCODER_NAMES, SAM2_NAMES
 
 log = logging.getLogger("ntt_batch")
 
@@ -74,8 +76,8 @@ def _progress(label: str):
 def main(ctx, debug):
     """Training-free reference-based instance segmentation (No Time to Train!) at data-lake scale.
 
-    A few annotated reference instances per class become a memory bank of DINOv2 prototypes;
-    SAM2 proposes masks on every target image and each is matched to the prototypes.
+    A few annotated reference instances per class become a memory bank of DINOv2 (or DINOv3)
+    prototypes; SAM2 proposes masks on every target image and each is matched to the prototypes.
     """
     ctx.obj = {"debug": debug}
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -89,6 +91,7 @@ _ckpt_dir_opt = click.option(
          "Otherwise files are cached in NTT_CACHE_DIR or ~/.cache/ntt_batch.",
 )
 _no_download_opt = click.option("--no-download", is_flag=True, help="Never download; fail if a checkpoint is missing.")
+_ENCODER_HELP = "Image encoder (DINOv2: Apache-2.0; DINOv3: DINOv3 License, gated downloads)."
 
 
 @main.group()
@@ -98,9 +101,18 @@ def checkpoints():
 
 @checkpoints.command("list")
 def checkpoints_list():
-    """The official checkpoints this tool knows: name, file, URL, sha256."""
+    """The official checkpoints this tool knows: name, file, size, where to get it, sha256, licence.
+
+    Gated models (DINOv3) have no download address: request access, download the file yourself
+    and pass its folder as --checkpoint-dir; only a prefix of their sha256 is published.
+    """
     for spec in CHECKPOINTS.values():
-        click.echo(f"{spec.name:24s} {spec.filename:34s} {spec.size_bytes / 1e6:8.1f} MB  {spec.url}\n{'':24s} sha256 {spec.sha256}")
+        size = f"{spec.size_bytes / 1e6:8.1f} MB" if spec.size_bytes is not None else f"{'size n/a':>11s}"
+        where = spec.url if spec.url is not None else f"gated: request access at {DINOV3_ACCESS}"
+        digest = spec.sha256 if spec.sha256 is not None else (
+            f"{spec.sha256_prefix}\u2026 (prefix only)" if spec.sha256_prefix else "not published")
+        click.echo(f"{spec.name:24s} {spec.filename:34s} {size}  {where}\n"
+                   f"{'':24s} sha256 {digest}\n{'':24s} licence {spec.license}")
 
 
 @checkpoints.command("download")
@@ -118,7 +130,8 @@ def checkpoints_download(models, checkpoint_dir, more_models):
 
 @checkpoints.command("random")
 @click.option("--model", "models", multiple=True, required=True,
-              help=f"Model name(s), repeatable or space/comma separated. SAM2: {', '.join(SAM2_NAMES)}; DINOv2: {', '.join(DINOV2_NAMES)}.")
+              help=f"Model name(s), repeatable or space/comma separated. SAM2: {', '.join(SAM2_NAMES)}; "
+                   f"encoders: {', '.join(ENCODER_NAMES)}.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the files into.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random initialisation.")
 @click.argument("more_models", nargs=-1)
@@ -312,27 +325,26 @@ def memory():
               help="References JSON; repeat to merge several (classes merged by name; clashing ids renumbered, with a notice).")
 @click.option("--image-root", default=None, type=click.Path(exists=True, file_okay=False),
               help="Folder holding the reference images. Default: the folder each references file remembers.")
-@click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, type=click.Choice(DINOV2_NAMES), help="DINOv2 feature encoder.")
+@click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, type=click.Choice(ENCODER_NAMES), help=_ENCODER_HELP)
 @click.option("--sam2", "sam2_name", default=None, type=click.Choice(SAM2_NAMES),
               help="SAM2 model for box-only references (their masks come from box prompts).")
-@click.option("--context-ratio", default=0.2, show_default=True, help="Crop side = (1 + ratio) x max(box w, h).")
+@settings_options(MemoryConfig)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @_ckpt_dir_opt
 @_no_download_opt
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output bank folder.")
-def memory_build(references_path, image_root, encoder, sam2_name, context_ratio, device, checkpoint_dir, no_download, out):
-    """Encode the references with DINOv2 and save per-instance/class prototypes (method.md §2-3).
+def memory_build(references_path, image_root, encoder, sam2_name, device, checkpoint_dir, no_download, out, **kw):
+    """Encode the references with the image encoder and save per-instance/class prototypes (method.md §2-3).
 
     The (merged) references are saved in the bank folder as references.json; masks SAM2 made for
     box-only references are recorded in the bank (`references show --memory BANK` draws them).
     """
-    from .method.config import MemoryConfig
     from .workflows import build_bank
 
+    config = MemoryConfig(**settings_from_flags(MemoryConfig, kw)).validate()
     bank = build_bank(list(references_path), image_root, out, encoder_name=encoder, checkpoint_dir=checkpoint_dir,
-                      download=not no_download, device=device, sam2_name=sam2_name,
-                      config=MemoryConfig(context_ratio=context_ratio), progress=_progress("references"),
-                      notice=lambda n: click.echo(f"notice: {n}"))
+                      download=not no_download, device=device, sam2_name=sam2_name, config=config,
+                      progress=_progress("references"), notice=lambda n: click.echo(f"notice: {n}"))
     click.echo(f"wrote memory bank {out}: {len(bank.categories)} classes, {int(bank.instance_labels.numel())} instances, "
                f"dim {bank.instance_prototypes.shape[1]}, hash {bank.content_hash[:16]}")
     for note in bank.notes:
@@ -355,44 +367,23 @@ def memory_info(bank):
 
 
 def segmenter_options(f):
-    """Model / threshold / device flags shared by `segment` (and the batch job)."""
-    opts = [
-        click.option("--sam2", "sam2_name", default=DEFAULT_SAM2, show_default=True, type=click.Choice(SAM2_NAMES), help="SAM2 proposer."),
-        click.option("--points-per-side", default=32, show_default=True, help="Point grid side (32 -> 1024 prompts). Tests use 2-8 on CPU."),
-        click.option("--points-batch-size", default=256, show_default=True, help="Prompts per SAM2 decoder call."),
-        click.option("--pred-iou-threshold", default=0.4, show_default=True, help="Keep masks with predicted IoU above this."),
-        click.option("--nms-iou-threshold", default=0.5, show_default=True, help="Class-aware box NMS IoU threshold."),
-        click.option("--max-detections", default=100, show_default=True, help="Instances kept per image."),
-        click.option("--add-no-mem-embed", is_flag=True, help="Add SAM2's no_mem_embed like the official predictors (the reference skips it)."),
-        click.option("--drop-unmatched-before-nms", is_flag=True, help="Drop zero-similarity candidates before NMS (the reference drops them after, method.md §8.19)."),
-        click.option("--resize-mode", default="squash", show_default=True, type=click.Choice(["squash", "letterbox"]), help="Target resize (the reference squashes)."),
-        click.option("--point-grid", default="reference", show_default=True, type=click.Choice(["reference", "amg"]), help="Grid layout (reference: touches the borders)."),
-        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
-        click.option("--bf16", is_flag=True, help="bf16 autocast for the model forwards (CUDA; CPU works, for testing); IoU filter, similarities and NMS stay fp32. The reference is fp32."),
-        click.option("--compile", is_flag=True, help="torch.compile the SAM2/DINOv2 encoders and the fast mask decoder (first batch pays the compile time; same detections)."),
-        click.option("--tile-size", type=click.IntRange(min=0), default=None,
-                     help="Tiled inference for very large images: an image with a side over N px is segmented as N×N tiles, their instances merged across tile borders (mask NMS, intersection over the smaller mask > segmenter tile_merge_threshold, default 0.5). 0 = off. [default: off]"),
-        click.option("--tile-overlap", type=click.FloatRange(min=0), default=0.2, show_default=True,
-                     help="Overlap of neighbouring tiles: a fraction of --tile-size if < 1, else pixels."),
-        _ckpt_dir_opt,
-        _no_download_opt,
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    """Model, threshold and device flags shared by `segment` and `run`: `--sam2`, one flag per
+    ``SegmenterConfig`` field marked as a flag (generated from the dataclass: name, type, default
+    and help; see ``cli_settings``), and where the checkpoints come from."""
+    f = _no_download_opt(f)
+    f = _ckpt_dir_opt(f)
+    f = settings_options(SegmenterConfig)(f)
+    return click.option("--sam2", "sam2_name", default=DEFAULT_SAM2, show_default=True, type=click.Choice(SAM2_NAMES),
+                        help="SAM2 proposer.")(f)
 
 
-def segmenter_config_from_flags(kw: dict):
-    from .method.config import SegmenterConfig
+# The SegmenterConfig fields that are flags of `segment` and `run` (`run`: given ones override the job file).
+_SEGMENTER_FLAGS = flag_names(SegmenterConfig)
 
-    return SegmenterConfig(
-        points_per_side=kw["points_per_side"], points_batch_size=kw["points_batch_size"],
-        pred_iou_threshold=kw["pred_iou_threshold"], nms_iou_threshold=kw["nms_iou_threshold"],
-        max_detections=kw["max_detections"], add_no_mem_embed=kw["add_no_mem_embed"],
-        drop_unmatched_before_nms=kw["drop_unmatched_before_nms"], resize_mode=kw["resize_mode"],
-        point_grid=kw["point_grid"], device=kw["device"], bf16=kw["bf16"], compile=kw["compile"],
-        tile_size=kw["tile_size"], tile_overlap=kw["tile_overlap"],
-    ).validate()
+
+def segmenter_config_from_flags(kw: dict) -> SegmenterConfig:
+    """The segmenter settings of a command's flag values (a flag missing from ``kw`` keeps its default), validated."""
+    return SegmenterConfig(**settings_from_flags(SegmenterConfig, kw)).validate()
 
 
 @main.command()
@@ -426,11 +417,6 @@ def segment(memory, images, annotations, image_root, limit, batch_size, out, **k
 
 
 # ----------------------------------------------------------------------------- batch job
-
-_SEGMENTER_FLAGS = ("points_per_side", "points_batch_size", "pred_iou_threshold", "nms_iou_threshold", "max_detections",
-                    "add_no_mem_embed", "drop_unmatched_before_nms", "resize_mode", "point_grid", "device", "bf16",
-                    "compile", "tile_size", "tile_overlap")
-
 
 @main.command()
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -496,8 +482,7 @@ def run(ctx, config_file, dry_run, verbose, **kw):
         data = load_job_file(config_file)  # the same reader as `config check`: repeated keys are errors
     given = {k for k in kw if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
     seg = dict(data.pop("segmenter", None) or {})
-    for k in given & set(_SEGMENTER_FLAGS):
-        seg[k] = kw[k]
+    seg.update(settings_given(ctx, SegmenterConfig, kw))
     opts = dict(data.pop("storage_options", None) or {})
     for flag, key in (("endpoint_url", "endpoint_url"), ("anon", "anon"), ("profile", "profile")):
         if flag in given:
@@ -845,7 +830,7 @@ def config_check(job_file, strict):
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--random-weights", is_flag=True, help="Use random-initialised checkpoints (machines without the real weights). Results are meaningless but exercise everything.")
 @click.option("--sam2", "sam2_name", default="sam2.1_hiera_tiny", show_default=True, type=click.Choice(SAM2_NAMES))
-@click.option("--encoder", default="dinov2_vits14", show_default=True, type=click.Choice(DINOV2_NAMES))
+@click.option("--encoder", default="dinov2_vits14", show_default=True, type=click.Choice(ENCODER_NAMES), help=_ENCODER_HELP)
 @click.option("--shots", default=1, show_default=True)
 @click.option("--limit", default=8, show_default=True, help="Target images.")
 @click.option("--points-per-side", default=8, show_default=True, help="8 keeps the CPU demo to seconds per image; the paper uses 32.")
@@ -868,7 +853,7 @@ def demo(data, out, random_weights, sam2_name, encoder, shots, limit, points_per
 
 @main.command()
 @click.option("--sam2", "sam2_name", default="sam2.1_hiera_tiny", show_default=True, type=click.Choice(SAM2_NAMES), help="SAM2 proposer.")
-@click.option("--encoder", default="dinov2_vits14", show_default=True, type=click.Choice(DINOV2_NAMES), help="DINOv2 encoder.")
+@click.option("--encoder", default="dinov2_vits14", show_default=True, type=click.Choice(ENCODER_NAMES), help=_ENCODER_HELP)
 @click.option("--images", required=True, help="Images to time on: folder, glob or file (fsspec URI).")
 @click.option("--limit", default=None, type=click.IntRange(min=1),
               help="Timed images [default: 3; the reference path costs minutes per image on CPU]. With --pipeline-noop: distinct images used [default: all].")

@@ -19,17 +19,42 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
 
 
+# The mergers ``ntt_batch.method.merging.MERGERS`` offers (kept here so that the command line's
+# choices need no torch import; tests/test_cli_settings.py checks the two agree).
+MERGER_NAMES = ("soft", "graph-diffusion")
+
+
+def setting(default: Any, help: str, *, flag: bool = False, **cli: Any) -> Any:
+    """A settings field: its default and its help text (method.md § citations), declared once.
+
+    The help text lives in the field's metadata (``dataclasses.fields(cls)[i].metadata["help"]``);
+    ``flag=True`` makes the field a command-line flag (``--points-per-side`` for
+    ``points_per_side``) of the commands that take these settings: ``ntt_batch.cli_settings``
+    generates the click option from the annotation, this default and this help.
+
+    Args:
+        cli: extra hints for the generated flag: ``min`` (a lower bound, checked by the flag's
+            type), ``choices`` (the allowed values of a ``str`` field), ``default_text`` (what
+            ``--help`` shows as the default when it is None, e.g. "off").
+    """
+    return field(default=default, metadata={"help": help, "flag": flag, **cli})
+
+
 @dataclass
 class MemoryConfig:
     """Reference encoding (method.md §2.1-2.2, §3)."""
 
-    # Square side the reference crop is resized to (§2.1 step 5); a multiple of the encoder's patch
-    # size. None = the encoder's native input side (DINOv2: 518 = 37 × 14, §6; DINOv3: 512).
-    crop_size: int | None = None
-    context_ratio: float = 0.2  # crop side = (1 + ratio) · max(box w, h) (§2.1 step 4)
-    # Fallback when the nearest-sampled 37×37 mask misses every patch (§8.6): "area" pooling of
-    # the 518² mask onto the patch grid; the reference would produce a NaN prototype instead.
-    empty_mask_fallback: Literal["area", "error"] = "area"
+    crop_size: int | None = setting(
+        None, flag=True, min=1, default_text="the encoder's native size",
+        help="Square side the reference crop is resized to (method.md §2.1 step 5), a multiple of the encoder's "
+             "patch size. Unset: the encoder's native input side (DINOv2: 518 = 37 x 14, §6; DINOv3: 512).")
+    context_ratio: float = setting(
+        0.2, flag=True, min=0.0,
+        help="Context around the reference box: crop side = (1 + ratio) x max(box w, h) (method.md §2.1 step 4).")
+    empty_mask_fallback: Literal["area", "error"] = setting(
+        "area",
+        help="When the nearest-sampled 37x37 mask misses every patch (method.md §8.6): 'area' pools the 518² mask "
+             "onto the patch grid by area; 'error' refuses (the reference would produce a NaN prototype instead).")
 
     def validate(self) -> "MemoryConfig":
         _check(self.crop_size is None or self.crop_size > 0, "crop_size", self.crop_size,
@@ -57,82 +82,115 @@ def _encoder_side(size: int | None, patch_size: int, native_size: int, name: str
 
 @dataclass
 class SegmenterConfig:
-    """Target inference (method.md §4, defaults from §7)."""
+    """Target inference (method.md §4, defaults from §7).
 
-    image_size: int = 1024  # SAM2 input side (§4.1)
-    # Encoder input side for targets (§4.3), a multiple of its patch size. None = the encoder's
-    # native side (DINOv2: 518 = 37 × 14, §6; DINOv3: 512 = 32 × 16).
-    encoder_image_size: int | None = None
-    # "squash" = the reference's aspect-ignoring resize (§8.2); "letterbox" = SAM's longest-side
-    # resize with zero padding at the bottom/right.
-    resize_mode: Literal["squash", "letterbox"] = "squash"
-    points_per_side: int = 32  # 32×32 = 1024 prompts (§4.2)
-    # "reference": linspace(0, S-1, n) + 0.5 with x as the outer index (§4.2, §8.3);
-    # "amg": SAM's automatic-mask-generator grid (cell centres, y outer).
-    point_grid: Literal["reference", "amg"] = "reference"
-    # "fast": the same function computed with far less work (exact re-arrangements: shared
-    # first decoder layer, filter before upscaling, separable mask pooling, merge restricted to
-    # overlapping pairs); "reference": the straightforward path as method.md §4 describes it.
-    implementation: Literal["fast", "reference"] = "fast"
-    # Prompts per decoder call on the reference path (testing_point_bs). The fast path sizes its
-    # decoder batches to free GPU memory instead; on CPU it uses min(this, 64).
-    points_batch_size: int = 256
-    add_no_mem_embed: bool = False  # the reference skips it (§8.1)
-    pred_iou_threshold: float = 0.4  # keep predicted IoU > thr, strict (§4.2)
-    nms_iou_threshold: float = 0.5  # class-aware box NMS on 256-grid boxes (§4.5)
-    nms_keep_factor: int = 8  # keep at most factor · max_detections NMS survivors (§4.5)
-    # §8.19: the reference labels candidates whose similarity is 0 to every class with
-    # torch.topk's tie-breaking and lets them suppress detections in NMS before dropping them.
-    # True drops such candidates before NMS instead (saner, differs from the reference).
-    drop_unmatched_before_nms: bool = False
-    # How overlapping candidates of one class lower each other's scores (method/merging.py):
-    # "soft" = the method's semantic-aware soft merging (§4.7); "graph-diffusion" = FSOD-VFM's
-    # rescoring (arXiv 2602.03137): a penalty diffused over the overlap graph, see below.
-    merger: str = "soft"
-    merge_exponent: float = 0.5  # final = sem · (1 − penalty)^exponent (§4.7; FSOD-VFM's lambda)
-    # graph-diffusion: π ← α·P·π + (1 − α)·w, at most ``steps`` iterations (FSOD-VFM's defaults).
-    graph_diffusion_alpha: float = 0.3
-    graph_diffusion_steps: int = 30
-    # "code": P = the overlap matrix itself, as FSOD-VFM's metric.py computes it (its row
-    # "normalisation" divides by a boolean); "paper": P row-normalised as the paper writes it.
-    graph_diffusion_transition: Literal["code", "paper"] = "code"
-    max_detections: int = 100  # num_out_instance (§4.8)
-    device: str = "auto"  # "auto" (CUDA if present), "cpu", "cuda", "cuda:N"
-    # bf16 autocast for the model forwards (SAM2 and DINOv2 encoders, the mask decoder's
-    # transformer and upscaling), on CUDA and on CPU alike (CPU: for testing; it is slower there).
-    # The decisions stay fp32: the IoU head and its filter, the mask pooling and similarities,
-    # NMS and merging run in fp32 on the bf16 forwards' outputs. The reference is fp32.
-    bf16: bool = False
-    # torch.compile the SAM2 image encoder, the DINOv2 encoder and the fast decoder's transformer
-    # (prompt batches padded to one fixed size, so the decoder compiles once). The first call per
-    # input shape pays the compile time (tens of seconds to minutes). Same detections as eager.
-    compile: bool = False
-    # Full-resolution work (§4.6-4.8) on the fast path: the chunked upsampling of the NMS survivors
-    # and the merge's intersection counts keep their buffers under about this many MiB, whatever
-    # the image size (the reference path upsamples every survivor at once: M·H·W floats). The
-    # final instances carry dense bool masks when those fit in this budget too, else only their
-    # RLE (``Instance.mask`` is then decoded on first access).
-    merge_memory_mb: int = 256
-    # Host-memory guard of the batch job's actor: an image whose estimated need exceeds this many
-    # MiB gets an ``error`` row ("out of memory (estimated) ...") instead of being attempted.
-    # 0 = half of this machine's physical memory.
-    memory_limit_mb: int = 0
-    # Tiled inference for very large images (aerial, satellite, scanned pages): an image with a
-    # side over ``tile_size`` px is cut into tile_size × tile_size tiles (the last row/column of
-    # tiles shifted back to end at the border), each segmented as an image by this same segmenter
-    # (its own resize to image_size, prompts, NMS, merging, top max_detections); the instances
-    # are shifted into image coordinates, merged across tile borders (see ``tile_merge_threshold``)
-    # and the top max_detections kept. None or 0 = off (the whole image is resized once, §4.1).
-    tile_size: int | None = None
-    # Overlap of neighbouring tiles: a fraction of tile_size if < 1 (0.2 → 20 %), else pixels.
-    # An object smaller than the overlap lies whole in at least one tile.
-    tile_overlap: float = 0.2
-    # Cross-tile merge, greedy by score, per class: an instance absorbs (mask union, box union,
-    # its own score) every lower-scored instance *of another tile* whose mask overlaps it with
-    # intersection / (smaller mask's area) > this threshold, so a duplicate from the overlap and
-    # an object cut by a tile border both become one instance. Instances of one tile never merge
-    # (the segmenter's own NMS and soft merging already decided those).
-    tile_merge_threshold: float = 0.5
+    Each field's help text (and whether it is a command-line flag of `segment` and `run`) is its
+    metadata: see :func:`setting`.
+    """
+
+    image_size: int = setting(1024, help="SAM2 input side (method.md §4.1); the models are trained at 1024.")
+    encoder_image_size: int | None = setting(
+        None, flag=True, min=1, default_text="the encoder's native size",
+        help="Encoder input side for targets (method.md §4.3), a multiple of its patch size. Unset: the encoder's "
+             "native side (DINOv2: 518 = 37 x 14, §6; DINOv3: 512 = 32 x 16).")
+    resize_mode: Literal["squash", "letterbox"] = setting(
+        "squash", flag=True,
+        help="Target resize: 'squash' = the reference's aspect-ignoring resize (method.md §8.2); 'letterbox' = "
+             "SAM's longest-side resize with zero padding at the bottom/right.")
+    points_per_side: int = setting(
+        32, flag=True,
+        help="Point grid side: 32 -> 32x32 = 1024 prompts (method.md §4.2). Tests use 2-8 on CPU.")
+    point_grid: Literal["reference", "amg"] = setting(
+        "reference", flag=True,
+        help="Grid layout: 'reference' = linspace(0, S-1, n) + 0.5 with x as the outer index, touching the "
+             "borders (method.md §4.2, §8.3); 'amg' = SAM's automatic-mask-generator grid (cell centres, y outer).")
+    implementation: Literal["fast", "reference"] = setting(
+        "fast", flag=True,
+        help="'fast': the same function computed with far less work (exact re-arrangements: shared first decoder "
+             "layer, filter before upscaling, separable mask pooling, merge restricted to overlapping pairs); "
+             "'reference': the straightforward path as method.md §4 describes it.")
+    points_batch_size: int = setting(
+        256, flag=True,
+        help="Prompts per SAM2 decoder call on the reference path (testing_point_bs). The fast path sizes its "
+             "decoder batches to free GPU memory instead; on CPU it uses min(this, 64).")
+    add_no_mem_embed: bool = setting(
+        False, flag=True,
+        help="Add SAM2's no_mem_embed like the official predictors (the reference skips it, method.md §8.1).")
+    pred_iou_threshold: float = setting(
+        0.4, flag=True, help="Keep masks whose predicted IoU is above this, strictly (method.md §4.2).")
+    nms_iou_threshold: float = setting(
+        0.5, flag=True, help="IoU threshold of the class-aware box NMS on 256-grid boxes (method.md §4.5).")
+    nms_keep_factor: int = setting(
+        8, help="Keep at most nms_keep_factor x max_detections NMS survivors (method.md §4.5).")
+    drop_unmatched_before_nms: bool = setting(
+        False, flag=True,
+        help="Drop candidates whose similarity is 0 to every class before NMS (saner, differs from the reference). "
+             "The reference labels them with torch.topk's tie-breaking and lets them suppress detections in NMS "
+             "before dropping them (method.md §8.19).")
+    merger: str = setting(
+        "soft", flag=True, choices=MERGER_NAMES,
+        help="How overlapping candidates of one class lower each other's scores (method/merging.py): 'soft' = the "
+             "method's semantic-aware soft merging (method.md §4.7); 'graph-diffusion' = FSOD-VFM's rescoring "
+             "(arXiv 2602.03137), a penalty diffused over the overlap graph (--graph-diffusion-*).")
+    merge_exponent: float = setting(
+        0.5, flag=True, min=0.0,
+        help="Both mergers: final score = semantic score x (1 - penalty)^exponent (method.md §4.7; FSOD-VFM's "
+             "lambda).")
+    graph_diffusion_alpha: float = setting(
+        0.3, flag=True,
+        help="graph-diffusion: pi <- alpha·P·pi + (1 - alpha)·w, in [0, 1) (FSOD-VFM's default).")
+    graph_diffusion_steps: int = setting(
+        30, flag=True, min=1, help="graph-diffusion: at most this many iterations (FSOD-VFM's default).")
+    graph_diffusion_transition: Literal["code", "paper"] = setting(
+        "code", flag=True,
+        help="graph-diffusion transition matrix P: 'code' = the overlap matrix itself, as FSOD-VFM's metric.py "
+             "computes it (its row \"normalisation\" divides by a boolean); 'paper' = row-normalised as the paper "
+             "writes it.")
+    max_detections: int = setting(
+        100, flag=True, help="Instances kept per image (num_out_instance, method.md §4.8).")
+    device: str = setting("auto", flag=True, help="'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N'.")
+    bf16: bool = setting(
+        False, flag=True,
+        help="bf16 autocast for the model forwards (SAM2 and DINOv2/DINOv3 encoders, the mask decoder's transformer "
+             "and upscaling), on CUDA and on CPU alike (CPU: for testing; it is slower there). The decisions stay "
+             "fp32: the IoU head and its filter, the mask pooling and similarities, NMS and merging run in fp32 on "
+             "the bf16 forwards' outputs. The reference is fp32.")
+    compile: bool = setting(
+        False, flag=True,
+        help="torch.compile the SAM2 image encoder, the DINOv2/DINOv3 encoder and the fast decoder's transformer "
+             "(prompt batches padded to one fixed size, so the decoder compiles once). The first call per input "
+             "shape pays the compile time (tens of seconds to minutes). Same detections as eager.")
+    merge_memory_mb: int = setting(
+        256,
+        help="Full-resolution work (method.md §4.6-4.8) on the fast path: the chunked upsampling of the NMS "
+             "survivors and the merge's intersection counts keep their buffers under about this many MiB, whatever "
+             "the image size (the reference path upsamples every survivor at once: M·H·W floats). The final "
+             "instances carry dense bool masks when those fit in this budget too, else only their RLE "
+             "(Instance.mask is then decoded on first access).")
+    memory_limit_mb: int = setting(
+        0,
+        help="Host-memory guard of the batch job's actor: an image whose estimated need exceeds this many MiB gets "
+             "an error row (\"out of memory (estimated) ...\") instead of being attempted. 0 = half of this "
+             "machine's physical memory.")
+    tile_size: int | None = setting(
+        None, flag=True, min=0, default_text="off",
+        help="Tiled inference for very large images (aerial, satellite, scanned pages): an image with a side over "
+             "N px is cut into NxN tiles (the last row/column of tiles shifted back to end at the border), each "
+             "segmented as an image by this same segmenter (its own resize to image_size, prompts, NMS, merging, "
+             "top max_detections); the instances are shifted into image coordinates, merged across tile borders "
+             "(tile_merge_threshold) and the top max_detections kept. Unset or 0 = off (the whole image is resized "
+             "once, method.md §4.1).")
+    tile_overlap: float = setting(
+        0.2, flag=True, min=0.0,
+        help="Overlap of neighbouring tiles: a fraction of tile_size if < 1 (0.2 -> 20 %), else pixels. An object "
+             "smaller than the overlap lies whole in at least one tile.")
+    tile_merge_threshold: float = setting(
+        0.5,
+        help="Cross-tile merge, greedy by score, per class: an instance absorbs (mask union, box union, its own "
+             "score) every lower-scored instance of another tile whose mask overlaps it with intersection / "
+             "(smaller mask's area) > this threshold, so a duplicate from the overlap and an object cut by a tile "
+             "border both become one instance. Instances of one tile never merge (the segmenter's own NMS and soft "
+             "merging already decided those).")
 
     def for_encoder(self, patch_size: int, native_size: int) -> "SegmenterConfig":
         """A copy with ``encoder_image_size`` resolved for an encoder (None → ``native_size``) and
@@ -151,8 +209,8 @@ class SegmenterConfig:
                "a positive multiple of 16 (SAM2 stride); the models are trained at 1024")
         _check(self.encoder_image_size is None or self.encoder_image_size > 0, "encoder_image_size",
                self.encoder_image_size, "a positive multiple of the encoder's patch size, or null for its native size")
-        _check(isinstance(self.merger, str) and bool(self.merger), "merger", self.merger,
-               "a merger name ('soft', 'graph-diffusion')")
+        _check(self.merger in MERGER_NAMES, "merger", self.merger,
+               "one of " + ", ".join(map(repr, MERGER_NAMES)))
         _check(0.0 <= self.graph_diffusion_alpha < 1.0, "graph_diffusion_alpha", self.graph_diffusion_alpha,
                "in [0, 1)")
         _check(self.graph_diffusion_steps >= 1, "graph_diffusion_steps", self.graph_diffusion_steps, ">= 1")
@@ -220,7 +278,7 @@ def config_from_dict(cls, data: Mapping[str, Any], where: str = "config", *, val
         raise ConfigError(
             f"{prefix}{block}unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(fields))}"
         )
-    hints = _type_hints(cls)
+    hints = settings_type_hints(cls)
     kwargs = {name: check_value(hints.get(name, Any), value, where, f"{path}.{name}" if path else name)
               for name, value in data.items()}
     obj = cls(**kwargs)
@@ -243,7 +301,7 @@ def check_config_types(obj, where: str = "", path: str = ""):
     Integers given for ``float`` fields become floats and mappings given for nested dataclass
     fields are built into them; anything else of the wrong type is a :class:`ConfigError`.
     """
-    hints = _type_hints(type(obj))
+    hints = settings_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         key = f"{path}.{f.name}" if path else f.name
         value = getattr(obj, f.name)
@@ -343,7 +401,7 @@ def _type_error(where: str, key: str, value: Any, expected: str) -> typing.NoRet
     raise ConfigError(f"{prefix}{key}: expected {expected}, got {_describe(value)}")
 
 
-def _type_hints(cls) -> dict[str, Any]:
+def settings_type_hints(cls) -> dict[str, Any]:
     """The resolved field annotations of dataclass ``cls`` (modules use ``from __future__ import annotations``)."""
     try:
         return typing.get_type_hints(cls)
@@ -355,5 +413,5 @@ def config_to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-__all__ = ["ConfigError", "MemoryConfig", "SegmenterConfig", "check_config_types", "check_value", "config_from_dict",
-           "config_to_dict", "field"]
+__all__ = ["ConfigError", "MERGER_NAMES", "MemoryConfig", "SegmenterConfig", "check_config_types", "check_value",
+           "config_from_dict", "config_to_dict", "field", "setting", "settings_type_hints"]
