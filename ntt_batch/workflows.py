@@ -7,7 +7,6 @@ checkpoint sha256s and whether they are the official files, memory-bank hash, pa
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import os
@@ -18,10 +17,13 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 
 from . import __version__
+from .io.atomic import atomic_local_file
 from .io.images import ImageDecodeError, decode_image, load_image
+from .io.inputs import InputSpec
 from .io.masks import encode_rle
-from .io.sources import safe_join
-from .io.storage import InputImage, inputs_from_coco, inputs_from_uri, read_bytes
+from .io.names import safe_join
+from .io.output_folder import utc_now_iso
+from .io.storage import InputImage, read_bytes
 from .method.config import MemoryConfig, SegmenterConfig, config_to_dict
 from .method.memory_bank import MemoryBank, build_memory_bank, sam2_box_masks
 from .method.references import (
@@ -34,21 +36,10 @@ from .method.references import (
 )
 from .method.segmenter import Segmenter, TargetImage, resolve_device
 from .models.loading import load_encoder, load_sam2
+from .pipeline.bank_prep import check_encoder_weights
+from .pipeline.plan import list_inputs
 
 log = logging.getLogger(__name__)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _write_json_atomic(path: str | os.PathLike, obj, indent: int | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=indent)
-    os.replace(tmp, path)
 
 
 REFERENCES_FILE = "references.json"  # the (merged) references, saved beside the bank they built
@@ -177,12 +168,7 @@ def load_segmenter(
     bank = MemoryBank.load(memory)
     enc_name = bank.encoder["name"]
     encoder, enc_ckpt = load_encoder(enc_name, checkpoint_dir=checkpoint_dir, download=download)
-    if bank.encoder.get("checkpoint_sha256") and enc_ckpt.sha256 != bank.encoder["checkpoint_sha256"]:
-        raise ValueError(
-            f"memory bank {memory} was built with {enc_name} weights sha256 {bank.encoder['checkpoint_sha256']}, "
-            f"but {enc_ckpt.path} has sha256 {enc_ckpt.sha256}: features would not be comparable. Use the same "
-            "checkpoint (--checkpoint-dir) or rebuild the bank."
-        )
+    check_encoder_weights(bank.encoder, enc_ckpt, memory)
     proposer, sam_ckpt = load_sam2(sam2_name, checkpoint_dir=checkpoint_dir, download=download,
                                    add_no_mem_embed=config.add_no_mem_embed)
     segmenter = Segmenter(proposer, encoder, bank, config)
@@ -207,12 +193,12 @@ def resolve_targets(images: str | None, annotations: str | None, image_root: str
     if annotations:
         if not image_root:
             raise ValueError("--annotations needs --image-root (the folder holding the images it lists)")
-        entries = inputs_from_coco(annotations, image_root)
+        spec = InputSpec(annotations=annotations, image_root=image_root)
     elif images:
-        entries = inputs_from_uri(images)
+        spec = InputSpec(images=images)
     else:
         raise ValueError("give --images PATH_OR_GLOB, or --annotations ANN.json with --image-root ROOT")
-    return entries[:limit] if limit else entries
+    return list_inputs(spec, limit=limit)
 
 
 def segment_to_coco_results(
@@ -230,7 +216,7 @@ def segment_to_coco_results(
     bad file does not lose the others' results.
     """
     entries = list(entries)
-    started, t0 = _now(), time.perf_counter()
+    started, t0 = utc_now_iso(), time.perf_counter()
     results: list[dict] = []
     errors: list[dict] = []
     per_image: list[dict] = []
@@ -250,7 +236,7 @@ def segment_to_coco_results(
         done += len(chunk)
         if progress:
             progress(done, len(entries))
-    _write_json_atomic(out, results)
+    _write_json(out, results)
     elapsed = time.perf_counter() - t0
     summary = {
         "images": len(entries),
@@ -261,10 +247,16 @@ def segment_to_coco_results(
         "seconds": round(elapsed, 3),
         "images_per_s": round(len(entries) / elapsed, 4) if elapsed > 0 else None,
     }
-    meta = {**provenance, "started_at": started, "finished_at": _now(), "results": str(out),
+    meta = {**provenance, "started_at": started, "finished_at": utc_now_iso(), "results": str(out),
             "summary": summary, "errors": errors, "images": per_image}
-    _write_json_atomic(meta_path_for(out), meta, indent=2)
+    _write_json(meta_path_for(out), meta, indent=2)
     return summary
+
+
+def _write_json(path: str | os.PathLike, obj, indent: int | None = None) -> None:
+    """``obj`` as JSON, streamed into ``path`` atomically (results can be large: not built as one string)."""
+    with atomic_local_file(path, "w") as f:
+        json.dump(obj, f, indent=indent)
 
 
 def meta_path_for(results_path: str | os.PathLike) -> Path:

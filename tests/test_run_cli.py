@@ -6,7 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from ntt_batch.cli import main
-from ntt_batch.pipeline.job import JobConfig, _redact
+from ntt_batch.io.storage import StorageOptionsError, redact_options, storage_options_from
+from ntt_batch.pipeline.job import JobConfig
 
 
 def _invoke(args):
@@ -59,4 +60,20 @@ def test_storage_option_flags_and_redaction(tmp_path, images):
     d = cfg.to_dict()
     assert d["storage_options"]["secret"] == "***" and d["storage_options"]["key"] == "***"
     assert d["storage_options"]["client_kwargs"]["endpoint_url"] == "http://x"
-    assert _redact({"aws_session_token": "t", "anon": True}) == {"aws_session_token": "***", "anon": True}
+    assert redact_options({"aws_session_token": "t", "anon": True}) == {"aws_session_token": "***", "anon": True}
+
+
+def test_storage_options_from_flags_and_a_job_files_block():
+    base = {"profile": "file-profile", "client_kwargs": {"region_name": "eu-west-1"}}
+    opts = storage_options_from({"endpoint_url": "http://minio:9000", "anon": True, "profile": None,
+                                 "storage_option": ["use_ssl=false", "default_block_size=1048576", "token=[abc"]},
+                                base)
+    assert opts == {"profile": "file-profile", "anon": True, "use_ssl": False, "default_block_size": 1048576,
+                    "token": "[abc",  # not valid YAML: kept as the text it is
+                    "client_kwargs": {"region_name": "eu-west-1", "endpoint_url": "http://minio:9000"}}
+    assert base == {"profile": "file-profile", "client_kwargs": {"region_name": "eu-west-1"}}  # not modified
+    assert storage_options_from({"anon": False, "storage_option": ()}) == {}
+    assert storage_options_from({"storage_option": ["endpoint_url=http://x"]}) == {"client_kwargs": {"endpoint_url": "http://x"}}
+    with pytest.raises(StorageOptionsError) as e:
+        storage_options_from({"storage_option": ["secret:hunter2"]})
+    assert "hunter2" not in str(e.value) and "#1" in str(e.value)

@@ -31,8 +31,8 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from .sources import safe_join
-from .storage import filesystem
+from .names import safe_join
+from .storage import filesystem, is_local
 
 INPUT_SCHEMA = pa.schema([("image_id", pa.int64()), ("image_uri", pa.string())])
 URI_COLUMNS = ("image_uri", "uri", "path")
@@ -227,13 +227,11 @@ def _walk_s3(fs, path: str) -> Iterator[str]:
 def _walk_paths(fs, path: str) -> Iterator[str]:
     """Files under ``path``, streamed: local folders directory by directory (sorted), S3 prefixes page
     by page (key order), other stores directory by directory (``fs.walk``)."""
-    from fsspec.implementations.local import LocalFileSystem
-
     if type(fs).__name__ == "S3FileSystem" and hasattr(fs, "_call_s3"):
         yield from _walk_s3(fs, path)
         return
 
-    if isinstance(fs, LocalFileSystem):
+    if is_local(fs):
         stack = [path]
         while stack:
             d = stack.pop()
@@ -261,12 +259,10 @@ def iter_listing(uri: str, options: dict | None = None, *, extensions: tuple[str
     Nothing is filtered unless ``extensions`` is given (then the skipped count is in ``stats``).
     Hidden files (a name starting with '.') and anything under ``exclude_prefix`` are not inputs.
     """
-    from fsspec.implementations.local import LocalFileSystem
-
     stats = stats if stats is not None else SourceStats()
     fs, path = filesystem(uri, options)
     fs.invalidate_cache()
-    local = isinstance(fs, LocalFileSystem)
+    local = is_local(fs)
     if fsspec.core.has_magic(path):
         found: Iterable[str] = sorted(p for p in fs.glob(path) if fs.isfile(p))
     elif fs.isdir(path):

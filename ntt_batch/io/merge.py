@@ -1,7 +1,7 @@
 """Reading the batch job's Parquet shards, and the streaming merge into COCO results or a COCO dataset.
 
 This module is the one place that reads shard files (:func:`list_shards`,
-:func:`iter_image_batches`, :func:`read_run_manifest`); the writers of every export format live
+:func:`iter_image_batches`; the run record is ``OutputFolder.read_run``); the writers of every export format live
 in :mod:`ntt_batch.io.exports` (``yolo`` and ``label-studio`` besides the two below) and are fed
 by one loop, :func:`ntt_batch.io.exports.base.run_export`.
 
@@ -46,7 +46,6 @@ import logging
 import os
 import tempfile
 from array import array
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -55,8 +54,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .atomic import AtomicLocalFile, commit_on_success
+from .output_folder import OutputFolder
 from .shards import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, shard_paths
-from .storage import filesystem
+from .storage import filesystem, is_local
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,9 @@ def iter_image_batches(shards: str, options: dict | None = None, *, batch_rows: 
                 for batch in pf.iter_batches(batch_size=batch_rows, columns=_COLUMNS):
                     for part in _slices(batch, batch_instances):
                         yield _image_batch(part, path)
-        except (OSError, pa.ArrowInvalid) as e:
+        except (TimeoutError, ConnectionError, PermissionError, FileNotFoundError):
+            raise  # a read error, not a broken shard: it propagates as it is
+        except (OSError, pa.ArrowInvalid) as e:  # pyarrow reports bad bytes as ArrowInvalid or OSError
             raise ValueError(f"shard {path} is unreadable ({e}); rerun `ntt-batch run` with the same "
                              "arguments (it quarantines broken shards and redoes their images)") from e
         if progress:
@@ -202,19 +205,6 @@ def _image_batch(batch: pa.RecordBatch, path: str) -> ImageBatch:
         counts=pc.struct_field(seg, "counts").to_pylist(),
         shard=path,
     )
-
-
-def read_run_manifest(shards: str, options: dict | None = None) -> dict:
-    """The run's record (``_ntt/run.json``, or an 0.1-layout ``run.json`` beside the shards); {} when there is none."""
-    from .output_folder import OutputFolder
-
-    if shards.lower().endswith(".parquet"):
-        return {}
-    try:
-        return OutputFolder(shards, options).read_run()
-    except (OSError, ValueError) as e:
-        log.warning("could not read the run record of %s (%s); continuing without it", shards, e)
-    return {}
 
 
 def read_json(uri: str, options: dict | None = None) -> Any:
@@ -316,21 +306,25 @@ class _IdChecker:
 class AtomicFile:
     """A temporary local file that becomes ``out`` on :meth:`commit` and vanishes on :meth:`abort`.
 
-    Local ``out``: a hidden temporary file in the same folder, then ``os.replace`` (atomic).
-    Object stores: a local temporary file, then one upload (an object appears whole or not at all).
-    ``file`` is the open text (or binary, ``mode="wb"``) file to write to.
+    Local ``out``: :class:`~ntt_batch.io.atomic.AtomicLocalFile` (a hidden temporary file in the
+    same folder, then ``os.replace``). Object stores: a local temporary file, then one upload (an
+    object appears whole or not at all). ``file`` is the open text (or binary, ``mode="wb"``) file
+    to write to.
     """
 
     def __init__(self, out: str, options: dict | None = None, *, mode: str = "w") -> None:
         fs, path = filesystem(out, options)
-        self.fs, self.path, self.local = fs, path, _is_local(fs)
+        self.fs, self.path, self.local = fs, path, is_local(fs)
+        self._local: AtomicLocalFile | None = None
+        self.tmp: str | None = None
         if self.local:
             parent = os.path.dirname(os.path.abspath(path)) or "."
             if not os.path.isdir(parent):
                 raise FileNotFoundError(f"output folder {parent!r} does not exist: create it first")
-            fd, self.tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
-        else:
-            fd, self.tmp = tempfile.mkstemp(prefix="ntt-merge-", suffix=".tmp")
+            self._local = AtomicLocalFile(path, mode)
+            self.file = self._local.file
+            return
+        fd, self.tmp = tempfile.mkstemp(prefix="ntt-merge-", suffix=".tmp")
         try:
             self.file = os.fdopen(fd, mode, encoding="utf-8" if "b" not in mode else None)
         except BaseException:
@@ -340,43 +334,33 @@ class AtomicFile:
 
     def commit(self) -> None:
         """Close the file and move it to ``out``."""
+        if self._local is not None:
+            self._local.commit()
+            return
         try:
             self.file.close()
-            if self.local:
-                os.replace(self.tmp, self.path)
-            else:
-                self.fs.put_file(self.tmp, self.path)
+            self.fs.put_file(self.tmp, self.path)
         finally:
             self._remove()
 
     def abort(self) -> None:
         """Close and delete the temporary file; ``out`` is left as it was."""
+        if self._local is not None:
+            self._local.abort()
+            return
         try:
             self.file.close()
         finally:
             self._remove()
 
     def _remove(self) -> None:
-        if os.path.exists(self.tmp):
+        if self.tmp and os.path.exists(self.tmp):
             os.remove(self.tmp)
 
 
-@contextmanager
-def atomic_output(out: str, options: dict | None = None, *, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary local file that becomes ``out`` only when the block succeeds (:class:`AtomicFile`)."""
-    a = AtomicFile(out, options, mode=mode)
-    try:
-        yield a.file
-    except BaseException:
-        a.abort()
-        raise
-    a.commit()
-
-
-def _is_local(fs) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
-    return isinstance(fs, LocalFileSystem)
+def atomic_output(out: str, options: dict | None = None, *, mode: str = "w"):
+    """Context manager: a temporary local file that becomes ``out`` only when the block succeeds (:class:`AtomicFile`)."""
+    return commit_on_success(AtomicFile(out, options, mode=mode))
 
 
 def _bbox_json(b: list[float]) -> str:
@@ -416,8 +400,12 @@ def _finish_stats(stats: MergeStats) -> None:
 
 def dataset_categories(shards: str, options: dict | None = None) -> list[dict] | None:
     """The memory bank's categories recorded in the run's ``run.json`` (None when unavailable)."""
-    bank = (read_run_manifest(shards, options).get("memory_bank") or {})
-    cats = bank.get("categories")
+    return run_categories(OutputFolder(shards, options).read_run(strict=False))
+
+
+def run_categories(run: dict) -> list[dict] | None:
+    """The memory bank's categories in a run record (``OutputFolder.read_run``), by id; None when absent."""
+    cats = (run.get("memory_bank") or {}).get("categories")
     if not cats:
         return None
     return [{"id": int(c["id"]), "name": str(c["name"])} for c in sorted(cats, key=lambda c: int(c["id"]))]
@@ -452,7 +440,7 @@ def merge_dataset(shards: str, out: str, *, options: dict | None = None, score_t
 def _spill_dir(out: str, options: dict | None) -> str | None:
     """Where the dataset writer keeps its two temporary arrays: beside a local output, else the temp dir."""
     fs, path = filesystem(out, options)
-    if _is_local(fs):
+    if is_local(fs):
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise FileNotFoundError(f"output folder {parent!r} does not exist: create it first")

@@ -36,7 +36,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .storage import filesystem
+from .atomic import atomic_write_bytes
+from .storage import filesystem, is_local
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,8 @@ LEGACY_RUN_JSON = "run.json"  # layout of ntt-batch 0.1 (run.json beside the sha
 PART_PREFIX = "part-"
 
 
-def now_iso() -> str:
-    """UTC now, ISO 8601 to the second (timestamps in run.json and the lock)."""
+def utc_now_iso() -> str:
+    """UTC now, ISO 8601 to the second (every timestamp this package records: run.json, the lock, outputs' meta)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -97,13 +98,11 @@ class OutputFolder:
     """A batch job's output URI. ``options`` are fsspec storage options (credentials, endpoint)."""
 
     def __init__(self, uri: str, options: dict | None = None):
-        from fsspec.implementations.local import LocalFileSystem
-
         self.uri = uri.rstrip("/")
         self.options = dict(options or {})
         self.fs, root = filesystem(self.uri, self.options)
         self.root = root.rstrip("/")
-        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.is_local = is_local(self.fs)
 
     # ------------------------------------------------------------------ paths
 
@@ -165,18 +164,11 @@ class OutputFolder:
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write a whole file atomically: readers see the old file or the new one, never a part.
 
-        Local: a temporary name in the same folder, fsync, then ``os.replace``. Object stores: one
-        PUT, which is atomic.
+        Local: :func:`ntt_batch.io.atomic.atomic_write_bytes` (temporary name, fsync, rename).
+        Object stores: one PUT, which is atomic.
         """
-        parent = path.rsplit("/", 1)[0]
         if self.is_local:
-            os.makedirs(parent, exist_ok=True)
-            tmp = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex[:8]}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic_write_bytes(path, data)
         else:
             self.fs.pipe_file(path, data)
 
@@ -192,7 +184,7 @@ class OutputFolder:
         path = self.path(rel)
         try:
             data = self.read_bytes(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: the "output" is one .parquet file
             return None
         try:
             return json.loads(data)
@@ -200,12 +192,26 @@ class OutputFolder:
             raise ValueError(f"{self.display(path)} is not valid JSON ({e}); it is this output's metadata: "
                              "restore it or use a new output") from None
 
-    def read_run(self) -> dict:
-        """``_ntt/run.json`` ({} when the output is new). An 0.1-layout ``run.json`` is read too."""
-        run = self.read_json(RUN_JSON)
-        if run is None:
-            run = self.read_json(LEGACY_RUN_JSON) or {}
-        return run
+    def read_run(self, *, strict: bool = True) -> dict:
+        """``_ntt/run.json`` ({} when the output is new). An 0.1-layout ``run.json`` is read too.
+
+        ``strict=False`` (readers that can do without the record: merge, review): a record that
+        cannot be read or parsed gives {} with a warning instead of an error.
+        """
+        try:
+            run = self.read_json(RUN_JSON)
+            if run is None:
+                run = self.read_json(LEGACY_RUN_JSON) or {}
+            return run
+        except (OSError, ValueError) as e:
+            if strict:
+                raise
+            log.warning("could not read the run record of %s (%s); continuing without it", self.uri, e)
+            return {}
+
+    def has_legacy_run(self) -> bool:
+        """Whether the output is in the 0.1 layout (``run.json`` beside the parts, no ``_ntt/run.json``)."""
+        return not self.fs.exists(self.path(RUN_JSON)) and self.fs.exists(self.path(LEGACY_RUN_JSON))
 
     def write_run(self, run: dict) -> None:
         self.write_json(RUN_JSON, run)
@@ -247,24 +253,35 @@ class OutputFolder:
 
         ``deep``: decode every page of every column (with page checksums when the file has them),
         so corrupt data pages are caught, not only a missing footer. Raises
-        :class:`CorruptFileError` only when the file's bytes could be read completely and do not
-        parse; a read error (network, permission, throttling) propagates unchanged, so a transient
-        failure never quarantines a healthy file.
+        :class:`CorruptFileError` only when the file is provably corrupt: its bytes were read
+        completely into memory and do not decode (bad magic, a broken footer or page, a checksum
+        mismatch). A read error (network, permission, throttling, timeout) propagates unchanged,
+        so a transient failure never marks a healthy file corrupt.
         """
         try:
             with self.fs.open(path, "rb") as f:
                 return _parse_shard(f, deep)
         except FileNotFoundError:
             raise
-        except Exception as first:
-            try:
-                data = self.read_bytes(path)  # a read error here is not corruption: let it propagate
-            except FileNotFoundError:
-                raise
+        except Exception as first:  # a read error or a decode error: tell them apart by reading the bytes first
+            data = self.read_bytes(path)  # a read error here is not corruption: it propagates
             try:
                 return _parse_shard(pa.BufferReader(data), deep)
-            except Exception as e:
+            except _DECODE_ERRORS as e:  # the bytes are in memory: any error now is in the bytes themselves
                 raise CorruptFileError(f"{self.display(path)}: {type(e).__name__}: {e}") from first
+
+    def quarantine_if_corrupt(self, path: str, *, dry_run: bool = False) -> str | None:
+        """The unreadable-file policy, in one place: decode ``path`` completely (:meth:`check_shard`);
+        a provably corrupt file is moved to ``_ntt/quarantine/`` (never deleted; with ``dry_run``
+        it stays). Returns None for a healthy file, else the quarantine path (``dry_run``: the
+        reason). Read and network errors propagate: the run fails (and is retried) instead of
+        quarantining a healthy file.
+        """
+        try:
+            self.check_shard(path, deep=True)
+        except CorruptFileError as e:
+            return str(e) if dry_run else self.quarantine(path, str(e))
+        return None
 
     def quarantine(self, path: str, reason: str) -> str:
         """Move an unreadable file to ``_ntt/quarantine/`` (never deleted); returns the new path."""
@@ -286,6 +303,11 @@ class OutputFolder:
         import pyarrow.fs as pafs
 
         return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs)), self.root
+
+
+# What decoding Parquet bytes held in memory raises on bad bytes: ArrowInvalid (a ValueError: bad magic,
+# broken footer or thrift), OSError (pyarrow's checksum mismatch), EOFError/IndexError (truncated data).
+_DECODE_ERRORS = (pa.ArrowException, ValueError, OSError, EOFError, IndexError)
 
 
 def _parse_shard(source, deep: bool) -> int:
@@ -372,13 +394,13 @@ class Lease:
             other = self.folder.read_json(LOCK_JSON) or {}
             raise LeaseHeldError(_held_message(self.folder, other, None)) from None
         self._fd = fd
-        self.folder.write_json(LOCK_JSON, {**self.holder, "acquired_at": now_iso()})
+        self.folder.write_json(LOCK_JSON, {**self.holder, "acquired_at": utc_now_iso()})
 
     # -------------------------------------------------------------- remote
 
     def _body(self) -> bytes:
         expires = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=self.ttl_s)
-        return json.dumps({**self.holder, "ttl_s": self.ttl_s, "renewed_at": now_iso(),
+        return json.dumps({**self.holder, "ttl_s": self.ttl_s, "renewed_at": utc_now_iso(),
                            "expires_at": expires.isoformat(timespec="seconds")}).encode()
 
     def _read_remote(self) -> tuple[dict, str] | None:

@@ -30,7 +30,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .inputs import HashAccumulator, UriHashes, uri_digests
-from .output_folder import COMMITS, PART_PREFIX, TMP, CorruptFileError, FileInfo, OutputFolder, now_iso
+from .output_folder import (
+    COMMITS,
+    PART_PREFIX,
+    TMP,
+    CorruptFileError,
+    FileInfo,
+    OutputFolder,
+    utc_now_iso,
+)
 from .shards import SHARD_SCHEMA, STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 
 log = logging.getLogger(__name__)
@@ -181,8 +189,8 @@ def commit(folder: OutputFolder, new_parts: list[NewPart], replaced: list[str], 
     """
     if not new_parts and not replaced:
         return
-    intent_id = f"{now_iso().replace(':', '')}-{uuid.uuid4().hex[:8]}"
-    intent = {"id": intent_id, "kind": kind, "created_at": now_iso(),
+    intent_id = f"{utc_now_iso().replace(':', '')}-{uuid.uuid4().hex[:8]}"
+    intent = {"id": intent_id, "kind": kind, "created_at": utc_now_iso(),
               "parts": [{"name": p.name, "tmp": p.tmp_path, "stats": p.stats.to_dict()} for p in new_parts],
               "replaced": list(replaced)}
     folder.write_json(f"{COMMITS}/{intent_id}.json", intent)
@@ -288,10 +296,9 @@ def commit_staging(folder: OutputFolder, files: list[FileInfo], *, run_id: str, 
             if not final:
                 result.skipped_incomplete += 1  # still being written by a worker: a later commit takes it
                 continue
-            try:
-                folder.check_shard(f.path, deep=True)
-            except CorruptFileError as ce:
-                result.quarantined.append(folder.quarantine(f.path, str(ce)))
+            moved = folder.quarantine_if_corrupt(f.path)  # a read error propagates: nothing is quarantined
+            if moved is not None:
+                result.quarantined.append(moved)
                 continue
             raise RuntimeError(f"{folder.display(f.path)} failed to read ({e}) but parses on a second read; "
                                "not committing it now") from e

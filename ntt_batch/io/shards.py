@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .output_folder import OutputFolder
 from .storage import filesystem
 
 STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
@@ -62,8 +63,6 @@ def shard_paths(out_uri: str, options: dict | None = None) -> tuple[Any, list[st
     Only the committed ``*.parquet`` files directly under the output count (see
     ``io.output_folder``); staging, temporary and quarantined files live under ``_ntt/``.
     """
-    from .output_folder import OutputFolder
-
     if out_uri.lower().endswith(".parquet"):
         fs, path = filesystem(out_uri, options)
         return fs, [path] if fs.exists(path) else []

@@ -28,13 +28,16 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
-from ..io.storage import absolute_uri, filesystem, read_bytes
-from ..method.config import ConfigError
+from ..io.names import safe_join
+from ..io.storage import absolute_uri, filesystem, is_local, read_bytes
+from ..method.config import ConfigError, MemoryConfig
 from ..models.registry import DEFAULT_ENCODER, get_spec
+from .cluster import init_ray
 
 BANK_META_FILE = "memory_bank.json"  # the file whose presence makes a folder a bank (method.memory_bank.META_FILE)
 REFERENCES_FILE = "references.json"  # written next to a bank built by a job
@@ -99,9 +102,7 @@ def bank_exists(memory: str) -> bool:
 
 def memory_folder_problem(memory: str) -> str | None:
     """Why ``memory`` cannot hold a bank built by the job (None if it can)."""
-    import fsspec
-
-    if fsspec.utils.get_protocol(memory) not in ("file", "local"):
+    if not is_local(memory):
         return (f"memory: {memory} must be a local folder on the machine that runs the driver "
                 "(the bank is small; the driver broadcasts it to the workers)")
     path = Path(memory)
@@ -119,9 +120,8 @@ def bank_mismatches(spec: ReferencesSpec, bank_meta: dict) -> list[str]:
     encoder = (bank_meta.get("encoder") or {}).get("name")
     if encoder != spec.encoder:
         problems.append(f"encoder={encoder!r} (references: asks for {spec.encoder!r})")
-    ratio = (bank_meta.get("config") or {}).get("context_ratio")
-    if ratio is not None and abs(float(ratio) - float(spec.context_ratio)) > 1e-9:
-        problems.append(f"context_ratio={ratio} (references: asks for {spec.context_ratio})")
+    if encoder == spec.encoder:
+        problems += _memory_config_mismatches(spec, bank_meta.get("config") or {})
     source = (bank_meta.get("references") or {}).get("source") or {}
     if spec.annotations and source.get("kind") == "coco-sample":
         for key, want in (("split", spec.split), ("shots", spec.shots), ("seed", spec.seed),
@@ -135,12 +135,58 @@ def bank_mismatches(spec: ReferencesSpec, bank_meta: dict) -> list[str]:
     return problems
 
 
+def bank_memory_config(spec: ReferencesSpec) -> MemoryConfig:
+    """The reference-encoding settings a job's bank is built with (``build_bank_task``), unresolved."""
+    return MemoryConfig(context_ratio=float(spec.context_ratio))
+
+
+def _memory_config_mismatches(spec: ReferencesSpec, recorded: dict) -> list[str]:
+    """Settings of the bank's recorded ``config`` that differ from what ``spec`` would build, compared
+    resolved for the encoder (``crop_size: null`` is the encoder's native side, e.g. 518 for DINOv2).
+    A setting the bank does not record (it predates it) is not a difference."""
+    from ..models.encoders import (
+        encoder_family,  # imports torch: not at module level (dry runs, config check)
+    )
+
+    fam = encoder_family(spec.encoder)
+    want = bank_memory_config(spec).for_encoder(fam.patch_size, fam.native_image_size)
+    unresolved = MemoryConfig()
+    problems = []
+    for f in fields(MemoryConfig):
+        if f.name not in recorded:
+            continue
+        have, wanted = recorded[f.name], getattr(want, f.name)
+        if have is None and getattr(unresolved, f.name) is None:  # recorded unresolved: the encoder's default
+            have = getattr(MemoryConfig().for_encoder(fam.patch_size, fam.native_image_size), f.name)
+        same = (abs(float(have) - float(wanted)) <= 1e-9 if isinstance(wanted, float) and isinstance(have, (int, float))
+                else have == wanted)
+        if not same:
+            problems.append(f"{f.name}={have!r} (references: asks for {wanted!r})")
+    return problems
+
+
+def check_encoder_weights(bank_encoder: dict, enc_ckpt, memory: str) -> None:
+    """Refuse encoder weights other than those a bank was built with (its features would not be comparable).
+
+    ``bank_encoder``: the bank's ``encoder`` record (``name``, ``checkpoint_sha256``); ``enc_ckpt``: the
+    resolved checkpoint (``path``, ``sha256``). A bank without a recorded sha256 is accepted.
+    """
+    want = bank_encoder.get("checkpoint_sha256")
+    if want and enc_ckpt.sha256 != want:
+        raise ValueError(
+            f"memory bank {memory} was built with {bank_encoder.get('name')} weights sha256 {want}, but "
+            f"{enc_ckpt.path} has sha256 {enc_ckpt.sha256}: features would not be comparable. Use the same "
+            "checkpoint (--checkpoint-dir) or rebuild the bank.")
+
+
 def read_bank_meta(memory: str) -> dict:
     return json.loads((Path(memory) / BANK_META_FILE).read_text())
 
 
-def prepare_memory_bank(cfg, *, dry_run: bool = False, echo: Callable[[str], None] = print) -> dict | None:
+def prepare_memory_bank(cfg, *, dry_run: bool = False, echo: Callable[[str], None] = print,
+                        verbose: bool = True) -> dict | None:
     """Make sure ``cfg.memory`` holds a bank: build it from ``cfg.references`` if it does not.
+    ``verbose``: Ray's own output, as for the job (see ``cluster.init_ray``).
 
     Returns a record of the build (for run.json), or None when nothing was built.
 
@@ -171,7 +217,7 @@ def prepare_memory_bank(cfg, *, dry_run: bool = False, echo: Callable[[str], Non
 
     import ray
 
-    _connect_ray(cfg, ray)
+    init_ray(cfg.ray_address, verbose=verbose)
     gpus = ray.cluster_resources().get("GPU", 0)
     num_cpus = max(1.0, float(getattr(cfg, "actor_num_cpus", 1.0)))
     echo(f"memory bank: {cfg.memory} does not exist; building it from {how} "
@@ -187,13 +233,6 @@ def prepare_memory_bank(cfg, *, dry_run: bool = False, echo: Callable[[str], Non
          f"{int(bank.instance_labels.numel())} references, hash {bank.content_hash[:16]}")
     return {"path": cfg.memory, "references": asdict(spec), "seconds": seconds, "content_hash": bank.content_hash,
             "classes": len(bank.categories), "instances": int(bank.instance_labels.numel()), **info}
-
-
-def _connect_ray(cfg, ray) -> None:
-    """Connect the driver the way the job itself does (see ``job._execute``): ``ray_address``, else RAY_ADDRESS, else local."""
-    if not ray.is_initialized():
-        address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True) if address else ray.init()
 
 
 def _save_bank(bank, refs: dict, memory: str) -> None:
@@ -225,8 +264,11 @@ def build_bank_task(spec: dict, *, storage_options: dict, checkpoint_dir: str | 
     """
     import torch
 
-    from ..method.config import MemoryConfig
-    from ..method.references import sample_references, save_references, validate_references
+    from ..method.references import (
+        sample_references,
+        save_references,
+        validate_references,
+    )
     from ..workflows import build_bank
 
     spec = ReferencesSpec(**spec)
@@ -257,7 +299,7 @@ def build_bank_task(spec: dict, *, storage_options: dict, checkpoint_dir: str | 
 
         bank = build_bank(str(refs_path), image_root, str(work / "bank"), encoder_name=spec.encoder,
                           checkpoint_dir=checkpoint_dir, download=download, device="auto", sam2_name=spec.sam2,
-                          config=MemoryConfig(context_ratio=float(spec.context_ratio)), progress=progress)
+                          config=bank_memory_config(spec), progress=progress)
         info = {"node": platform.node(), "device": "cuda" if torch.cuda.is_available() else "cpu",
                 "encode_seconds": round(time.perf_counter() - t0, 3)}
         return bank, refs, info
@@ -268,14 +310,8 @@ def build_bank_task(spec: dict, *, storage_options: dict, checkpoint_dir: str | 
 def _stage_reference_images(refs: dict, image_root: str, storage_options: dict, dest: Path) -> str:
     """A local folder holding the reference images: ``image_root`` itself when local, else a copy of just those files."""
     fs, root = filesystem(image_root, storage_options)
-    from fsspec.implementations.local import LocalFileSystem
-
-    if isinstance(fs, LocalFileSystem):
+    if is_local(fs):
         return root
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..io.sources import safe_join
-
     names = sorted({r["file_name"] for r in refs["references"]})
     base = image_root.rstrip("/")
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,13 +42,41 @@ import pyarrow.parquet as pq
 from .. import __version__
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.inputs import HashAccumulator, InputSpec, normalise_extensions
-from ..io.output_folder import COMMITS, LEGACY_RUN_JSON, RETRIED, RUN_JSON, STAGING, TMP, OutputFolder, new_run_id, now_iso
-from ..io.parts import PartStats, commit_staging, compact, recover_commits, summary_of, withdraw_rows
-from ..io.storage import InputImage, absolute_uri, inputs_from_coco, inputs_from_manifest, inputs_from_uri
-from ..method.config import ConfigError, SegmenterConfig, config_from_dict
+from ..io.output_folder import (
+    COMMITS,
+    LEGACY_RUN_JSON,
+    RETRIED,
+    STAGING,
+    TMP,
+    OutputFolder,
+    new_run_id,
+    utc_now_iso,
+)
+from ..io.parts import (
+    PartStats,
+    commit_staging,
+    compact,
+    recover_commits,
+    summary_of,
+    withdraw_rows,
+)
+from ..io.storage import (
+    InputImage,
+    StorageOptionsError,
+    absolute_uri,
+    check_storage_options,
+    redact_options,
+)
+from ..method.config import (
+    ConfigError,
+    SegmenterConfig,
+    check_config_types,
+    config_from_dict,
+)
 from ..models.registry import DEFAULT_SAM2, get_spec
-from .bank_prep import ReferencesSpec, prepare_memory_bank
-from .plan import TODO, OutputScan, Plan, plan_inputs, scan_output
+from .bank_prep import ReferencesSpec, check_encoder_weights, prepare_memory_bank
+from .cluster import init_ray
+from .plan import TODO, OutputScan, Plan, list_inputs, plan_inputs, scan_output
 from .stages import NoopModelActor, SegmentActor, decode_batch, instance_record  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -85,8 +114,6 @@ class JobConfig:
     lease_ttl_s: float = 120.0  # object stores: a dead run's lock expires after this (renewed every ttl/4)
 
     def validate(self) -> "JobConfig":
-        from ..method.config import check_config_types
-
         check_config_types(self)  # also for configs built in Python: types first, then values
         if not self.memory:
             raise ConfigError("memory: required (a memory-bank folder from `ntt-batch memory build`)")
@@ -112,10 +139,19 @@ class JobConfig:
             if not isinstance(self.references, ReferencesSpec):
                 raise ConfigError("references: must be a mapping of reference settings (see jobs/*.yaml)")
             self.references.validate()
-        from .job_files import check_storage_options
-
-        check_storage_options(self)
+        try:
+            check_storage_options(self.storage_options, self.uris().values())
+        except StorageOptionsError as e:
+            raise ConfigError(str(e)) from None
         return self
+
+    def uris(self) -> dict[str, str]:
+        """Every URI of the job, by the key that holds it (``references.<key>`` for the references block)."""
+        out = {k: getattr(self, k) for k in ("images", "manifest", "annotations", "image_root", "out", "memory",
+                                             "checkpoint_dir")}
+        if self.references is not None:
+            out.update({f"references.{k}": getattr(self.references, k) for k in ("annotations", "file", "image_root")})
+        return {k: v for k, v in out.items() if v}
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "job config") -> "JobConfig":
@@ -132,24 +168,8 @@ class JobConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["storage_options"] = _redact(self.storage_options)
+        d["storage_options"] = redact_options(self.storage_options)
         return d
-
-
-_SECRET_KEYS = ("secret", "token", "password", "key", "credential")
-
-
-def _redact(options: dict) -> dict:
-    """Storage options safe to log/record: credential values replaced."""
-    out = {}
-    for k, v in (options or {}).items():
-        if isinstance(v, dict):
-            out[k] = _redact(v)
-        elif any(s in k.lower() for s in _SECRET_KEYS) and k.lower() not in ("endpoint_url",):
-            out[k] = "***"
-        else:
-            out[k] = v
-    return out
 
 
 # ----------------------------------------------------------------------------- driver
@@ -163,13 +183,7 @@ def input_spec(cfg: JobConfig) -> InputSpec:
 
 def resolve_inputs(cfg: JobConfig) -> list[InputImage]:
     """The job's inputs as a list (small jobs and tests; the job itself streams them, see ``plan``)."""
-    if cfg.images:
-        inputs = inputs_from_uri(cfg.images, cfg.storage_options)
-    elif cfg.manifest:
-        inputs = inputs_from_manifest(cfg.manifest, cfg.storage_options)
-    else:
-        inputs = inputs_from_coco(cfg.annotations, cfg.image_root, cfg.storage_options)
-    return inputs[: cfg.limit] if cfg.limit else inputs
+    return list_inputs(input_spec(cfg), cfg.storage_options, limit=cfg.limit)
 
 
 # Exit codes of `ntt-batch run` (also listed in its --help).
@@ -185,16 +199,44 @@ class JobMismatchError(ConfigError):
 
 
 def job_fingerprint(cfg: JobConfig, bank_hash: str, sam_ckpt, enc_ckpt) -> dict:
-    """What makes two runs the same job: inputs, bank content, segmenter settings, model weights, pixel limit."""
-    seg = {k: v for k, v in asdict(cfg.segmenter).items() if k not in PERFORMANCE_ONLY_SETTINGS}
+    """What makes two runs the same job: inputs, bank content, segmenter settings, model weights, pixel limit.
+
+    Segmenter settings are recorded resolved for the bank's encoder (``encoder_image_size: null``
+    → the encoder's native side, 518 for DINOv2), so a default that became encoder-dependent
+    does not change the fingerprint of a job that ran before.
+    """
     return {
         "inputs": input_spec(cfg).describe(),
         "memory_bank": bank_hash,
-        "segmenter": seg,
+        "segmenter": _fingerprinted_settings(_resolved_segmenter(cfg.segmenter, enc_ckpt.name)),
         "models": {"sam2": {"name": sam_ckpt.name, "sha256": sam_ckpt.sha256},
                    "encoder": {"name": enc_ckpt.name, "sha256": enc_ckpt.sha256}},
         "max_pixels": cfg.max_pixels,
     }
+
+
+def _resolved_segmenter(seg: SegmenterConfig, encoder_name: str | None) -> SegmenterConfig:
+    """``seg`` with its encoder-dependent settings resolved for ``encoder_name`` (unchanged for an unknown name)."""
+    from ..models.encoders import (
+        encoder_family,  # imports torch: not at module level (dry runs, config check)
+    )
+
+    try:
+        fam = encoder_family(encoder_name)
+    except (ValueError, KeyError):
+        return seg
+    return seg.for_encoder(fam.patch_size, fam.native_image_size)
+
+
+def _fingerprinted_settings(seg: SegmenterConfig) -> dict:
+    return {k: v for k, v in asdict(seg).items() if k not in PERFORMANCE_ONLY_SETTINGS}
+
+
+def fingerprint_defaults(encoder_name: str | None) -> dict[str, Any]:
+    """Flattened fingerprint keys → the value a setting has at its default (segmenter settings resolved
+    for ``encoder_name``, and the pixel limit). A setting missing from a recorded fingerprint had this value."""
+    seg = _fingerprinted_settings(_resolved_segmenter(SegmenterConfig(), encoder_name))
+    return {**{f"segmenter.{k}": v for k, v in seg.items()}, "max_pixels": JobConfig.max_pixels}
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -206,13 +248,34 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_ABSENT = object()
+
+
 def fingerprint_differences(old: dict, new: dict) -> list[str]:
-    """Human-readable differences between two fingerprints, e.g. "segmenter.points_per_side: 32 → 8"."""
+    """Human-readable differences between two fingerprints, e.g. "segmenter.points_per_side: 32 → 8".
+
+    Settings are added over time: a setting one side does not record counts as its default
+    (:func:`fingerprint_defaults`, resolved for the new fingerprint's encoder), so an output
+    written before the setting existed is the same job as long as the setting is at its default.
+    Performance-only settings (``PERFORMANCE_ONLY_SETTINGS``) an older output recorded are ignored,
+    and an encoder-dependent setting recorded as null counts as the encoder's value.
+    """
+    encoder = ((new.get("models") or {}).get("encoder") or {}).get("name")
+    defaults = fingerprint_defaults(encoder)
+    unresolved = _flatten({"segmenter": asdict(SegmenterConfig())})
     a, b = _flatten(old), _flatten(new)
     out = []
     for k in sorted(set(a) | set(b)):
-        if a.get(k) != b.get(k):
-            va, vb = a.get(k, "(absent)"), b.get(k, "(absent)")
+        if k.startswith("segmenter.") and k.split(".", 1)[1] in PERFORMANCE_ONLY_SETTINGS:
+            continue
+        va, vb = a.get(k, _ABSENT), b.get(k, _ABSENT)
+        if k in defaults:
+            if va is _ABSENT or (va is None and unresolved.get(k, _ABSENT) is None):
+                va = defaults[k]
+            if vb is _ABSENT or (vb is None and unresolved.get(k, _ABSENT) is None):
+                vb = defaults[k]
+        if va != vb:
+            va, vb = ("(absent)" if v is _ABSENT else v for v in (va, vb))
             if isinstance(va, str) and isinstance(vb, str) and len(va) == len(vb) == 64:
                 va, vb = va[:12] + "…", vb[:12] + "…"
             out.append(f"{k}: {va!r} in the output, {vb!r} now")
@@ -242,22 +305,55 @@ class RunRecord:
             self.write()
 
 
-class StagingCommitter:
+class BackgroundLoop:
+    """A daemon thread calling :meth:`tick` every ``interval_s`` seconds while the ``with`` block runs.
+
+    ``tick`` returning False ends the loop early; ``__exit__`` stops the thread and waits for it.
+    """
+
+    thread_name = "ntt-background"
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> bool | None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            if self.tick() is False:
+                return
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+
+class StagingCommitter(BackgroundLoop):
     """Commits the attempt's staging files into large parts: in the background whenever a part's
     worth (``target_bytes``) has accumulated, and once more at the end (see ``io.parts``)."""
 
+    thread_name = "ntt-committer"
+
     def __init__(self, folder: OutputFolder, run_id: str, seen: HashAccumulator, record: RunRecord, *,
                  target_bytes: int, lease, interval_s: float = 20.0):
+        super().__init__(interval_s)
         self.folder, self.run_id, self.seen, self.record = folder, run_id, seen, record
-        self.target_bytes, self.lease, self.interval_s = target_bytes, lease, interval_s
+        self.target_bytes, self.lease = target_bytes, lease
         self.stats = PartStats()
         self.error_examples: list[tuple[str, str]] = []
         self.duplicates_dropped = 0
         self.quarantined: list[str] = []
         self.error: BaseException | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _files(self) -> list:
         return self.folder.files_under(f"{STAGING}/{self.run_id}", ".parquet")
@@ -274,14 +370,14 @@ class StagingCommitter:
             self.duplicates_dropped += res.duplicates_dropped
             self.quarantined += res.quarantined
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.commit(final=False, min_bytes=self.target_bytes)
-            except BaseException as e:  # surfaced by the driver after the dataset finishes
-                log.exception("background commit failed")
-                self.error = e
-                return
+    def tick(self) -> bool:
+        try:
+            self.commit(final=False, min_bytes=self.target_bytes)
+        except BaseException as e:  # surfaced by the driver after the dataset finishes
+            log.exception("background commit failed")
+            self.error = e
+            return False
+        return True
 
     def rows_in_flight(self, cache: dict[str, int]) -> int:
         """Rows staged but not committed yet (footers only; ``cache`` remembers files already read)."""
@@ -296,31 +392,19 @@ class StagingCommitter:
             total += cache[f.path]
         return total
 
-    def __enter__(self) -> "StagingCommitter":
-        self._thread = threading.Thread(target=self._loop, name="ntt-committer", daemon=True)
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
-
-
-class ProgressLine:
+class ProgressLine(BackgroundLoop):
     """Images done, images/s and ETA while the dataset runs: one line redrawn every 2 s on a terminal,
     a plain line every 30 s otherwise (``ray job logs``, CI)."""
 
-    def __init__(self, committer: StagingCommitter, total: int, echo: Callable[[str], None], *, tty: bool | None = None):
-        import sys
+    thread_name = "ntt-progress"
 
-        self.committer, self.total, self.echo = committer, total, echo
+    def __init__(self, committer: StagingCommitter, total: int, echo: Callable[[str], None], *, tty: bool | None = None):
         self.tty = sys.stderr.isatty() if tty is None else tty
-        self.interval = 2.0 if self.tty else 30.0
-        self._stop = threading.Event()
+        super().__init__(2.0 if self.tty else 30.0)
+        self.committer, self.total, self.echo = committer, total, echo
         self._cache: dict[str, int] = {}
         self._t0 = time.perf_counter()
-        self._thread: threading.Thread | None = None
 
     def line(self) -> str:
         done = min(self.total, self.committer.stats.rows + self.committer.rows_in_flight(self._cache))
@@ -331,31 +415,19 @@ class ProgressLine:
         pct = 100.0 * done / self.total if self.total else 100.0
         return f"progress: {done:,}/{self.total:,} images ({pct:.1f}%), {rate:.2f} images/s, ETA {eta_text}"
 
-    def _loop(self) -> None:
-        import sys
-
-        while not self._stop.wait(self.interval):
-            try:
-                text = self.line()
-            except Exception:  # progress is best-effort
-                continue
-            if self.tty:
-                sys.stderr.write("\r" + text.ljust(100)[:100])
-                sys.stderr.flush()
-            else:
-                self.echo(text)
-
-    def __enter__(self) -> "ProgressLine":
-        self._thread = threading.Thread(target=self._loop, name="ntt-progress", daemon=True)
-        self._thread.start()
-        return self
+    def tick(self) -> None:
+        try:
+            text = self.line()
+        except Exception:  # progress is best-effort
+            return
+        if self.tty:
+            sys.stderr.write("\r" + text.ljust(100)[:100])
+            sys.stderr.flush()
+        else:
+            self.echo(text)
 
     def __exit__(self, *exc) -> None:
-        import sys
-
-        self._stop.set()
-        if self._thread:
-            self._thread.join()
+        super().__exit__(*exc)
         if self.tty:
             sys.stderr.write("\n")
 
@@ -382,13 +454,11 @@ def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None
         return _dry_run(cfg, folder, echo)
     from ..method.memory_bank import MemoryBank  # torch: not needed for a dry run
     from ..models.checkpoints import resolve_checkpoint
-    bank_build = prepare_memory_bank(cfg, dry_run=False, echo=echo)  # only with `references:` and no bank yet
+    bank_build = prepare_memory_bank(cfg, dry_run=False, echo=echo, verbose=verbose)  # only with `references:` and no bank yet
     bank = MemoryBank.load(cfg.memory)
     sam_ckpt = resolve_checkpoint(cfg.sam2, checkpoint_dir=cfg.checkpoint_dir, download=cfg.download)
     enc_ckpt = resolve_checkpoint(bank.encoder["name"], checkpoint_dir=cfg.checkpoint_dir, download=cfg.download)
-    if bank.encoder.get("checkpoint_sha256") and enc_ckpt.sha256 != bank.encoder["checkpoint_sha256"]:
-        raise ValueError(f"memory bank {cfg.memory} was built with {bank.encoder['name']} weights sha256 "
-                         f"{bank.encoder['checkpoint_sha256']} but {enc_ckpt.path} has {enc_ckpt.sha256}; rebuild the bank")
+    check_encoder_weights(bank.encoder, enc_ckpt, cfg.memory)
     run_id = new_run_id()
     fingerprint = job_fingerprint(cfg, bank.content_hash, sam_ckpt, enc_ckpt)
     lease = folder.lease({"run_id": run_id}, ttl_s=cfg.lease_ttl_s).acquire()
@@ -431,7 +501,7 @@ def _echo_plan(plan: Plan, echo: Callable[[str], None]) -> None:
 def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenance: dict, bank, bank_build,
              echo: Callable[[str], None], model_stage, verbose: bool) -> JobResult:
     run = folder.read_run()
-    legacy = folder.read_json(LEGACY_RUN_JSON) is not None and folder.read_json(RUN_JSON) is None
+    legacy = folder.has_legacy_run()
     old_fp = run.get("fingerprint")
     new_fp = provenance["fingerprint"]
     changes = fingerprint_differences(old_fp, new_fp) if old_fp else []
@@ -441,11 +511,11 @@ def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenanc
             "--allow-job-change to add this run's rows to it anyway (run.json then records both settings)")
     for a in run.get("attempts", []):
         if a.get("status") == "running":  # we hold the lease: that attempt cannot be alive
-            a.update(status="died", died_noticed_at=now_iso(), died_noticed_by=run_id)
+            a.update(status="died", died_noticed_at=utc_now_iso(), died_noticed_by=run_id)
     if changes:
         run.setdefault("fingerprint_history", []).append({"until_run": run_id, "fingerprint": old_fp, "changes": changes})
     run.update(provenance)
-    attempt: dict[str, Any] = {"run_id": run_id, "started_at": now_iso(), "status": "running", "host": socket.gethostname(),
+    attempt: dict[str, Any] = {"run_id": run_id, "started_at": utc_now_iso(), "status": "running", "host": socket.gethostname(),
                                "pid": os.getpid(), "retry_errors_requested": cfg.retry_errors}
     if bank_build:
         attempt["memory_bank_build"] = bank_build
@@ -520,7 +590,7 @@ def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenanc
         raise
     finally:
         elapsed = time.perf_counter() - t0
-        attempt.update(finished_at=now_iso(), seconds=round(elapsed, 3),
+        attempt.update(finished_at=utc_now_iso(), seconds=round(elapsed, 3),
                        committed=committer.stats.to_dict() | {"duplicates_dropped": committer.duplicates_dropped},
                        images_per_s=round(committer.stats.rows / elapsed, 4) if elapsed > 0 and committer.stats.rows else None)
         for k in ("bytes", "version", "run_id"):
@@ -588,36 +658,6 @@ def _decode_memory_bytes(cfg: JobConfig, cluster_memory: float | None = None) ->
     if cluster_memory:
         need = min(need, int(cluster_memory / 4))
     return int(need)
-
-
-def init_ray(address: str | None = None, *, verbose: bool = True) -> None:
-    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local instance; no-op when connected.
-
-    ``verbose=False``: Ray's start-up banner, worker log forwarding and Ray Data's progress/status
-    lines are off (errors still surface: a failing image becomes an error row, a failing job raises).
-    """
-    import ray
-
-    if not verbose:
-        for name in ("ray", "ray.data", "ray._private", "ray.util"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        from ray.data import DataContext
-
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.enable_operator_progress_bars = False
-        if hasattr(ctx, "enable_rich_progress_bars"):
-            ctx.enable_rich_progress_bars = False
-        ctx.print_on_execution_start = False
-        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = {} if verbose else {"log_to_driver": False, "logging_level": logging.WARNING}
-    if address:
-        ray.init(address=address, ignore_reinit_error=True, **({"log_to_driver": True} | kwargs))
-    else:
-        ray.init(**kwargs)
 
 
 def read_todo_file(batch: dict, *, out: str, storage_options: dict):

@@ -6,7 +6,7 @@ A job file holds the same settings as the ``run`` flags (see ``JobConfig``); nes
 without running anything: it parses it into a ``JobConfig`` (unknown keys, values of the wrong
 type and bad values are errors that name the key; every value is type-checked against the
 settings' annotations, booleans strictly, see ``method.config.config_from_dict``; s3fs options
-against s3fs's own defaults), then does the checks that are cheap on this machine (local paths,
+against s3fs's own defaults, see ``io.storage.check_storage_options``), then does the checks that are cheap on this machine (local paths,
 the memory bank's metadata, checkpoint files, S3 bucket names). Remote objects are not opened.
 A YAML syntax error is reported by line and column only: PyYAML's message quotes the text
 around the error, which may be a credential.
@@ -14,7 +14,6 @@ around the error, which may be a credential.
 
 from __future__ import annotations
 
-import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +21,16 @@ from pathlib import Path
 import fsspec
 import yaml
 
+from ..io.storage import is_local
 from ..method.config import ConfigError
-from .bank_prep import bank_exists, bank_mismatches, memory_folder_problem, read_bank_meta
+from .bank_prep import (
+    bank_exists,
+    bank_mismatches,
+    memory_folder_problem,
+    read_bank_meta,
+)
 from .job import JobConfig
 
-_LOCAL = ("file", "local")
 _S3 = ("s3", "s3a")
 # S3 bucket names: 3-63 chars, lowercase letters, digits, dots and hyphens, starting and ending alphanumeric.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -94,110 +98,6 @@ def job_config_from_file(path: str | Path) -> JobConfig:
         raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
 
 
-# ----------------------------------------------------------------------------- storage options
-
-
-def _uris(cfg: JobConfig) -> dict[str, str]:
-    """Every URI of a job, by the key that holds it."""
-    out = {k: getattr(cfg, k) for k in ("images", "manifest", "annotations", "image_root", "out", "memory", "checkpoint_dir")}
-    if cfg.references is not None:
-        out.update({f"references.{k}": getattr(cfg.references, k) for k in ("annotations", "file", "image_root")})
-    return {k: v for k, v in out.items() if v}
-
-
-def _protocol(uri: str) -> str:
-    return fsspec.utils.get_protocol(uri)
-
-
-def s3_option_names() -> set[str]:
-    """Option names s3fs accepts: S3FileSystem's arguments, fsspec's cache options, aiobotocore's session arguments."""
-    import s3fs
-
-    names = {p for p in inspect.signature(s3fs.S3FileSystem.__init__).parameters if p not in ("self", "kwargs")}
-    names |= {"use_listings_cache", "listings_expiry_time", "max_paths", "skip_instance_cache"}
-    try:
-        from aiobotocore.session import AioSession
-
-        names |= {p for p in inspect.signature(AioSession.__init__).parameters if p != "self"}
-    except ImportError:  # pragma: no cover
-        pass
-    return names
-
-
-def check_storage_options(cfg: JobConfig) -> None:
-    """Refuse storage option names that the job's object store does not know (a misspelling would be ignored or fail late).
-
-    Checked for s3:// jobs (s3fs); other protocols take free-form options (e.g. HTTP headers) and pass unchecked.
-    """
-    if not cfg.storage_options:
-        return
-    if not isinstance(cfg.storage_options, dict):
-        raise ConfigError(f"storage_options: must be a mapping of fsspec options, got {type(cfg.storage_options).__name__}")
-    protocols = {_protocol(u) for u in _uris(cfg).values()}
-    if protocols & set(_S3):
-        valid = s3_option_names()
-        unknown = sorted(k for k in cfg.storage_options if k not in valid)
-        if unknown:
-            raise ConfigError(
-                f"storage_options: unknown key(s) {', '.join(repr(f'storage_options.{k}') for k in unknown)} for s3:// "
-                f"(s3fs); valid keys: {', '.join(sorted(valid))}")
-        check_s3_option_types(cfg.storage_options)
-
-
-# Option types s3fs does not state in its signature (None defaults); the others follow their defaults.
-_S3_OPTION_TYPES: dict[str, tuple[type, ...]] = {
-    "endpoint_url": (str,), "key": (str,), "secret": (str,), "token": (str,), "username": (str,),
-    "password": (str,), "profile": (str,), "client_kwargs": (dict,), "config_kwargs": (dict,),
-    "s3_additional_kwargs": (dict,), "session_vars": (dict,), "default_block_size": (int,),
-    "use_listings_cache": (bool,), "listings_expiry_time": (int, float), "max_paths": (int,),
-    "skip_instance_cache": (bool,),
-}
-_S3_CLIENT_KWARG_TYPES: dict[str, tuple[type, ...]] = {
-    "endpoint_url": (str,), "region_name": (str,), "aws_access_key_id": (str,), "aws_secret_access_key": (str,),
-    "aws_session_token": (str,), "verify": (bool, str), "use_ssl": (bool,),
-}
-_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
-
-
-def _secret_like(key: str) -> bool:
-    key = key.lower()
-    return key != "endpoint_url" and any(s in key for s in ("secret", "token", "password", "key", "credential"))
-
-
-def _option_type_error(key: str, value, types: tuple[type, ...]) -> ConfigError:
-    shown = "(value hidden)" if _secret_like(key.rsplit(".", 1)[-1]) else repr(value)
-    expected = " or ".join(_TYPE_WORDS.get(t, t.__name__) for t in types)
-    hint = "; quote it in YAML (or --storage-option KEY='VALUE')" if str in types and not isinstance(value, (dict, list)) else ""
-    return ConfigError(f"{key}: expected {expected}, got {shown} ({type(value).__name__}){hint}")
-
-
-def _has_type(value, types: tuple[type, ...]) -> bool:
-    if isinstance(value, bool):
-        return bool in types  # YAML true/false is not an int here
-    return isinstance(value, types) or (float in types and isinstance(value, int))
-
-
-def check_s3_option_types(options: dict) -> None:
-    """Refuse s3fs options of the wrong type (``anon: "false"`` would mean anonymous: a non-empty string is true).
-
-    Types come from ``S3FileSystem``'s defaults (a ``False`` default takes true/false) plus a table for the
-    options whose default is None; values of secret-looking keys are never echoed.
-    """
-    import s3fs
-
-    types = {n: (type(p.default),) for n, p in inspect.signature(s3fs.S3FileSystem.__init__).parameters.items()
-             if p.default is not None and isinstance(p.default, (bool, int, float, str))}
-    types.update(_S3_OPTION_TYPES)
-    for key, value in options.items():
-        expected = types.get(key)
-        if expected and value is not None and not _has_type(value, expected):
-            raise _option_type_error(f"storage_options.{key}", value, expected)
-    for key, value in (options.get("client_kwargs") or {}).items():
-        expected = _S3_CLIENT_KWARG_TYPES.get(key)
-        if expected and value is not None and not _has_type(value, expected):
-            raise _option_type_error(f"storage_options.client_kwargs.{key}", value, expected)
-
-
 # ----------------------------------------------------------------------------- config check
 
 
@@ -241,9 +141,9 @@ def check_job_file(path: str | Path) -> CheckReport:
 
 def _check_locations(cfg: JobConfig, report: CheckReport) -> None:
     bad_buckets: dict[str, list[str]] = {}
-    for key, uri in _uris(cfg).items():
-        protocol = _protocol(uri)
-        if protocol in _LOCAL:
+    for key, uri in cfg.uris().items():
+        protocol = fsspec.utils.get_protocol(uri)
+        if is_local(uri):
             if key in ("out", "memory"):
                 continue  # created by the run (memory: see _check_bank)
             if not Path(uri).exists():
@@ -260,16 +160,16 @@ def _check_locations(cfg: JobConfig, report: CheckReport) -> None:
             f"{', '.join(keys)}: {bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens); "
             f"if it is the placeholder of a shipped job file, replace it with your bucket before running")
     problem = memory_folder_problem(cfg.memory)
-    if problem and (cfg.references is not None or _protocol(cfg.memory) not in _LOCAL):
+    if problem and (cfg.references is not None or not is_local(cfg.memory)):
         report.errors.append(problem)
-    if cfg.checkpoint_dir and _protocol(cfg.checkpoint_dir) not in _LOCAL:
+    if cfg.checkpoint_dir and not is_local(cfg.checkpoint_dir):
         report.errors.append(f"checkpoint_dir: {cfg.checkpoint_dir} must be a local folder on every node")
 
 
 def _check_bank(cfg: JobConfig, report: CheckReport) -> str | None:
     """Report the bank (or how it will be made); return the encoder name it uses, if known."""
     spec = cfg.references
-    if _protocol(cfg.memory) not in _LOCAL:
+    if not is_local(cfg.memory):
         return spec.encoder if spec else None
     if bank_exists(cfg.memory):
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,11 +32,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..io.inputs import (HashAccumulator, InputSpec, SourceStats, UriHashes, iter_inputs, name_numbers,
-                         stable_image_id, uri_digests)
-from ..io.output_folder import META, CorruptFileError, FileInfo, OutputFolder
-from ..io.parts import PartStats
+from ..io.inputs import (
+    HashAccumulator,
+    InputSpec,
+    SourceStats,
+    UriHashes,
+    iter_inputs,
+    name_numbers,
+    stable_image_id,
+    uri_digests,
+)
+from ..io.output_folder import META, FileInfo, OutputFolder
+from ..io.parts import PartStats, stats_of_file
 from ..io.shards import STATUS_ERROR
+from ..io.storage import InputImage
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +77,13 @@ def scan_output(folder: OutputFolder, recorded_parts: dict[str, dict], *, read_o
     for part in folder.parts():
         rec = recorded_parts.get(part.name)
         if rec is None or int(rec.get("bytes", -1)) != part.size or str(rec.get("version", "")) != part.version:
-            try:
-                folder.check_shard(part.path, deep=True)
-            except CorruptFileError as e:
+            moved = folder.quarantine_if_corrupt(part.path, dry_run=read_only)
+            if moved is not None:
                 if read_only:
                     scan.corrupt.append(part.name)
                 else:
-                    scan.quarantined.append(folder.quarantine(part.path, str(e)))
+                    scan.quarantined.append(moved)
                 continue
-            from ..io.parts import stats_of_file
-
             stats = stats_of_file(folder, part.path)
             stats.bytes, stats.version = part.size, part.version
             stats.run_id = (rec or {}).get("run_id", "")
@@ -121,10 +128,24 @@ class DuplicateInputError(ValueError):
     pass
 
 
+def list_inputs(spec: InputSpec, options: dict | None = None, *, limit: int | None = None) -> list[InputImage]:
+    """The inputs of ``spec`` as a list (small input sets: ``ntt-batch segment``, the benchmark, tests).
+
+    A thin wrapper over :func:`plan_inputs` with nothing done: the same streamed sources, the same
+    duplicate checks and the same image ids as the batch job (the source's, else unique file-name
+    numbers, else URI hashes). An empty source gives [].
+    """
+    plan = plan_inputs(spec, options, OutputScan(), folder=None, run_id="list", limit=limit, sample=sys.maxsize,
+                       allow_empty=True)
+    return [InputImage(int(i), u) for i, u in plan.sample]
+
+
 def plan_inputs(spec: InputSpec, options: dict | None, scan: OutputScan, *, folder: OutputFolder | None,
                 run_id: str, limit: int | None = None, retry_errors: bool = False, block_rows: int = 16,
-                max_todo_files: int = 256, sample: int = 50, echo: Callable[[str], None] | None = None) -> Plan:
+                max_todo_files: int = 256, sample: int = 50, echo: Callable[[str], None] | None = None,
+                allow_empty: bool = False) -> Plan:
     """Passes 1 and 2 (module docstring). ``folder=None`` is a dry run: nothing is written.
+    ``allow_empty``: a source without inputs gives an empty plan instead of an error.
 
     Todo files hold ``max(block_rows, ceil(to_process / max_todo_files))`` rows: one Ray Data read
     task (and block) each, so small jobs get small blocks and huge ones a bounded number of files.
@@ -155,6 +176,8 @@ def plan_inputs(spec: InputSpec, options: dict | None, scan: OutputScan, *, fold
                     break
         plan.listed, plan.skipped_by_extension = stats.listed, stats.skipped_by_extension
         if not plan.inputs:
+            if allow_empty:
+                return plan
             where = spec.images or spec.manifest or spec.annotations
             extra = f" ({stats.skipped_by_extension} skipped by the extension filter)" if stats.skipped_by_extension else ""
             raise FileNotFoundError(f"no inputs found at {where!r}{extra}")

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io.inputs import HashAccumulator, InputSpec, UriHashes, iter_inputs, uri_digests
-from ..io.output_folder import COMMITS, LOCK_JSON, STAGING, CorruptFileError, OutputFolder, new_run_id
+from ..io.output_folder import COMMITS, LOCK_JSON, STAGING, OutputFolder, new_run_id
 from ..io.parts import PartAssembler, PartStats, commit, compact, recover_commits
 from ..io.shards import STATUS_ERROR
 
@@ -135,12 +135,9 @@ def _verify(folder: OutputFolder, run: dict, report: VerifyReport, inputs, repai
     parts = folder.parts()
     good = []
     for k, part in enumerate(parts):
-        try:
-            folder.check_shard(part.path, deep=True)
-        except CorruptFileError as e:
+        if folder.quarantine_if_corrupt(part.path, dry_run=not repair) is not None:
             report.corrupt.append(part.name)
             if repair:
-                folder.quarantine(part.path, str(e))
                 report.repaired.append(f"quarantined {part.name} (its images are redone by the next run)")
             continue
         good.append(part)

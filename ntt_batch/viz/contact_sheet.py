@@ -24,10 +24,9 @@ from PIL import Image, ImageDraw
 
 from ..io.images import load_image
 from ..io.masks import segmentation_to_mask
-from ..io.sources import safe_join
+from ..io.names import safe_join
 from ..method.references import reference_image_root
-from .overlay import Instance as _DrawItem
-from .overlay import _font, _resize_mask, class_color, render_panel
+from .overlay import DrawnInstance, _font, _resize_mask, class_color, render_panel
 
 GAP = 6  # px between cells
 CAPTION_PX = 30  # caption strip under each cell (two lines)
@@ -64,7 +63,9 @@ def bank_box_masks(memory: str | os.PathLike) -> dict[tuple, dict]:
 
 
 def _crop_box(bbox, w: int, h: int, context_ratio: float) -> tuple[int, int, int, int]:
-    from ..method.memory_bank import context_crop_box  # the crop the bank encodes (§2.1)
+    from ..method.memory_bank import (
+        context_crop_box,  # the crop the bank encodes (§2.1)
+    )
 
     x0, x1, y0, y1 = context_crop_box(bbox, w, h, context_ratio)
     if x1 <= x0 or y1 <= y0:
@@ -84,7 +85,7 @@ def _cell(image: np.ndarray, mask: np.ndarray | None, bbox, category_id: int, na
     shown = np.asarray(Image.fromarray(crop).resize(size, Image.BILINEAR))
     m = _resize_mask(mask[y0:y1, x0:x1], size) if mask is not None else None
     box = [(bbox[0] - x0) * s, (bbox[1] - y0) * s, bbox[2] * s, bbox[3] * s]
-    return render_panel(shown, [_DrawItem(int(category_id), name, m, box, None)], title)
+    return render_panel(shown, [DrawnInstance(int(category_id), name, m, box, None)], title)
 
 
 def _text(draw: ImageDraw.ImageDraw, xy, text: str, px: int, fill=(40, 40, 40), max_w: int | None = None) -> None:

@@ -30,9 +30,9 @@ from PIL import Image, ImageDraw, ImageFont
 from ..io.images import ImageDecodeError, decode_image
 from ..io.masks import decode_rle, segmentation_to_mask
 from ..io.merge import is_results_file, iter_image_batches, read_json
+from ..io.names import IMAGE_EXTENSIONS
 from ..io.shards import STATUS_ERROR
-from ..io.sources import IMAGE_EXTENSIONS
-from ..io.storage import filesystem
+from ..io.storage import filesystem, is_local
 from ..io.thresholds import ScoreThresholds
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def _edges(mask: np.ndarray, width: int) -> np.ndarray:
 
 
 @dataclass
-class Instance:
+class DrawnInstance:
     """One thing to draw: ``mask`` bool [h, w] at display size (or None: box only), ``bbox`` xywh display px."""
 
     category_id: int
@@ -85,7 +85,7 @@ class Instance:
     score: float | None = None
 
 
-def render_panel(image: np.ndarray, instances: Sequence[Instance], title: str) -> Image.Image:
+def render_panel(image: np.ndarray, instances: Sequence[DrawnInstance], title: str) -> Image.Image:
     """Draw ``instances`` on ``image`` (RGB uint8 [h, w, 3]); the highest scores end up on top."""
     h, w = image.shape[:2]
     canvas = image.astype(np.float32)
@@ -226,7 +226,7 @@ def render_overlay(
                 raise ValueError(f"a mask is {mask.shape[1]}x{mask.shape[0]} but the image is {W}x{H}: wrong image for "
                                  "these predictions (check --images / the image id)")
             mask = _resize_mask(mask, size)
-        pred_inst.append(Instance(int(p["category_id"]), f"{name(p)} {float(p['score']):.2f}", mask, scaled(p.get("bbox")),
+        pred_inst.append(DrawnInstance(int(p["category_id"]), f"{name(p)} {float(p['score']):.2f}", mask, scaled(p.get("bbox")),
                                   float(p["score"])))
     title = f"prediction: {len(preds)}"
     if n_pass > len(preds):
@@ -242,7 +242,7 @@ def render_overlay(
             seg = a.get("segmentation")
             mask = _resize_mask(segmentation_to_mask(seg, H, W), size) if seg else None
             label = name(a) + (" (crowd)" if a.get("iscrowd") else "")
-            gt_inst.append(Instance(int(a["category_id"]), label, mask, scaled(a.get("bbox"))))
+            gt_inst.append(DrawnInstance(int(a["category_id"]), label, mask, scaled(a.get("bbox"))))
         panels.insert(0, render_panel(shown, gt_inst, f"ground truth: {len(gt_inst)}"))
     return compose(panels)
 
@@ -321,7 +321,7 @@ class _ImageFinder:
                 for p in fs.find(path):
                     m = _DIGITS.search(PurePosixPath(p).stem)
                     if m and p.lower().endswith(IMAGE_EXTENSIONS):
-                        self._by_number.setdefault(int(m.group(1)), p if _local(fs) else fs.unstrip_protocol(p))
+                        self._by_number.setdefault(int(m.group(1)), p if is_local(fs) else fs.unstrip_protocol(p))
         return self._by_number
 
     def find(self, image_id: int, uri: str | None, file_name: str | None) -> str | None:
@@ -336,12 +336,6 @@ class _ImageFinder:
         if self.root:
             return self._numbered().get(int(image_id))
         return None
-
-
-def _local(fs) -> bool:
-    from fsspec.implementations.local import LocalFileSystem
-
-    return isinstance(fs, LocalFileSystem)
 
 
 def _parse_ids(ids: Iterable[int | str] | None) -> set[int] | None:

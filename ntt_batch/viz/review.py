@@ -31,13 +31,22 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from ..io.atomic import atomic_write_text
 from ..io.images import ImageDecodeError, decode_image
 from ..io.masks import decode_rle
-from ..io.merge import dataset_categories, is_results_file, iter_image_batches, read_run_manifest
+from ..io.merge import dataset_categories, is_results_file, iter_image_batches
+from ..io.output_folder import OutputFolder
 from ..io.shards import STATUS_ERROR
 from ..io.storage import filesystem
 from ..io.thresholds import ScoreThresholds
-from .overlay import FILL_ALPHA, _edges, _ImageFinder, _resize_mask, class_color, render_overlay
+from .overlay import (
+    FILL_ALPHA,
+    _edges,
+    _ImageFinder,
+    _resize_mask,
+    class_color,
+    render_overlay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +208,7 @@ def write_review(
     summary.categories = [{"id": c["id"], "name": c["name"]} for c in categories]
     if not th.is_global:
         th.warn_unknown([(c["id"], c["name"]) for c in categories])
-    manifest = read_run_manifest(shards, options)
+    manifest = OutputFolder(shards, options).read_run(strict=False)
     data = {
         "title": title or f"ntt-batch review: {shards}",
         "shards": str(shards),
@@ -213,9 +222,7 @@ def write_review(
     }
     from .review_template import render_page
 
-    tmp = out / "index.html.tmp"
-    tmp.write_text(render_page(data), encoding="utf-8")
-    os.replace(tmp, out / "index.html")
+    atomic_write_text(out / "index.html", render_page(data))
     return summary
 
 

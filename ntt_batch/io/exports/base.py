@@ -40,10 +40,11 @@ from ..merge import (
     MergeStats,
     _finish_stats,
     _IdChecker,
-    dataset_categories,
     iter_image_batches,
-    read_run_manifest,
+    run_categories,
 )
+from ..output_folder import OutputFolder
+from ..storage import absolute_uri
 from ..thresholds import ScoreThresholds
 
 log = logging.getLogger(__name__)
@@ -180,13 +181,11 @@ def run_export(shards: str, writer_cls: type[Writer], out: str, *, options: dict
     memory bank's from ``run.json``. ``image_root``: the writers' file names become relative to
     it. Raises ValueError on duplicate image ids (nothing is written then).
     """
-    from ..storage import absolute_uri
-
     th = ScoreThresholds.load(score_threshold)
     stats = MergeStats(format=writer_cls.format, out=out, score_threshold=threshold_summary(th))
-    manifest = read_run_manifest(shards, options)
+    manifest = OutputFolder(shards, options).read_run(strict=False)
     if categories is None:
-        categories = dataset_categories(shards, options)
+        categories = run_categories(manifest)
         stats.categories_source = "run.json (memory bank)" if categories else "instances"
     else:
         stats.categories_source = "given"

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import tempfile
-from datetime import datetime, timezone
 from json.encoder import encode_basestring_ascii as _json_str
 
 from ..merge import (
@@ -26,6 +25,7 @@ from ..merge import (
     _spill_dir,
     relative_file_name,
 )
+from ..output_folder import utc_now_iso
 from .base import ExportContext, ExportRow, Writer
 
 
@@ -107,7 +107,7 @@ class CocoDatasetWriter(Writer):
             info = {
                 "description": "ntt-batch auto-labels (training-free reference-based instance segmentation)",
                 "format": DATASET_FORMAT,
-                "date_created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "date_created": utc_now_iso(),
                 "shards": ctx.shards,
                 "score_threshold": ctx.stats.score_threshold,
                 "file_name": "relative to " + ctx.image_root if ctx.image_root else "image URI",

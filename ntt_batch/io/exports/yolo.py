@@ -33,21 +33,17 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
 import numpy as np
 import yaml
 
-from ..storage import filesystem
+from ..output_folder import utc_now_iso
+from ..storage import filesystem, is_local
 from .base import ExportContext, ExportRow, Writer
 from .polygons import bridge_polygons, mask_polygons
 
 IMAGE_MODES = ("link", "copy", "uri")
-
-
-def _is_local_path(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
 
 
 class YoloSegmentationWriter(Writer):
@@ -61,7 +57,7 @@ class YoloSegmentationWriter(Writer):
         super().__init__(out, ctx)
         if images not in IMAGE_MODES:
             raise ValueError(f"yolo: images must be one of {', '.join(IMAGE_MODES)}, got {images!r}")
-        if not _is_local_path(out):
+        if not is_local(out):
             raise ValueError(f"yolo: --out must be a local folder (Ultralytics trains from local files), got {out!r}")
         self.images, self.simplify = images, float(simplify)
         self.final = os.path.abspath(out.removeprefix("file://"))
@@ -124,7 +120,7 @@ class YoloSegmentationWriter(Writer):
 
     def _place_image(self, uri: str, dest: str) -> None:
         if self.images == "link":
-            if not _is_local_path(uri):
+            if not is_local(uri):
                 raise ValueError(f"yolo: cannot symlink the remote image {uri!r}: use images='copy' "
                                  "(--yolo-images copy) to download the images into the dataset")
             os.symlink(os.path.abspath(uri.removeprefix("file://")), dest)
@@ -142,7 +138,7 @@ class YoloSegmentationWriter(Writer):
             self._class_index(cid)
         by_index = {k: names.get(cid, f"class_{cid}") for cid, k in sorted(self.index.items(), key=lambda kv: kv[1])}
         header = (f"# Ultralytics YOLO segmentation dataset written by ntt-batch merge --format yolo\n"
-                  f"# from {ctx.shards} on {datetime.now(timezone.utc).isoformat(timespec='seconds')}; "
+                  f"# from {ctx.shards} on {utc_now_iso()}; "
                   f"score threshold: {ctx.thresholds.describe()}\n"
                   f"# class index -> category id: {dict(sorted((k, cid) for cid, k in self.index.items()))}\n")
         data = {"path": self.final, "train": "images.txt", "val": "images.txt", "nc": len(by_index), "names": by_index}

@@ -1,0 +1,102 @@
+"""Atomic writes of local files: a reader sees the old file or the new one, never a part of one.
+
+The one implementation for every layer (standard library only, so ``method/`` and ``models/``
+may use it too): the bytes go to a hidden temporary name in the target's folder, are flushed
+and fsynced, and the file is renamed into place with ``os.replace`` (atomic within a file
+system); on any failure the temporary file is removed and the target is left as it was.
+Temporary files get the mode the umask gives (like ``open``), not ``mkstemp``'s 0600.
+
+Object stores have no rename: :meth:`ntt_batch.io.output_folder.OutputFolder.write_bytes` (one
+PUT) and :class:`ntt_batch.io.merge.AtomicFile` (one upload, built on :class:`AtomicLocalFile`
+for local targets) cover them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from typing import IO, Iterator
+
+
+class AtomicLocalFile:
+    """A temporary file beside ``path`` (``file``, open for writing) that becomes ``path`` on
+    :meth:`commit` and vanishes on :meth:`abort`.
+
+    ``mode``: ``"wb"`` (binary) or ``"w"`` (text; ``encoding`` default UTF-8). The parent folder
+    is created if missing.
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None) -> None:
+        if mode not in ("wb", "w"):
+            raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+        self.path = os.fspath(path)
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        self.tmp = os.path.join(parent, f".{os.path.basename(self.path)}.{uuid.uuid4().hex[:8]}.tmp")
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            self.file: IO = os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None)
+        except BaseException:
+            os.close(fd)
+            self._remove()
+            raise
+
+    def commit(self) -> None:
+        """Flush, fsync and close the file, then rename it to ``path``."""
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Close and delete the temporary file; ``path`` is left as it was."""
+        try:
+            self.file.close()
+        finally:
+            self._remove()
+
+    def _remove(self) -> None:
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+@contextmanager
+def commit_on_success(target) -> Iterator[IO]:
+    """Yield ``target.file``; then ``target.commit()`` when the block succeeds, ``target.abort()`` when it
+    raises (``target``: an :class:`AtomicLocalFile`, or :class:`ntt_batch.io.merge.AtomicFile`)."""
+    try:
+        yield target.file
+    except BaseException:
+        target.abort()
+        raise
+    target.commit()
+
+
+def atomic_local_file(path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None):
+    """Context manager: a temporary file that replaces ``path`` when the block succeeds (:class:`AtomicLocalFile`).
+
+    An exception in the block removes the temporary file and propagates.
+    """
+    return commit_on_success(AtomicLocalFile(path, mode, encoding=encoding))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to the local file ``path`` atomically (module docstring)."""
+    with atomic_local_file(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to the local file ``path`` atomically (module docstring)."""
+    with atomic_local_file(path, "w", encoding=encoding) as f:
+        f.write(text)
+
+
+__all__ = ["AtomicLocalFile", "atomic_local_file", "commit_on_success", "atomic_write_bytes", "atomic_write_text"]
