@@ -6,15 +6,16 @@ import copy
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from ntt_batch.cli import main
-from ntt_batch.method.config import ConfigError
+from ntt_batch.method.config import ConfigError, SegmenterConfig
 from ntt_batch.pipeline.bank_prep import ReferencesSpec, bank_mismatches, prepare_memory_bank
-from ntt_batch.pipeline.job import JobConfig
+from ntt_batch.pipeline.job import JobConfig, fingerprint_differences, job_fingerprint
 from ntt_batch.pipeline.job_files import job_config_from_file, load_job_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -301,3 +302,55 @@ def test_bank_task_from_an_object_store_equals_memory_build(small_bank, random_c
             assert info["device"] == "cpu" and info["encode_seconds"] > 0
     finally:
         fs.rm("/ntt-test", recursive=True)
+
+
+# ----------------------------------------------------------------------------- one job per output
+
+
+_SAM = SimpleNamespace(name="sam2.1_hiera_tiny", sha256="a" * 64)
+_ENC = SimpleNamespace(name="dinov2_vits14", sha256="b" * 64)
+
+
+def _fingerprint(**segmenter) -> dict:
+    cfg = JobConfig(memory="m", out="/o", images="/data/images", segmenter=SegmenterConfig(**segmenter))
+    return job_fingerprint(cfg, "bank-hash", _SAM, _ENC)
+
+
+def test_an_output_recorded_before_new_settings_existed_is_the_same_job():
+    now = _fingerprint()
+    assert now["segmenter"]["encoder_image_size"] == 518  # resolved for the bank's encoder (DINOv2: 518)
+    old = copy.deepcopy(now)  # as an older version recorded it: without the settings added since
+    for key in ("merger", "graph_diffusion_alpha", "graph_diffusion_steps", "graph_diffusion_transition"):
+        del old["segmenter"][key]
+    old["segmenter"]["merge_memory_mb"] = 1024  # performance-only: recorded by a version that counted it
+    assert fingerprint_differences(old, now) == []
+    old["segmenter"]["encoder_image_size"] = None  # recorded unresolved: the encoder's native size
+    assert fingerprint_differences(old, now) == []
+    del old["segmenter"]["encoder_image_size"]  # recorded before the setting existed
+    assert fingerprint_differences(old, now) == []
+
+
+def test_a_real_difference_in_the_fingerprint_is_still_refused():
+    old = _fingerprint()
+    del old["segmenter"]["merger"]
+    assert fingerprint_differences(old, _fingerprint(merger="graph-diffusion")) == [
+        "segmenter.merger: 'soft' in the output, 'graph-diffusion' now"]
+    assert fingerprint_differences(_fingerprint(), _fingerprint(encoder_image_size=448)) == [
+        "segmenter.encoder_image_size: 518 in the output, 448 now"]
+    assert fingerprint_differences(_fingerprint(), _fingerprint(points_per_side=8)) == [
+        "segmenter.points_per_side: 32 in the output, 8 now"]
+    with pytest.raises(ConfigError, match="encoder_image_size"):
+        _fingerprint(encoder_image_size=500)  # not a multiple of DINOv2's 14-px patches
+
+
+def test_bank_reference_settings_are_compared_resolved_for_the_encoder(tmp_path):
+    spec = ReferencesSpec(file=str(tmp_path / "refs.json"), image_root=str(tmp_path), encoder="dinov2_vits14").validate()
+    meta = {"encoder": {"name": "dinov2_vits14"}, "references": {"source": {"kind": "file"}},
+            "config": {"crop_size": 518, "context_ratio": 0.2, "empty_mask_fallback": "area"}}
+    assert bank_mismatches(spec, meta) == []  # crop_size: null in the job = 518 for DINOv2
+    assert bank_mismatches(spec, {**meta, "config": {"crop_size": None, "context_ratio": 0.2}}) == []
+    assert bank_mismatches(spec, {**meta, "config": {"context_ratio": 0.2}}) == []  # recorded before crop_size existed
+    assert bank_mismatches(spec, {**meta, "config": {**meta["config"], "crop_size": 448}}) == [
+        "crop_size=448 (references: asks for 518)"]
+    assert bank_mismatches(spec, {**meta, "config": {**meta["config"], "context_ratio": 0.5}}) == [
+        "context_ratio=0.5 (references: asks for 0.2)"]
