@@ -1,8 +1,10 @@
-"""Shared fixtures: the shared COCO sample and random-weight checkpoints in official layouts."""
+"""Shared fixtures: the shared COCO sample, random-weight checkpoints in official layouts, a small bank,
+a local Ray instance and a real S3 API on loopback (moto's server mode)."""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,31 @@ def small_bank(tmp_path_factory, random_checkpoints, coco_mini) -> Path:
     build_bank(str(d / "refs.json"), str(coco_mini / "train2017"), str(d / "bank"), encoder_name="dinov2_vits14",
                checkpoint_dir=str(random_checkpoints), download=False, device="cpu")
     return d / "bank"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance with 2 CPUs for the tests of one module (shut down after them)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A real S3 API on loopback (moto's server mode, as s3fs's own tests use); yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

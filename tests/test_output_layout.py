@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -35,15 +34,6 @@ from ntt_batch.pipeline.stages import NoopModelActor
 from ntt_batch.pipeline.verify import verify_output
 
 SEG = {"points_per_side": 2, "device": "cpu"}
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
 
 
 def _job(random_checkpoints, small_bank, **kw) -> JobConfig:
@@ -227,26 +217,14 @@ def test_two_concurrent_runs_on_one_local_output(ray_local, mixed_folder, random
     assert [a["status"] for a in run["attempts"]] == ["completed"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3():
-    """A real S3 API on loopback (moto's server mode, as s3fs's own tests use) with one bucket."""
+def s3(s3_server):
+    """Storage options for the S3 API of ``s3_server``, with one bucket ``lake``."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing",
                  aws_secret_access_key="testing-secret").create_bucket(Bucket="lake")
-    yield {"key": "testing", "secret": "testing-secret", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
-    server.stop()
+    return {"key": "testing", "secret": "testing-secret", "client_kwargs": {"endpoint_url": s3_server, "region_name": "us-east-1"}}
 
 
 def test_two_concurrent_runs_on_one_s3_output(ray_local, s3, mixed_folder, random_checkpoints, small_bank):
@@ -360,6 +338,44 @@ def _table(uris: list[str], run_id: str = "r") -> pa.Table:
     return pa.Table.from_pylist([{"image_id": i, "image_uri": u, "width": 1, "height": 1, "status": "empty", "error": None,
                                   "num_instances": 0, "instances": [], "run_id": run_id} for i, u in enumerate(uris)],
                                 schema=SHARD_SCHEMA)
+
+
+def test_only_a_provably_corrupt_shard_is_quarantined(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    folder = OutputFolder(str(out))
+    good, truncated, bad_page = out / "part-good.parquet", out / "part-truncated.parquet", out / "part-page.parquet"
+    pq.write_table(_table([f"/img/{i:04d}.jpg" for i in range(50)]), good, write_page_checksum=True, compression="none")
+    truncated.write_bytes(good.read_bytes()[:-100])  # no footer: bad magic
+    shutil.copy(good, bad_page)
+    _corrupt_a_data_page(bad_page)  # footer intact: only the page checksum / decoding tells
+    assert folder.quarantine_if_corrupt(str(good)) is None
+    for f in (truncated, bad_page):
+        moved = folder.quarantine_if_corrupt(str(f))
+        assert moved == folder.path(f"_ntt/quarantine/{f.name}") and not f.exists() and Path(moved).exists()
+
+    # Simulated transient store errors (monkeypatched filesystem open; no real network): never corruption.
+    real_open = type(folder.fs).open
+    calls = []
+
+    def fails_once(self, path, mode="rb", **kw):
+        calls.append(path)
+        if len(calls) == 1:
+            raise TimeoutError("simulated: read timed out")
+        return real_open(self, path, mode, **kw)
+
+    monkeypatch.setattr(type(folder.fs), "open", fails_once)
+    assert folder.quarantine_if_corrupt(str(good)) is None and len(calls) == 2  # failed once, then parsed: healthy
+    for error in (TimeoutError("simulated: read timed out"), OSError("simulated: connection reset by peer")):
+        def always_fails(self, path, mode="rb", error=error, **kw):
+            raise error
+
+        monkeypatch.setattr(type(folder.fs), "open", always_fails)
+        with pytest.raises(type(error), match="simulated"):
+            folder.quarantine_if_corrupt(str(good))  # the run fails (and is retried) instead
+    monkeypatch.setattr(type(folder.fs), "open", real_open)
+    assert good.exists() and sorted(p.name for p in (out / "_ntt" / "quarantine").iterdir()) == [
+        "part-page.parquet", "part-truncated.parquet"]
 
 
 class _Run:

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,15 +27,6 @@ from ntt_batch.pipeline.job import JobConfig, run_job
 pytestmark = pytest.mark.slow
 
 SEG = {"points_per_side": 2, "device": "cpu"}
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
 
 
 def _job(random_checkpoints, small_bank, **kw) -> JobConfig:
@@ -268,24 +258,6 @@ def test_truncated_shard_is_quarantined_and_redone(ray_local, coco_mini, random_
 
 
 # ----------------------------------------------------------------------------- S3 (moto server)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """A real S3 API on loopback (moto's server mode, as s3fs's own tests use)."""
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def test_s3_input_and_output(ray_local, s3_server, coco_mini, random_checkpoints, small_bank):
