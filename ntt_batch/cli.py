@@ -176,21 +176,44 @@ def references():
 @click.option("--allow-fewer-shots", is_flag=True, help="Keep classes with fewer than K valid references (ragged shots).")
 @click.option("--min-box-side", default=32, show_default=True, help="Minimum reference box width and height (px).")
 @click.option("--border-margin", default=10, show_default=True, help="Minimum distance of the box from every border (px).")
+@click.option("--prefer", default=None, metavar="area=P,center=D,edge=E", callback=lambda ctx, param, value: _parse_prefer(value),
+              help="Prefer large, centred references well inside their image (any subset of the keys): area=P keeps boxes "
+                   "whose area is at least the P-th percentile of the class's valid candidates (0-100); center=D keeps "
+                   "box centres at most D from the image centre (0 = centre, 1 = border); edge=E keeps boxes at least "
+                   "E x the image side from every border (0-0.5). Rejected candidates are skipped in the same seeded "
+                   "walk. [default: off = the reference sampler, unchanged]")
 @_refs_image_root_opt
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output references JSON.")
-def references_sample(annotations, split, shots, seed, allow_fewer_shots, min_box_side, border_margin, image_root, out):
+def references_sample(annotations, split, shots, seed, allow_fewer_shots, min_box_side, border_margin, prefer, image_root,
+                      out):
     """Sample K references per class exactly as the reference code does (method.md §1).
 
     Per class: shuffle its annotations with the seeded RNG, keep non-crowd instances with a box of
     at least 32x32 px at least 10 px from the borders, one instance per image per class.
+    --prefer adds criteria on top (recorded in the output's source).
+
+    \b
+      ntt-batch references sample --annotations train.json --shots 5 --prefer area=50,center=0.6 --out refs.json
     """
     from .method.references import sample_references_from_file, save_references
 
     refs = sample_references_from_file(annotations, split, shots, seed, allow_fewer=allow_fewer_shots,
-                                       min_box_side=min_box_side, border_margin=border_margin)
+                                       min_box_side=min_box_side, border_margin=border_margin, prefer=prefer)
     _remember_image_root(refs, image_root)
     save_references(refs, out)
     _echo_reference_summary(refs, out)
+
+
+def _parse_prefer(value: str | None):
+    """--prefer's text as a ReferencePreference (None when off); a bad value is a usage error naming the flag."""
+    if value is None:
+        return None
+    from .method.references import ReferencePreference
+
+    try:
+        return ReferencePreference.parse(value)
+    except (ValueError, TypeError) as e:
+        raise click.BadParameter(str(e), param_hint="--prefer") from None
 
 
 @references.command("from-coco")
@@ -247,6 +270,14 @@ def _echo_reference_summary(refs: dict, out: str) -> None:
     click.echo(f"wrote {out}: {len(refs['references'])} references, {len(counts)} classes"
                + (f" ({boxes} box-only: `memory build` needs --sam2 NAME to make their masks)" if boxes else ""))
     click.echo("  " + ", ".join(f"{names[c]}={n}" for c, n in counts.items()))
+    prefer = (refs.get("source") or {}).get("prefer")
+    if prefer:
+        from .method.references import ReferencePreference
+
+        stats = refs["source"].get("prefer_stats") or {}
+        kept = ", ".join(f"{name} {st.get('kept', 0)}/{st.get('candidates', 0)}" for name, st in stats.items())
+        click.echo(f"  preference: {ReferencePreference.parse(prefer).describe()}"
+                   + (f" (candidates kept per class: {kept})" if kept else ""))
     if refs.get("image_root"):
         click.echo(f"  images under {refs['image_root']} (remembered: `memory build` needs no --image-root)")
     click.echo(f"  check them: ntt-batch references show --references {out} --out references.png")
@@ -349,6 +380,32 @@ def memory_build(references_path, image_root, encoder, sam2_name, device, checkp
                f"dim {bank.instance_prototypes.shape[1]}, hash {bank.content_hash[:16]}")
     for note in bank.notes:
         click.echo(f"  note: {note}")
+
+
+@memory.command("show")
+@click.argument("bank", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_png", default=None, type=click.Path(dir_okay=False),
+              help="Heatmap PNG of the class-prototype cosine similarities. [default: ./<bank folder name>-similarity.png; "
+                   "never inside the bank, which `memory build` owns]")
+@click.option("--threshold", default=None, type=click.FloatRange(-1, 1),
+              help="Cosine similarity at or above which two classes are flagged as near-duplicates. [default: 0.95]")
+def memory_show(bank, out_png, threshold):
+    """Is BANK fit to segment with? Near-duplicate classes, inconsistent references, a similarity heatmap.
+
+    Detection picks the class prototype a mask's feature is most similar to (method.md §3-4), so
+    two classes whose prototypes are nearly the same (cosine >= --threshold) get confused, and a
+    reference closer to another class than to its own is often a wrong label or a bad crop. Prints
+    the report and writes the heatmap (near-duplicate pairs framed in red).
+
+    \b
+      ntt-batch memory show bank/ --out bank-similarity.png
+    """
+    from .viz.memory_report import show_memory_bank
+
+    result = show_memory_bank(bank, out_png, *(() if threshold is None else (threshold,)))
+    click.echo(result["report"])
+    if result.get("png"):
+        click.echo(f"wrote {result['png']}")
 
 
 @memory.command("info")

@@ -220,3 +220,36 @@ def test_encoder_flags_accept_every_registry_encoder(command):
     assert list(encoder.type.choices) == list(ENCODER_NAMES)
     assert any(n.startswith("dinov3") for n in encoder.type.choices)
     assert "DINOv3 License" in encoder.help
+
+
+# ----------------------------------------------------------------------------- references sample --prefer, memory show
+
+
+def test_references_sample_prefer_reaches_the_sampler(tmp_path, coco_mini):
+    ann = str(coco_mini / "annotations/instances_train2017.json")
+    base = ["references", "sample", "--annotations", ann, "--shots", "1", "--seed", "33"]
+    res = _invoke([*base, "--prefer", "area=50,center=0.8", "--out", str(tmp_path / "p.json")])
+    assert res.exit_code == 0, res.output
+    assert "preference: box area >= p50" in res.output
+    import json
+
+    src = json.loads((tmp_path / "p.json").read_text())["source"]
+    assert src["prefer"] == {"min_area_percentile": 50.0, "max_center_distance": 0.8, "min_edge_distance": None}
+    res = _invoke([*base, "--out", str(tmp_path / "plain.json")])  # off by default: nothing recorded
+    assert res.exit_code == 0 and "prefer" not in json.loads((tmp_path / "plain.json").read_text())["source"]
+    res = _invoke([*base, "--prefer", "area=500", "--out", str(tmp_path / "bad.json")])
+    assert res.exit_code == 2 and "--prefer" in res.output and "min_area_percentile" in res.output
+    assert not (tmp_path / "bad.json").exists()
+
+
+def test_memory_show_prints_the_report_and_writes_the_heatmap(tmp_path, small_bank):
+    from ntt_batch.viz.memory_report import DEFAULT_NEAR_DUPLICATE_THRESHOLD
+
+    out = tmp_path / "sim.png"
+    res = _invoke(["memory", "show", str(small_bank), "--out", str(out), "--threshold", "0.9"])
+    assert res.exit_code == 0, res.output
+    assert out.is_file() and f"wrote {out}" in res.output and "consistency" in res.output
+    help_text = " ".join(_invoke(["memory", "show", "--help"]).output.split())
+    assert f"[default: {DEFAULT_NEAR_DUPLICATE_THRESHOLD}]" in help_text  # the help states the function's default
+    res = _invoke(["memory", "show", str(small_bank), "--out", str(out), "--threshold", "2"])
+    assert res.exit_code == 2 and "--threshold" in res.output
