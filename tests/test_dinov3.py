@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from ntt_batch.models import dinov2
 from ntt_batch.models import dinov3 as dv
+from ntt_batch.models.encoders import encoder_family
+from ntt_batch.models.registry import DINOV3_NAMES, get_spec
 from ntt_batch.models.dinov2 import IMAGENET_MEAN, IMAGENET_STD
 from ntt_batch.models.dinov3 import (
-    DINOV3_CHECKPOINT_FILES,
-    DINOV3_LICENSE,
     DINOV3_MODELS,
     NATIVE_IMAGE_SIZE,
     PATCH_SIZE,
@@ -166,16 +166,17 @@ def test_checkpoint_files_and_license():
         "dinov3_vitl16": "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth",
         "dinov3_vith16plus": "dinov3_vith16plus_pretrain_lvd1689m-7c1da9a5.pth",
     }
-    assert set(DINOV3_CHECKPOINT_FILES) == set(DINOV3_MODELS)
+    assert set(DINOV3_NAMES) == set(DINOV3_MODELS) == set(expected)
     for name, filename in expected.items():
-        entry = DINOV3_CHECKPOINT_FILES[name]
-        assert entry["filename"] == filename
-        assert entry["sha256_prefix"] == filename[-12:-4]
-        assert len(entry["sha256_prefix"]) == 8 and int(entry["sha256_prefix"], 16) >= 0
-        assert "size_bytes" in entry
-        assert entry["hub_url"] == f"https://dl.fbaipublicfiles.com/dinov3/{name}/{filename}"
-    assert "DINOv3 License" in DINOV3_LICENSE and "not Apache-2.0" in DINOV3_LICENSE
-    assert "https://ai.meta.com/resources/models-and-libraries/dinov3-license/" in DINOV3_LICENSE
+        spec = get_spec(name, "encoder")
+        assert spec.filename == filename and spec.family == "dinov3"
+        assert spec.sha256_prefix == filename[-12:-4] and spec.sha256 is None and spec.url is None  # gated
+        assert spec.matches_official(spec.sha256_prefix + "0" * 56) and not spec.matches_official("0" * 64)
+        assert "DINOv3 License" in spec.license and "not Apache-2.0" in spec.license
+        assert "https://ai.meta.com/resources/models-and-libraries/dinov3-license/" in spec.license
+    family = encoder_family("dinov3_vits16")  # the family's facts are the module's
+    assert (family.patch_size, family.native_image_size) == (dv.PATCH_SIZE, dv.NATIVE_IMAGE_SIZE)
+    assert (dv.DinoV3Encoder.patch_size, dv.DinoV3Encoder.native_image_size) == (16, 512)
 
 
 def _expected_layout(d, depth, block_keys):
@@ -456,7 +457,7 @@ def test_missing_and_unexpected_keys_are_named():
 
 
 def test_module_exports():
-    for attr in ("DINOV3_MODELS", "DINOV3_CHECKPOINT_FILES", "DINOV3_LICENSE", "PATCH_SIZE", "NATIVE_IMAGE_SIZE",
+    for attr in ("DINOV3_MODELS", "PATCH_SIZE", "NATIVE_IMAGE_SIZE",
                  "DinoV3Encoder", "build_dinov3", "random_official_state_dict", "official_key_shapes",
                  "load_state_dict_file"):
         assert hasattr(dv, attr) and attr in dv.__all__, attr

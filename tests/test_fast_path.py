@@ -9,14 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ntt_batch.method.segmenter import (
+from ntt_batch.method.matching import (
     linear_interpolation_matrix,
-    point_grid,
     pool_mask_features,
     pool_mask_features_separable,
-    select_best_multimask,
     upsample_features,
 )
+from ntt_batch.method.segmenter import point_grid, select_best_multimask
 
 
 @pytest.mark.parametrize("n_in,n_out", [(37, 256), (16, 256), (5, 3)])

@@ -274,6 +274,9 @@ def test_memory_bank_unsorted_or_duplicate_categories_raise():
 class MeanColourEncoder:
     """[B, 3, S, S] → [B, S/14, S/14, 3]: every patch gets the crop's mean colour."""
 
+    patch_size = 14
+    native_image_size = 518
+
     def __init__(self):
         self.batch_shapes = []
 
@@ -288,6 +291,9 @@ class PositionEncoder:
 
     Then p = Σ_n w_n e_n / Σ_n w_n = the flattened patch weights divided by their sum.
     """
+
+    patch_size = 14
+    native_image_size = 518
 
     def __call__(self, x):
         g = x.shape[-1] // 14

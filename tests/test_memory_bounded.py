@@ -100,12 +100,22 @@ class _Proposer:
     def decode_points(self, features, points):
         raise AssertionError("not used")
 
+    def point_decoder(self):
+        return None
+
+
+class _Encoder(torch.nn.Identity):
+    """Never called either; declares the encoder interface's patch grid."""
+
+    patch_size = 14
+    native_image_size = 518
+
 
 def _segmenter(**cfg) -> Segmenter:
     from ntt_batch.benchmark import random_bank
 
     bank = random_bank("dinov2_vits14", 8, num_classes=3)
-    return Segmenter(_Proposer(), torch.nn.Identity(), bank, SegmenterConfig(device="cpu", **cfg))
+    return Segmenter(_Proposer(), _Encoder(), bank, SegmenterConfig(device="cpu", **cfg))
 
 
 def _blobs(n: int, h: int = 256, w: int = 256, seed: int = 0) -> torch.Tensor:

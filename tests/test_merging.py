@@ -24,7 +24,7 @@ from ntt_batch.method.merging import (
     graph_diffusion_penalty,
     intersection_counts,
 )
-from ntt_batch.method.segmenter import soft_merge_scores
+from ntt_batch.method.merging import soft_merge_scores
 
 # ============================================================================ the oracle
 

@@ -16,18 +16,10 @@ import torch
 
 from ntt_batch.method.config import SegmenterConfig
 from ntt_batch.method.memory_bank import MemoryBank
-from ntt_batch.method.segmenter import (
-    Segmenter,
-    TargetImage,
-    class_similarity,
-    masks_to_boxes_inclusive,
-    point_grid,
-    pool_mask_features,
-    prepare_target,
-    select_best_multimask,
-    soft_merge_scores,
-    upsample_features,
-)
+from ntt_batch.method.matching import class_similarity, pool_mask_features, upsample_features
+from ntt_batch.method.merging import soft_merge_scores
+from ntt_batch.method.preprocess import prepare_target
+from ntt_batch.method.segmenter import Segmenter, TargetImage, masks_to_boxes_inclusive, point_grid, select_best_multimask
 
 # ============================================================================ point_grid (§4.2)
 
@@ -312,18 +304,23 @@ class FakeProposer:
 
     image_size = 32
 
-    def __init__(self, specs, wrap=True):
+    def __init__(self, specs):
         self.specs = specs
-        self.wrap = wrap
         self.batch_sizes = []
         self.encoded_shapes = []
 
+    def to(self, device):
+        return self
+
+    def point_decoder(self):
+        return None  # no faster decoder: the segmenter runs decode_points
+
     def encode(self, x):
         self.encoded_shapes.append(tuple(x.shape))
-        return FakeSamFeatures(x) if self.wrap else x
+        return FakeSamFeatures(x)
 
     def decode_points(self, features, points):
-        image = features.index if isinstance(features, FakeSamFeatures) else 0
+        image = features.index
         self.batch_sizes.append(points.shape[0])
         logits = torch.empty(points.shape[0], 3, LOW, LOW)
         iou = torch.empty(points.shape[0], 3)
@@ -348,9 +345,15 @@ class FakeEncoder:
     is exactly the value written here.
     """
 
+    patch_size = 14
+    native_image_size = 518
+
     def __init__(self, maps):
         self.maps = maps
         self.input_shapes = []
+
+    def to(self, device):
+        return self
 
     def __call__(self, x):
         self.input_shapes.append(tuple(x.shape))
@@ -379,10 +382,10 @@ def make_bank(num_classes: int, names=None, ids=None) -> MemoryBank:
     )
 
 
-def make_segmenter(specs, maps, bank, wrap=True, **cfg) -> tuple[Segmenter, FakeProposer, FakeEncoder]:
+def make_segmenter(specs, maps, bank, **cfg) -> tuple[Segmenter, FakeProposer, FakeEncoder]:
     config = SegmenterConfig(image_size=32, encoder_image_size=14, points_per_side=2,
                              points_batch_size=3, device="cpu", **cfg)
-    proposer, encoder = FakeProposer(specs, wrap=wrap), FakeEncoder(maps)
+    proposer, encoder = FakeProposer(specs), FakeEncoder(maps)
     return Segmenter(proposer, encoder, bank, config), proposer, encoder
 
 
@@ -546,13 +549,6 @@ def test_segmenter_to_coco_result():
     assert d["bbox"] == [0.0, 0.0, 11.0, 15.0]
     assert d["segmentation"]["size"] == [16, 24]
     assert isinstance(d["segmentation"]["counts"], str)
-
-
-def test_segmenter_proposer_returning_plain_tensor_features():
-    """A proposer whose encode() returns a plain Tensor is sliced per image (Tensor.select is not ours)."""
-    seg, proposer, _ = make_segmenter([{P0: (0, X_LOG, 0.9)}], [MAIN_MAP], _main_bank(), wrap=False)
-    (res,) = seg.segment_images([blank(16, 24)])
-    assert [r.category_id for r in res] == [3]
 
 
 # ---------------------------------------------------------------------------- §8.19

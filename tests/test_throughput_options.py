@@ -249,7 +249,7 @@ def test_compiled_decoder_gives_the_same_detections(tiny_models, coco_mini):
     base = dict(points_per_side=4, device="cpu", pred_iou_threshold=0.53, nms_iou_threshold=0.9, points_batch_size=5)
     eager = Segmenter(proposer, encoder, bank, SegmenterConfig(**base))
     compiled = Segmenter(proposer, encoder, bank, SegmenterConfig(**base, compile=True))
-    compiled._sam_encode, compiled._dino = proposer.encode, encoder  # decoder only (see docstring)
+    compiled._sam_encode, compiled._encode_patches = proposer.encode, encoder  # decoder only (see docstring)
     image = load_image(coco_mini / "val2017" / "000000000139.jpg")
     (a,), (b,) = eager.segment_images([image]), compiled.segment_images([image])
     assert compiled._decoder_front is not None and compiled._compiled_batch == 5

@@ -161,14 +161,14 @@ def test_tiled_run_end_to_end(tiny_models, monkeypatch):
     assert target.source is image and target.orig_hw == (700, 1000)
     assert TargetImage.from_image(image[:512, :400], cfg).source is None  # within one tile: not tiled
     calls = []
-    real = Segmenter.segment_targets
+    real = Segmenter._segment_whole  # the whole-image path: each batch of tiles goes through it
 
     def spy(self, targets):
         out = real(self, targets)
         calls.append(([t.orig_hw for t in targets], out))
         return out
 
-    monkeypatch.setattr(Segmenter, "segment_targets", spy)
+    monkeypatch.setattr(Segmenter, "_segment_whole", spy)
     (res,) = seg.segment_targets([target])  # the tiled path behind the ordinary API
     assert 0 < len(res) <= 12
     assert [r.score for r in res] == sorted((r.score for r in res), reverse=True)
@@ -178,9 +178,10 @@ def test_tiled_run_end_to_end(tiny_models, monkeypatch):
         np.testing.assert_array_equal(r.mask, m)
         ys, xs = np.nonzero(m)
         assert r.bbox == [float(xs.min()), float(ys.min()), float(xs.max() - xs.min()), float(ys.max() - ys.min())]
-    # The tiles went through the segmenter as images, TILE_BATCH at a time, RLE only.
+    # The tiles went through the segmenter as images, TILE_BATCH at a time, RLE only; the whole
+    # image itself never went through the models (no resize of it, no blank placeholder).
     grid = tile_grid((700, 1000), 512, 128)
-    tile_calls = calls[:-1]  # the last one is the outer call
+    tile_calls = calls
     assert [hw for hws, _ in tile_calls for hw in hws] == [(y1 - y0, x1 - x0) for (y0, x0, y1, x1) in grid]
     assert all(len(hws) <= TILE_BATCH for hws, _ in tile_calls)
     tile_results = [r for _, out in tile_calls for r in out]

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .tiling import TILE_BATCH, needs_tiling
+
 DEFAULT_BUDGET_BYTES = 256 * 2**20
 _EXACT_TILE_PIXELS = 2**24  # float32 holds every integer up to 2^24: tile counts stay exact
 
@@ -368,8 +370,6 @@ def image_memory_estimate(orig_hw: tuple[int, int], config) -> int:
     * tiled (``tile_size``): the fast path's for one tile, times the tiles of a batch, plus the
       runs of every tile's instances.
     """
-    from .tiling import TILE_BATCH, needs_tiling
-
     h, w = int(orig_hw[0]), int(orig_hw[1])
     budget = int(config.merge_memory_mb) * 2**20
     m = min(int(config.points_per_side) ** 2, int(config.nms_keep_factor) * int(config.max_detections))

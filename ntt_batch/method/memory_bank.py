@@ -32,6 +32,7 @@ from torch import Tensor
 from .. import __version__
 from ..io.masks import segmentation_to_mask
 from .config import MemoryConfig, config_to_dict
+from .preprocess import image_to_tensor, prepare_target
 
 log = logging.getLogger(__name__)
 
@@ -237,11 +238,6 @@ def module_device(module) -> torch.device:
     return torch.device("cpu")
 
 
-def image_to_tensor(image: np.ndarray) -> Tensor:
-    """RGB uint8 [H, W, 3] → float [3, H, W] in [0, 1]."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float() / 255.0
-
-
 @torch.no_grad()
 def sam2_box_masks(proposer, image: np.ndarray, boxes_xywh: Sequence[Sequence[float]]) -> list[np.ndarray]:
     """Masks for box-only references from SAM2 box prompts (method.md §5.4 uses SAM for this).
@@ -249,8 +245,6 @@ def sam2_box_masks(proposer, image: np.ndarray, boxes_xywh: Sequence[Sequence[fl
     Standard predictor conventions: squash to the SAM input size, single-mask output, logits
     upsampled bilinearly to the original size and thresholded at 0.
     """
-    from .segmenter import prepare_target
-
     h, w = image.shape[:2]
     s = proposer.image_size
     resized, _ = prepare_target(image, s, "squash")
@@ -280,16 +274,20 @@ def build_memory_bank(
     Args:
         references: a validated references dict (see ``method.references``).
         load_image: reference entry → RGB uint8 [H, W, 3] original image.
-        encoder: DINOv2 encoder, ``encoder(x [B,3,S,S] in [0,1]) -> [B, S/14, S/14, D]``.
+        encoder: an image encoder (``models.encoders.ImageEncoder``): ``patch_size`` p,
+            ``native_image_size`` and ``encoder(x [B,3,S,S] in [0,1]) -> [B, S/p, S/p, D]``.
         encoder_info: {"name", "checkpoint_sha256", "official"} recorded in the bank.
-        box_prompter: a SAM2 proposer for references without a segmentation (box-only).
+        config: ``crop_size`` None (default) is the encoder's native size; the bank records the
+            resolved value.
+        box_prompter: a mask proposer with ``decode_boxes`` (SAM 2) for references without a
+            segmentation (box-only).
     """
-    config = (config or MemoryConfig()).validate()
+    config = (config or MemoryConfig()).validate().for_encoder(encoder.patch_size, encoder.native_image_size)
     cats = sorted(references["categories"], key=lambda c: int(c["id"]))
     index_of = {int(c["id"]): i for i, c in enumerate(cats)}
     device = module_device(encoder)
     refs = references["references"]
-    grid = config.crop_size // 14
+    grid = config.crop_size // encoder.patch_size  # §2.2: the encoder's patch grid over the crop
 
     protos: list[Tensor] = []
     labels: list[int] = []

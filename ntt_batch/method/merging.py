@@ -57,6 +57,7 @@ from .fullres import soft_merge_scores_from_counts
 
 __all__ = [
     "MERGERS",
+    "soft_merge_scores",
     "GraphDiffusionMerger",
     "Merger",
     "SoftMerger",
@@ -239,6 +240,39 @@ def graph_diffusion_penalty(
                 break
         pi_all[idx] = pi
     return pi_all
+
+
+def soft_merge_scores(
+    masks: Tensor, mask_features: Tensor, labels: Tensor, semantic_scores: Tensor, exponent: float = 0.5
+) -> Tensor:
+    """Semantic-aware soft merging (§4.7). Inputs are in NMS order (predicted IoU descending).
+
+    For each class, for mask i: ios_i = max_{j<i, same class} |M_i ∩ M_j| / |M_i| · max(0, f_i·f_j)
+    (0 for the first mask of a class); final_i = sem_i · (1 − ios_i)^exponent.
+
+    Args:
+        masks: [M, H, W] bool at original resolution (all non-empty).
+        mask_features: [M, D] unit vectors f_i.
+        labels: [M] class indices.
+        semantic_scores: [M] sem_i.
+    Returns:
+        [M] final scores.
+    """
+    final = semantic_scores.clone()
+    flat = masks.flatten(1)
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()  # ascending = NMS order
+        if idx.numel() < 2:
+            continue
+        mf = flat[idx].to(torch.float32)  # [m, H·W]
+        inter = mf @ mf.T  # [m, m] pixel counts
+        area = mf.sum(dim=1)  # [m]
+        ios = torch.tril(inter, diagonal=-1) / area[:, None]  # row i: |M_i ∩ M_j| / |M_i|, j < i
+        sim = (mask_features[idx] @ mask_features[idx].T).clamp(min=0)
+        ios_max = (ios * sim).amax(dim=1)
+        # Guard: rounding can push ios a hair above 1, and a negative base gives NaN.
+        final[idx] = semantic_scores[idx] * (1.0 - ios_max).clamp(min=0) ** exponent
+    return final
 
 
 def intersection_counts(masks: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,13 +1,12 @@
-"""Target inference: SAM2 point-grid proposals → DINOv2 matching → NMS → soft merging → top-k.
+"""Target inference: proposals → matching → NMS → merging → top-k (method.md §4).
 
-method.md §4 step by step. The small functions are the math, each testable on hand-built
-tensors; :class:`Segmenter` strings them together around two models:
+The small functions are the math, each testable on hand-built tensors; :class:`Segmenter`
+strings them together around its parts, each behind an interface:
 
-* a *proposer* with ``image_size``, ``encode(images [B,3,S,S] in [0,1])`` and
-  ``decode_points(features_of_one_image, points [N,2]) -> (logits [N,3,h,w], iou [N,3])``
-  (:class:`ntt_batch.models.sam2_proposer.Sam2Proposer`);
-* an *encoder* ``encoder(images [B,3,E,E] in [0,1]) -> [B, E/14, E/14, D]`` patch features
-  (:class:`ntt_batch.models.dinov2.DinoV2Encoder`).
+* a *proposer* (``models.proposers.MaskProposer``: SAM 2 / 2.1 point-grid prompting, §4.2);
+* an *encoder* (``models.encoders.ImageEncoder``: DINOv2, DINOv3; patch features, §4.3);
+* a *matcher* (``method.matching``: pooled mask features against the class prototypes, §4.4);
+* a *merger* (``method.merging``: soft merging §4.7, or graph-diffusion rescoring).
 
 Shapes: N candidates, C classes, D feature channels, (h, w) = low-res mask grid (256²),
 (H, W) = original image size.
@@ -18,16 +17,24 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import batched_nms
 
-from ..io.masks import encode_rle, xyxy_to_coco_xywh
+from ..io.masks import decode_rle, encode_rle, xyxy_to_coco_xywh
+from ..models.encoders import ImageEncoder
+from ..models.proposers import MaskProposer, ProposerFeatures
 from .config import SegmenterConfig
+from .fullres import dense_from_runs, rle_from_runs, same_class_intersections, upsample_to_runs
+from .matching import Matcher, PrototypeMatcher
 from .memory_bank import MemoryBank
+from .merging import build_merger, intersection_counts, soft_merge_scores
+from .preprocess import prepare_target
+from .tiling import TILE_BATCH, Piece, merge_pieces, needs_tiling, runs_from_dense, tile_grid
 
 log = logging.getLogger(__name__)
 
@@ -90,137 +97,7 @@ def masks_to_boxes_inclusive(masks: Tensor) -> Tensor:
     return boxes.float()
 
 
-def upsample_features(patch_features: Tensor, size: tuple[int, int]) -> Tensor:
-    """[gh, gw, D] patch features → [h·w, D] by bilinear upsampling (align_corners=False) (§4.3)."""
-    x = patch_features.permute(2, 0, 1)[None]  # [1, D, gh, gw]
-    up = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return up[0].flatten(1).T  # [h·w, D]
-
-
-def pool_mask_features(masks: Tensor, dense_features: Tensor) -> Tensor:
-    """Uniform average of the features under each binary mask, L2-normalised (§4.4).
-
-    Args:
-        masks: [N, h, w] bool.
-        dense_features: [h·w, D].
-    Returns:
-        [N, D] unit vectors; an empty mask gives a row of NaN (as in the reference), which the
-        caller treats as "no similarity".
-    """
-    m = masks.flatten(1).to(dense_features.dtype)  # [N, h·w]
-    summed = m @ dense_features  # [N, D]
-    mean = summed / m.sum(dim=1, keepdim=True)
-    return mean / mean.norm(dim=1, keepdim=True)
-
-
-def linear_interpolation_matrix(n_in: int, n_out: int, device=None) -> Tensor:
-    """[n_out, n_in] weights W with ``W @ x`` = 1-D linear interpolation of x (align_corners=False).
-
-    Bilinear upsampling is separable, so ``F.interpolate(X, (h, w), mode="bilinear")`` equals
-    ``Wy @ X @ Wxᵀ`` with these matrices (up to float rounding).
-    """
-    eye = torch.eye(n_in, dtype=torch.float32, device=device)[None]  # [1, n_in (channels), n_in]
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.contiguous()
-
-
-def pool_mask_features_separable(masks: Tensor, patch_features: Tensor) -> Tensor:
-    """:func:`pool_mask_features` over :func:`upsample_features`, without the upsampled features.
-
-    ``Σ_q m[q]·Fup[q] = Σ_p (Wyᵀ·m·Wx)[p]·F[p]``: the mask is pushed down onto the patch grid with
-    the transposed interpolation weights (N·h·w·gw MACs) instead of pulling the features up to
-    h×w (N·h·w·D MACs plus a [h·w, D] buffer). Same result up to float rounding.
-
-    Args:
-        masks: [N, h, w] bool.
-        patch_features: [gh, gw, D].
-    Returns:
-        [N, D] unit vectors; NaN rows for empty masks (as :func:`pool_mask_features`).
-    """
-    n, h, w = masks.shape
-    gh, gw, d = patch_features.shape
-    wy = linear_interpolation_matrix(gh, h, masks.device)  # [h, gh]
-    wx = linear_interpolation_matrix(gw, w, masks.device)  # [w, gw]
-    m = masks.to(patch_features.dtype)
-    on_grid = wy.T @ (m @ wx)  # [N, gh, gw]
-    summed = on_grid.reshape(n, gh * gw) @ patch_features.reshape(gh * gw, d)  # [N, D]
-    mean = summed / m.flatten(1).sum(dim=1, keepdim=True)
-    return mean / mean.norm(dim=1, keepdim=True)
-
-
-def class_similarity(mask_features: Tensor, class_prototypes: Tensor) -> Tensor:
-    """Cosine similarity to each class prototype, clamped at 0: [N, D] × [C, D] → [N, C] (§4.4)."""
-    return (mask_features @ class_prototypes.T).clamp(min=0)
-
-
-def soft_merge_scores(
-    masks: Tensor, mask_features: Tensor, labels: Tensor, semantic_scores: Tensor, exponent: float = 0.5
-) -> Tensor:
-    """Semantic-aware soft merging (§4.7). Inputs are in NMS order (predicted IoU descending).
-
-    For each class, for mask i: ios_i = max_{j<i, same class} |M_i ∩ M_j| / |M_i| · max(0, f_i·f_j)
-    (0 for the first mask of a class); final_i = sem_i · (1 − ios_i)^exponent.
-
-    Args:
-        masks: [M, H, W] bool at original resolution (all non-empty).
-        mask_features: [M, D] unit vectors f_i.
-        labels: [M] class indices.
-        semantic_scores: [M] sem_i.
-    Returns:
-        [M] final scores.
-    """
-    final = semantic_scores.clone()
-    flat = masks.flatten(1)
-    for c in torch.unique(labels):
-        idx = torch.nonzero(labels == c).flatten()  # ascending = NMS order
-        if idx.numel() < 2:
-            continue
-        mf = flat[idx].to(torch.float32)  # [m, H·W]
-        inter = mf @ mf.T  # [m, m] pixel counts
-        area = mf.sum(dim=1)  # [m]
-        ios = torch.tril(inter, diagonal=-1) / area[:, None]  # row i: |M_i ∩ M_j| / |M_i|, j < i
-        sim = (mask_features[idx] @ mask_features[idx].T).clamp(min=0)
-        ios_max = (ios * sim).amax(dim=1)
-        # Guard: rounding can push ios a hair above 1, and a negative base gives NaN.
-        final[idx] = semantic_scores[idx] * (1.0 - ios_max).clamp(min=0) ** exponent
-    return final
-
-
-# ----------------------------------------------------------------------------- preprocessing
-
-
-def prepare_target(image: np.ndarray, image_size: int = 1024, resize_mode: str = "squash") -> tuple[np.ndarray, tuple[int, int]]:
-    """Original RGB uint8 [H, W, 3] → SAM2 input uint8 [S, S, 3] and the valid (h, w) inside it.
-
-    ``squash`` (§4.1): PIL bicubic resize to S×S ignoring aspect ratio; valid = (S, S).
-    ``letterbox``: longest side → S, bicubic, zero padding at the bottom/right.
-    The uint8 result is what the reference divides by 255 (PIL resizes in uint8).
-    """
-    from PIL import Image
-
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
-    h, w = image.shape[:2]
-    pil = Image.fromarray(image)
-    if resize_mode == "squash":
-        return np.array(pil.resize((image_size, image_size), Image.BICUBIC)), (image_size, image_size)
-    if resize_mode != "letterbox":
-        raise ValueError(f"unknown resize_mode {resize_mode!r}")
-    scale = image_size / max(h, w)
-    nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-    out = np.zeros((image_size, image_size, 3), dtype=np.uint8)
-    out[:nh, :nw] = np.asarray(pil.resize((nw, nh), Image.BICUBIC))
-    return out, (nh, nw)
-
-
 # ----------------------------------------------------------------------------- orchestration
-
-
-class Proposer(Protocol):
-    image_size: int
-
-    def encode(self, images: Tensor) -> Any: ...
-
-    def decode_points(self, features: Any, points: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
 @dataclass
@@ -255,8 +132,6 @@ class Instance:
         held = self.__dict__.get("_mask")
         if held is not None or self.rle is None:
             return held
-        from ..io.masks import decode_rle
-
         return decode_rle(self.rle)
 
     def to_coco_result(self, image_id: int) -> dict:
@@ -289,21 +164,18 @@ Instance.mask = property(_instance_mask, _set_instance_mask, doc="[H, W] bool ma
 class TargetImage:
     """A target prepared for the segmenter: the resized SAM2 input and the original size."""
 
-    resized: np.ndarray  # [S, S, 3] uint8, from prepare_target
-    valid_hw: tuple[int, int]  # region of ``resized`` that holds the image (letterbox)
+    resized: np.ndarray | None  # [S, S, 3] uint8, from prepare_target (None: tiled, see ``source``)
+    valid_hw: tuple[int, int] | None  # region of ``resized`` that holds the image (letterbox)
     orig_hw: tuple[int, int]  # (H, W) of the original image
     # The original pixels of an image to be segmented tile by tile (``config.tile_size``, see
-    # method/tiling.py); ``resized`` is then a blank placeholder and is not used.
+    # method/tiling.py); ``resized`` and ``valid_hw`` are then None: no resize of the whole image.
     source: np.ndarray | None = None
 
     @classmethod
     def from_image(cls, image: np.ndarray, config: SegmenterConfig) -> "TargetImage":
         hw = (int(image.shape[0]), int(image.shape[1]))
-        from .tiling import needs_tiling
-
         if needs_tiling(hw, config):
-            s = config.image_size
-            return cls(np.zeros((s, s, 3), dtype=np.uint8), (s, s), hw, source=image)
+            return cls(None, None, hw, source=image)
         resized, valid = prepare_target(image, config.image_size, config.resize_mode)
         return cls(resized, valid, hw)
 
@@ -342,18 +214,23 @@ class Segmenter:
     """Segments target images against a memory bank (method.md §4).
 
     Args:
-        proposer: SAM2 proposer (see module docstring).
-        encoder: DINOv2 patch-feature encoder; must be the one the bank was built with.
+        proposer: mask proposer (``models.proposers.MaskProposer``, SAM 2 / 2.1).
+        encoder: image encoder (``models.encoders.ImageEncoder``); must be the one the bank was
+            built with. ``config.encoder_image_size`` None resolves to its native input side.
         bank: the memory bank (class prototypes, category ids and names).
-        config: :class:`SegmenterConfig`.
+        config: :class:`SegmenterConfig`; ``config.merger`` picks the merger (``method.merging``).
+        matcher: how candidates are scored against the bank (default: the method's, §4.3-4.4).
     """
 
-    def __init__(self, proposer: Proposer, encoder: torch.nn.Module, bank: MemoryBank, config: SegmenterConfig):
-        self.config = config.validate()
+    def __init__(self, proposer: MaskProposer, encoder: ImageEncoder, bank: MemoryBank, config: SegmenterConfig,
+                 matcher: Matcher | None = None):
+        self.config = config.validate().for_encoder(encoder.patch_size, encoder.native_image_size)
         self.device = resolve_device(config.device)
-        self.proposer = proposer.to(self.device) if hasattr(proposer, "to") else proposer
-        self.encoder = encoder.to(self.device) if hasattr(encoder, "to") else encoder
+        self.proposer = proposer.to(self.device)
+        self.encoder = encoder.to(self.device)
         self.bank = bank
+        self.matcher = matcher or PrototypeMatcher()
+        self.merger = build_merger(self.config)
         self.prototypes = bank.class_prototypes.to(self.device, torch.float32)  # [C, D]
         if proposer.image_size != config.image_size:
             raise ValueError(f"proposer input size {proposer.image_size} != config image_size {config.image_size}")
@@ -363,11 +240,12 @@ class Segmenter:
         # modules (no copies: the proposer and encoder objects, which other segmenters may share,
         # are left as they are). Static shapes: a new batch size compiles once more.
         self._sam_encode = self.proposer.encode
-        self._dino = self.encoder
+        self._encode_patches = self.encoder
         self._decoder_front = None  # compiled PointGridDecoder.front, built on first use
+        self._compiled_batch: int | None = None  # the prompt batch size the decoder was compiled for
         if self.config.compile:
             self._sam_encode = torch.compile(self.proposer.encode, dynamic=False)
-            self._dino = torch.compile(self.encoder, dynamic=False)
+            self._encode_patches = torch.compile(self.encoder, dynamic=False)
 
     def _stage(self, name: str):
         return self.timer(name) if self.timer is not None else contextlib.nullcontext()
@@ -379,7 +257,7 @@ class Segmenter:
         return contextlib.nullcontext()
 
     def _images_to_device(self, targets: Sequence[TargetImage]) -> Tensor:
-        """The batch's SAM2 inputs as one uint8 [B, S, S, 3] tensor on the device.
+        """The batch's proposer inputs as one uint8 [B, S, S, 3] tensor on the device.
 
         CUDA: staged in pinned host memory and copied with ``non_blocking``, so the copy runs
         asynchronously on the current stream (ordered before the encoder kernels queued after it)
@@ -400,30 +278,68 @@ class Segmenter:
     def segment_targets(self, targets: Sequence[TargetImage]) -> list[list[Instance]]:
         """Batch version on prepared targets: the two image encoders run on the whole batch.
 
-        The SAM2 and DINOv2 encoders each take all B images in one forward (that is where a GPU
-        wants a batch); the mask decoder then runs per image over its prompt grid, in prompt
-        batches sized to free memory (the whole 32×32 grid at once on a large GPU).
+        The proposer's and the encoder's image encoders each take all B images in one forward
+        (that is where a GPU wants a batch); the mask decoder then runs per image over its prompt
+        grid, in prompt batches sized to free memory (the whole 32×32 grid at once on a large GPU).
+        Targets to be tiled (``source`` set) are segmented tile by tile instead.
         """
-        if not targets:
-            return []
+        out: list[list[Instance] | None] = [None] * len(targets)
+        whole = [i for i, t in enumerate(targets) if t.source is None]
+        for i, t in enumerate(targets):
+            if t.source is not None:
+                out[i] = self._segment_tiled(t.source)
+        if whole:
+            for i, instances in zip(whole, self._segment_whole([targets[i] for i in whole])):
+                out[i] = instances
+        return out
+
+    def _segment_whole(self, targets: Sequence[TargetImage]) -> list[list[Instance]]:
         x = self._images_to_device(targets)
         x = x.permute(0, 3, 1, 2).float() / 255.0  # [B, 3, S, S] in [0, 1]
         with self._autocast():
             with self._stage("sam2_encoder"):
                 sam_feats = self._sam_encode(x)
             with self._stage("dinov2"):
-                # §4.3: torch bicubic S → 518, no antialias, from the same [0, 1] tensor.
+                # §4.3: torch bicubic S → encoder side (518 for DINOv2), no antialias, from the same [0, 1] tensor.
                 e = self.config.encoder_image_size
                 x_enc = F.interpolate(x, size=(e, e), mode="bicubic", align_corners=False)
-                patch_feats = self._dino(x_enc)  # [B, gh, gw, D]
+                patch_feats = self._encode_patches(x_enc)  # [B, gh, gw, D]
         patch_feats = patch_feats.float()  # pooling and similarities in fp32 (also under bf16)
-        out = []
-        for i, t in enumerate(targets):
-            feats_i = sam_feats[i : i + 1] if isinstance(sam_feats, Tensor) else sam_feats.select(i)
-            out.append(self._segment_one(feats_i, patch_feats[i], t))
-        return out
+        return [self._segment_one(sam_feats.select(i), patch_feats[i], t) for i, t in enumerate(targets)]
 
-    def _propose(self, sam_feats: Any) -> tuple[Tensor, Tensor]:
+    def _segment_tiled(self, image: np.ndarray) -> list[Instance]:
+        """A large image (``tile_size``) tile by tile, merged across tile borders (method/tiling.py)."""
+        cfg = self.config
+        h, w = int(image.shape[0]), int(image.shape[1])
+        tiles = tile_grid((h, w), int(cfg.tile_size), cfg.tile_overlap_px())
+        pieces: list[Piece] = []
+        for b0 in range(0, len(tiles), TILE_BATCH):
+            batch = tiles[b0 : b0 + TILE_BATCH]
+            targets = [TargetImage.from_image(image[y0:y1, x0:x1], cfg) for (y0, x0, y1, x1) in batch]
+            dense, self.dense_masks = self.dense_masks, False  # tile masks come back as RLE only
+            try:
+                results = self._segment_whole(targets)
+            finally:
+                self.dense_masks = dense
+            for k, ((y0, x0, _, _), instances) in enumerate(zip(batch, results)):
+                for inst in instances:
+                    col, start, end = runs_from_dense(inst.binary_mask())  # decoded, not kept
+                    if col.size == 0:
+                        continue
+                    pieces.append(Piece.from_runs(col, start, end, inst.score, inst.category_id, inst.category_name,
+                                                  b0 + k, origin=(y0, x0)))
+            del results, targets
+        budget = cfg.merge_memory_mb * 2**20
+        merged = merge_pieces(pieces, cfg.tile_merge_threshold, budget)[: cfg.max_detections]
+        dense = self.dense_masks and len(merged) * h * w <= budget
+        return [
+            Instance(mask=dense_from_runs((h, w), *p.runs) if dense else None,
+                     bbox=xyxy_to_coco_xywh([float(v) for v in p.box]), score=p.score, category_id=p.category_id,
+                     category_name=p.category_name, rle=rle_from_runs((h, w), *p.runs))
+            for p in merged
+        ]
+
+    def _propose(self, sam_feats: ProposerFeatures) -> tuple[Tensor, Tensor]:
         """All grid prompts through the decoder in batches → ([N, h, w] logits, [N] iou) (§4.2).
 
         Under bf16 the decoder's outputs are cast to fp32 before the selection and the filter.
@@ -439,7 +355,7 @@ class Segmenter:
             ious.append(iou[keep])
         return torch.cat(logits), torch.cat(ious)
 
-    def _propose_fast(self, sam_feats: Any) -> tuple[Tensor, Tensor]:
+    def _propose_fast(self, sam_feats: ProposerFeatures) -> tuple[Tensor, Tensor]:
         """Same result as :meth:`_propose`, computed by the proposer's point decoder when it has one.
 
         The decoder picks the best multimask output and applies the IoU filter before it builds any
@@ -449,10 +365,9 @@ class Segmenter:
         transformer + IoU head is compiled for one fixed prompt batch size: a short last batch is
         padded with copies of its last point and the padding dropped before the filter.
         """
-        make = getattr(self.proposer, "point_decoder", None)
-        if make is None or isinstance(sam_feats, Tensor):  # a proposer without the fast decoder
+        dec = self.proposer.point_decoder()
+        if dec is None:  # a proposer without a faster decoder (the interface allows it)
             return self._propose(sam_feats)
-        dec = make()
         front = dec.front
         if self.config.compile:
             if self._decoder_front is None:
@@ -461,7 +376,7 @@ class Segmenter:
         n = self.points.shape[0]
         bs = self._fast_decoder_batch()
         if self.config.compile:  # one compiled shape: keep the first batch size
-            bs = self._compiled_batch = getattr(self, "_compiled_batch", None) or bs
+            bs = self._compiled_batch = self._compiled_batch or bs
         # CUDA: upscale every kept prompt of a batch at once (the batch is already sized to memory).
         upscale = bs if self.device.type == "cuda" else None
         with self._autocast():
@@ -493,11 +408,7 @@ class Segmenter:
         per_prompt = 24 * 2**20
         return max(1, min(n, int(free * 0.5) // per_prompt))
 
-    def _segment_one(self, sam_feats: Any, patch_feats: Tensor, target: TargetImage) -> list[Instance]:
-        if target.source is not None:  # a large image under tile_size: its tiles are segmented as images
-            from .tiling import segment_tiled
-
-            return segment_tiled(self, target.source)
+    def _segment_one(self, sam_feats: ProposerFeatures, patch_feats: Tensor, target: TargetImage) -> list[Instance]:
         cfg = self.config
         fast = cfg.implementation == "fast"
         with self._stage("mask_decoder"):
@@ -514,27 +425,15 @@ class Segmenter:
     def _match_and_nms(self, logits: Tensor, iou: Tensor, patch_feats: Tensor, fast: bool):
         """§4.3-4.5 on the 256² grid → (kept candidate indices in NMS order, features, sem, labels)."""
         cfg = self.config
-        lh, lw = logits.shape[-2:]
         lr_masks = logits > 0  # [N, h, w]
-
-        # §4.3-4.4: bilinear-upsampled DINOv2 features, uniform mask pooling, clamped cosine.
-        if fast:
-            feats = pool_mask_features_separable(lr_masks, patch_feats)  # [N, D]
-        else:
-            dense = upsample_features(patch_feats, (lh, lw))  # [h·w, D]
-            feats = pool_mask_features(lr_masks, dense)  # [N, D]; NaN rows for empty masks
-        sim = class_similarity(feats, self.prototypes)  # [N, C]
-        sim = torch.nan_to_num(sim, nan=0.0)  # empty mask: no similarity (dropped below)
-        sem, label = sim.topk(1, dim=1)  # topk, not argmax: the reference's tie-breaking (§8.19)
-        sem, label = sem[:, 0], label[:, 0]
+        # §4.3-4.4: the matcher (default: bilinear features, mask pooling, clamped cosine, topk).
+        feats, sem, label = self.matcher.match(lr_masks, patch_feats, self.prototypes, fast)
 
         candidates = torch.arange(logits.shape[0], device=logits.device)
         if cfg.drop_unmatched_before_nms:
             candidates = candidates[sem > 0]
 
         # §4.5: class-aware NMS on 256-grid boxes ranked by predicted IoU; keep ≤ 8·100.
-        from torchvision.ops import batched_nms
-
         boxes = masks_to_boxes_inclusive(lr_masks[candidates])
         keep = batched_nms(boxes, iou[candidates], label[candidates], cfg.nms_iou_threshold)
         keep = candidates[keep[: cfg.nms_keep_factor * cfg.max_detections]]
@@ -547,7 +446,7 @@ class Segmenter:
     dense_masks: bool = True
 
     def _finalize(self, logits, keep, feats, sem, label, target: TargetImage) -> list[Instance]:
-        """§4.6-4.8: full-resolution masks, soft merging, top-k → instances.
+        """§4.6-4.8: full-resolution masks, merging, top-k → instances.
 
         Fast path: :mod:`ntt_batch.method.fullres` computes the same masks, counts and scores with
         buffers bounded by ``merge_memory_mb`` (exact: same masks and boxes, scores bit-identical
@@ -555,8 +454,6 @@ class Segmenter:
         """
         if self.config.implementation == "reference":
             return self._finalize_reference(logits, keep, feats, sem, label, target)
-        from .fullres import same_class_intersections, soft_merge_scores_from_counts, upsample_to_runs
-
         cfg = self.config
         budget = cfg.merge_memory_mb * 2**20
         # §4.6: the kept low-res logits upsampled straight to the original size, as runs.
@@ -566,12 +463,11 @@ class Segmenter:
             return []
         keep = keep[nonempty]
         labels_k = label[keep]
-        # §4.7 soft merging from exact same-class intersection counts, then §4.8 top-k.
+        # §4.7 merging from exact same-class intersection counts, then §4.8 top-k.
         labels_all = torch.full((runs.num_masks,), -1, dtype=labels_k.dtype, device=labels_k.device)
         labels_all[nonempty] = labels_k
         inter = same_class_intersections(runs, labels_all, budget)[nonempty][:, nonempty]
-        final = soft_merge_scores_from_counts(inter, runs.area[nonempty], feats[keep], labels_k, sem[keep],
-                                              cfg.merge_exponent)
+        final = self.merger.merge_scores(inter, runs.area[nonempty], feats[keep], labels_k, sem[keep])
         order = torch.argsort(final, descending=True, stable=True)[: cfg.max_detections]
         which = nonempty[order].tolist()  # mask indices in ``runs``
         boxes_full = runs.box[nonempty[order]].cpu().numpy()
@@ -602,8 +498,12 @@ class Segmenter:
         if keep.numel() == 0:
             return []
 
-        # §4.7 soft merging, then §4.8 top-k by final score.
-        final = soft_merge_scores(masks, feats[keep], label[keep], sem[keep], cfg.merge_exponent)
+        # §4.7 merging (soft: on the masks, as method.md writes it), then §4.8 top-k by final score.
+        if cfg.merger == "soft":
+            final = soft_merge_scores(masks, feats[keep], label[keep], sem[keep], cfg.merge_exponent)
+        else:
+            inter, areas = intersection_counts(masks, label[keep])
+            final = self.merger.merge_scores(inter, areas, feats[keep], label[keep], sem[keep])
         order = torch.argsort(final, descending=True, stable=True)[: cfg.max_detections]
         boxes_full = masks_to_boxes_inclusive(masks[order]).cpu().numpy()
         masks_np = masks[order].cpu().numpy()

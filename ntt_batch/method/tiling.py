@@ -31,12 +31,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..io.masks import xyxy_to_coco_xywh
-from .fullres import dense_from_runs, rle_from_runs
 
 if TYPE_CHECKING:
     from .config import SegmenterConfig
-    from .segmenter import Instance, Segmenter
 
 TILE_BATCH = 4  # tiles per segment_targets call (the encoders run on the batch)
 
@@ -244,44 +241,5 @@ def merge_pieces(pieces: list[Piece], threshold: float, budget: int = 256 * 2**2
     return out
 
 
-# ----------------------------------------------------------------------------- segmentation
-
-
-def segment_tiled(segmenter: "Segmenter", image: np.ndarray) -> list["Instance"]:
-    """Segment ``image`` (RGB uint8 [H, W, 3]) tile by tile and merge (module docstring)."""
-    from .segmenter import Instance, TargetImage
-
-    cfg = segmenter.config
-    h, w = int(image.shape[0]), int(image.shape[1])
-    tiles = tile_grid((h, w), int(cfg.tile_size), cfg.tile_overlap_px())
-    pieces: list[Piece] = []
-    for b0 in range(0, len(tiles), TILE_BATCH):
-        batch = tiles[b0 : b0 + TILE_BATCH]
-        targets = [TargetImage.from_image(image[y0:y1, x0:x1], cfg) for (y0, x0, y1, x1) in batch]
-        dense, segmenter.dense_masks = segmenter.dense_masks, False  # tile masks come back as RLE only
-        try:
-            results = segmenter.segment_targets(targets)
-        finally:
-            segmenter.dense_masks = dense
-        for k, ((y0, x0, _, _), instances) in enumerate(zip(batch, results)):
-            for inst in instances:
-                col, start, end = runs_from_dense(inst.binary_mask())  # decoded, not kept
-                if col.size == 0:
-                    continue
-                pieces.append(Piece.from_runs(col, start, end, inst.score, inst.category_id, inst.category_name,
-                                              b0 + k, origin=(y0, x0)))
-        del results, targets
-    merged = merge_pieces(pieces, cfg.tile_merge_threshold, cfg.merge_memory_mb * 2**20)[: cfg.max_detections]
-    if not merged:
-        return []
-    dense = segmenter.dense_masks and len(merged) * h * w <= cfg.merge_memory_mb * 2**20
-    return [
-        Instance(mask=dense_from_runs((h, w), *p.runs) if dense else None,
-                 bbox=xyxy_to_coco_xywh([float(v) for v in p.box]), score=p.score, category_id=p.category_id,
-                 category_name=p.category_name, rle=rle_from_runs((h, w), *p.runs))
-        for p in merged
-    ]
-
-
-__all__ = ["TILE_BATCH", "Piece", "cross_tile_intersections", "merge_pieces", "needs_tiling", "paint", "runs_from_dense", "segment_tiled",
+__all__ = ["TILE_BATCH", "Piece", "cross_tile_intersections", "merge_pieces", "needs_tiling", "paint", "runs_from_dense",
            "tile_grid", "tile_starts"]

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .normalize import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "DINOV2_MODELS",
     "DinoV2Arch",
@@ -59,9 +61,6 @@ __all__ = [
     "random_official_state_dict",
     "timm_to_official_state_dict",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 PATCH_SIZE = 14
 OFFICIAL_IMG_SIZE = 518  # 37 x 37 patch grid; the size the official pos_embed was trained at
@@ -362,6 +361,7 @@ class DinoV2Encoder(nn.Module):
     """
 
     patch_size: int = PATCH_SIZE
+    native_image_size: int = OFFICIAL_IMG_SIZE  # §6: the input side for targets and reference crops
 
     def __init__(self, name: str, *, depth: int | None = None) -> None:
         super().__init__()

@@ -60,7 +60,7 @@ non-persistent buffer in timm, filled after the strict load), ``mask_token`` dro
 The encoder builds the RoPE sin/cos itself, in fp32, exactly as the official ``RopePositionEmbedding``
 does, from those periods, and runs timm's blocks and final norm.
 
-Checkpoints: see :data:`DINOV3_CHECKPOINT_FILES` and :data:`DINOV3_LICENSE`. They are under the DINOv3
+Checkpoints (file names, digest prefixes, licence): ``models/registry.py``. They are under the DINOv3
 License (not Apache-2.0) and only downloadable through the URLs Meta e-mails after its access form.
 """
 
@@ -78,8 +78,6 @@ from torch import Tensor, nn
 from .dinov2 import IMAGENET_MEAN, IMAGENET_STD, load_state_dict_file
 
 __all__ = [
-    "DINOV3_CHECKPOINT_FILES",
-    "DINOV3_LICENSE",
     "DINOV3_MODELS",
     "NATIVE_IMAGE_SIZE",
     "PATCH_SIZE",
@@ -98,15 +96,6 @@ NATIVE_IMAGE_SIZE = 512  # ntt-batch's default DINOv3 input side: a 32 x 32 patc
 NUM_STORAGE_TOKENS = 4
 LAYER_NORM_EPS = 1e-5  # official norm_layer="layernormbf16" = nn.LayerNorm(eps=1e-5)
 ROPE_BASE = 100.0
-
-DINOV3_LICENSE = (
-    "DINOv3 License (https://ai.meta.com/resources/models-and-libraries/dinov3-license/) — not Apache-2.0; "
-    "downloads are gated behind Meta's access form "
-    "(https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/)"
-)
-
-_DINOV3_BASE_URL = "https://dl.fbaipublicfiles.com/dinov3"  # dinov3/hub/utils.py
-
 
 @dataclass(frozen=True)
 class DinoV3Arch:
@@ -142,37 +131,6 @@ DINOV3_MODELS: dict[str, DinoV3Arch] = {
     "dinov3_vitl16": DinoV3Arch("vit_large_patch16_dinov3_qkvb", 1024, 24, 16, 4.0, False, params="300M"),
     "dinov3_vith16plus": DinoV3Arch("vit_huge_plus_patch16_dinov3_qkvb", 1280, 32, 20, 6.0, True, params="840M"),
 }
-
-
-def _checkpoint_entry(name: str, hash8: str) -> dict[str, Any]:
-    filename = f"{name}_pretrain_lvd1689m-{hash8}.pth"
-    return {
-        "filename": filename,
-        "sha256_prefix": hash8,
-        "size_bytes": None,  # not published (the README lists parameter counts only)
-        "hub_url": f"{_DINOV3_BASE_URL}/{name}/{filename}",
-        "weights": "LVD1689M",
-    }
-
-
-DINOV3_CHECKPOINT_FILES: dict[str, dict[str, Any]] = {
-    name: _checkpoint_entry(name, hash8)
-    for name, hash8 in (
-        ("dinov3_vits16", "08c60483"),
-        ("dinov3_vits16plus", "4057cbaa"),
-        ("dinov3_vitb16", "73cec8be"),
-        ("dinov3_vitl16", "8aa4cbdd"),
-        ("dinov3_vith16plus", "7c1da9a5"),
-    )
-}
-"""Official LVD-1689M checkpoint files, from ``dinov3/hub/backbones.py`` (``hash=...`` defaults).
-
-``sha256_prefix`` is the 8-hex-digit suffix of the file name; by the torch-hub convention
-(``torch.hub.load_state_dict_from_url(check_hash=True)``) it is the first 8 hex digits of the file's
-SHA-256. Meta does not publish full SHA-256 digests or file sizes (``size_bytes`` is ``None``).
-``hub_url`` is the URL torch-hub builds (``_DINOV3_BASE_URL/<name>/<filename>``); actual downloads need
-the URLs Meta e-mails after its access form (:data:`DINOV3_LICENSE`).
-"""
 
 
 def _arch(name: str) -> DinoV3Arch:
@@ -401,6 +359,7 @@ class DinoV3Encoder(nn.Module):
     """
 
     patch_size: int = PATCH_SIZE
+    native_image_size: int = NATIVE_IMAGE_SIZE
 
     def __init__(self, name: str, *, depth: int | None = None) -> None:
         super().__init__()

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .normalize import IMAGENET_MEAN, IMAGENET_STD
 from .registry import get_spec
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _build_sam2_module(config_name: str) -> nn.Module:
