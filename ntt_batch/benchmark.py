@@ -5,7 +5,7 @@ For each image (interleaved, so machine load hits both paths alike):
 * **decode**: read bytes, decode, EXIF-orient, squash/letterbox to the SAM2 input (CPU, as the
   job's decode tasks do);
 * the segmenter's stages (:class:`ntt_batch.method.segmenter.StageTimer`): ``sam2_encoder``,
-  ``dinov2``, ``mask_decoder``, ``matching_nms`` (pooling, similarity, NMS), ``upsample_merge``
+  ``encoder`` (DINOv2/DINOv3), ``mask_decoder``, ``matching_nms`` (pooling, similarity, NMS), ``upsample_merge``
   (full-resolution masks, soft merging, top-k);
 * **rle**: COCO RLE of every output mask; **write**: the Parquet row written to a shard.
 
@@ -36,9 +36,10 @@ from .io.storage import InputImage, read_bytes
 from .method.memory_bank import MemoryBank
 from .method.references import FEW_SHOT_CLASS_NAMES
 from .method.segmenter import Instance, Segmenter, StageTimer, TargetImage
+from .models.encoders import encoder_embed_dim
 from .pipeline.stages import instance_record
 
-STAGES = ["decode", "sam2_encoder", "mask_decoder", "dinov2", "matching_nms", "upsample_merge", "rle", "write"]
+STAGES = ["decode", "sam2_encoder", "mask_decoder", "encoder", "matching_nms", "upsample_merge", "rle", "write"]
 
 # Detection agreement tolerances (greedy same-class matching, see :func:`match_detections`).
 # fp32 options (fast vs reference path, compiled vs eager): the same function up to float
@@ -267,8 +268,8 @@ def run_pipeline_noop(images: list[InputImage], *, repeat: int, batch_size: int,
     import shutil
 
     import ray
-    import ray.data
 
+    from .pipeline.cluster import init_ray
     from .pipeline.job import JobConfig, run_job
     from .pipeline.stages import NoopModelActor
 
@@ -285,18 +286,11 @@ def run_pipeline_noop(images: list[InputImage], *, repeat: int, batch_size: int,
                 shutil.copyfile(im.image_uri, dst)
             n += 1
     bank_dir = work / "bank"
-    from .models.dinov2 import _arch
-
-    dim = _arch(encoder_name).embed_dim
-    random_bank(encoder_name, dim).save(bank_dir)
+    random_bank(encoder_name, encoder_embed_dim(encoder_name)).save(bank_dir)
     cfg = JobConfig(memory=str(bank_dir), out=str(work / "out"), images=str(src), sam2=sam2_name,
                     checkpoint_dir=checkpoint_dir, download=False, batch_size=batch_size,
                     actor_num_cpus=0.0)  # a no-op needs no core of its own: all of them go to decoding
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # the driver's progress rendering costs a share of 2 cores
-    ctx.enable_operator_progress_bars = False
+    init_ray(verbose=False, include_dashboard=False)  # no progress rendering: it costs a share of 2 cores
     echo(f"pipeline no-op: {n} images ({len(images)} distinct x {repeat}), batch size {batch_size}, "
          f"{int(ray.cluster_resources().get('CPU', 0))} CPUs")
     result = run_job(cfg, echo=echo, model_stage=NoopModelActor)

@@ -299,7 +299,7 @@ class Segmenter:
         with self._autocast():
             with self._stage("sam2_encoder"):
                 sam_feats = self._sam_encode(x)
-            with self._stage("dinov2"):
+            with self._stage("encoder"):
                 # §4.3: torch bicubic S → encoder side (518 for DINOv2), no antialias, from the same [0, 1] tensor.
                 e = self.config.encoder_image_size
                 x_enc = F.interpolate(x, size=(e, e), mode="bicubic", align_corners=False)

@@ -90,6 +90,12 @@ def encoder_models() -> list[str]:
     return list(ENCODER_NAMES)
 
 
+def encoder_embed_dim(name: str) -> int:
+    """The feature width D of encoder ``name`` (from its architecture; no weights loaded)."""
+    family = encoder_family(name)
+    return int(getattr(family.implementation(), family.models)[name].embed_dim)
+
+
 def build_encoder(name: str, state_dict: Mapping[str, Tensor] | None = None, *, depth: int | None = None):
     """The encoder ``name`` (eval mode, no grads) from an official-layout state dict (None: random init)."""
     family = encoder_family(name)
@@ -106,5 +112,5 @@ def load_encoder_state_dict(name: str, path) -> dict[str, Tensor]:
     return encoder_family(name).implementation().load_state_dict_file(path)
 
 
-__all__ = ["ENCODER_FAMILIES", "EncoderFamily", "ImageEncoder", "build_encoder", "encoder_family", "encoder_models",
+__all__ = ["ENCODER_FAMILIES", "EncoderFamily", "ImageEncoder", "build_encoder", "encoder_embed_dim", "encoder_family", "encoder_models",
            "load_encoder_state_dict", "random_encoder_state_dict"]
