@@ -13,7 +13,7 @@ The Python API (see the README's "Python API" section and :mod:`ntt_batch.api`):
 Names are imported on first use, so ``import ntt_batch`` stays cheap (no torch, no Ray).
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "Instance",

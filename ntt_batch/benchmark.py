@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .io.images import decode_image
 from .io.shards import STATUS_EMPTY, STATUS_OK, rows_to_table
 from .io.storage import InputImage, read_bytes

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import __version__
+from .._version import __version__
 from ..io.masks import segmentation_to_mask
 from .config import MemoryConfig, config_to_dict
 from .preprocess import image_to_tensor, prepare_target

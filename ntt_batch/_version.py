@@ -1,0 +1,3 @@
+"""The package version (one place; pyproject.toml holds the same number for packaging)."""
+
+__version__ = "0.1.0"
