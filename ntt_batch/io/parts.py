@@ -20,6 +20,7 @@ serves staging commits, compaction (small parts → one large part) and ``--retr
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -37,6 +38,7 @@ from .output_folder import (
     CorruptFileError,
     FileInfo,
     OutputFolder,
+    table_bytes,
     utc_now_iso,
 )
 from .shards import SHARD_SCHEMA, STATUS_EMPTY, STATUS_ERROR, STATUS_OK
@@ -92,6 +94,30 @@ def stats_of_file(folder: OutputFolder, path: str) -> PartStats:
     with folder.fs.open(path, "rb") as f:
         t = pq.read_table(f, columns=["status", "num_instances"])
     return PartStats.of_table(t)
+
+
+class RunRecord:
+    """An output's run.json (a running attempt's, or ``verify --repair``'s): one in-memory dict, every
+    change written atomically.
+
+    Thread-safe (the committer thread and the driver both update it); the summary is recomputed
+    from the per-part stats on every write, so it never needs a pass over the files.
+    """
+
+    def __init__(self, folder: OutputFolder, run: dict):
+        self.folder = folder
+        self.run = run
+        self._lock = threading.RLock()
+
+    def write(self) -> None:
+        with self._lock:
+            self.run["summary"] = summary_of(self.run.get("parts", {}))
+            self.folder.write_run(self.run)
+
+    def update(self, fn: Callable[[dict], None]) -> None:
+        with self._lock:
+            fn(self.run)
+            self.write()
 
 
 # ----------------------------------------------------------------------------- writing parts
@@ -424,8 +450,6 @@ def withdraw_rows(folder: OutputFolder, part: FileInfo, withdraw: UriHashes, *, 
         for p in new_parts:
             folder.remove(p.tmp_path)
         return 0
-    from .output_folder import table_bytes
-
     withdrawn = pa.concat_tables(taken)
     folder.write_bytes(retried_path, table_bytes(withdrawn, compression="zstd"))
     commit(folder, new_parts, [part.path], update_run, kind="retry-errors", before_publish=before_publish)

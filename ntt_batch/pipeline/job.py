@@ -54,10 +54,10 @@ from ..io.output_folder import (
 )
 from ..io.parts import (
     PartStats,
+    RunRecord,
     commit_staging,
     compact,
     recover_commits,
-    summary_of,
     withdraw_rows,
 )
 from ..io.storage import (
@@ -280,29 +280,6 @@ def fingerprint_differences(old: dict, new: dict) -> list[str]:
                 va, vb = va[:12] + "…", vb[:12] + "…"
             out.append(f"{k}: {va!r} in the output, {vb!r} now")
     return out
-
-
-class RunRecord:
-    """run.json of the running attempt: one in-memory dict, every change written atomically.
-
-    Thread-safe (the committer thread and the driver both update it); the summary is recomputed
-    from the per-part stats on every write, so it never needs a pass over the files.
-    """
-
-    def __init__(self, folder: OutputFolder, run: dict):
-        self.folder = folder
-        self.run = run
-        self._lock = threading.RLock()
-
-    def write(self) -> None:
-        with self._lock:
-            self.run["summary"] = summary_of(self.run.get("parts", {}))
-            self.folder.write_run(self.run)
-
-    def update(self, fn: Callable[[dict], None]) -> None:
-        with self._lock:
-            fn(self.run)
-            self.write()
 
 
 class BackgroundLoop:

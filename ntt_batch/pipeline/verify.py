@@ -23,7 +23,16 @@ import pyarrow.parquet as pq
 
 from ..io.inputs import HashAccumulator, InputSpec, UriHashes, iter_inputs, uri_digests
 from ..io.output_folder import COMMITS, LOCK_JSON, STAGING, OutputFolder, new_run_id
-from ..io.parts import PartAssembler, PartStats, commit, compact, recover_commits
+from ..io.parts import (
+    PartAssembler,
+    PartStats,
+    RunRecord,
+    commit,
+    compact,
+    recover_commits,
+    stats_of_file,
+    summary_of,
+)
 from ..io.shards import STATUS_ERROR
 
 log = logging.getLogger(__name__)
@@ -122,7 +131,7 @@ def verify_output(out: str, options: dict | None = None, *, inputs: InputSpec | 
 
 def _verify(folder: OutputFolder, run: dict, report: VerifyReport, inputs, repair: bool, echo) -> VerifyReport:
     if repair:
-        record = _Record(folder, run)
+        record = RunRecord(folder, run)
         report.repaired += recover_commits(folder, record.update)
     for f in folder.files_under(COMMITS, ".json"):
         report.leftovers.append(f"half-done commit {f.name} (the next run or --repair finishes it)")
@@ -184,7 +193,7 @@ def _verify(folder: OutputFolder, run: dict, report: VerifyReport, inputs, repai
                     report.missing_examples.append(u)
         report.inputs, report.missing_inputs = n, missing
     if repair and (report.corrupt or report.duplicate_uris or report.record_mismatches):
-        _Record(folder, run).update(lambda r: _resync_parts(folder, r))
+        RunRecord(folder, run).update(lambda r: _resync_parts(folder, r))
         report.record_mismatches = []
         report.duplicate_uris = 0
         report.corrupt = []
@@ -240,7 +249,7 @@ def _remove_duplicates(folder: OutputFolder, parts, dups: UriHashes, run: dict) 
     for r in rows:
         if best[(r[0], r[1])] is not r:
             drop.setdefault(r[4], set()).add(r[5])
-    record = _Record(folder, run)
+    record = RunRecord(folder, run)
     removed = 0
     for k, idx in drop.items():
         part = parts[k]
@@ -258,8 +267,6 @@ def _remove_duplicates(folder: OutputFolder, parts, dups: UriHashes, run: dict) 
 
 def _resync_parts(folder: OutputFolder, run: dict) -> None:
     """Make run.json's per-part record match the files (after a repair)."""
-    from ..io.parts import stats_of_file, summary_of
-
     parts = {}
     for part in folder.parts():
         st = stats_of_file(folder, part.path)
@@ -270,18 +277,6 @@ def _resync_parts(folder: OutputFolder, run: dict) -> None:
     run["summary"] = summary_of(parts)
 
 
-class _Record:
-    def __init__(self, folder: OutputFolder, run: dict):
-        self.folder, self.run = folder, run
-
-    def update(self, fn) -> None:
-        from ..io.parts import summary_of
-
-        fn(self.run)
-        self.run["summary"] = summary_of(self.run.get("parts", {}))
-        self.folder.write_run(self.run)
-
-
 def compact_output(out: str, options: dict | None = None, *, target_file_mb: int = 512,
                    echo: Callable[[str], None] = print) -> dict:
     """Merge small committed files into files of about ``target_file_mb`` (takes the lease; rows unchanged)."""
@@ -290,7 +285,7 @@ def compact_output(out: str, options: dict | None = None, *, target_file_mb: int
     if not run:
         raise FileNotFoundError(f"{out!r} holds no ntt-batch output (no _ntt/run.json)")
     with folder.lease({"run_id": f"compact-{new_run_id()}"}) as lease:
-        record = _Record(folder, run)
+        record = RunRecord(folder, run)
         notes = recover_commits(folder, record.update)
         before = folder.parts()
         new = compact(folder, before, run_id=f"compact-{new_run_id()}",
