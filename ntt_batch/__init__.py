@@ -13,24 +13,11 @@ The Python API (see the README's "Python API" section and :mod:`ntt_batch.api`):
 Names are imported on first use, so ``import ntt_batch`` stays cheap (no torch, no Ray).
 """
 
-from ._version import __version__
+from ._version import __version__ as __version__
 
-__all__ = [
-    "Instance",
-    "Segmenter",
-    "sample_references",
-    "references_from_coco",
-    "references_from_csv",
-    "load_references",
-    "save_references",
-    "build_bank",
-    "load_bank",
-    "load_segmenter",
-    "show_references",
-    "run",
-    "review",
-    "evaluate",
-]
+from ._public import PUBLIC_NAMES
+
+__all__ = list(PUBLIC_NAMES)
 
 
 def __getattr__(name: str):

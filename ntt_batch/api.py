@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
+from ._public import PUBLIC_NAMES
 from .method.references import (  # noqa: F401 (re-exported)
     load_references,
     references_from_coco_annotations,
@@ -35,22 +36,7 @@ from .method.references import (  # noqa: F401 (re-exported)
     save_references,
 )
 
-__all__ = [
-    "Instance",
-    "Segmenter",
-    "sample_references",
-    "references_from_coco",
-    "references_from_csv",
-    "load_references",
-    "save_references",
-    "build_bank",
-    "load_bank",
-    "load_segmenter",
-    "show_references",
-    "run",
-    "review",
-    "evaluate",
-]
+__all__ = list(PUBLIC_NAMES)
 
 ImageLike = Union[str, os.PathLike, bytes, np.ndarray, "PIL.Image.Image"]  # noqa: F821
 

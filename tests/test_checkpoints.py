@@ -19,14 +19,20 @@ def test_registry_names_urls_and_defaults():
     expected = {f"sam2_hiera_{s}" for s in ("tiny", "small", "base_plus", "large")}
     expected |= {f"sam2.1_hiera_{s}" for s in ("tiny", "small", "base_plus", "large")}
     expected |= {f"dinov2_vit{s}14{r}" for s in "sblg" for r in ("", "_reg4")}
-    assert set(CHECKPOINTS) == expected
+    expected |= {f"dinov3_vit{s}16" for s in ("s", "splus", "b", "l", "hplus")}
+    assert set(CHECKPOINTS) == {n.replace("vitsplus16", "vits16plus").replace("vithplus16", "vith16plus") for n in expected}
     assert (DEFAULT_SAM2, DEFAULT_ENCODER) == ("sam2_hiera_large", "dinov2_vitl14")  # the paper's (method.md §6)
     assert get_spec("sam2_hiera_large").url == "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_large.pt"
     assert get_spec("sam2.1_hiera_tiny").url == "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt"
     assert get_spec("dinov2_vitg14_reg4").url == "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitg14/dinov2_vitg14_reg4_pretrain.pth"
-    for spec in CHECKPOINTS.values():
-        assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0
-    assert len({s.sha256 for s in CHECKPOINTS.values()}) == len(CHECKPOINTS)
+    published = [s for s in CHECKPOINTS.values() if s.family != "dinov3"]
+    for spec in published:
+        assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0 and spec.license == "Apache-2.0"
+    assert len({s.sha256 for s in published}) == len(published)
+    for spec in CHECKPOINTS.values():  # DINOv3: gated downloads, only an 8-hex-digit digest prefix published
+        if spec.family == "dinov3":
+            assert spec.url is None and spec.sha256 is None and len(spec.sha256_prefix) == 8
+            assert spec.filename.endswith(f"-{spec.sha256_prefix}.pth") and "DINOv3 License" in spec.license
     with pytest.raises(ValueError, match="unknown dinov2 model 'sam2_hiera_large'"):
         get_spec("sam2_hiera_large", "dinov2")
 
@@ -169,3 +175,22 @@ def test_sam2_checkpoint_of_wrong_size_is_a_clear_error(random_checkpoints):
     sd = load_sam2_state_dict(str(random_checkpoints / "sam2.1_hiera_tiny.pt"))
     with pytest.raises(Exception, match="(?i)size|shape|missing|unexpected"):
         build_sam2_proposer("sam2.1_hiera_small", sd)
+
+
+def test_gated_checkpoint_found_by_digest_prefix_or_explained(tmp_path, monkeypatch):
+    """DINOv3: a pre-placed file whose sha256 starts with the published prefix is official; a missing
+    one is not downloaded (gated) and the message says where to request access."""
+    from ntt_batch.models.registry import DINOV3_ACCESS
+
+    content = b"dinov3 weights"
+    digest = hashlib.sha256(content).hexdigest()
+    spec = CheckpointSpec("fake_v3", "dinov3", f"fake_v3-{digest[:8]}.pth", None, None, None, sha256_prefix=digest[:8],
+                          license="DINOv3 License")
+    monkeypatch.setitem(CHECKPOINTS, "fake_v3", spec)
+    monkeypatch.setenv("NTT_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(ck.CheckpointNotFoundError, match="gated") as e:
+        ck.resolve_checkpoint("fake_v3", checkpoint_dir=tmp_path / "none", download=True)
+    assert DINOV3_ACCESS in str(e.value) and spec.filename in str(e.value)
+    (tmp_path / spec.filename).write_bytes(content)
+    got = ck.resolve_checkpoint("fake_v3", checkpoint_dir=tmp_path)
+    assert got.official and got.sha256 == digest

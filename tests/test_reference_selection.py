@@ -205,9 +205,14 @@ def test_recorded_in_source_and_bank(tmp_path):
     save_references(refs, tmp_path / "refs.json")
     assert load_references(tmp_path / "refs.json")["source"]["prefer"] == src["prefer"]
     # ... and into the memory bank (fake constant encoder: only the provenance matters here)
+    class ConstantEncoder:  # the encoder interface: patch grid and a constant [B, 2, 2, 4] output
+        patch_size, native_image_size = 14, 518
+
+        def __call__(self, x):
+            return torch.ones(x.shape[0], 2, 2, 4)
+
     cfg = MemoryConfig(crop_size=28)
-    bank = build_memory_bank(refs, lambda ref: torch.zeros(300, 400, 3, dtype=torch.uint8).numpy(),
-                             lambda x: torch.ones(x.shape[0], 2, 2, 4),
+    bank = build_memory_bank(refs, lambda ref: torch.zeros(300, 400, 3, dtype=torch.uint8).numpy(), ConstantEncoder(),
                              encoder_info={"name": "fake", "checkpoint_sha256": "x", "official": False}, config=cfg)
     assert bank.references["source"]["prefer"] == src["prefer"]
     assert bank.metadata()["references"]["source"]["prefer_stats"]["apple"]["kept"] == 2

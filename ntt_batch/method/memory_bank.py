@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._version import __version__
+from ..io.atomic import atomic_write_text
 from ..io.masks import segmentation_to_mask
 from .config import MemoryConfig, config_to_dict
 from .preprocess import image_to_tensor, prepare_target
@@ -194,9 +195,7 @@ class MemoryBank:
             str(d / TENSORS_FILE),
             metadata={"format": BANK_FORMAT, "content_hash": meta["content_hash"]},
         )
-        tmp = d / (META_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, d / META_FILE)
+        atomic_write_text(d / META_FILE, json.dumps(meta, indent=2))
         return d
 
     @classmethod

@@ -50,7 +50,9 @@ from typing import Any
 import numpy as np
 
 from ..hashing import file_sha256
+from ..io.atomic import atomic_write_text
 from ..io.masks import encode_rle, segmentation_bbox_xywh
+from ..io.names import safe_join
 
 __all__ = [
     "FEW_SHOT_CLASS_NAMES",
@@ -858,10 +860,7 @@ def save_references(refs: Mapping[str, Any], path: str | os.PathLike[str]) -> No
     lines.append("  ]")
     lines.append("}")
     text = "\n".join(lines) + "\n"
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def load_references(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -1150,8 +1149,6 @@ def references_from_csv(
             both or neither of mask and box... — the message names the CSV file and line.
     """
     from PIL import Image  # local import: only CSV references need PIL
-
-    from ..io.sources import safe_join
 
     csv_path = Path(csv_path)
     csv_dir = csv_path.parent

@@ -20,13 +20,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..hashing import file_sha256
+from ..io.atomic import atomic_local_file
 from .registry import CheckpointSpec, get_spec
 
 log = logging.getLogger(__name__)
@@ -103,27 +103,22 @@ def _download(spec: CheckpointSpec, dest: Path, timeout_s: float) -> None:
     """Download ``spec.url`` to ``dest`` atomically, verifying SHA-256."""
     from tqdm.auto import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
     h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=timeout_s) as resp:
-            total = int(resp.headers.get("Content-Length") or spec.size_bytes)
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {spec.filename}") as bar:
-                for chunk in iter(lambda: resp.read(_CHUNK), b""):
-                    out.write(chunk)
-                    h.update(chunk)
-                    bar.update(len(chunk))
+    # The file becomes ``dest`` only when the block succeeds (the digest matched): an interrupted or
+    # corrupt download never leaves a file that looks complete.
+    with atomic_local_file(dest) as out, urllib.request.urlopen(spec.url, timeout=timeout_s) as resp:
+        total = int(resp.headers.get("Content-Length") or spec.size_bytes or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {spec.filename}") as bar:
+            for chunk in iter(lambda: resp.read(_CHUNK), b""):
+                out.write(chunk)
+                h.update(chunk)
+                bar.update(len(chunk))
         digest = h.hexdigest()
-        if digest != spec.sha256:
+        if not spec.matches_official(digest):
             raise ChecksumMismatchError(
-                f"downloaded {spec.url} has sha256 {digest}, expected {spec.sha256}; "
+                f"downloaded {spec.url} has sha256 {digest}, expected {spec.official_digest}; "
                 "the file was discarded (corrupt transfer or a changed upstream file)"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def resolve_checkpoint(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..io.atomic import atomic_local_file
 from .checkpoints import ResolvedCheckpoint, resolve_checkpoint
 from .encoders import build_encoder, load_encoder_state_dict, random_encoder_state_dict
 from .registry import get_spec
@@ -42,10 +43,7 @@ def write_random_checkpoint(name: str, out_dir: str | os.PathLike, seed: int = 0
         obj = {"model": random_sam2_state_dict(name, seed)}
     else:
         obj = random_encoder_state_dict(name, seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dest = out / spec.filename
-    tmp = out / (spec.filename + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, dest)
+    dest = Path(out_dir) / spec.filename
+    with atomic_local_file(dest) as f:
+        torch.save(obj, f)
     return dest
