@@ -74,3 +74,26 @@ def s3_server():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+SEG = {"points_per_side": 2, "device": "cpu"}  # the tests' segmenter: a 2x2 point grid on the CPU
+
+
+def job_config(random_checkpoints: Path, small_bank: Path, **kw):
+    """A batch-job config over the random-weight checkpoints and ``small_bank``; ``kw`` overrides any setting."""
+    from ntt_batch.method.config import SegmenterConfig
+    from ntt_batch.pipeline.job import JobConfig
+
+    base = dict(memory=str(small_bank), sam2="sam2.1_hiera_tiny", checkpoint_dir=str(random_checkpoints),
+                download=False, segmenter=SegmenterConfig(**SEG), batch_size=2, allow_errors=True)
+    base.update(kw)
+    return JobConfig(**base)
+
+
+def rows_by_uri(out, options=None, columns=None) -> dict[str, dict]:
+    """An output's rows by image URI (``columns``: those only), checking that no image has two rows."""
+    from ntt_batch.io.shards import read_shards
+
+    rows = read_shards(str(out), options, columns=columns).to_pylist()
+    assert len({r["image_uri"] for r in rows}) == len(rows), "an image has two rows"
+    return {r["image_uri"]: r for r in rows}

@@ -21,26 +21,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import job_config, rows_by_uri
 from PIL import Image
 
 from ntt_batch.io.inputs import InputSpec, UriHashes, iter_manifest, uri_digests
 from ntt_batch.io.output_folder import RUN_JSON, LeaseHeldError, OutputFolder
 from ntt_batch.io.parts import PartAssembler, commit, recover_commits
-from ntt_batch.io.shards import SHARD_SCHEMA, read_shards
+from ntt_batch.io.shards import SHARD_SCHEMA
 from ntt_batch.method.config import SegmenterConfig
 from ntt_batch.pipeline.job import JobConfig, JobMismatchError, run_job
 from ntt_batch.pipeline.plan import DuplicateInputError, OutputScan, plan_inputs
 from ntt_batch.pipeline.stages import NoopModelActor
 from ntt_batch.pipeline.verify import verify_output
 
-SEG = {"points_per_side": 2, "device": "cpu"}
-
 
 def _job(random_checkpoints, small_bank, **kw) -> JobConfig:
-    base = dict(memory=str(small_bank), sam2="sam2.1_hiera_tiny", checkpoint_dir=str(random_checkpoints),
-                download=False, segmenter=SegmenterConfig(**SEG), batch_size=2, allow_errors=True)
-    base.update(kw)
-    return JobConfig(**base)
+    return job_config(random_checkpoints, small_bank, **kw)
 
 
 def _noop(cfg: JobConfig):
@@ -48,9 +44,7 @@ def _noop(cfg: JobConfig):
 
 
 def _rows(out, options=None) -> dict[str, dict]:
-    rows = read_shards(str(out), options, columns=["image_uri", "status", "error", "run_id"]).to_pylist()
-    assert len({r["image_uri"] for r in rows}) == len(rows), "an image has two rows"
-    return {r["image_uri"]: r for r in rows}
+    return rows_by_uri(out, options, columns=["image_uri", "status", "error", "run_id"])
 
 
 @pytest.fixture(scope="module")

@@ -17,30 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SEG, job_config, rows_by_uri
 from PIL import Image
 
 from ntt_batch.io.masks import decode_rle
-from ntt_batch.io.shards import read_shards
 from ntt_batch.method.config import SegmenterConfig
 from ntt_batch.pipeline.job import JobConfig, run_job
 
 pytestmark = pytest.mark.slow
 
-SEG = {"points_per_side": 2, "device": "cpu"}
-
-
 def _job(random_checkpoints, small_bank, **kw) -> JobConfig:
-    base = dict(memory=str(small_bank), sam2="sam2.1_hiera_tiny", checkpoint_dir=str(random_checkpoints),
-                download=False, segmenter=SegmenterConfig(**SEG), batch_size=1, allow_errors=True)
-    base.update(kw)
-    return JobConfig(**base)
+    return job_config(random_checkpoints, small_bank, **{"batch_size": 1, **kw})
 
 
 def _rows(out, options=None) -> dict[str, dict]:
-    t = read_shards(str(out), options)
-    rows = t.to_pylist()
-    assert len({r["image_uri"] for r in rows}) == len(rows), "an image was written twice"
-    return {r["image_uri"]: r for r in rows}
+    return rows_by_uri(out, options)
 
 
 # ----------------------------------------------------------------------------- bad inputs
