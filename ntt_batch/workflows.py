@@ -36,13 +36,10 @@ from .method.references import (
 )
 from .method.segmenter import Segmenter, TargetImage, resolve_device
 from .models.loading import load_encoder, load_sam2
-from .pipeline.bank_prep import check_encoder_weights
+from .pipeline.bank_prep import REFERENCES_FILE, check_encoder_weights
 from .pipeline.plan import list_inputs
 
 log = logging.getLogger(__name__)
-
-
-REFERENCES_FILE = "references.json"  # the (merged) references, saved beside the bank they built
 
 
 def load_reference_sets(

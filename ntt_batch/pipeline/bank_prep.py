@@ -40,7 +40,7 @@ from ..models.registry import DEFAULT_ENCODER, get_spec
 from .cluster import init_ray
 
 BANK_META_FILE = "memory_bank.json"  # the file whose presence makes a folder a bank (method.memory_bank.META_FILE)
-REFERENCES_FILE = "references.json"  # written next to a bank built by a job
+REFERENCES_FILE = "references.json"  # the (merged) references, saved beside the bank they built (memory build, the job)
 
 
 @dataclass
