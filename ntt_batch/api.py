@@ -168,7 +168,8 @@ def show_references(
     import json
 
     from .viz.contact_sheet import bank_box_masks, reference_sheet
-    from .workflows import REFERENCES_FILE, load_reference_sets
+    from .method.references import REFERENCES_FILE
+    from .workflows import load_reference_sets
 
     if references is None:
         if memory is None:
@@ -226,9 +227,9 @@ def to_rgb_array(image: ImageLike, *, storage_options: dict | None = None) -> np
     except ImportError:  # pragma: no cover - PIL is a dependency
         Image = None
     if Image is not None and isinstance(image, Image.Image):
-        from .io.images import _to_rgb
+        from .io.images import to_rgb
 
-        return np.asarray(_to_rgb(ImageOps.exif_transpose(image)), dtype=np.uint8)
+        return np.asarray(to_rgb(ImageOps.exif_transpose(image)), dtype=np.uint8)
     raise TypeError(f"cannot segment a {type(image).__name__}: give a file path or URI, encoded bytes, a PIL image "
                     "or an RGB uint8 numpy array")
 

@@ -19,7 +19,6 @@ greedy matching by class with box IoU ≥ ``agree_iou`` and |Δscore| ≤ ``agre
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import os
 import platform
 import tempfile
@@ -31,6 +30,7 @@ import torch
 
 from ._version import __version__
 from .io.images import decode_image
+from .io.output_folder import utc_now_iso
 from .io.shards import STATUS_EMPTY, STATUS_OK, rows_to_table
 from .io.storage import InputImage, read_bytes
 from .method.memory_bank import MemoryBank
@@ -223,7 +223,7 @@ def run_benchmark(
 
 
 def environment(device: torch.device) -> dict:
-    env = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "ntt_batch": __version__,
+    env = {"date": utc_now_iso(), "ntt_batch": __version__,
            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
     if device.type == "cuda":

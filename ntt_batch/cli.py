@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from .cli_settings import flag_names, settings_from_flags, settings_given, settings_options
+from .io.storage import StorageOptionsError, storage_options_from
 from .method.config import MemoryConfig, SegmenterConfig
 from .models.registry import CHECKPOINTS, DEFAULT_ENCODER, DEFAULT_SAM2, DINOV3_ACCESS, ENCODER_NAMES, SAM2_NAMES
 
@@ -317,7 +318,8 @@ def references_show(references_paths, memory, image_root, sam2_name, cell, colum
       ntt-batch references show --references refs.json --memory bank/ --out references.png
     """
     from .viz.contact_sheet import bank_box_masks, reference_sheet
-    from .workflows import REFERENCES_FILE, load_reference_sets
+    from .method.references import REFERENCES_FILE
+    from .workflows import load_reference_sets
 
     paths = list(references_paths)
     if not paths:
@@ -540,18 +542,10 @@ def run(ctx, config_file, dry_run, verbose, **kw):
     given = {k for k in kw if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
     seg = dict(data.pop("segmenter", None) or {})
     seg.update(settings_given(ctx, SegmenterConfig, kw))
-    opts = dict(data.pop("storage_options", None) or {})
-    for flag, key in (("endpoint_url", "endpoint_url"), ("anon", "anon"), ("profile", "profile")):
-        if flag in given:
-            opts[key] = kw[flag]
-    for item in kw["storage_option"]:
-        k, sep, v = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--storage-option")
-        opts[k] = yaml_scalar(v)
-    if opts.get("endpoint_url"):
-        opts.setdefault("client_kwargs", {})["endpoint_url"] = opts.pop("endpoint_url")
-    data["storage_options"] = opts
+    try:
+        data["storage_options"] = storage_options_from(kw, data.pop("storage_options", None))
+    except StorageOptionsError as e:
+        raise click.BadParameter(str(e), param_hint="--storage-option") from None
     mapping = {"images": "images", "manifest": "manifest", "annotations": "annotations", "image_root": "image_root",
                "memory": "memory", "out": "out", "num_actors": "num_actors", "batch_size": "batch_size",
                "max_pixels": "max_pixels", "limit": "limit", "allow_errors": "allow_errors", "ray_address": "ray_address",
@@ -577,17 +571,6 @@ def run(ctx, config_file, dry_run, verbose, **kw):
     ctx.exit(result.exit_code)
 
 
-def yaml_scalar(text: str):
-    """A KEY=VALUE flag's value as YAML reads it (true, 3, 0.5, ...); text that is not valid YAML stays a string
-    (never an error: its message would quote the value, which may be a secret)."""
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 # ----------------------------------------------------------------------------- merge / eval / visualize
 
 
@@ -606,20 +589,11 @@ def storage_flags(f):
 
 def storage_options_from_flags(kw: dict) -> dict:
     """fsspec storage options from the `storage_flags` values (removed from ``kw``)."""
-    opts: dict = {}
-    endpoint, anon, profile = kw.pop("endpoint_url", None), kw.pop("anon", False), kw.pop("profile", None)
-    for item in kw.pop("storage_option", ()) or ():
-        k, sep, v = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--storage-option")
-        opts[k] = yaml_scalar(v)
-    if endpoint:
-        opts.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
-    if anon:
-        opts["anon"] = True
-    if profile:
-        opts["profile"] = profile
-    return opts
+    flags = {k: kw.pop(k, None) for k in ("endpoint_url", "anon", "profile", "storage_option")}
+    try:
+        return storage_options_from(flags)
+    except StorageOptionsError as e:
+        raise click.BadParameter(str(e), param_hint="--storage-option") from None
 
 
 _SCORE_THRESHOLD_HELP = ("Keep instances with score >= T: one number for every class, or a YAML/JSON file of per-class "
@@ -679,7 +653,7 @@ def merge(shards, out, fmt, score_threshold, image_root, image_url_prefix, yolo_
       ntt-batch merge --shards s3://bucket/run1/ --out labels.json --format dataset --score-threshold 0.5
       ntt-batch merge --shards out/ --out yolo_ds/ --format yolo --score-threshold thresholds.yaml
     """
-    from .io.merge import merge as merge_shards
+    from .io.exports import merge as merge_shards
 
     options = storage_options_from_flags(kw)
     extra = {"yolo": {"images": yolo_images, "simplify": simplify},
@@ -947,7 +921,8 @@ def bench(sam2_name, encoder, images, limit, device, points_per_side, memory, bf
     import tempfile
 
     from .benchmark import BF16_TOLERANCE, FP32_TOLERANCE, format_report, random_bank, run_benchmark, run_pipeline_noop
-    from .io.storage import inputs_from_uri
+    from .io.inputs import InputSpec
+    from .pipeline.plan import list_inputs
     from .method.config import SegmenterConfig
     from .method.memory_bank import MemoryBank
     from .method.segmenter import Segmenter
@@ -964,7 +939,7 @@ def bench(sam2_name, encoder, images, limit, device, points_per_side, memory, bf
             except CheckpointNotFoundError:
                 click.echo(f"writing random {name} weights into {checkpoint_dir}", err=True)
                 write_random_checkpoint(name, checkpoint_dir)
-    targets = inputs_from_uri(images)
+    targets = list_inputs(InputSpec(images=images))
     if not targets:
         raise click.BadParameter(f"no images found at {images!r}", param_hint="--images")
     if pipeline_noop:

@@ -26,11 +26,12 @@ def default_data_dir() -> Path:
 def run_demo(*, data, out, random_weights, sam2_name, encoder_name, shots, limit, points_per_side, device,
              checkpoint_dir, echo: Callable[[str], None] = print) -> dict:
     from .eval.coco_eval import evaluate_coco, write_report
-    from .io.merge import merge_results
+    from .io.exports import merge_results
     from .pipeline.job import JobConfig, run_job
     from .viz.contact_sheet import bank_box_masks, reference_sheet
     from .viz.review import write_review
-    from .workflows import REFERENCES_FILE, build_bank, load_reference_sets
+    from .method.references import REFERENCES_FILE
+    from .workflows import build_bank, load_reference_sets
 
     data = Path(data) if data else default_data_dir()
     out = Path(out)
@@ -107,7 +108,7 @@ def _unchanged_bank(bank_dir: Path, refs: dict, encoder_name: str, checkpoint_di
     """
     from .method.memory_bank import MemoryBank
     from .method.references import load_references
-    from .workflows import REFERENCES_FILE
+    from .method.references import REFERENCES_FILE
 
     try:
         bank = MemoryBank.load(bank_dir)

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .io.atomic import atomic_local_file
 from .io.images import ImageDecodeError, decode_image, load_image
 from .io.inputs import InputSpec
@@ -25,8 +25,9 @@ from .io.names import safe_join
 from .io.output_folder import utc_now_iso
 from .io.storage import InputImage, read_bytes
 from .method.config import MemoryConfig, SegmenterConfig, config_to_dict
-from .method.memory_bank import MemoryBank, build_memory_bank, sam2_box_masks
+from .method.memory_bank import MemoryBank, build_memory_bank, check_encoder_weights, sam2_box_masks
 from .method.references import (
+    REFERENCES_FILE,
     load_references,
     merge_references,
     reference_image_root,
@@ -36,7 +37,6 @@ from .method.references import (
 )
 from .method.segmenter import Segmenter, TargetImage, resolve_device
 from .models.loading import load_encoder, load_sam2
-from .pipeline.bank_prep import REFERENCES_FILE, check_encoder_weights
 from .pipeline.plan import list_inputs
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from ntt_batch.cli import main
 from ntt_batch.io.exports import export
 from ntt_batch.io.exports.polygons import bridge_polygons, mask_polygons, polygon_area
 from ntt_batch.io.masks import decode_rle
-from ntt_batch.io.merge import merge, merge_dataset, merge_results
+from ntt_batch.io.exports import merge, merge_dataset, merge_results
 
 IMG_FORMATS = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm", "heic"}
 

@@ -10,7 +10,7 @@ from test_merge_eval_viz import _box_rle, _instance, _row, write_shards
 
 from ntt_batch.cli import main
 from ntt_batch.eval.thresholds import choose_threshold, parse_target, tune_thresholds
-from ntt_batch.io.merge import merge_results
+from ntt_batch.io.exports import merge_results
 from ntt_batch.io.thresholds import ScoreThresholds
 
 

@@ -71,7 +71,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_tran
         raise ImageDecodeError(f"corrupt or truncated image: {e}") from e
     if exif_transpose:
         img = ImageOps.exif_transpose(img)
-    return np.asarray(_to_rgb(img), dtype=np.uint8)
+    return np.asarray(to_rgb(img), dtype=np.uint8)
 
 
 def _bomb_pixels(e: Exception) -> str:
@@ -82,7 +82,8 @@ def _bomb_pixels(e: Exception) -> str:
     return m.group(1) if m else "more than that many"
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode as RGB: 16-bit greyscale scaled to 8 bits, transparency composited onto white."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):

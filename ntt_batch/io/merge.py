@@ -376,19 +376,6 @@ def _check_threshold(score_threshold: float | None) -> float | None:
     return t
 
 
-def merge_results(shards: str, out: str, *, options: dict | None = None, score_threshold: Any = None,
-                  batch_rows: int = 64, progress: Callable[[int, int], None] | None = None) -> MergeStats:
-    """Shards → one COCO results JSON array (``COCO.loadRes`` format), streamed to ``out``.
-
-    Keeps instances with ``score >= threshold`` of their class (all when None); ``score_threshold``
-    is anything :meth:`ScoreThresholds.load <ntt_batch.io.thresholds.ScoreThresholds.load>` takes (a
-    number, a per-class map or a YAML/JSON path). ``error`` rows contribute nothing and are
-    counted. Raises ValueError on duplicate image ids (nothing is written then).
-    """
-    return merge(shards, out, format="results", options=options, score_threshold=score_threshold,
-                 batch_rows=batch_rows, progress=progress)
-
-
 def _finish_stats(stats: MergeStats) -> None:
     if stats.images_error:
         stats.notices.append(f"{stats.images_error} image(s) with status 'error' were skipped "
@@ -422,21 +409,6 @@ def relative_file_name(uri: str, image_root: str | None) -> str:
     return uri[len(root):]
 
 
-def merge_dataset(shards: str, out: str, *, options: dict | None = None, score_threshold: Any = None,
-                  image_root: str | None = None, categories: list[dict] | None = None, batch_rows: int = 64,
-                  progress: Callable[[int, int], None] | None = None) -> MergeStats:
-    """Shards → a complete COCO annotation file (auto-labels), streamed to ``out`` in one pass.
-
-    ``categories``: the category list to write; default: the memory bank's, from ``run.json``;
-    else the (id, name) pairs found in the instances (classes never predicted are then absent:
-    a notice says so). Instances with ``score >= threshold`` (per class, see :func:`merge_results`)
-    become annotations with ids 1..N in shard order. Images with status ``ok``/``empty`` are all
-    listed; ``error`` rows are skipped and counted.
-    """
-    return merge(shards, out, format="dataset", options=options, score_threshold=score_threshold,
-                 image_root=image_root, categories=categories, batch_rows=batch_rows, progress=progress)
-
-
 def _spill_dir(out: str, options: dict | None) -> str | None:
     """Where the dataset writer keeps its two temporary arrays: beside a local output, else the temp dir."""
     fs, path = filesystem(out, options)
@@ -446,13 +418,6 @@ def _spill_dir(out: str, options: dict | None) -> str | None:
             raise FileNotFoundError(f"output folder {parent!r} does not exist: create it first")
         return parent
     return None
-
-
-def merge(shards: str, out: str, *, format: str, **kwargs) -> MergeStats:
-    """Export the shards in ``format`` (one of ``FORMATS``); see :func:`ntt_batch.io.exports.export`."""
-    from .exports import export
-
-    return export(shards, out, format=format, **kwargs)
 
 
 # ----------------------------------------------------------------------------- in memory (eval)

@@ -227,6 +227,21 @@ class MemoryBank:
         return bank
 
 
+def check_encoder_weights(bank_encoder: dict, enc_ckpt, memory: str) -> None:
+    """Refuse encoder weights other than those a bank was built with (its features would not be comparable).
+
+    ``bank_encoder``: the bank's ``encoder`` record (``name``, ``checkpoint_sha256``); ``enc_ckpt``: the
+    resolved checkpoint (``path``, ``sha256``). A bank without a recorded sha256 is accepted.
+    """
+    want = bank_encoder.get("checkpoint_sha256")
+    if want and enc_ckpt.sha256 != want:
+        raise ValueError(
+            f"memory bank {memory} was built with {bank_encoder.get('name')} weights sha256 {want}, but "
+            f"{enc_ckpt.path} has sha256 {enc_ckpt.sha256}: features would not be comparable. Use the same "
+            "checkpoint (--checkpoint-dir) or rebuild the bank.")
+
+
+
 # ----------------------------------------------------------------------------- building
 
 

@@ -54,8 +54,11 @@ from ..io.atomic import atomic_write_text
 from ..io.masks import encode_rle, segmentation_bbox_xywh
 from ..io.names import safe_join
 
+REFERENCES_FILE = "references.json"  # the (merged) references, saved beside the bank they built (memory build, the job)
+
 __all__ = [
     "FEW_SHOT_CLASS_NAMES",
+    "REFERENCES_FILE",
     "REFERENCES_FORMAT",
     "REFERENCES_VERSION",
     "is_valid_reference",

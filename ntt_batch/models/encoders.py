@@ -28,11 +28,12 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Mapping, Protocol
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Mapping, Protocol
 
 from .registry import ENCODER_NAMES, get_spec
+
+if TYPE_CHECKING:  # importing this module does not import torch (the job's driver and dry runs use it)
+    from torch import Tensor
 
 
 class ImageEncoder(Protocol):

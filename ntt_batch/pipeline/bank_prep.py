@@ -36,11 +36,11 @@ from typing import Callable
 from ..io.names import safe_join
 from ..io.storage import absolute_uri, filesystem, is_local, read_bytes
 from ..method.config import ConfigError, MemoryConfig
+from ..method.references import REFERENCES_FILE, sample_references, save_references, validate_references
 from ..models.registry import DEFAULT_ENCODER, get_spec
 from .cluster import init_ray
 
 BANK_META_FILE = "memory_bank.json"  # the file whose presence makes a folder a bank (method.memory_bank.META_FILE)
-REFERENCES_FILE = "references.json"  # the (merged) references, saved beside the bank they built (memory build, the job)
 
 
 @dataclass
@@ -86,7 +86,7 @@ class ReferencesSpec:
         if not isinstance(self.context_ratio, (int, float)) or self.context_ratio < 0:
             raise ConfigError(f"{where}.context_ratio: must be a number >= 0, got {self.context_ratio!r}")
         try:
-            get_spec(self.encoder, "dinov2")
+            get_spec(self.encoder, "encoder")
             if self.sam2:
                 get_spec(self.sam2, "sam2")
         except ValueError as e:
@@ -165,20 +165,6 @@ def _memory_config_mismatches(spec: ReferencesSpec, recorded: dict) -> list[str]
     return problems
 
 
-def check_encoder_weights(bank_encoder: dict, enc_ckpt, memory: str) -> None:
-    """Refuse encoder weights other than those a bank was built with (its features would not be comparable).
-
-    ``bank_encoder``: the bank's ``encoder`` record (``name``, ``checkpoint_sha256``); ``enc_ckpt``: the
-    resolved checkpoint (``path``, ``sha256``). A bank without a recorded sha256 is accepted.
-    """
-    want = bank_encoder.get("checkpoint_sha256")
-    if want and enc_ckpt.sha256 != want:
-        raise ValueError(
-            f"memory bank {memory} was built with {bank_encoder.get('name')} weights sha256 {want}, but "
-            f"{enc_ckpt.path} has sha256 {enc_ckpt.sha256}: features would not be comparable. Use the same "
-            "checkpoint (--checkpoint-dir) or rebuild the bank.")
-
-
 def read_bank_meta(memory: str) -> dict:
     return json.loads((Path(memory) / BANK_META_FILE).read_text())
 
@@ -237,8 +223,6 @@ def prepare_memory_bank(cfg, *, dry_run: bool = False, echo: Callable[[str], Non
 
 def _save_bank(bank, refs: dict, memory: str) -> None:
     """Save into a temporary sibling folder, then rename it into place (a concurrent build loses the race harmlessly)."""
-    from ..method.references import save_references
-
     target = Path(memory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -264,12 +248,7 @@ def build_bank_task(spec: dict, *, storage_options: dict, checkpoint_dir: str | 
     """
     import torch
 
-    from ..method.references import (
-        sample_references,
-        save_references,
-        validate_references,
-    )
-    from ..workflows import build_bank
+    from ..workflows import build_bank  # torch and the models: only inside the Ray task
 
     spec = ReferencesSpec(**spec)
     if not torch.cuda.is_available():

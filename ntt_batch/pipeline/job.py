@@ -39,7 +39,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import __version__
+from .._version import __version__
 from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.inputs import HashAccumulator, InputSpec, normalise_extensions
 from ..io.output_folder import (
@@ -74,7 +74,7 @@ from ..method.config import (
     config_from_dict,
 )
 from ..models.registry import DEFAULT_SAM2, get_spec
-from .bank_prep import ReferencesSpec, check_encoder_weights, prepare_memory_bank
+from .bank_prep import ReferencesSpec, prepare_memory_bank
 from .cluster import init_ray
 from .plan import TODO, OutputScan, Plan, list_inputs, plan_inputs, scan_output
 from .stages import NoopModelActor, SegmentActor, decode_batch, instance_record  # noqa: F401 (re-exported)
@@ -429,7 +429,7 @@ def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None
     folder = OutputFolder(cfg.out, cfg.storage_options)
     if dry_run:
         return _dry_run(cfg, folder, echo)
-    from ..method.memory_bank import MemoryBank  # torch: not needed for a dry run
+    from ..method.memory_bank import MemoryBank, check_encoder_weights  # torch: not needed for a dry run
     from ..models.checkpoints import resolve_checkpoint
     bank_build = prepare_memory_bank(cfg, dry_run=False, echo=echo, verbose=verbose)  # only with `references:` and no bank yet
     bank = MemoryBank.load(cfg.memory)

@@ -26,7 +26,7 @@ from ..io.images import load_image
 from ..io.masks import segmentation_to_mask
 from ..io.names import safe_join
 from ..method.references import reference_image_root
-from .overlay import DrawnInstance, _font, _resize_mask, class_color, render_panel
+from .overlay import DrawnInstance, label_font, resize_mask, class_color, render_panel
 
 GAP = 6  # px between cells
 CAPTION_PX = 30  # caption strip under each cell (two lines)
@@ -83,13 +83,13 @@ def _cell(image: np.ndarray, mask: np.ndarray | None, bbox, category_id: int, na
     s = cell / max(crop.shape[0], crop.shape[1])
     size = (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s)))
     shown = np.asarray(Image.fromarray(crop).resize(size, Image.BILINEAR))
-    m = _resize_mask(mask[y0:y1, x0:x1], size) if mask is not None else None
+    m = resize_mask(mask[y0:y1, x0:x1], size) if mask is not None else None
     box = [(bbox[0] - x0) * s, (bbox[1] - y0) * s, bbox[2] * s, bbox[3] * s]
     return render_panel(shown, [DrawnInstance(int(category_id), name, m, box, None)], title)
 
 
 def _text(draw: ImageDraw.ImageDraw, xy, text: str, px: int, fill=(40, 40, 40), max_w: int | None = None) -> None:
-    font = _font(px)
+    font = label_font(px)
     if max_w is not None:
         while len(text) > 4 and draw.textlength(text, font=font) > max_w:
             text = "…" + text[2:]

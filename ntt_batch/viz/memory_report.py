@@ -33,7 +33,6 @@ or read-only).
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +43,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from ..io.atomic import atomic_local_file
 from ..method.memory_bank import MemoryBank
 from ..method.references import ReferencePreference
-from .overlay import _font
+from .overlay import label_font
 
 __all__ = [
     "DEFAULT_NEAR_DUPLICATE_THRESHOLD",
@@ -195,19 +195,9 @@ def _short(name: str, n: int = LABEL_CHARS) -> str:
 
 
 def _atomic_save(img: Image.Image, path: Path) -> Path:
-    """Write a PNG under a temporary name in the same folder, then ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # plain open: the file mode follows the umask
-            img.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write a PNG atomically (a temporary name in the same folder, then renamed into place)."""
+    with atomic_local_file(path) as f:
+        img.save(f, format="PNG")
     return path
 
 
@@ -244,8 +234,8 @@ def render_similarity_heatmap(
     else:
         cell = max(1, 960 // c)
         font_px = 12
-    font = _font(font_px)
-    small = _font(12)
+    font = label_font(font_px)
+    small = label_font(12)
     scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
     labels = [_short(n) for n in names] if labelled else []

@@ -51,7 +51,7 @@ def class_color(category_id: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _font(px: int):
+def label_font(px: int):
     try:
         return ImageFont.load_default(size=px)
     except (TypeError, OSError):  # Pillow without FreeType: fixed bitmap font
@@ -102,7 +102,7 @@ def render_panel(image: np.ndarray, instances: Sequence[DrawnInstance], title: s
     img = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     font_px = max(11, min(28, round(max(h, w) / 45)))
-    font = _font(font_px)
+    font = label_font(font_px)
     taken: list[tuple[float, float, float, float]] = []
     for k in order:  # boxes first, tags after, so no box line crosses a tag
         inst = instances[k]
@@ -165,7 +165,7 @@ def _scale(width: int, height: int, max_side: int | None) -> float:
     return min(1.0, max_side / max(width, height)) if max_side else 1.0
 
 
-def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (mask.shape[1], mask.shape[0]) == size:
         return mask
     return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
@@ -225,7 +225,7 @@ def render_overlay(
             if mask.shape != (H, W):
                 raise ValueError(f"a mask is {mask.shape[1]}x{mask.shape[0]} but the image is {W}x{H}: wrong image for "
                                  "these predictions (check --images / the image id)")
-            mask = _resize_mask(mask, size)
+            mask = resize_mask(mask, size)
         pred_inst.append(DrawnInstance(int(p["category_id"]), f"{name(p)} {float(p['score']):.2f}", mask, scaled(p.get("bbox")),
                                   float(p["score"])))
     title = f"prediction: {len(preds)}"
@@ -240,7 +240,7 @@ def render_overlay(
         gt_inst = []
         for a in ground_truth:
             seg = a.get("segmentation")
-            mask = _resize_mask(segmentation_to_mask(seg, H, W), size) if seg else None
+            mask = resize_mask(segmentation_to_mask(seg, H, W), size) if seg else None
             label = name(a) + (" (crowd)" if a.get("iscrowd") else "")
             gt_inst.append(DrawnInstance(int(a["category_id"]), label, mask, scaled(a.get("bbox"))))
         panels.insert(0, render_panel(shown, gt_inst, f"ground truth: {len(gt_inst)}"))
