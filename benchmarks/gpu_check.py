@@ -150,9 +150,15 @@ def time_path(seg, targets, batch: int, warmup: bool | None = None) -> tuple[dic
         results.extend(seg.segment_targets(targets[i : i + batch]))
     _sync(dev)
     secs = time.perf_counter() - t0
-    return {"images": len(targets), "images_per_call": batch, "seconds": secs, "images_per_s": len(targets) / secs,
-            "first_call_seconds": t_warm, "peak_gpu_bytes": _peak(dev),
-            "detections": sum(len(r) for r in results)}, results
+    return {
+        "images": len(targets),
+        "images_per_call": batch,
+        "seconds": secs,
+        "images_per_s": len(targets) / secs,
+        "first_call_seconds": t_warm,
+        "peak_gpu_bytes": _peak(dev),
+        "detections": sum(len(r) for r in results),
+    }, results
 
 
 def stage_pass(seg, targets, batch: int) -> dict:
@@ -174,11 +180,17 @@ def agreement(a: list, b: list, tol: dict) -> dict:
     from ntt_batch.benchmark import match_detections
 
     per = [match_detections(x, y, tol["box_iou"], tol["score"]) for x, y in zip(a, b)]
-    return {"agree": all(p["agree"] for p in per), "images": len(per),
-            "matched": sum(p["matched"] for p in per), "baseline_detections": sum(p["reference"] for p in per),
-            "detections": sum(p["fast"] for p in per), "images_disagreeing": sum(not p["agree"] for p in per),
-            "min_box_iou": min((p["min_box_iou"] for p in per), default=1.0),
-            "max_score_diff": max((p["max_score_diff"] for p in per), default=0.0), "tolerance": tol}
+    return {
+        "agree": all(p["agree"] for p in per),
+        "images": len(per),
+        "matched": sum(p["matched"] for p in per),
+        "baseline_detections": sum(p["reference"] for p in per),
+        "detections": sum(p["fast"] for p in per),
+        "images_disagreeing": sum(not p["agree"] for p in per),
+        "min_box_iou": min((p["min_box_iou"] for p in per), default=1.0),
+        "max_score_diff": max((p["max_score_diff"] for p in per), default=0.0),
+        "tolerance": tol,
+    }
 
 
 def bf16_candidates(proposer, encoder, target, pps: int, device, iou_threshold: float) -> dict:
@@ -212,11 +224,15 @@ def bf16_candidates(proposer, encoder, target, pps: int, device, iou_threshold: 
     pb = pool_mask_features_separable(ma, fb)
     cos = (pa * pb).sum(1)
     cos = cos[~torch.isnan(cos)]
-    return {"prompts": int(pts.shape[0]), "max_abs_iou_diff": float((ia - ib).abs().max()),
-            "iou_range_fp32": [float(ia.min()), float(ia.max())],
-            "filter_decisions_changed": int(((ia > iou_threshold) != (ib > iou_threshold)).sum()),
-            "min_lowres_mask_iou": float(miou.min()), "mean_lowres_mask_iou": float(miou.mean()),
-            "min_pooled_feature_cosine": float(cos.min()) if cos.numel() else None}
+    return {
+        "prompts": int(pts.shape[0]),
+        "max_abs_iou_diff": float((ia - ib).abs().max()),
+        "iou_range_fp32": [float(ia.min()), float(ia.max())],
+        "filter_decisions_changed": int(((ia > iou_threshold) != (ib > iou_threshold)).sum()),
+        "min_lowres_mask_iou": float(miou.min()),
+        "mean_lowres_mask_iou": float(miou.mean()),
+        "min_pooled_feature_cosine": float(cos.min()) if cos.numel() else None,
+    }
 
 
 def rle_check(instances_per_image: list, device) -> dict:
@@ -226,8 +242,11 @@ def rle_check(instances_per_image: list, device) -> dict:
 
     from ntt_batch.method.rle import encode_rle_torch
 
-    masks = [inst.binary_mask() if hasattr(inst, "binary_mask") else inst.mask
-             for insts in instances_per_image for inst in insts]
+    masks = [
+        inst.binary_mask() if hasattr(inst, "binary_mask") else inst.mask
+        for insts in instances_per_image
+        for inst in insts
+    ]
     if not masks:
         return {"masks": 0}
     by_size: dict = {}
@@ -249,8 +268,9 @@ def rle_check(instances_per_image: list, device) -> dict:
     t0 = time.perf_counter()
     theirs = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in host]
     res["pycocotools_host_seconds"] = time.perf_counter() - t0
-    res["byte_identical"] = all(a["counts"] == b["counts"].decode() and a["size"] == list(b["size"])
-                                for a, b in zip(ours, theirs))
+    res["byte_identical"] = all(
+        a["counts"] == b["counts"].decode() and a["size"] == list(b["size"]) for a, b in zip(ours, theirs)
+    )
     return res
 
 
@@ -258,23 +278,43 @@ def rle_check(instances_per_image: list, device) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cuda", help="cuda | cuda:N | cpu")
-    p.add_argument("--tiny", action="store_true",
-                   help="sam2.1_hiera_tiny + dinov2_vits14, 2x2 prompts, 2 images: the CPU smoke run")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="sam2.1_hiera_tiny + dinov2_vits14, 2x2 prompts, 2 images: the CPU smoke run",
+    )
     p.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out", help="folder for gpu_check.json")
-    p.add_argument("--ckpt-dir", default=os.environ.get("NTT_GPU_CKPT") or os.path.join(tempfile.gettempdir(), "ntt_gpu_ckpt"),
-                   help="random-weight checkpoints are written (once) and read here")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="seconds from start after which no phase is started that would not end in time "
-                        "(default 420 on CUDA: gpu_check.sh's 8 minutes less install time; 3600 on CPU)")
+    p.add_argument(
+        "--ckpt-dir",
+        default=os.environ.get("NTT_GPU_CKPT") or os.path.join(tempfile.gettempdir(), "ntt_gpu_ckpt"),
+        help="random-weight checkpoints are written (once) and read here",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="seconds from start after which no phase is started that would not end in time "
+        "(default 420 on CUDA: gpu_check.sh's 8 minutes less install time; 3600 on CPU)",
+    )
     p.add_argument("--points-per-side", type=int, default=None, help="default 32 (--tiny: 2)")
     p.add_argument("--images", type=int, default=None, help="images per timed run (default 32; --tiny: 2)")
-    p.add_argument("--batch", type=int, default=None, help="images per call for the path comparison (default 8; --tiny: 2)")
-    p.add_argument("--ref-images", type=int, default=None, help="images through the reference path (default 4; --tiny: 1)")
+    p.add_argument(
+        "--batch", type=int, default=None, help="images per call for the path comparison (default 8; --tiny: 2)"
+    )
+    p.add_argument(
+        "--ref-images", type=int, default=None, help="images through the reference path (default 4; --tiny: 1)"
+    )
     p.add_argument("--max-batch", type=int, default=None, help="largest images-per-call tried (default 128; --tiny: 2)")
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                   help="the compiled phase (auto: on for CUDA, off on CPU where inductor takes minutes)")
+    p.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="the compiled phase (auto: on for CUDA, off on CPU where inductor takes minutes)",
+    )
     return p.parse_args(argv)
 
 
@@ -311,8 +351,12 @@ def main(argv=None) -> int:
             return value
         except Exception as e:
             say(f"{name}: FAILED: {type(e).__name__}: {e}")
-            rep["phases"][name] = {"status": "failed", "seconds": round(_now() - t0, 1),
-                                   "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+            rep["phases"][name] = {
+                "status": "failed",
+                "seconds": round(_now() - t0, 1),
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(),
+            }
             return None
         finally:
             rep.write()
@@ -341,12 +385,19 @@ def main(argv=None) -> int:
 
     pulled = sorted({m.split(".")[0] for m in set(sys.modules) - before} & {"ray", "pycocotools"})
     device = resolve_device(args.device)
-    env = {"python": platform.python_version(), "torch": torch.__version__, "ntt_batch": ntt_batch.__version__,
-           "ntt_batch_from": os.path.dirname(ntt_batch.__file__),
-           "device": str(device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "imported_at_import_time": pulled, "ray_importable": _importable("ray"),
-           "pycocotools_importable": _importable("pycocotools")}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "ntt_batch": ntt_batch.__version__,
+        "ntt_batch_from": os.path.dirname(ntt_batch.__file__),
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "imported_at_import_time": pulled,
+        "ray_importable": _importable("ray"),
+        "pycocotools_importable": _importable("pycocotools"),
+    }
     from importlib.metadata import PackageNotFoundError, version
 
     for dist in ("torchvision", "timm", "sam2", "hydra-core", "numpy", "pyarrow", "pycocotools"):
@@ -356,13 +407,26 @@ def main(argv=None) -> int:
             env[dist] = None
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        env.update(gpu=p.name, gpu_memory_bytes=int(p.total_memory), cuda=torch.version.cuda,
-                   cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
-                   matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+        env.update(
+            gpu=p.name,
+            gpu_memory_bytes=int(p.total_memory),
+            cuda=torch.version.cuda,
+            cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+            matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+        )
     rep["environment"] = env
-    rep["settings"] = {"sam2": sam2_name, "encoder": enc_name, "points_per_side": pps, "images": n_img,
-                       "images_per_call": batch, "reference_images": n_ref, "max_batch": max_batch,
-                       "budget_s": budget, "random_weights": True, "images_source": "synthetic"}
+    rep["settings"] = {
+        "sam2": sam2_name,
+        "encoder": enc_name,
+        "points_per_side": pps,
+        "images": n_img,
+        "images_per_call": batch,
+        "reference_images": n_ref,
+        "max_batch": max_batch,
+        "budget_s": budget,
+        "random_weights": True,
+        "images_source": "synthetic",
+    }
     say(f"torch {torch.__version__} on {env.get('gpu', device)}; {sam2_name} + {enc_name}, {pps}x{pps} prompts")
     if pulled:
         say(f"WARNING: importing the benchmark pulled in {pulled}")
@@ -399,6 +463,7 @@ def main(argv=None) -> int:
 
     # ---- fast path, fp32 and bf16 (model stage)
     for name, kw in (("fast_fp32", {}), ("fast_bf16", {"bf16": True})):
+
         def run(kw=kw):
             stats, res = time_path(seg(**kw), targets, batch)
             return stats, res
@@ -406,8 +471,10 @@ def main(argv=None) -> int:
         r = phase(name, 60, run)
         if r is not None:
             paths[name], results[name] = r
-            say(f"{name}: {r[0]['images_per_s']:.2f} images/s ({batch} per call), "
-                f"peak GPU {(r[0]['peak_gpu_bytes'] or 0) / 2**30:.1f} GiB, {r[0]['detections']} detections")
+            say(
+                f"{name}: {r[0]['images_per_s']:.2f} images/s ({batch} per call), "
+                f"peak GPU {(r[0]['peak_gpu_bytes'] or 0) / 2**30:.1f} GiB, {r[0]['detections']} detections"
+            )
             rep.write()
 
     # ---- reference path (model stage) on fewer images
@@ -437,11 +504,20 @@ def main(argv=None) -> int:
             p = tmp / f"synthetic_{i:03d}.jpg"
             Image.fromarray(im).save(p, quality=95)
             inputs.append(InputImage(image_id=i, image_uri=str(p)))
-        bench = run_benchmark(seg(), seg(implementation="reference"), inputs, warmup=1 if device.type == "cuda" else 0,
-                              agree_iou=FP32_TOLERANCE["box_iou"], agree_score=FP32_TOLERANCE["score"])
-        return {"per_image_reference_vs_fast_fp32": {k: bench[k] for k in ("fast", "reference", "speedup_vs_reference",
-                                                                             "detections_agree")},
-                "fast_bf16_model_stage": stage_pass(seg(bf16=True), targets, batch)}
+        bench = run_benchmark(
+            seg(),
+            seg(implementation="reference"),
+            inputs,
+            warmup=1 if device.type == "cuda" else 0,
+            agree_iou=FP32_TOLERANCE["box_iou"],
+            agree_score=FP32_TOLERANCE["score"],
+        )
+        return {
+            "per_image_reference_vs_fast_fp32": {
+                k: bench[k] for k in ("fast", "reference", "speedup_vs_reference", "detections_agree")
+            },
+            "fast_bf16_model_stage": stage_pass(seg(bf16=True), targets, batch),
+        }
 
     st = phase("stages", 150, stages)
     if st is not None:
@@ -474,15 +550,26 @@ def main(argv=None) -> int:
             batch_targets = [targets[i % len(targets)] for i in range(b)]
             try:
                 stats, _ = time_path(s, batch_targets, b, warmup=(b == 1 and device.type == "cuda"))
-                rows.append({"images_per_call": b, "status": "ok", "images_per_s": stats["images_per_s"],
-                             "peak_gpu_bytes": stats["peak_gpu_bytes"]})
+                rows.append(
+                    {
+                        "images_per_call": b,
+                        "status": "ok",
+                        "images_per_s": stats["images_per_s"],
+                        "peak_gpu_bytes": stats["peak_gpu_bytes"],
+                    }
+                )
                 largest = b
-                say(f"sweep: {b} per call: {stats['images_per_s']:.2f} images/s, "
-                    f"peak {(stats['peak_gpu_bytes'] or 0) / 2**30:.1f} GiB")
+                say(
+                    f"sweep: {b} per call: {stats['images_per_s']:.2f} images/s, "
+                    f"peak {(stats['peak_gpu_bytes'] or 0) / 2**30:.1f} GiB"
+                )
             except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-                if not isinstance(e, torch.cuda.OutOfMemoryError) and "out of memory" not in msg.lower() \
-                        and "ALLOC" not in msg:
+                if (
+                    not isinstance(e, torch.cuda.OutOfMemoryError)
+                    and "out of memory" not in msg.lower()
+                    and "ALLOC" not in msg
+                ):
                     raise
                 rows.append({"images_per_call": b, "status": f"out of memory: {msg}"})
                 break
@@ -492,10 +579,14 @@ def main(argv=None) -> int:
             b *= 2
         ok = [r for r in rows if r["status"] == "ok"]
         best = max(ok, key=lambda r: r["images_per_s"]) if ok else None
-        return {"rows": rows, "largest_images_per_call_that_fits": largest,
-                "limited_by": "out of memory" if rows and rows[-1]["status"].startswith("out of memory")
-                else ("time budget" if rows and "budget" in rows[-1]["status"] else f"--max-batch {max_batch}"),
-                "best": best}
+        return {
+            "rows": rows,
+            "largest_images_per_call_that_fits": largest,
+            "limited_by": "out of memory"
+            if rows and rows[-1]["status"].startswith("out of memory")
+            else ("time budget" if rows and "budget" in rows[-1]["status"] else f"--max-batch {max_batch}"),
+            "best": best,
+        }
 
     sw = phase("batch_sweep", 60, sweep)
     if sw is not None:
@@ -504,6 +595,7 @@ def main(argv=None) -> int:
     # ---- compiled (last: compile time is the least predictable)
     do_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     if do_compile:
+
         def run_compiled():
             best_b = (sw or {}).get("best") or {}
             b = batch
@@ -516,11 +608,14 @@ def main(argv=None) -> int:
         r = phase("compiled", 120, run_compiled)
         if r is not None:
             paths["compiled_bf16"], results["compiled_bf16"] = r
-            say(f"compiled_bf16: {r[0]['images_per_s']:.2f} images/s (compile + first call "
-                f"{r[0]['compile_and_first_call_seconds']:.0f} s)")
+            say(
+                f"compiled_bf16: {r[0]['images_per_s']:.2f} images/s (compile + first call "
+                f"{r[0]['compile_and_first_call_seconds']:.0f} s)"
+            )
             if "fast_bf16" in results:
-                agree["compiled_bf16_vs_fast_bf16"] = agreement(results["compiled_bf16"], results["fast_bf16"],
-                                                                BF16_TOLERANCE)
+                agree["compiled_bf16_vs_fast_bf16"] = agreement(
+                    results["compiled_bf16"], results["fast_bf16"], BF16_TOLERANCE
+                )
     else:
         rep["phases"]["compiled"] = {"status": "skipped", "reason": "--compile off (default on CPU)"}
 
@@ -528,9 +623,12 @@ def main(argv=None) -> int:
     summary = {k: round(v["images_per_s"], 4) for k, v in paths.items()}
     if "reference" in paths:
         ref = paths["reference"]["images_per_s"]
-        summary["speedup_vs_reference"] = {k: round(v["images_per_s"] / ref, 2) for k, v in paths.items() if k != "reference"}
-    summary["peak_gpu_gib"] = {k: (round(v["peak_gpu_bytes"] / 2**30, 2) if v.get("peak_gpu_bytes") else None)
-                               for k, v in paths.items()}
+        summary["speedup_vs_reference"] = {
+            k: round(v["images_per_s"] / ref, 2) for k, v in paths.items() if k != "reference"
+        }
+    summary["peak_gpu_gib"] = {
+        k: (round(v["peak_gpu_bytes"] / 2**30, 2) if v.get("peak_gpu_bytes") else None) for k, v in paths.items()
+    }
     summary["detections_agree"] = {k: v["agree"] for k, v in agree.items() if isinstance(v, dict) and "agree" in v}
     if sw:
         summary["largest_images_per_call_that_fits"] = sw["largest_images_per_call_that_fits"]

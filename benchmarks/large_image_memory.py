@@ -104,8 +104,14 @@ def child(spec: dict) -> None:
 
     proposer, _ = load_sam2("sam2.1_hiera_tiny", checkpoint_dir=spec["ckpt"], download=False)
     encoder, _ = load_encoder("dinov2_vits14", checkpoint_dir=spec["ckpt"], download=False)
-    cfg = SegmenterConfig(points_per_side=spec["points_per_side"], pred_iou_threshold=0.0, nms_iou_threshold=1.0,
-                          device="cpu", implementation=spec["path"], tile_size=spec.get("tile_size"))
+    cfg = SegmenterConfig(
+        points_per_side=spec["points_per_side"],
+        pred_iou_threshold=0.0,
+        nms_iou_threshold=1.0,
+        device="cpu",
+        implementation=spec["path"],
+        tile_size=spec.get("tile_size"),
+    )
     seg = Segmenter(proposer, encoder, random_bank("dinov2_vits14", 384, num_classes=5), cfg)
     if spec["path"] == "fast":
         seg.dense_masks = False  # as the batch job's actor: rows carry RLE only
@@ -141,20 +147,36 @@ def child(spec: dict) -> None:
     dt = time.perf_counter() - t0
     from ntt_batch.method.fullres import image_memory_estimate
 
-    print(json.dumps({"status": status, "instances": n, "survivors": captured["survivors"], "seconds": round(dt, 1),
-                      "rss_before_mb": round(before, 1),
-                      "peak_rss_mb": round(max(captured["peak_mb"], _status_mb("VmHWM")), 1),
-                      "finalize_peak_mb": round(captured["finalize_peak_mb"], 1),
-                      "estimate_mb": round(image_memory_estimate(spec["hw"], cfg) / 2**20, 1)}))
+    print(
+        json.dumps(
+            {
+                "status": status,
+                "instances": n,
+                "survivors": captured["survivors"],
+                "seconds": round(dt, 1),
+                "rss_before_mb": round(before, 1),
+                "peak_rss_mb": round(max(captured["peak_mb"], _status_mb("VmHWM")), 1),
+                "finalize_peak_mb": round(captured["finalize_peak_mb"], 1),
+                "estimate_mb": round(image_memory_estimate(spec["hw"], cfg) / 2**20, 1),
+            }
+        )
+    )
 
 
 def run_child(spec: dict) -> dict:
     p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
     lines = [ln for ln in p.stdout.strip().splitlines() if ln.startswith("{")]
     if p.returncode != 0 or not lines:
-        return {"status": f"process died (exit {p.returncode}; killed for memory?) {p.stderr.strip()[-300:]}",
-                "instances": 0, "survivors": None, "seconds": None, "rss_before_mb": None, "peak_rss_mb": None,
-                "finalize_peak_mb": None, "estimate_mb": None}
+        return {
+            "status": f"process died (exit {p.returncode}; killed for memory?) {p.stderr.strip()[-300:]}",
+            "instances": 0,
+            "survivors": None,
+            "seconds": None,
+            "rss_before_mb": None,
+            "peak_rss_mb": None,
+            "finalize_peak_mb": None,
+            "estimate_mb": None,
+        }
     return json.loads(lines[-1])
 
 
@@ -165,7 +187,9 @@ def main() -> None:
     ap.add_argument("--points-per-side", type=int, default=8)
     ap.add_argument("--tile-size", type=int, default=None, help="also run the fast path tiled (tile_size px)")
     ap.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
-    ap.add_argument("--cap-gb", type=float, default=None, help="address-space cap per case (default: 80%% of MemAvailable)")
+    ap.add_argument(
+        "--cap-gb", type=float, default=None, help="address-space cap per case (default: 80%% of MemAvailable)"
+    )
     ap.add_argument("--ckpt", default=None, help="random checkpoints folder (default: written to a temp dir)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -184,34 +208,56 @@ def main() -> None:
     cases = [(mp, path, None) for mp in args.sizes for path in args.paths]
     if args.tile_size:
         cases += [(mp, "fast", args.tile_size) for mp in args.sizes]
-    print(f"points_per_side {args.points_per_side}, pred_iou_threshold 0, nms_iou_threshold 1; "
-          f"{args.threads} threads; cap {cap_gb:.1f} GB")
-    header = (f"{'image':>18} {'path':>14} {'survivors':>9} {'instances':>9} {'seconds':>8} "
-              f"{'RSS before MB':>13} {'peak RSS MB':>11} {'§4.6-4.8 peak MB':>16} {'guard est. MB':>13}  status")
+    print(
+        f"points_per_side {args.points_per_side}, pred_iou_threshold 0, nms_iou_threshold 1; "
+        f"{args.threads} threads; cap {cap_gb:.1f} GB"
+    )
+    header = (
+        f"{'image':>18} {'path':>14} {'survivors':>9} {'instances':>9} {'seconds':>8} "
+        f"{'RSS before MB':>13} {'peak RSS MB':>11} {'§4.6-4.8 peak MB':>16} {'guard est. MB':>13}  status"
+    )
     print(header)
     rows = []
     for mp, path, tile in cases:
         h, w = SIZES[mp]
-        spec = {"hw": [h, w], "path": path, "points_per_side": args.points_per_side, "threads": args.threads,
-                "ckpt": ckpt, "tile_size": tile, "cap_bytes": int(cap_gb * 2**30)}
+        spec = {
+            "hw": [h, w],
+            "path": path,
+            "points_per_side": args.points_per_side,
+            "threads": args.threads,
+            "ckpt": ckpt,
+            "tile_size": tile,
+            "cap_bytes": int(cap_gb * 2**30),
+        }
         r = run_child(spec)
         r.update(megapixels=mp, height=h, width=w, path=path + (f" tiled {tile}" if tile else ""))
         rows.append(r)
         fmt = lambda v, f: format(v, f) if v is not None else "-"  # noqa: E731
-        print(f"{f'{w}x{h} ({mp} MP)':>18} {r['path']:>14} {fmt(r['survivors'], '>9')} {r['instances']:>9} "
-              f"{fmt(r['seconds'], '>8.1f')} {fmt(r['rss_before_mb'], '>13.0f')} {fmt(r['peak_rss_mb'], '>11.0f')} "
-              f"{fmt(r['finalize_peak_mb'], '>16.0f')} {fmt(r['estimate_mb'], '>13.0f')}  {r['status']}", flush=True)
+        print(
+            f"{f'{w}x{h} ({mp} MP)':>18} {r['path']:>14} {fmt(r['survivors'], '>9')} {r['instances']:>9} "
+            f"{fmt(r['seconds'], '>8.1f')} {fmt(r['rss_before_mb'], '>13.0f')} {fmt(r['peak_rss_mb'], '>11.0f')} "
+            f"{fmt(r['finalize_peak_mb'], '>16.0f')} {fmt(r['estimate_mb'], '>13.0f')}  {r['status']}",
+            flush=True,
+        )
     for mp in args.sizes:
         ref = next((r for r in rows if r["megapixels"] == mp and r["path"] == "reference"), None)
         fast = next((r for r in rows if r["megapixels"] == mp and r["path"] == "fast"), None)
         if ref and fast and fast["peak_rss_mb"]:
             if ref["status"] == "ok":
-                print(f"{mp} MP: peak RSS reference / fast = {ref['peak_rss_mb'] / fast['peak_rss_mb']:.1f}x; "
-                      f"above the pre-segmentation RSS: {(ref['peak_rss_mb'] - ref['rss_before_mb']) / max(1.0, fast['peak_rss_mb'] - fast['rss_before_mb']):.1f}x; "
-                      f"§4.6-4.8 alone: {ref['finalize_peak_mb'] / max(1.0, fast['finalize_peak_mb']):.1f}x")
+                above = (ref["peak_rss_mb"] - ref["rss_before_mb"]) / max(
+                    1.0, fast["peak_rss_mb"] - fast["rss_before_mb"]
+                )
+                print(
+                    f"{mp} MP: peak RSS reference / fast = {ref['peak_rss_mb'] / fast['peak_rss_mb']:.1f}x; "
+                    "above the pre-segmentation RSS: "
+                    f"{above:.1f}x; "
+                    f"§4.6-4.8 alone: {ref['finalize_peak_mb'] / max(1.0, fast['finalize_peak_mb']):.1f}x"
+                )
             else:
-                print(f"{mp} MP: reference did not complete under a {cap_gb:.1f} GB cap; fast peaked at "
-                      f"{fast['peak_rss_mb'] / 1024:.2f} GiB")
+                print(
+                    f"{mp} MP: reference did not complete under a {cap_gb:.1f} GB cap; fast peaked at "
+                    f"{fast['peak_rss_mb'] / 1024:.2f} GiB"
+                )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

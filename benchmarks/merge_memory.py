@@ -69,7 +69,9 @@ def make_rle_pool(n: int = 512, seed: int = 0, h: int = 480, w: int = 640) -> li
     return pool
 
 
-def write_shard_set(root: str, n_images: int, per_image: int, images_per_file: int, row_group: int, seed: int = 0) -> dict:
+def write_shard_set(
+    root: str, n_images: int, per_image: int, images_per_file: int, row_group: int, seed: int = 0
+) -> dict:
     """Write ``n_images`` rows (``per_image`` instances each) as Parquet files; return sizes."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -88,22 +90,42 @@ def write_shard_set(root: str, n_images: int, per_image: int, images_per_file: i
         cat = rng.integers(0, 80, m).astype(np.int32)
         bbox = rng.uniform(0, 400, (m, 4))
         seg = pa.StructArray.from_arrays(
-            [pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * m + 1, 2, dtype=np.int32)),
-                                      pa.array(np.tile(np.array([480, 640], np.int32), m))),
-             pc.take(pool, pa.array(rng.integers(0, len(pool), m)))],
-            fields=list(SEGMENTATION_TYPE))
+            [
+                pa.ListArray.from_arrays(
+                    pa.array(np.arange(0, 2 * m + 1, 2, dtype=np.int32)),
+                    pa.array(np.tile(np.array([480, 640], np.int32), m)),
+                ),
+                pc.take(pool, pa.array(rng.integers(0, len(pool), m))),
+            ],
+            fields=list(SEGMENTATION_TYPE),
+        )
         values = pa.StructArray.from_arrays(
-            [pa.array(cat + 1), pc.take(names, pa.array(cat)), pa.array(rng.random(m).astype(np.float32)),
-             pa.ListArray.from_arrays(pa.array(np.arange(0, 4 * m + 1, 4, dtype=np.int32)), pa.array(bbox.ravel())),
-             pa.array(rng.integers(100, 50000, m)), seg],
-            fields=list(INSTANCE_TYPE))
+            [
+                pa.array(cat + 1),
+                pc.take(names, pa.array(cat)),
+                pa.array(rng.random(m).astype(np.float32)),
+                pa.ListArray.from_arrays(pa.array(np.arange(0, 4 * m + 1, 4, dtype=np.int32)), pa.array(bbox.ravel())),
+                pa.array(rng.integers(100, 50000, m)),
+                seg,
+            ],
+            fields=list(INSTANCE_TYPE),
+        )
         instances = pa.ListArray.from_arrays(pa.array(np.arange(0, m + 1, per_image, dtype=np.int32)), values)
         ids = np.arange(start, start + n, dtype=np.int64) + 1
-        table = pa.Table.from_arrays([
-            pa.array(ids), pa.array([f"s3://bucket/images/{i:012d}.jpg" for i in ids]),
-            pa.array(np.full(n, 640, np.int32)), pa.array(np.full(n, 480, np.int32)),
-            pa.array(["ok"] * n), pa.array([None] * n, pa.string()), pa.array(np.full(n, per_image, np.int32)),
-            instances, pa.array(["bench"] * n)], schema=SHARD_SCHEMA)
+        table = pa.Table.from_arrays(
+            [
+                pa.array(ids),
+                pa.array([f"s3://bucket/images/{i:012d}.jpg" for i in ids]),
+                pa.array(np.full(n, 640, np.int32)),
+                pa.array(np.full(n, 480, np.int32)),
+                pa.array(["ok"] * n),
+                pa.array([None] * n, pa.string()),
+                pa.array(np.full(n, per_image, np.int32)),
+                instances,
+                pa.array(["bench"] * n),
+            ],
+            schema=SHARD_SCHEMA,
+        )
         path = os.path.join(root, f"part-{f:05d}.parquet")
         pq.write_table(table, path, row_group_size=row_group, use_dictionary=False)
         total_bytes += os.path.getsize(path)
@@ -118,8 +140,15 @@ def shards_to_coco_results(shards: str) -> list[dict]:
     results = []
     for image_id, instances in zip(t.column("image_id").to_pylist(), t.column("instances").to_pylist()):
         for inst in instances or []:
-            results.append({"image_id": int(image_id), "category_id": int(inst["category_id"]), "bbox": inst["bbox"],
-                            "score": float(inst["score"]), "segmentation": inst["segmentation"]})
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(inst["category_id"]),
+                    "bbox": inst["bbox"],
+                    "score": float(inst["score"]),
+                    "segmentation": inst["segmentation"],
+                }
+            )
     return results
 
 
@@ -143,8 +172,18 @@ def child(mode: str, shards: str, out: str) -> None:
     else:
         raise SystemExit(f"unknown mode {mode}")
     dt = time.perf_counter() - t0
-    print(json.dumps({"mode": mode, "instances": n, "seconds": round(dt, 2), "rss_before_mb": round(before, 1),
-                      "peak_rss_mb": round(_status_mb("VmHWM"), 1), "out_bytes": os.path.getsize(out)}))
+    print(
+        json.dumps(
+            {
+                "mode": mode,
+                "instances": n,
+                "seconds": round(dt, 2),
+                "rss_before_mb": round(before, 1),
+                "peak_rss_mb": round(_status_mb("VmHWM"), 1),
+                "out_bytes": os.path.getsize(out),
+            }
+        )
+    )
 
 
 def run_child(mode: str, shards: str, out: str) -> dict:
@@ -160,7 +199,9 @@ def main() -> None:
     ap.add_argument("--per-image", type=int, default=100)
     ap.add_argument("--images-per-file", type=int, default=1000)
     ap.add_argument("--row-group", type=int, default=128, help="rows per Parquet row group")
-    ap.add_argument("--naive-max", type=int, default=200_000, help="largest size to also run the non-streaming baseline on")
+    ap.add_argument(
+        "--naive-max", type=int, default=200_000, help="largest size to also run the non-streaming baseline on"
+    )
     ap.add_argument("--keep-dir", default=None, help="write here and keep the files (default: a temp dir, removed)")
     ap.add_argument("--child", nargs=3, metavar=("MODE", "SHARDS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -169,8 +210,10 @@ def main() -> None:
         return
     base = args.keep_dir or tempfile.mkdtemp(prefix="ntt-merge-bench-")
     os.makedirs(base, exist_ok=True)
-    print(f"{'instances':>10} {'images':>7} {'parquet MB':>10} {'mode':>8} {'seconds':>8} {'inst/s':>9} "
-          f"{'out MB':>8} {'RSS before MB':>13} {'peak RSS MB':>11}")
+    print(
+        f"{'instances':>10} {'images':>7} {'parquet MB':>10} {'mode':>8} {'seconds':>8} {'inst/s':>9} "
+        f"{'out MB':>8} {'RSS before MB':>13} {'peak RSS MB':>11}"
+    )
     try:
         for total in args.instances:
             n_images = max(1, total // args.per_image)
@@ -183,9 +226,13 @@ def main() -> None:
             for mode in modes:
                 out = os.path.join(base, f"{mode}_{total}.json")
                 r = run_child(mode, shards, out)
-                print(f"{r['instances']:>10} {n_images:>7} {info['parquet_bytes'] / 1e6:>10.1f} {mode:>8} {r['seconds']:>8.2f} "
-                      f"{r['instances'] / max(r['seconds'], 1e-9):>9.0f} {r['out_bytes'] / 1e6:>8.1f} "
-                      f"{r['rss_before_mb']:>13.1f} {r['peak_rss_mb']:>11.1f}", flush=True)
+                print(
+                    f"{r['instances']:>10} {n_images:>7} {info['parquet_bytes'] / 1e6:>10.1f} {mode:>8} "
+                    f"{r['seconds']:>8.2f} "
+                    f"{r['instances'] / max(r['seconds'], 1e-9):>9.0f} {r['out_bytes'] / 1e6:>8.1f} "
+                    f"{r['rss_before_mb']:>13.1f} {r['peak_rss_mb']:>11.1f}",
+                    flush=True,
+                )
                 if not args.keep_dir:
                     os.remove(out)
             if not args.keep_dir:

@@ -111,25 +111,47 @@ def synth_rows(uris: list[str], seed: int, run_id: str = "bench"):
     cat = rng.integers(0, 80, m).astype(np.int32)
     names = pa.array([f"class_{i}" for i in range(80)]).take(pa.array(cat))
     seg = pa.StructArray.from_arrays(
-        [pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * m + 1, 2, dtype=np.int32)),
-                                  pa.array(np.tile(np.array([480, 640], np.int32), m))), counts],
-        fields=list(SEGMENTATION_TYPE))
+        [
+            pa.ListArray.from_arrays(
+                pa.array(np.arange(0, 2 * m + 1, 2, dtype=np.int32)),
+                pa.array(np.tile(np.array([480, 640], np.int32), m)),
+            ),
+            counts,
+        ],
+        fields=list(SEGMENTATION_TYPE),
+    )
     values = pa.StructArray.from_arrays(
-        [pa.array(cat + 1), names, pa.array(rng.random(m).astype(np.float32)),
-         pa.ListArray.from_arrays(pa.array(np.arange(0, 4 * m + 1, 4, dtype=np.int32)),
-                                  pa.array(rng.uniform(0, 400, 4 * m))),
-         pa.array(rng.integers(100, 50000, m)), seg], fields=list(INSTANCE_TYPE))
+        [
+            pa.array(cat + 1),
+            names,
+            pa.array(rng.random(m).astype(np.float32)),
+            pa.ListArray.from_arrays(
+                pa.array(np.arange(0, 4 * m + 1, 4, dtype=np.int32)), pa.array(rng.uniform(0, 400, 4 * m))
+            ),
+            pa.array(rng.integers(100, 50000, m)),
+            seg,
+        ],
+        fields=list(INSTANCE_TYPE),
+    )
     offsets = np.zeros(n + 1, np.int32)
     np.cumsum(k, out=offsets[1:])
     instances = pa.ListArray.from_arrays(pa.array(offsets), values)
     err = status == "error"
     ids = np.array([int(u.rsplit("/", 1)[-1].split(".")[0]) for u in uris], np.int64)
-    return pa.Table.from_arrays([
-        pa.array(ids), pa.array(uris, pa.string()),
-        pa.array(np.where(err, 0, 640).astype(np.int32), mask=err), pa.array(np.where(err, 0, 480).astype(np.int32), mask=err),
-        pa.array(status.tolist(), pa.string()),
-        pa.array(["missing: image does not exist" if e else None for e in err], pa.string()),
-        pa.array(k), instances, pa.array([run_id] * n, pa.string())], schema=SHARD_SCHEMA)
+    return pa.Table.from_arrays(
+        [
+            pa.array(ids),
+            pa.array(uris, pa.string()),
+            pa.array(np.where(err, 0, 640).astype(np.int32), mask=err),
+            pa.array(np.where(err, 0, 480).astype(np.int32), mask=err),
+            pa.array(status.tolist(), pa.string()),
+            pa.array(["missing: image does not exist" if e else None for e in err], pa.string()),
+            pa.array(k),
+            instances,
+            pa.array([run_id] * n, pa.string()),
+        ],
+        schema=SHARD_SCHEMA,
+    )
 
 
 class _FirstImageStage:
@@ -204,9 +226,14 @@ def child_dry_run(a: dict) -> dict:
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(14)
         out["profile_tottime"] = [ln.rstrip() for ln in buf.getvalue().splitlines() if ln.strip()][-16:]
-    out.update(seconds=round(import_s + run_s, 2), import_s=round(import_s, 2), run_job_s=round(run_s, 2),
-               rss_after_imports_mb=round(rss0, 1), peak_rss_mb=round(_status_mb("VmHWM"), 1),
-               echo=[ln[:200] for ln in lines[:8]])
+    out.update(
+        seconds=round(import_s + run_s, 2),
+        import_s=round(import_s, 2),
+        run_job_s=round(run_s, 2),
+        rss_after_imports_mb=round(rss0, 1),
+        peak_rss_mb=round(_status_mb("VmHWM"), 1),
+        echo=[ln[:200] for ln in lines[:8]],
+    )
     return out
 
 
@@ -258,20 +285,34 @@ def child_build_new_output(a: dict) -> dict:
     t0 = time.perf_counter()
     for i, start in enumerate(range(0, a["n"], a["stage_rows"])):
         n = min(a["stage_rows"], a["n"] - start)
-        pq.write_table(synth_rows(uri_list(a["prefix"], start, n), seed=i, run_id=run_id),
-                       f"{staging}/stage-{i:05d}.parquet")
+        pq.write_table(
+            synth_rows(uri_list(a["prefix"], start, n), seed=i, run_id=run_id), f"{staging}/stage-{i:05d}.parquet"
+        )
     t_stage = time.perf_counter() - t0
     record = RunRecord(folder, {"format": "ntt-batch/run", "layout": 2, "attempts": []})
     files = folder.files_under(f"{STAGING}/{run_id}", ".parquet")
     staged_bytes = sum(f.size for f in files)
     t0 = time.perf_counter()
-    res = commit_staging(folder, files, run_id=run_id, seen=HashAccumulator(), update_run=record.update, final=True,
-                         target_bytes=JobConfig().target_file_bytes)
+    res = commit_staging(
+        folder,
+        files,
+        run_id=run_id,
+        seen=HashAccumulator(),
+        update_run=record.update,
+        final=True,
+        target_bytes=JobConfig().target_file_bytes,
+    )
     t_commit = time.perf_counter() - t0
     folder.rmdir_tree(STAGING)
-    return {"staging_files": len(files), "staging_bytes": staged_bytes, "staging_write_s": round(t_stage, 1),
-            "commit_s": round(t_commit, 1), "rows": res.stats.rows, "parts": res.parts,
-            "peak_rss_mb": round(_status_mb("VmHWM"), 1)}
+    return {
+        "staging_files": len(files),
+        "staging_bytes": staged_bytes,
+        "staging_write_s": round(t_stage, 1),
+        "commit_s": round(t_commit, 1),
+        "rows": res.stats.rows,
+        "parts": res.parts,
+        "peak_rss_mb": round(_status_mb("VmHWM"), 1),
+    }
 
 
 def child_build_old_output(a: dict) -> dict:
@@ -290,8 +331,12 @@ def child_build_old_output(a: dict) -> dict:
     return {"files": (a["n"] + per - 1) // per, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-CHILDREN = {"dry_run": child_dry_run, "first_image": child_first_image, "build_new_output": child_build_new_output,
-            "build_old_output": child_build_old_output}
+CHILDREN = {
+    "dry_run": child_dry_run,
+    "first_image": child_first_image,
+    "build_new_output": child_build_new_output,
+    "build_old_output": child_build_old_output,
+}
 
 
 # ----------------------------------------------------------------------------- parent
@@ -338,9 +383,14 @@ def _kill_session(pid: int) -> list[int]:
 def run_child(kind: str, args: dict, root: str, timeout: float) -> dict:
     """Run a child case in a fresh process (own session); returns its RESULT dict, or timed_out/failed."""
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, __file__, "--child", json.dumps({"kind": kind, **args})],
-                         env=_env(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, __file__, "--child", json.dumps({"kind": kind, **args})],
+        env=_env(root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -360,12 +410,23 @@ def run_child(kind: str, args: dict, root: str, timeout: float) -> dict:
 def run_first_image(args: dict, root: str, timeout: float) -> dict:
     """Case 2: start the job, wait for the marker, kill the whole session."""
     work = tempfile.mkdtemp(prefix="first-", dir=args["work"])
-    a = {**args, "kind": "first_image", "marker": f"{work}/first", "rss_file": f"{work}/rss", "start_file": f"{work}/start"}
+    a = {
+        **args,
+        "kind": "first_image",
+        "marker": f"{work}/first",
+        "rss_file": f"{work}/rss",
+        "start_file": f"{work}/start",
+    }
     t_spawn = time.time()
     result: dict = {}
     with open(f"{work}/child.log", "w") as log:
-        p = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(a)], env=_env(root), stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(
+            [sys.executable, __file__, "--child", json.dumps(a)],
+            env=_env(root),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             while True:
                 if os.path.exists(a["marker"]):
@@ -391,8 +452,11 @@ def run_first_image(args: dict, root: str, timeout: float) -> dict:
         pass
     if os.path.exists(a["marker"]):
         first = json.loads(Path(a["marker"]).read_text())
-        result.update(seconds=round(first["t"] - start["t_run_job"], 2), from_process_start_s=round(first["t"] - t_spawn, 2),
-                      first_batch_rows=first["rows"])
+        result.update(
+            seconds=round(first["t"] - start["t_run_job"], 2),
+            from_process_start_s=round(first["t"] - t_spawn, 2),
+            first_batch_rows=first["rows"],
+        )
     elif "t_run_job" in start:
         result["seconds_lower_bound"] = round(t_seen - start["t_run_job"], 1)
     result["ray_init_s"] = round(start.get("ray_init_s", float("nan")), 2)
@@ -409,15 +473,15 @@ def fit(points: list[tuple[float, float]], x_target: float, power: int = 1) -> f
     One point, or a line that does not rise (load noise at small sizes): proportional scaling of
     the largest point, y·(X/x)**power (an upper bound when y includes fixed costs).
     """
-    pts = [(x ** power, y) for x, y in points if y is not None]
+    pts = [(x**power, y) for x, y in points if y is not None]
     if not pts:
         return None
     if len(pts) >= 2:
         (x1, y1), (x2, y2) = pts[0], pts[-1]
         slope = (y2 - y1) / (x2 - x1)
         if slope > 0:
-            return y1 + slope * (x_target ** power - x1)
-    return pts[-1][1] * x_target ** power / pts[-1][0]
+            return y1 + slope * (x_target**power - x1)
+    return pts[-1][1] * x_target**power / pts[-1][0]
 
 
 def fit_old(olds: list[tuple[int, dict]], key: str, x_target: float, power: int = 1) -> float | None:
@@ -442,7 +506,11 @@ def _git(root: str, *args: str) -> str:
 
 
 def _fmt_n(n: int) -> str:
-    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 and n >= 1_000_000 else (f"{n // 1000}k" if n % 1000 == 0 else str(n))
+    return (
+        f"{n // 1_000_000}M"
+        if n % 1_000_000 == 0 and n >= 1_000_000
+        else (f"{n // 1000}k" if n % 1000 == 0 else str(n))
+    )
 
 
 class Bench:
@@ -468,8 +536,11 @@ class Bench:
         if not os.path.exists(path):
             t = time.perf_counter()
             write_manifest(path, n, prefix, dup_at=dup_at)
-            print(f"  (wrote {os.path.basename(path)}: {n:,} rows, {os.path.getsize(path) / 1e6:.0f} MB, "
-                  f"{time.perf_counter() - t:.1f} s)", flush=True)
+            print(
+                f"  (wrote {os.path.basename(path)}: {n:,} rows, {os.path.getsize(path) / 1e6:.0f} MB, "
+                f"{time.perf_counter() - t:.1f} s)",
+                flush=True,
+            )
         return path
 
     def empty_out(self, name: str) -> str:
@@ -481,8 +552,10 @@ class Bench:
     def bank_and_ckpt(self) -> tuple[str, str]:
         """Random-weight checkpoints + a 1-class bank built without models (prototypes are random)."""
         ckpt, bank = os.path.join(self.work, "ckpt"), os.path.join(self.work, "bank")
-        if not (all(os.path.isfile(os.path.join(ckpt, f)) for f in ("sam2.1_hiera_tiny.pt", "dinov2_vits14_pretrain.pth"))
-                and os.path.isfile(os.path.join(bank, "memory_bank.json"))):
+        if not (
+            all(os.path.isfile(os.path.join(ckpt, f)) for f in ("sam2.1_hiera_tiny.pt", "dinov2_vits14_pretrain.pth"))
+            and os.path.isfile(os.path.join(bank, "memory_bank.json"))
+        ):
             code = (
                 "import sys, torch\n"
                 "from ntt_batch.models.loading import write_random_checkpoint\n"
@@ -490,9 +563,11 @@ class Bench:
                 "for n in ('sam2.1_hiera_tiny', 'dinov2_vits14'):\n"
                 "    write_random_checkpoint(n, sys.argv[1], seed=0)\n"
                 "g = torch.Generator().manual_seed(0)\n"
-                "MemoryBank(categories=[{'id': 1, 'name': 'person'}], instance_prototypes=torch.randn(2, 384, generator=g),\n"
+                "MemoryBank(categories=[{'id': 1, 'name': 'person'}], instance_prototypes=torch.randn(2, 384, "
+                "generator=g),\n"
                 "           instance_labels=torch.zeros(2, dtype=torch.int64),\n"
-                "           encoder={'name': 'dinov2_vits14', 'official': False}).save(sys.argv[2])\n")
+                "           encoder={'name': 'dinov2_vits14', 'official': False}).save(sys.argv[2])\n"
+            )
             subprocess.run([sys.executable, "-c", code, ckpt, bank], env=_env(self.new), check=True)
         return bank, ckpt
 
@@ -505,50 +580,107 @@ class Bench:
     def case1(self) -> None:
         print(f"[1] dry run on a {_fmt_n(self.n_big)}-row manifest", flush=True)
         bank, _ = self.bank_and_ckpt()
-        new = run_child("dry_run", {"manifest": self.manifest("manifest_s3", self.n_big, "s3://bucket/images/"),
-                                    "out": self.empty_out("c1_new"), "memory": bank}, self.new, self.timeout)
+        new = run_child(
+            "dry_run",
+            {
+                "manifest": self.manifest("manifest_s3", self.n_big, "s3://bucket/images/"),
+                "out": self.empty_out("c1_new"),
+                "memory": bank,
+            },
+            self.new,
+            self.timeout,
+        )
         olds = []
         for n in self.old1:
-            r = run_child("dry_run", {"manifest": self.manifest("manifest_s3", n, "s3://bucket/images/"),
-                                      "out": self.empty_out("c1_old"), "memory": bank}, self.old, self.timeout)
+            r = run_child(
+                "dry_run",
+                {
+                    "manifest": self.manifest("manifest_s3", n, "s3://bucket/images/"),
+                    "out": self.empty_out("c1_old"),
+                    "memory": bank,
+                },
+                self.old,
+                self.timeout,
+            )
             olds.append((n, r))
         if self.ns.profile:
             n = min(self.n_big, 1_000_000)
             new["profile_at_n"] = n
-            new["profile"] = run_child("dry_run", {"manifest": self.manifest("manifest_s3", n, "s3://bucket/images/"),
-                                                   "out": self.empty_out("c1_prof"), "memory": bank, "profile": True},
-                                       self.new, self.timeout).get("profile_tottime")
-        self.add({"case": 1, "name": f"dry run, {_fmt_n(self.n_big)}-row manifest", "n": self.n_big, "new": new,
-                  "old": [{"n": n, **r} for n, r in olds],
-                  "old_extrapolated": {
-                      "seconds": fit_old(olds, "seconds", self.n_big),
-                      "peak_rss_mb": fit_old(olds, "peak_rss_mb", self.n_big)},
-                  "targets": {"seconds": 120, "peak_rss_mb": 2 * 1024}})
+            new["profile"] = run_child(
+                "dry_run",
+                {
+                    "manifest": self.manifest("manifest_s3", n, "s3://bucket/images/"),
+                    "out": self.empty_out("c1_prof"),
+                    "memory": bank,
+                    "profile": True,
+                },
+                self.new,
+                self.timeout,
+            ).get("profile_tottime")
+        self.add(
+            {
+                "case": 1,
+                "name": f"dry run, {_fmt_n(self.n_big)}-row manifest",
+                "n": self.n_big,
+                "new": new,
+                "old": [{"n": n, **r} for n, r in olds],
+                "old_extrapolated": {
+                    "seconds": fit_old(olds, "seconds", self.n_big),
+                    "peak_rss_mb": fit_old(olds, "peak_rss_mb", self.n_big),
+                },
+                "targets": {"seconds": 120, "peak_rss_mb": 2 * 1024},
+            }
+        )
 
     def case2(self) -> None:
         print(f"[2] time to the first image dispatched, {_fmt_n(self.n_mid)}-row manifest", flush=True)
         bank, ckpt = self.bank_and_ckpt()
         prefix = os.path.join(self.work, "images") + "/"
         common = {"memory": bank, "ckpt": ckpt, "work": self.work}
-        new = run_first_image({**common, "manifest": self.manifest("manifest_local", self.n_mid, prefix),
-                               "out": self.empty_out("c2_new")}, self.new, self.timeout)
+        new = run_first_image(
+            {
+                **common,
+                "manifest": self.manifest("manifest_local", self.n_mid, prefix),
+                "out": self.empty_out("c2_new"),
+            },
+            self.new,
+            self.timeout,
+        )
         olds = []
         for n in self.old2:
-            r = run_first_image({**common, "manifest": self.manifest("manifest_local", n, prefix),
-                                 "out": self.empty_out("c2_old")}, self.old, self.timeout)
+            r = run_first_image(
+                {**common, "manifest": self.manifest("manifest_local", n, prefix), "out": self.empty_out("c2_old")},
+                self.old,
+                self.timeout,
+            )
             olds.append((n, r))
         if self.ns.diagnose:
             new["variant_todo_file_rows_4096"] = run_first_image(
-                {**common, "manifest": self.manifest("manifest_local", self.n_mid, prefix), "out": self.empty_out("c2_new"),
-                 "todo_file_rows": 4096}, self.new, self.timeout)
+                {
+                    **common,
+                    "manifest": self.manifest("manifest_local", self.n_mid, prefix),
+                    "out": self.empty_out("c2_new"),
+                    "todo_file_rows": 4096,
+                },
+                self.new,
+                self.timeout,
+            )
         shutil.rmtree(os.path.join(self.work, "out", "c2_new"), ignore_errors=True)
         shutil.rmtree(os.path.join(self.work, "out", "c2_old"), ignore_errors=True)
-        self.add({"case": 2, "name": f"first image dispatched, {_fmt_n(self.n_mid)}-row manifest", "n": self.n_mid,
-                  "new": new, "old": [{"n": n, **r} for n, r in olds],
-                  "old_extrapolated": {
-                      "seconds": fit_old(olds, "seconds", self.n_mid),
-                      "driver_peak_rss_mb": fit_old(olds, "driver_peak_rss_mb", self.n_mid)},
-                  "targets": {"seconds": 60}})
+        self.add(
+            {
+                "case": 2,
+                "name": f"first image dispatched, {_fmt_n(self.n_mid)}-row manifest",
+                "n": self.n_mid,
+                "new": new,
+                "old": [{"n": n, **r} for n, r in olds],
+                "old_extrapolated": {
+                    "seconds": fit_old(olds, "seconds", self.n_mid),
+                    "driver_peak_rss_mb": fit_old(olds, "driver_peak_rss_mb", self.n_mid),
+                },
+                "targets": {"seconds": 60},
+            }
+        )
 
     def case34(self) -> None:
         print(f"[3] resume over a {_fmt_n(self.n_mid)}-row output (+ [4] its file count)", flush=True)
@@ -559,8 +691,9 @@ class Bench:
         if not os.path.exists(marker):
             shutil.rmtree(out, ignore_errors=True)
             os.makedirs(out)
-            built = run_child("build_new_output", {"out": out, "n": self.n_mid, "prefix": prefix, "stage_rows": 16384},
-                              self.new, 3600)
+            built = run_child(
+                "build_new_output", {"out": out, "n": self.n_mid, "prefix": prefix, "stage_rows": 16384}, self.new, 3600
+            )
             if "rows" not in built:
                 raise SystemExit(f"building the 1M-row output failed: {built}")
             Path(marker).write_text(json.dumps(built))
@@ -568,10 +701,15 @@ class Bench:
         manifest = self.manifest("manifest_local", self.n_mid, prefix)
         new_dry = run_child("dry_run", {"manifest": manifest, "out": out, "memory": bank}, self.new, self.timeout)
         if self.ns.profile:
-            new_dry["profile"] = run_child("dry_run", {"manifest": manifest, "out": out, "memory": bank, "profile": True},
-                                           self.new, self.timeout).get("profile_tottime")
-        new_real = run_child("dry_run", {"manifest": manifest, "out": out, "memory": bank, "ckpt": ckpt, "real": True},
-                             self.new, self.timeout)
+            new_dry["profile"] = run_child(
+                "dry_run", {"manifest": manifest, "out": out, "memory": bank, "profile": True}, self.new, self.timeout
+            ).get("profile_tottime")
+        new_real = run_child(
+            "dry_run",
+            {"manifest": manifest, "out": out, "memory": bank, "ckpt": ckpt, "real": True},
+            self.new,
+            self.timeout,
+        )
         parts = sorted(f for f in os.listdir(out) if f.endswith(".parquet") and not f.startswith(("_", ".")))
         sizes = [os.path.getsize(os.path.join(out, f)) for f in parts]
         olds_dry, olds_real = [], []
@@ -581,42 +719,103 @@ class Bench:
                 shutil.rmtree(o, ignore_errors=True)
                 run_child("build_old_output", {"out": o, "n": n, "prefix": prefix, "rows_per_file": 2}, self.old, 3600)
             m = self.manifest("manifest_local", n, prefix)
-            olds_dry.append((n, run_child("dry_run", {"manifest": m, "out": o, "memory": bank}, self.old, self.timeout)))
-            olds_real.append((n, run_child("dry_run", {"manifest": m, "out": o, "memory": bank, "ckpt": ckpt, "real": True},
-                                           self.old, self.timeout)))
-        self.add({"case": 3, "name": f"resume, {_fmt_n(self.n_mid)}-row output, dry run", "n": self.n_mid, "new": new_dry,
-                  "old": [{"n": n, **r} for n, r in olds_dry],
-                  "old_extrapolated": {"seconds": fit_old(olds_dry, "seconds", self.n_mid),
-                                       "peak_rss_mb": fit_old(olds_dry, "peak_rss_mb", self.n_mid)},
-                  "build": built, "targets": {"seconds": 15}})
-        self.add({"case": "3b", "name": f"resume, {_fmt_n(self.n_mid)}-row output, full run (0 left)", "n": self.n_mid,
-                  "new": new_real, "old": [{"n": n, **r} for n, r in olds_real],
-                  "old_extrapolated": {"seconds": fit_old(olds_real, "seconds", self.n_mid),
-                                       "peak_rss_mb": fit_old(olds_real, "peak_rss_mb", self.n_mid)},
-                  "targets": {"seconds": 15}})
-        self.add({"case": 4, "name": f"files for {_fmt_n(self.n_mid)} images at the defaults", "n": self.n_mid,
-                  "new": {"files": len(parts), "bytes": sizes, "total_mb": round(sum(sizes) / 1e6, 1)},
-                  "old": [{"n": n, "files": n // 2} for n in self.old3],
-                  "old_extrapolated": {"files": self.n_mid // 2}, "targets": {"files": 100}})
+            olds_dry.append(
+                (n, run_child("dry_run", {"manifest": m, "out": o, "memory": bank}, self.old, self.timeout))
+            )
+            olds_real.append(
+                (
+                    n,
+                    run_child(
+                        "dry_run",
+                        {"manifest": m, "out": o, "memory": bank, "ckpt": ckpt, "real": True},
+                        self.old,
+                        self.timeout,
+                    ),
+                )
+            )
+        self.add(
+            {
+                "case": 3,
+                "name": f"resume, {_fmt_n(self.n_mid)}-row output, dry run",
+                "n": self.n_mid,
+                "new": new_dry,
+                "old": [{"n": n, **r} for n, r in olds_dry],
+                "old_extrapolated": {
+                    "seconds": fit_old(olds_dry, "seconds", self.n_mid),
+                    "peak_rss_mb": fit_old(olds_dry, "peak_rss_mb", self.n_mid),
+                },
+                "build": built,
+                "targets": {"seconds": 15},
+            }
+        )
+        self.add(
+            {
+                "case": "3b",
+                "name": f"resume, {_fmt_n(self.n_mid)}-row output, full run (0 left)",
+                "n": self.n_mid,
+                "new": new_real,
+                "old": [{"n": n, **r} for n, r in olds_real],
+                "old_extrapolated": {
+                    "seconds": fit_old(olds_real, "seconds", self.n_mid),
+                    "peak_rss_mb": fit_old(olds_real, "peak_rss_mb", self.n_mid),
+                },
+                "targets": {"seconds": 15},
+            }
+        )
+        self.add(
+            {
+                "case": 4,
+                "name": f"files for {_fmt_n(self.n_mid)} images at the defaults",
+                "n": self.n_mid,
+                "new": {"files": len(parts), "bytes": sizes, "total_mb": round(sum(sizes) / 1e6, 1)},
+                "old": [{"n": n, "files": n // 2} for n in self.old3],
+                "old_extrapolated": {"files": self.n_mid // 2},
+                "targets": {"files": 100},
+            }
+        )
 
     def case5(self) -> None:
         print(f"[5] duplicate near the end of a {_fmt_n(self.n_big)}-row manifest", flush=True)
         bank, _ = self.bank_and_ckpt()
-        new = run_child("dry_run", {"manifest": self.manifest("manifest_dup", self.n_big, "s3://bucket/images/",
-                                                              dup_at=self.n_big - 100),
-                                    "out": self.empty_out("c5_new"), "memory": bank}, self.new, self.timeout)
+        new = run_child(
+            "dry_run",
+            {
+                "manifest": self.manifest("manifest_dup", self.n_big, "s3://bucket/images/", dup_at=self.n_big - 100),
+                "out": self.empty_out("c5_new"),
+                "memory": bank,
+            },
+            self.new,
+            self.timeout,
+        )
         want = f"s3://bucket/images/{self.n_big - 99:012d}.jpg"
         new["names_the_duplicate"] = bool(new.get("error") and want in new["error"])
         olds = []
         for n in self.old5:
-            r = run_child("dry_run", {"manifest": self.manifest("manifest_dup", n, "s3://bucket/images/", dup_at=n - 100),
-                                      "out": self.empty_out("c5_old"), "memory": bank}, self.old, self.ns.old_dup_timeout)
+            r = run_child(
+                "dry_run",
+                {
+                    "manifest": self.manifest("manifest_dup", n, "s3://bucket/images/", dup_at=n - 100),
+                    "out": self.empty_out("c5_old"),
+                    "memory": bank,
+                },
+                self.old,
+                self.ns.old_dup_timeout,
+            )
             olds.append((n, r))
-        self.add({"case": 5, "name": f"duplicate refused, {_fmt_n(self.n_big)}-row manifest", "n": self.n_big, "new": new,
-                  "old": [{"n": n, **r} for n, r in olds],
-                  "old_extrapolated": {"seconds": fit_old(olds, "seconds", self.n_big, power=2),
-                                       "seconds_at_100k": fit_old(olds, "seconds", 100_000, power=2)},
-                  "targets": {"seconds": 60}})
+        self.add(
+            {
+                "case": 5,
+                "name": f"duplicate refused, {_fmt_n(self.n_big)}-row manifest",
+                "n": self.n_big,
+                "new": new,
+                "old": [{"n": n, **r} for n, r in olds],
+                "old_extrapolated": {
+                    "seconds": fit_old(olds, "seconds", self.n_big, power=2),
+                    "seconds_at_100k": fit_old(olds, "seconds", 100_000, power=2),
+                },
+                "targets": {"seconds": 60},
+            }
+        )
 
 
 # ----------------------------------------------------------------------------- report
@@ -652,9 +851,14 @@ def report(cases: list[dict]) -> list[str]:
 
     for c in cases:
         new, ex, tg = c["new"], c.get("old_extrapolated", {}), c.get("targets", {})
-        figs = {1: [("seconds", "s"), ("peak_rss_mb", "mb")], 2: [("seconds", "s"), ("driver_peak_rss_mb", "mb")],
-                3: [("seconds", "s"), ("peak_rss_mb", "mb")], "3b": [("seconds", "s"), ("peak_rss_mb", "mb")],
-                4: [("files", "n")], 5: [("seconds", "s")]}[c["case"]]
+        figs = {
+            1: [("seconds", "s"), ("peak_rss_mb", "mb")],
+            2: [("seconds", "s"), ("driver_peak_rss_mb", "mb")],
+            3: [("seconds", "s"), ("peak_rss_mb", "mb")],
+            "3b": [("seconds", "s"), ("peak_rss_mb", "mb")],
+            4: [("files", "n")],
+            5: [("seconds", "s")],
+        }[c["case"]]
         for key, unit in figs:
             v = new.get(key)
             note = ""
@@ -669,8 +873,18 @@ def report(cases: list[dict]) -> list[str]:
             e = ex.get(key)
             ratio = (f"{e / v:,.1f}×" if e / v < 10 else f"{e / v:,.0f}×") if (e and v) else "—"
             met = "" if target is None else ("yes" if (v is not None and v <= target and not note) else "NO")
-            rows.append((str(c["case"]), f"{c['name']}: {key}", tgt, note or _s(v, unit), old_meas(c, key, unit),
-                         ("~" + _s(e, unit)) if e is not None and c["case"] != 4 else _s(e, unit), ratio, met))
+            rows.append(
+                (
+                    str(c["case"]),
+                    f"{c['name']}: {key}",
+                    tgt,
+                    note or _s(v, unit),
+                    old_meas(c, key, unit),
+                    ("~" + _s(e, unit)) if e is not None and c["case"] != 4 else _s(e, unit),
+                    ratio,
+                    met,
+                )
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = ["| " + " | ".join(r[i].ljust(widths[i]) for i in range(len(r))) + " |" for r in rows]
     out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -681,15 +895,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run: < 1 min on an idle machine)")
     ap.add_argument("--json", default=None, help="write all figures here")
-    ap.add_argument("--work", default=None, help="fixtures and outputs (kept, reused by later runs); default: a temp dir")
+    ap.add_argument(
+        "--work", default=None, help="fixtures and outputs (kept, reused by later runs); default: a temp dir"
+    )
     ap.add_argument("--new-root", default=str(REPO), help="code root of the NEW ntt_batch (default: this checkout)")
     ap.add_argument("--old-root", default="/tmp/ntt-old", help="code root of the OLD ntt_batch (commit fc59ce1)")
     ap.add_argument("--cases", default="1,2,3,5", help="which cases (4 comes with 3)")
     ap.add_argument("--timeout", type=float, default=600, help="per-subprocess limit, seconds")
     ap.add_argument("--old-dup-timeout", type=float, default=400, help="limit for the old O(N²) duplicate check")
     ap.add_argument("--profile", action="store_true", help="also profile the new dry runs (cases 1 at <=1M rows, 3)")
-    ap.add_argument("--diagnose", action="store_true",
-                    help="case 2: also run the new code with 4,096-row todo files (plan_inputs' todo_file_rows)")
+    ap.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="case 2: also run the new code with 4,096-row todo files (plan_inputs' todo_file_rows)",
+    )
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ns = ap.parse_args()
@@ -698,21 +917,29 @@ def main() -> None:
         print("RESULT " + json.dumps(CHILDREN[a["kind"]](a)), flush=True)
         return
     if not os.path.isdir(os.path.join(ns.old_root, "ntt_batch")):
-        raise SystemExit(f"--old-root {ns.old_root}: no ntt_batch there; make it with "
-                         f"`git worktree add {ns.old_root} fc59ce1`")
+        raise SystemExit(
+            f"--old-root {ns.old_root}: no ntt_batch there; make it with `git worktree add {ns.old_root} fc59ce1`"
+        )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # cleanup (children's sessions) runs on SIGTERM too
     tmp = None
     if ns.work is None:
         tmp = ns.work = tempfile.mkdtemp(prefix="ntt-scale-")
     b = Bench(ns)
-    meta = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "quick": ns.quick,
-            "machine": f"{os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GB:.1f} GiB RAM, "
-                       f"{platform.platform()}, Python {platform.python_version()}",
-            "new": {"root": b.new, "commit": _git(b.new, "rev-parse", "HEAD"),
-                    "ntt_batch_dirty": bool(_git(b.new, "status", "--porcelain", "--", "ntt_batch"))},
-            "old": {"root": b.old, "commit": _git(b.old, "rev-parse", "HEAD")},
-            "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-            "loadavg_at_start": [round(v, 1) for v in os.getloadavg()]}
+    meta = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "quick": ns.quick,
+        "machine": f"{os.cpu_count()} CPUs, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GB:.1f} GiB RAM, "
+        f"{platform.platform()}, Python {platform.python_version()}",
+        "new": {
+            "root": b.new,
+            "commit": _git(b.new, "rev-parse", "HEAD"),
+            "ntt_batch_dirty": bool(_git(b.new, "status", "--porcelain", "--", "ntt_batch")),
+        },
+        "old": {"root": b.old, "commit": _git(b.old, "rev-parse", "HEAD")},
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "loadavg_at_start": [round(v, 1) for v in os.getloadavg()],
+    }
     snap = Path(b.new, "HEAD")
     if not meta["new"]["commit"] and snap.is_file():  # a copied snapshot of a working tree: HEAD + uncommitted.diff
         import hashlib
@@ -722,9 +949,14 @@ def main() -> None:
         meta["new"]["ntt_batch_dirty"] = diff.is_file() and diff.stat().st_size > 0
         if meta["new"]["ntt_batch_dirty"]:
             meta["new"]["uncommitted_diff_sha256"] = hashlib.sha256(diff.read_bytes()).hexdigest()
-    print(f"NEW {meta['new']['commit'][:10]}{' (+ uncommitted changes in ntt_batch/)' if meta['new']['ntt_batch_dirty'] else ''}"
-          f" vs OLD {meta['old']['commit'][:10]}; {meta['machine']}; load average {meta['loadavg_at_start']}; "
-          f"work dir {b.work}", flush=True)
+    print(
+        "NEW "
+        f"{meta['new']['commit'][:10]}"
+        f"{' (+ uncommitted changes in ntt_batch/)' if meta['new']['ntt_batch_dirty'] else ''}"
+        f" vs OLD {meta['old']['commit'][:10]}; {meta['machine']}; load average {meta['loadavg_at_start']}; "
+        f"work dir {b.work}",
+        flush=True,
+    )
     t0 = time.perf_counter()
     try:
         for c in ns.cases.split(","):
@@ -743,10 +975,12 @@ def main() -> None:
             v = c["new"].get("variant_todo_file_rows_4096")
             if v:
                 print(f"case 2 NEW with 4,096-row todo files (diagnostic): {v.get('seconds', v)} s to the first image")
-        print("OLD sizes are smaller where the old code would take too long or too much memory; '~' figures are the "
-              "straight line through the two measured sizes, evaluated at N (case 5: a line in N², the check is O(N²)); "
-              "with one size (--quick) the import time / RSS after imports is kept and the rest scaled by N. "
-              "Case 2 peak RSS is the driver's only (Ray's processes excluded), sampled every 0.25 s.")
+        print(
+            "OLD sizes are smaller where the old code would take too long or too much memory; '~' figures are the "
+            "straight line through the two measured sizes, evaluated at N (case 5: a line in N², the check is O(N²)); "
+            "with one size (--quick) the import time / RSS after imports is kept and the rest scaled by N. "
+            "Case 2 peak RSS is the driver's only (Ray's processes excluded), sampled every 0.25 s."
+        )
         if ns.json:
             Path(ns.json).write_text(json.dumps({**meta, "cases": b.cases, "table": lines}, indent=2))
             print(f"wrote {ns.json}")

@@ -13,9 +13,8 @@ The Python API (see the README's "Python API" section and :mod:`ntt_batch.api`):
 Names are imported on first use, so ``import ntt_batch`` stays cheap (no torch, no Ray).
 """
 
-from ._version import __version__ as __version__
-
 from ._public import PUBLIC_NAMES
+from ._version import __version__ as __version__
 
 __all__ = list(PUBLIC_NAMES)
 

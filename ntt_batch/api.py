@@ -23,8 +23,9 @@ the batch job encodes into its shards.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -136,9 +137,18 @@ def build_bank(
     from .models.registry import DEFAULT_ENCODER
     from .workflows import build_bank as _build
 
-    return _build(references, image_root, os.fspath(out), encoder_name=encoder or DEFAULT_ENCODER,
-                  checkpoint_dir=_opt_path(checkpoint_dir), download=download, device=device, sam2_name=sam2,
-                  config=MemoryConfig(context_ratio=context_ratio), notice=notice)
+    return _build(
+        references,
+        image_root,
+        os.fspath(out),
+        encoder_name=encoder or DEFAULT_ENCODER,
+        checkpoint_dir=_opt_path(checkpoint_dir),
+        download=download,
+        device=device,
+        sam2_name=sam2,
+        config=MemoryConfig(context_ratio=context_ratio),
+        notice=notice,
+    )
 
 
 def load_bank(path: str | os.PathLike):
@@ -167,8 +177,8 @@ def show_references(
     """
     import json
 
-    from .viz.contact_sheet import bank_box_masks, reference_sheet
     from .method.references import REFERENCES_FILE
+    from .viz.contact_sheet import bank_box_masks, reference_sheet
     from .workflows import load_reference_sets
 
     if references is None:
@@ -181,8 +191,17 @@ def show_references(
         masks = bank_box_masks(memory)
         meta = json.loads(Path(memory, "memory_bank.json").read_text())
         ratio = float(meta.get("config", {}).get("context_ratio", 0.2))
-    return reference_sheet(refs, out, box_masks=masks, sam2_name=sam2, checkpoint_dir=_opt_path(checkpoint_dir),
-                           download=download, context_ratio=ratio, cell=cell, columns=columns)
+    return reference_sheet(
+        refs,
+        out,
+        box_masks=masks,
+        sam2_name=sam2,
+        checkpoint_dir=_opt_path(checkpoint_dir),
+        download=download,
+        context_ratio=ratio,
+        cell=cell,
+        columns=columns,
+    )
 
 
 # ----------------------------------------------------------------------------- segmenting
@@ -211,8 +230,10 @@ def to_rgb_array(image: ImageLike, *, storage_options: dict | None = None) -> np
     if isinstance(image, np.ndarray):
         a = image
         if a.dtype != np.uint8:
-            raise ValueError(f"image array has dtype {a.dtype}; give RGB uint8 [H, W, 3] (values 0-255), e.g. "
-                             "(x * 255).round().astype(np.uint8) for floats in [0, 1]")
+            raise ValueError(
+                f"image array has dtype {a.dtype}; give RGB uint8 [H, W, 3] (values 0-255), e.g. "
+                "(x * 255).round().astype(np.uint8) for floats in [0, 1]"
+            )
         if a.ndim == 3 and a.shape[2] == 1:
             a = a[:, :, 0]
         if a.ndim == 2:
@@ -230,8 +251,10 @@ def to_rgb_array(image: ImageLike, *, storage_options: dict | None = None) -> np
         from .io.images import to_rgb
 
         return np.asarray(to_rgb(ImageOps.exif_transpose(image)), dtype=np.uint8)
-    raise TypeError(f"cannot segment a {type(image).__name__}: give a file path or URI, encoded bytes, a PIL image "
-                    "or an RGB uint8 numpy array")
+    raise TypeError(
+        f"cannot segment a {type(image).__name__}: give a file path or URI, encoded bytes, a PIL image "
+        "or an RGB uint8 numpy array"
+    )
 
 
 class Segmenter:
@@ -247,8 +270,9 @@ class Segmenter:
         provenance: model names, checkpoint sha256s, config, bank hash (what `segment` records).
     """
 
-    def __init__(self, model, provenance: dict, *, score_threshold: float | None = None,
-                 storage_options: dict | None = None):
+    def __init__(
+        self, model, provenance: dict, *, score_threshold: float | None = None, storage_options: dict | None = None
+    ):
         self.model = model
         self.provenance = provenance
         self.score_threshold = score_threshold
@@ -301,7 +325,9 @@ class Segmenter:
         names = ", ".join(c["name"] for c in self.model.bank.categories[:6])
         more = "" if len(self.model.bank.categories) <= 6 else f", … ({len(self.model.bank.categories)} classes)"
         sam = self.provenance.get("models", {}).get("sam2", {}).get("name", "?")
-        return f"<ntt_batch.Segmenter {sam} + {self.model.bank.encoder.get('name')} on {self.model.device}: {names}{more}>"
+        return (
+            f"<ntt_batch.Segmenter {sam} + {self.model.bank.encoder.get('name')} on {self.model.device}: {names}{more}>"
+        )
 
 
 def load_segmenter(
@@ -332,8 +358,13 @@ def load_segmenter(
     from .workflows import load_segmenter as _load
 
     config = config_from_dict(SegmenterConfig, {**settings, "device": device}, "load_segmenter")
-    model, provenance = _load(os.fspath(memory), sam2_name=sam2 or DEFAULT_SAM2, config=config,
-                              checkpoint_dir=_opt_path(checkpoint_dir), download=download)
+    model, provenance = _load(
+        os.fspath(memory),
+        sam2_name=sam2 or DEFAULT_SAM2,
+        config=config,
+        checkpoint_dir=_opt_path(checkpoint_dir),
+        download=download,
+    )
     return Segmenter(model, provenance, score_threshold=score_threshold, storage_options=storage_options)
 
 
@@ -412,4 +443,3 @@ def evaluate(annotations: str | Mapping, results: str | list, **kwargs: Any) -> 
 
 def _opt_path(p) -> str | None:
     return None if p is None else os.fspath(p)
-

@@ -23,8 +23,8 @@ import os
 import platform
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -90,9 +90,13 @@ def random_bank(encoder_name: str, dim: int, num_classes: int = 20, seed: int = 
     protos = torch.nn.functional.normalize(torch.randn(num_classes, dim, generator=g), dim=1)
     names = FEW_SHOT_CLASS_NAMES[:num_classes]
     cats = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
-    return MemoryBank(categories=cats, instance_prototypes=protos, instance_labels=torch.arange(num_classes),
-                      encoder={"name": encoder_name, "checkpoint_sha256": None, "official": False},
-                      notes=["random prototypes for benchmarking"])
+    return MemoryBank(
+        categories=cats,
+        instance_prototypes=protos,
+        instance_labels=torch.arange(num_classes),
+        encoder={"name": encoder_name, "checkpoint_sha256": None, "official": False},
+        notes=["random prototypes for benchmarking"],
+    )
 
 
 def _box_iou(a: list[float], b: list[float]) -> float:
@@ -123,8 +127,14 @@ def match_detections(fast: list[Instance], ref: list[Instance], iou_min: float, 
             matched += 1
             worst_iou = min(worst_iou, best_iou)
             worst_score = max(worst_score, abs(fast[best].score - r.score))
-    return {"reference": len(ref), "fast": len(fast), "matched": matched,
-            "agree": matched == len(ref) == len(fast), "min_box_iou": worst_iou, "max_score_diff": worst_score}
+    return {
+        "reference": len(ref),
+        "fast": len(fast),
+        "matched": matched,
+        "agree": matched == len(ref) == len(fast),
+        "min_box_iou": worst_iou,
+        "max_score_diff": worst_score,
+    }
 
 
 @dataclasses.dataclass
@@ -139,9 +149,14 @@ class PathResult:
         return sum(self.seconds.values())
 
     def to_json(self) -> dict:
-        return {"images": self.images, "seconds_total": self.total, "images_per_s": self.images / self.total if self.total else None,
-                "seconds_per_image": {k: v / max(1, self.images) for k, v in self.seconds.items()},
-                "peak_rss_bytes": self.peak_rss, "peak_gpu_bytes": self.peak_gpu}
+        return {
+            "images": self.images,
+            "seconds_total": self.total,
+            "images_per_s": self.images / self.total if self.total else None,
+            "seconds_per_image": {k: v / max(1, self.images) for k, v in self.seconds.items()},
+            "peak_rss_bytes": self.peak_rss,
+            "peak_gpu_bytes": self.peak_gpu,
+        }
 
 
 def _process(segmenter: Segmenter, image: InputImage, timer: StageTimer, shard_dir: str, tag: str) -> list[Instance]:
@@ -160,9 +175,17 @@ def _process(segmenter: Segmenter, image: InputImage, timer: StageTimer, shard_d
     with timer("write"):
         import pyarrow.parquet as pq
 
-        row = {"image_id": image.image_id, "image_uri": image.image_uri, "width": int(decoded.shape[1]),
-               "height": int(decoded.shape[0]), "status": STATUS_OK if records else STATUS_EMPTY, "error": None,
-               "num_instances": len(records), "instances": records, "run_id": "bench"}
+        row = {
+            "image_id": image.image_id,
+            "image_uri": image.image_uri,
+            "width": int(decoded.shape[1]),
+            "height": int(decoded.shape[0]),
+            "status": STATUS_OK if records else STATUS_EMPTY,
+            "error": None,
+            "num_instances": len(records),
+            "instances": records,
+            "run_id": "bench",
+        }
         pq.write_table(rows_to_table([row]), os.path.join(shard_dir, f"{tag}-{image.image_id}.parquet"))
     return instances
 
@@ -180,6 +203,7 @@ def run_benchmark(
     """Time both segmenters on ``images`` (interleaved per image); return the report dict."""
     say = progress or (lambda msg: None)
     import pyarrow.parquet  # noqa: F401  (imported here so its first-import cost is not charged to a path)
+
     device = fast.device
     shard_dir = tempfile.mkdtemp(prefix="ntt-bench-")
     for im in images[:warmup]:
@@ -202,11 +226,15 @@ def run_benchmark(
         m = match_detections(out["fast"], out["reference"], agree_iou, agree_score)
         m["image_uri"] = im.image_uri
         agreement.append(m)
-        say(f"[{n}/{len(images)}] {Path(im.image_uri).name}: fast {sum(timers['fast'].seconds.values()):.1f}s, "
+        say(
+            f"[{n}/{len(images)}] {Path(im.image_uri).name}: fast {sum(timers['fast'].seconds.values()):.1f}s, "
             f"reference {sum(timers['reference'].seconds.values()):.1f}s cumulative; "
-            f"{m['matched']}/{m['reference']} detections agree")
-    res = {k: PathResult(dict(timers[k].seconds), len(images), peaks[k][0], peaks[k][1] if device.type == "cuda" else None)
-           for k in timers}
+            f"{m['matched']}/{m['reference']} detections agree"
+        )
+    res = {
+        k: PathResult(dict(timers[k].seconds), len(images), peaks[k][0], peaks[k][1] if device.type == "cuda" else None)
+        for k in timers
+    }
     fps, rps = (len(images) / res[k].total for k in ("fast", "reference"))
     return {
         "images_per_s": fps,
@@ -223,9 +251,16 @@ def run_benchmark(
 
 
 def environment(device: torch.device) -> dict:
-    env = {"date": utc_now_iso(), "ntt_batch": __version__,
-           "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device)}
+    env = {
+        "date": utc_now_iso(),
+        "ntt_batch": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
@@ -239,25 +274,41 @@ def format_report(report: dict) -> str:
         a, b = f["seconds_per_image"].get(s, 0.0), r["seconds_per_image"].get(s, 0.0)
         lines.append(f"{s:<20}{a:>12.3f}{b:>12.3f}{(b / a if a > 0 else float('nan')):>8.1f}x")
     lines.append(f"{'total':<20}{f['seconds_total'] / f['images']:>12.3f}{r['seconds_total'] / r['images']:>12.3f}")
-    lines.append(f"images/s: fast {report['images_per_s']:.4f}, reference {report['reference_images_per_s']:.4f}, "
-                 f"speedup {report['speedup_vs_reference']:.2f}x")
+    lines.append(
+        f"images/s: fast {report['images_per_s']:.4f}, reference {report['reference_images_per_s']:.4f}, "
+        f"speedup {report['speedup_vs_reference']:.2f}x"
+    )
     gib = 2**30
-    lines.append(f"peak host RSS: fast {f['peak_rss_bytes'] / gib:.2f} GiB, reference {r['peak_rss_bytes'] / gib:.2f} GiB"
-                 + (f"; peak GPU: fast {f['peak_gpu_bytes'] / gib:.2f} GiB, reference {r['peak_gpu_bytes'] / gib:.2f} GiB"
-                    if f["peak_gpu_bytes"] is not None else ""))
+    lines.append(
+        f"peak host RSS: fast {f['peak_rss_bytes'] / gib:.2f} GiB, reference {r['peak_rss_bytes'] / gib:.2f} GiB"
+        + (
+            f"; peak GPU: fast {f['peak_gpu_bytes'] / gib:.2f} GiB, reference {r['peak_gpu_bytes'] / gib:.2f} GiB"
+            if f["peak_gpu_bytes"] is not None
+            else ""
+        )
+    )
     per = report["agreement"]["per_image"]
-    lines.append(f"detections agree: {report['detections_agree']} ({sum(a['matched'] for a in per)}/"
-                 f"{sum(a['reference'] for a in per)} matched; box IoU >= {report['agreement']['box_iou_min']}, "
-                 f"|score diff| <= {report['agreement']['score_tolerance']})")
+    lines.append(
+        f"detections agree: {report['detections_agree']} ({sum(a['matched'] for a in per)}/"
+        f"{sum(a['reference'] for a in per)} matched; box IoU >= {report['agreement']['box_iou_min']}, "
+        f"|score diff| <= {report['agreement']['score_tolerance']})"
+    )
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- pipeline overhead
 
 
-def run_pipeline_noop(images: list[InputImage], *, repeat: int, batch_size: int, checkpoint_dir: str,
-                      encoder_name: str = "dinov2_vits14", sam2_name: str = "sam2.1_hiera_tiny",
-                      echo: Callable[[str], None] = print) -> dict:
+def run_pipeline_noop(
+    images: list[InputImage],
+    *,
+    repeat: int,
+    batch_size: int,
+    checkpoint_dir: str,
+    encoder_name: str = "dinov2_vits14",
+    sam2_name: str = "sam2.1_hiera_tiny",
+    echo: Callable[[str], None] = print,
+) -> dict:
     """The Ray job end to end with the model stage replaced by :class:`NoopModelActor`.
 
     The images are hard-linked (copied across devices) ``repeat`` times under fresh names, so
@@ -287,16 +338,31 @@ def run_pipeline_noop(images: list[InputImage], *, repeat: int, batch_size: int,
             n += 1
     bank_dir = work / "bank"
     random_bank(encoder_name, encoder_embed_dim(encoder_name)).save(bank_dir)
-    cfg = JobConfig(memory=str(bank_dir), out=str(work / "out"), images=str(src), sam2=sam2_name,
-                    checkpoint_dir=checkpoint_dir, download=False, batch_size=batch_size,
-                    actor_num_cpus=0.0)  # a no-op needs no core of its own: all of them go to decoding
+    cfg = JobConfig(
+        memory=str(bank_dir),
+        out=str(work / "out"),
+        images=str(src),
+        sam2=sam2_name,
+        checkpoint_dir=checkpoint_dir,
+        download=False,
+        batch_size=batch_size,
+        actor_num_cpus=0.0,
+    )  # a no-op needs no core of its own: all of them go to decoding
     init_ray(verbose=False, include_dashboard=False)  # no progress rendering: it costs a share of 2 cores
-    echo(f"pipeline no-op: {n} images ({len(images)} distinct x {repeat}), batch size {batch_size}, "
-         f"{int(ray.cluster_resources().get('CPU', 0))} CPUs")
+    echo(
+        f"pipeline no-op: {n} images ({len(images)} distinct x {repeat}), batch size {batch_size}, "
+        f"{int(ray.cluster_resources().get('CPU', 0))} CPUs"
+    )
     result = run_job(cfg, echo=echo, model_stage=NoopModelActor)
     summary = result.summary
-    report = {"images": n, "seconds": result.attempt["seconds"], "images_per_s": n / result.attempt["seconds"],
-              "rows": summary["rows"], "errors": summary["error"], "batch_size": batch_size,
-              "environment": environment(torch.device("cpu"))}
+    report = {
+        "images": n,
+        "seconds": result.attempt["seconds"],
+        "images_per_s": n / result.attempt["seconds"],
+        "rows": summary["rows"],
+        "errors": summary["error"],
+        "batch_size": batch_size,
+        "environment": environment(torch.device("cpu")),
+    }
     shutil.rmtree(work, ignore_errors=True)
     return report

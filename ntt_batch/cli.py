@@ -3,7 +3,8 @@
 Typical flow (see README):
 
     ntt-batch checkpoints random --model sam2.1_hiera_tiny dinov2_vits14 --out ckpt/   # smoke runs only
-    ntt-batch references sample --annotations instances_train2017.json --split few_shot --shots 10 --seed 33 --out refs.json
+    ntt-batch references sample --annotations instances_train2017.json --split few_shot --shots 10 \
+        --seed 33 --out refs.json
     ntt-batch memory build --references refs.json --image-root train2017/ --encoder dinov2_vitl14 --out bank/
     ntt-batch segment --memory bank/ --annotations instances_val2017.json --image-root val2017/ --out results.json
 """
@@ -42,7 +43,9 @@ def _one_line(e: BaseException) -> str:
 
 
 class _Group(click.Group):
-    """Turns expected failures (bad input, missing files) into one clear line and exit code 2 (``--debug``: the trace)."""
+    """Turns expected failures (bad input, missing files) into one clear line and exit code 2.
+
+    ``--debug`` shows the trace instead."""
 
     def invoke(self, ctx):
         try:
@@ -87,9 +90,12 @@ def main(ctx, debug):
 # ----------------------------------------------------------------------------- checkpoints
 
 _ckpt_dir_opt = click.option(
-    "--checkpoint-dir", type=click.Path(file_okay=False), envvar="NTT_CHECKPOINT_DIR", default=None,
+    "--checkpoint-dir",
+    type=click.Path(file_okay=False),
+    envvar="NTT_CHECKPOINT_DIR",
+    default=None,
     help="Folder of pre-placed checkpoint files (official file names). Env: NTT_CHECKPOINT_DIR. "
-         "Otherwise files are cached in NTT_CACHE_DIR or ~/.cache/ntt_batch.",
+    "Otherwise files are cached in NTT_CACHE_DIR or ~/.cache/ntt_batch.",
 )
 _no_download_opt = click.option("--no-download", is_flag=True, help="Never download; fail if a checkpoint is missing.")
 _ENCODER_HELP = "Image encoder (DINOv2: Apache-2.0; DINOv3: DINOv3 License, gated downloads)."
@@ -110,14 +116,21 @@ def checkpoints_list():
     for spec in CHECKPOINTS.values():
         size = f"{spec.size_bytes / 1e6:8.1f} MB" if spec.size_bytes is not None else f"{'size n/a':>11s}"
         where = spec.url if spec.url is not None else f"gated: request access at {DINOV3_ACCESS}"
-        digest = spec.sha256 if spec.sha256 is not None else (
-            f"{spec.sha256_prefix}\u2026 (prefix only)" if spec.sha256_prefix else "not published")
-        click.echo(f"{spec.name:24s} {spec.filename:34s} {size}  {where}\n"
-                   f"{'':24s} sha256 {digest}\n{'':24s} licence {spec.license}")
+        digest = (
+            spec.sha256
+            if spec.sha256 is not None
+            else (f"{spec.sha256_prefix}\u2026 (prefix only)" if spec.sha256_prefix else "not published")
+        )
+        click.echo(
+            f"{spec.name:24s} {spec.filename:34s} {size}  {where}\n"
+            f"{'':24s} sha256 {digest}\n{'':24s} licence {spec.license}"
+        )
 
 
 @checkpoints.command("download")
-@click.option("--model", "models", multiple=True, required=True, help="Model name(s): --model A B or --model A --model B.")
+@click.option(
+    "--model", "models", multiple=True, required=True, help="Model name(s): --model A B or --model A --model B."
+)
 @_ckpt_dir_opt
 @click.argument("more_models", nargs=-1)
 def checkpoints_download(models, checkpoint_dir, more_models):
@@ -130,9 +143,14 @@ def checkpoints_download(models, checkpoint_dir, more_models):
 
 
 @checkpoints.command("random")
-@click.option("--model", "models", multiple=True, required=True,
-              help=f"Model name(s), repeatable or space/comma separated. SAM2: {', '.join(SAM2_NAMES)}; "
-                   f"encoders: {', '.join(ENCODER_NAMES)}.")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    required=True,
+    help=f"Model name(s), repeatable or space/comma separated. SAM2: {', '.join(SAM2_NAMES)}; "
+    f"encoders: {', '.join(ENCODER_NAMES)}.",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the files into.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random initialisation.")
 @click.argument("more_models", nargs=-1)
@@ -158,9 +176,11 @@ def _split_names(values) -> list[str]:
 
 
 _refs_image_root_opt = click.option(
-    "--image-root", default=None,
+    "--image-root",
+    default=None,
     help="Folder (or URI) the references' image file names are relative to; remembered in the output so "
-         "`memory build` needs no --image-root.")
+    "`memory build` needs no --image-root.",
+)
 
 
 @main.group()
@@ -169,24 +189,43 @@ def references():
 
 
 @references.command("sample")
-@click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False), help="COCO instances JSON to sample from.")
-@click.option("--split", default="few_shot", show_default=True,
-              help="'few_shot' (the 20 COCO-FSOD classes), 'all', or comma-separated class names and/or ids.")
+@click.option(
+    "--annotations",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="COCO instances JSON to sample from.",
+)
+@click.option(
+    "--split",
+    default="few_shot",
+    show_default=True,
+    help="'few_shot' (the 20 COCO-FSOD classes), 'all', or comma-separated class names and/or ids.",
+)
 @click.option("--shots", required=True, type=click.IntRange(min=1), help="Reference instances per class (K).")
 @click.option("--seed", default=33, show_default=True, help="Python `random` seed (the paper's headline run uses 33).")
-@click.option("--allow-fewer-shots", is_flag=True, help="Keep classes with fewer than K valid references (ragged shots).")
+@click.option(
+    "--allow-fewer-shots", is_flag=True, help="Keep classes with fewer than K valid references (ragged shots)."
+)
 @click.option("--min-box-side", default=32, show_default=True, help="Minimum reference box width and height (px).")
-@click.option("--border-margin", default=10, show_default=True, help="Minimum distance of the box from every border (px).")
-@click.option("--prefer", default=None, metavar="area=P,center=D,edge=E", callback=lambda ctx, param, value: _parse_prefer(value),
-              help="Prefer large, centred references well inside their image (any subset of the keys): area=P keeps boxes "
-                   "whose area is at least the P-th percentile of the class's valid candidates (0-100); center=D keeps "
-                   "box centres at most D from the image centre (0 = centre, 1 = border); edge=E keeps boxes at least "
-                   "E x the image side from every border (0-0.5). Rejected candidates are skipped in the same seeded "
-                   "walk. [default: off = the reference sampler, unchanged]")
+@click.option(
+    "--border-margin", default=10, show_default=True, help="Minimum distance of the box from every border (px)."
+)
+@click.option(
+    "--prefer",
+    default=None,
+    metavar="area=P,center=D,edge=E",
+    callback=lambda ctx, param, value: _parse_prefer(value),
+    help="Prefer large, centred references well inside their image (any subset of the keys): area=P keeps boxes "
+    "whose area is at least the P-th percentile of the class's valid candidates (0-100); center=D keeps "
+    "box centres at most D from the image centre (0 = centre, 1 = border); edge=E keeps boxes at least "
+    "E x the image side from every border (0-0.5). Rejected candidates are skipped in the same seeded "
+    "walk. [default: off = the reference sampler, unchanged]",
+)
 @_refs_image_root_opt
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output references JSON.")
-def references_sample(annotations, split, shots, seed, allow_fewer_shots, min_box_side, border_margin, prefer, image_root,
-                      out):
+def references_sample(
+    annotations, split, shots, seed, allow_fewer_shots, min_box_side, border_margin, prefer, image_root, out
+):
     """Sample K references per class exactly as the reference code does (method.md §1).
 
     Per class: shuffle its annotations with the seeded RNG, keep non-crowd instances with a box of
@@ -198,8 +237,16 @@ def references_sample(annotations, split, shots, seed, allow_fewer_shots, min_bo
     """
     from .method.references import sample_references_from_file, save_references
 
-    refs = sample_references_from_file(annotations, split, shots, seed, allow_fewer=allow_fewer_shots,
-                                       min_box_side=min_box_side, border_margin=border_margin, prefer=prefer)
+    refs = sample_references_from_file(
+        annotations,
+        split,
+        shots,
+        seed,
+        allow_fewer=allow_fewer_shots,
+        min_box_side=min_box_side,
+        border_margin=border_margin,
+        prefer=prefer,
+    )
     _remember_image_root(refs, image_root)
     save_references(refs, out)
     _echo_reference_summary(refs, out)
@@ -218,8 +265,12 @@ def _parse_prefer(value: str | None):
 
 
 @references.command("from-coco")
-@click.option("--annotations", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Your own COCO JSON: every non-crowd annotation becomes a reference (polygon, RLE or box only).")
+@click.option(
+    "--annotations",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Your own COCO JSON: every non-crowd annotation becomes a reference (polygon, RLE or box only).",
+)
 @click.option("--split", default="all", show_default=True, help="'all' or comma-separated class names/ids.")
 @click.option("--max-per-class", type=int, default=None, help="Cap references per class.")
 @_refs_image_root_opt
@@ -236,11 +287,20 @@ def references_from_coco(annotations, split, max_per_class, image_root, out):
 
 
 @references.command("from-csv")
-@click.option("--csv", "csv_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="CSV with columns image,category and mask (PNG masks), x,y,w,h (boxes), or all of them (each row "
-                   "fills either mask or x,y,w,h).")
-@click.option("--image-root", type=click.Path(file_okay=False), default=None,
-              help="Folder the image paths are relative to (default: the CSV's folder). Remembered in the output.")
+@click.option(
+    "--csv",
+    "csv_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="CSV with columns image,category and mask (PNG masks), x,y,w,h (boxes), or all of them (each row "
+    "fills either mask or x,y,w,h).",
+)
+@click.option(
+    "--image-root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder the image paths are relative to (default: the CSV's folder). Remembered in the output.",
+)
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def references_from_csv_cmd(csv_path, image_root, out):
     """Use your own images with PNG masks and/or boxes as references.
@@ -268,8 +328,10 @@ def _echo_reference_summary(refs: dict, out: str) -> None:
         counts[r["category_id"]] = counts.get(r["category_id"], 0) + 1
     names = {c["id"]: c["name"] for c in refs["categories"]}
     boxes = sum(1 for r in refs["references"] if r.get("segmentation") is None)
-    click.echo(f"wrote {out}: {len(refs['references'])} references, {len(counts)} classes"
-               + (f" ({boxes} box-only: `memory build` needs --sam2 NAME to make their masks)" if boxes else ""))
+    click.echo(
+        f"wrote {out}: {len(refs['references'])} references, {len(counts)} classes"
+        + (f" ({boxes} box-only: `memory build` needs --sam2 NAME to make their masks)" if boxes else "")
+    )
     click.echo("  " + ", ".join(f"{names[c]}={n}" for c, n in counts.items()))
     prefer = (refs.get("source") or {}).get("prefer")
     if prefer:
@@ -277,8 +339,10 @@ def _echo_reference_summary(refs: dict, out: str) -> None:
 
         stats = refs["source"].get("prefer_stats") or {}
         kept = ", ".join(f"{name} {st.get('kept', 0)}/{st.get('candidates', 0)}" for name, st in stats.items())
-        click.echo(f"  preference: {ReferencePreference.parse(prefer).describe()}"
-                   + (f" (candidates kept per class: {kept})" if kept else ""))
+        click.echo(
+            f"  preference: {ReferencePreference.parse(prefer).describe()}"
+            + (f" (candidates kept per class: {kept})" if kept else "")
+        )
     if refs.get("image_root"):
         click.echo(f"  images under {refs['image_root']} (remembered: `memory build` needs no --image-root)")
     click.echo(f"  check them: ntt-batch references show --references {out} --out references.png")
@@ -292,22 +356,43 @@ def _remember_image_root(refs: dict, image_root: str | None) -> None:
 
 
 @references.command("show")
-@click.option("--references", "references_paths", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="References JSON (repeatable; merged like `memory build` does). Default: the references.json saved in --memory.")
-@click.option("--memory", default=None, type=click.Path(exists=True, file_okay=False),
-              help="A bank built from these references: its SAM2 masks of box-only references are drawn, and its crop setting used.")
-@click.option("--image-root", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Folder holding the reference images (default: the one the references file remembers).")
-@click.option("--sam2", "sam2_name", default=None, type=click.Choice(SAM2_NAMES),
-              help="Make masks for box-only references now with this SAM2 model (when --memory does not have them).")
+@click.option(
+    "--references",
+    "references_paths",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="References JSON (repeatable; merged like `memory build` does). Default: the references.json saved in "
+    "--memory.",
+)
+@click.option(
+    "--memory",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="A bank built from these references: its SAM2 masks of box-only references are drawn, and its crop "
+    "setting used.",
+)
+@click.option(
+    "--image-root",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder holding the reference images (default: the one the references file remembers).",
+)
+@click.option(
+    "--sam2",
+    "sam2_name",
+    default=None,
+    type=click.Choice(SAM2_NAMES),
+    help="Make masks for box-only references now with this SAM2 model (when --memory does not have them).",
+)
 @click.option("--cell", default=224, show_default=True, type=click.IntRange(min=32), help="Cell size in px.")
 @click.option("--columns", default=8, show_default=True, type=click.IntRange(min=1), help="Cells per row.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N (for --sam2)")
 @_ckpt_dir_opt
 @_no_download_opt
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output image (.png or .jpg).")
-def references_show(references_paths, memory, image_root, sam2_name, cell, columns, device, checkpoint_dir,
-                    no_download, out):
+def references_show(
+    references_paths, memory, image_root, sam2_name, cell, columns, device, checkpoint_dir, no_download, out
+):
     """Draw the references as a contact sheet: check them before a big run.
 
     One strip per class; per reference, the crop the memory bank encodes with the mask filled and
@@ -317,8 +402,8 @@ def references_show(references_paths, memory, image_root, sam2_name, cell, colum
     \b
       ntt-batch references show --references refs.json --memory bank/ --out references.png
     """
-    from .viz.contact_sheet import bank_box_masks, reference_sheet
     from .method.references import REFERENCES_FILE
+    from .viz.contact_sheet import bank_box_masks, reference_sheet
     from .workflows import load_reference_sets
 
     paths = list(references_paths)
@@ -332,17 +417,31 @@ def references_show(references_paths, memory, image_root, sam2_name, cell, colum
     masks, ratio = {}, 0.2
     if memory:
         masks = bank_box_masks(memory)
-        ratio = float(json.loads((Path(memory) / "memory_bank.json").read_text()).get("config", {}).get("context_ratio", 0.2))
-    summary = reference_sheet(refs, out, box_masks=masks, sam2_name=sam2_name, checkpoint_dir=checkpoint_dir,
-                              download=not no_download, device=device, context_ratio=ratio, cell=cell, columns=columns,
-                              echo=click.echo)
+        ratio = float(
+            json.loads((Path(memory) / "memory_bank.json").read_text()).get("config", {}).get("context_ratio", 0.2)
+        )
+    summary = reference_sheet(
+        refs,
+        out,
+        box_masks=masks,
+        sam2_name=sam2_name,
+        checkpoint_dir=checkpoint_dir,
+        download=not no_download,
+        device=device,
+        context_ratio=ratio,
+        cell=cell,
+        columns=columns,
+        echo=click.echo,
+    )
     how = ", ".join(f"{n} {k}" for k, n in summary.masks.items())
     click.echo(f"wrote {out}: {summary.references} references of {summary.classes} classes ({how})")
     for p in summary.problems:
         click.echo(f"  could not draw {p}", err=True)
     if summary.masks.get("box only"):
-        click.echo("  box-only references are drawn without a mask: pass --memory BANK (built with --sam2) or "
-                   "--sam2 NAME to see the SAM2 masks made from their boxes")
+        click.echo(
+            "  box-only references are drawn without a mask: pass --memory BANK (built with --sam2) or "
+            "--sam2 NAME to see the SAM2 masks made from their boxes"
+        )
 
 
 # ----------------------------------------------------------------------------- memory bank
@@ -354,13 +453,30 @@ def memory():
 
 
 @memory.command("build")
-@click.option("--references", "references_path", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="References JSON; repeat to merge several (classes merged by name; clashing ids renumbered, with a notice).")
-@click.option("--image-root", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Folder holding the reference images. Default: the folder each references file remembers.")
-@click.option("--encoder", default=DEFAULT_ENCODER, show_default=True, type=click.Choice(ENCODER_NAMES), help=_ENCODER_HELP)
-@click.option("--sam2", "sam2_name", default=None, type=click.Choice(SAM2_NAMES),
-              help="SAM2 model for box-only references (their masks come from box prompts).")
+@click.option(
+    "--references",
+    "references_path",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="References JSON; repeat to merge several (classes merged by name; clashing ids renumbered, with a notice).",
+)
+@click.option(
+    "--image-root",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder holding the reference images. Default: the folder each references file remembers.",
+)
+@click.option(
+    "--encoder", default=DEFAULT_ENCODER, show_default=True, type=click.Choice(ENCODER_NAMES), help=_ENCODER_HELP
+)
+@click.option(
+    "--sam2",
+    "sam2_name",
+    default=None,
+    type=click.Choice(SAM2_NAMES),
+    help="SAM2 model for box-only references (their masks come from box prompts).",
+)
 @settings_options(MemoryConfig)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @_ckpt_dir_opt
@@ -375,22 +491,43 @@ def memory_build(references_path, image_root, encoder, sam2_name, device, checkp
     from .workflows import build_bank
 
     config = MemoryConfig(**settings_from_flags(MemoryConfig, kw)).validate()
-    bank = build_bank(list(references_path), image_root, out, encoder_name=encoder, checkpoint_dir=checkpoint_dir,
-                      download=not no_download, device=device, sam2_name=sam2_name, config=config,
-                      progress=_progress("references"), notice=lambda n: click.echo(f"notice: {n}"))
-    click.echo(f"wrote memory bank {out}: {len(bank.categories)} classes, {int(bank.instance_labels.numel())} instances, "
-               f"dim {bank.instance_prototypes.shape[1]}, hash {bank.content_hash[:16]}")
+    bank = build_bank(
+        list(references_path),
+        image_root,
+        out,
+        encoder_name=encoder,
+        checkpoint_dir=checkpoint_dir,
+        download=not no_download,
+        device=device,
+        sam2_name=sam2_name,
+        config=config,
+        progress=_progress("references"),
+        notice=lambda n: click.echo(f"notice: {n}"),
+    )
+    click.echo(
+        f"wrote memory bank {out}: {len(bank.categories)} classes, {int(bank.instance_labels.numel())} instances, "
+        f"dim {bank.instance_prototypes.shape[1]}, hash {bank.content_hash[:16]}"
+    )
     for note in bank.notes:
         click.echo(f"  note: {note}")
 
 
 @memory.command("show")
 @click.argument("bank", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", "out_png", default=None, type=click.Path(dir_okay=False),
-              help="Heatmap PNG of the class-prototype cosine similarities. [default: ./<bank folder name>-similarity.png; "
-                   "never inside the bank, which `memory build` owns]")
-@click.option("--threshold", default=None, type=click.FloatRange(-1, 1),
-              help="Cosine similarity at or above which two classes are flagged as near-duplicates. [default: 0.95]")
+@click.option(
+    "--out",
+    "out_png",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Heatmap PNG of the class-prototype cosine similarities. [default: ./<bank folder name>-similarity.png; "
+    "never inside the bank, which `memory build` owns]",
+)
+@click.option(
+    "--threshold",
+    default=None,
+    type=click.FloatRange(-1, 1),
+    help="Cosine similarity at or above which two classes are flagged as near-duplicates. [default: 0.95]",
+)
 def memory_show(bank, out_png, threshold):
     """Is BANK fit to segment with? Near-duplicate classes, inconsistent references, a similarity heatmap.
 
@@ -418,7 +555,10 @@ def memory_info(bank):
 
     b = MemoryBank.load(bank)
     meta = b.metadata()
-    meta["references"] = {"source": meta["references"].get("source"), "instances": len(meta["references"].get("instances", []))}
+    meta["references"] = {
+        "source": meta["references"].get("source"),
+        "instances": len(meta["references"].get("instances", [])),
+    }
     click.echo(json.dumps(meta, indent=2))
 
 
@@ -432,8 +572,14 @@ def segmenter_options(f):
     f = _no_download_opt(f)
     f = _ckpt_dir_opt(f)
     f = settings_options(SegmenterConfig)(f)
-    return click.option("--sam2", "sam2_name", default=DEFAULT_SAM2, show_default=True, type=click.Choice(SAM2_NAMES),
-                        help="SAM2 proposer.")(f)
+    return click.option(
+        "--sam2",
+        "sam2_name",
+        default=DEFAULT_SAM2,
+        show_default=True,
+        type=click.Choice(SAM2_NAMES),
+        help="SAM2 proposer.",
+    )(f)
 
 
 # The SegmenterConfig fields that are flags of `segment` and `run` (`run`: given ones override the job file).
@@ -448,12 +594,21 @@ def segmenter_config_from_flags(kw: dict) -> SegmenterConfig:
 @main.command()
 @click.option("--memory", required=True, type=click.Path(exists=True, file_okay=False), help="Memory bank folder.")
 @click.option("--images", default=None, help="Target images: a folder, a file or a glob ('dir/*.jpg').")
-@click.option("--annotations", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="COCO JSON listing the targets (image ids from it, so results evaluate directly); needs --image-root.")
+@click.option(
+    "--annotations",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="COCO JSON listing the targets (image ids from it, so results evaluate directly); needs --image-root.",
+)
 @click.option("--image-root", type=click.Path(exists=True, file_okay=False), default=None)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images.")
 @click.option("--batch-size", default=1, show_default=True, help="Images per model call.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="COCO results JSON (provenance goes to <out stem>.meta.json).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="COCO results JSON (provenance goes to <out stem>.meta.json).",
+)
 @segmenter_options
 def segment(memory, images, annotations, image_root, limit, batch_size, out, **kw):
     """Segment images in this process and write COCO results JSON (method.md §4).
@@ -465,23 +620,50 @@ def segment(memory, images, annotations, image_root, limit, batch_size, out, **k
 
     config = segmenter_config_from_flags(kw)
     entries = resolve_targets(images, annotations, image_root, limit)
-    segmenter, provenance = load_segmenter(memory, sam2_name=kw["sam2_name"], config=config,
-                                           checkpoint_dir=kw["checkpoint_dir"], download=not kw["no_download"])
+    segmenter, provenance = load_segmenter(
+        memory,
+        sam2_name=kw["sam2_name"],
+        config=config,
+        checkpoint_dir=kw["checkpoint_dir"],
+        download=not kw["no_download"],
+    )
     if not provenance["official_weights"]:
-        click.secho("WARNING: running on checkpoints that are NOT the official weights (recorded in the output)", fg="yellow", err=True)
-    summary = segment_to_coco_results(segmenter, entries, out, provenance, batch_size=batch_size, progress=_progress("images"))
-    click.echo(f"wrote {out} ({summary['instances']} instances on {summary['images_ok']} images, "
-               f"{summary['images_empty']} empty, {summary['images_error']} unreadable; "
-               f"{summary['images_per_s']} images/s); provenance in {meta_path_for(out)}")
+        click.secho(
+            "WARNING: running on checkpoints that are NOT the official weights (recorded in the output)",
+            fg="yellow",
+            err=True,
+        )
+    summary = segment_to_coco_results(
+        segmenter, entries, out, provenance, batch_size=batch_size, progress=_progress("images")
+    )
+    click.echo(
+        f"wrote {out} ({summary['instances']} instances on {summary['images_ok']} images, "
+        f"{summary['images_empty']} empty, {summary['images_error']} unreadable; "
+        f"{summary['images_per_s']} images/s); provenance in {meta_path_for(out)}"
+    )
 
 
 # ----------------------------------------------------------------------------- batch job
 
+
 @main.command()
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Job YAML with the same keys as these flags (segmenter settings under 'segmenter:'); flags given on the command line override it.")
-@click.option("--images", default=None, help="Input images: fsspec URI of a prefix/folder, a glob, or one file (s3://bucket/prefix/, gs://..., /data/imgs).")
-@click.option("--manifest", default=None, help="Parquet/CSV/JSONL listing image URIs (column image_uri, optional image_id).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Job YAML with the same keys as these flags (segmenter settings under 'segmenter:'); flags given on "
+    "the command line override it.",
+)
+@click.option(
+    "--images",
+    default=None,
+    help="Input images: fsspec URI of a prefix/folder, a glob, or one file (s3://bucket/prefix/, gs://..., "
+    "/data/imgs).",
+)
+@click.option(
+    "--manifest", default=None, help="Parquet/CSV/JSONL listing image URIs (column image_uri, optional image_id)."
+)
 @click.option("--annotations", default=None, help="COCO JSON listing the images (ids from it); needs --image-root.")
 @click.option("--image-root", default=None, help="URI the COCO file names are relative to.")
 @click.option("--memory", default=None, type=click.Path(file_okay=False), help="Memory bank folder.")
@@ -490,26 +672,63 @@ def segment(memory, images, annotations, image_root, limit, batch_size, out, **k
 @click.option("--anon", is_flag=True, default=None, help="Anonymous object-store access.")
 @click.option("--profile", default=None, help="AWS profile for s3:// URIs.")
 @click.option("--storage-option", "storage_option", multiple=True, help="Extra fsspec option KEY=VALUE (repeatable).")
-@click.option("--num-actors", type=click.IntRange(min=1), default=None, help="Segment actors (one GPU each where GPUs exist). [default: 1]")
+@click.option(
+    "--num-actors",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Segment actors (one GPU each where GPUs exist). [default: 1]",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per actor call. [default: 2]")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Refuse images with more pixels (decompression bombs). [default: 100M]")
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Refuse images with more pixels (decompression bombs). [default: 100M]",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N inputs.")
 @click.option("--allow-errors", is_flag=True, default=None, help="Exit 0 even if some images got status error.")
 @click.option("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local instance).")
-@click.option("--extensions", default=None,
-              help="Only list objects with these extensions, e.g. 'jpg,png' (default: every object is an input; "
-                   "non-images get error rows). The skipped count is printed and recorded.")
-@click.option("--retry-errors", is_flag=True, default=None,
-              help="Also redo inputs whose row has status error (e.g. a file that arrived late); their old rows are "
-                   "replaced (kept under _ntt/retried/), never duplicated.")
-@click.option("--allow-job-change", is_flag=True, default=None,
-              help="Write into an output whose job fingerprint (inputs, bank, segmenter settings, weights) differs; "
-                   "without it such a run is refused with the differences named.")
-@click.option("--block-rows", type=click.IntRange(min=1), default=None, help="Rows per Ray Data block and staging file (what a crash can lose; progress granularity). [default: 16]")
-@click.option("--target-file-mb", type=click.IntRange(min=1), default=None, help="Size of the committed part files (MB). [default: 512]")
-@click.option("--dry-run", is_flag=True, help="Say what would be processed (counts and the first 50) and exit; writes nothing.")
-@click.option("--verbose", is_flag=True, help="Show Ray's own start-up, status and progress output (off by default: "
-                                              "one progress line with images/s and ETA is shown instead).")
+@click.option(
+    "--extensions",
+    default=None,
+    help="Only list objects with these extensions, e.g. 'jpg,png' (default: every object is an input; "
+    "non-images get error rows). The skipped count is printed and recorded.",
+)
+@click.option(
+    "--retry-errors",
+    is_flag=True,
+    default=None,
+    help="Also redo inputs whose row has status error (e.g. a file that arrived late); their old rows are "
+    "replaced (kept under _ntt/retried/), never duplicated.",
+)
+@click.option(
+    "--allow-job-change",
+    is_flag=True,
+    default=None,
+    help="Write into an output whose job fingerprint (inputs, bank, segmenter settings, weights) differs; "
+    "without it such a run is refused with the differences named.",
+)
+@click.option(
+    "--block-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows per Ray Data block and staging file (what a crash can lose; progress granularity). [default: 16]",
+)
+@click.option(
+    "--target-file-mb",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Size of the committed part files (MB). [default: 512]",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Say what would be processed (counts and the first 50) and exit; writes nothing."
+)
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Show Ray's own start-up, status and progress output (off by default: "
+    "one progress line with images/s and ETA is shown instead).",
+)
 @segmenter_options
 @click.pass_context
 def run(ctx, config_file, dry_run, verbose, **kw):
@@ -546,11 +765,26 @@ def run(ctx, config_file, dry_run, verbose, **kw):
         data["storage_options"] = storage_options_from(kw, data.pop("storage_options", None))
     except StorageOptionsError as e:
         raise click.BadParameter(str(e), param_hint="--storage-option") from None
-    mapping = {"images": "images", "manifest": "manifest", "annotations": "annotations", "image_root": "image_root",
-               "memory": "memory", "out": "out", "num_actors": "num_actors", "batch_size": "batch_size",
-               "max_pixels": "max_pixels", "limit": "limit", "allow_errors": "allow_errors", "ray_address": "ray_address",
-               "sam2_name": "sam2", "checkpoint_dir": "checkpoint_dir", "retry_errors": "retry_errors",
-               "allow_job_change": "allow_job_change", "block_rows": "block_rows", "target_file_mb": "target_file_mb"}
+    mapping = {
+        "images": "images",
+        "manifest": "manifest",
+        "annotations": "annotations",
+        "image_root": "image_root",
+        "memory": "memory",
+        "out": "out",
+        "num_actors": "num_actors",
+        "batch_size": "batch_size",
+        "max_pixels": "max_pixels",
+        "limit": "limit",
+        "allow_errors": "allow_errors",
+        "ray_address": "ray_address",
+        "sam2_name": "sam2",
+        "checkpoint_dir": "checkpoint_dir",
+        "retry_errors": "retry_errors",
+        "allow_job_change": "allow_job_change",
+        "block_rows": "block_rows",
+        "target_file_mb": "target_file_mb",
+    }
     if "extensions" in given:
         data["extensions"] = [e for e in kw["extensions"].replace(",", " ").split() if e]
     for flag, key in mapping.items():
@@ -561,7 +795,9 @@ def run(ctx, config_file, dry_run, verbose, **kw):
     data["segmenter"] = seg
     cfg = JobConfig.from_dict(data, where=config_file or "flags")
     try:
-        result = run_job(cfg, dry_run=dry_run, echo=click.echo, verbose=verbose or bool(ctx.obj and ctx.obj.get("debug")))
+        result = run_job(
+            cfg, dry_run=dry_run, echo=click.echo, verbose=verbose or bool(ctx.obj and ctx.obj.get("debug"))
+        )
     except LeaseHeldError as e:
         click.echo(f"Error: {e}", err=True)
         ctx.exit(EXIT_LOCKED)
@@ -580,7 +816,9 @@ def storage_flags(f):
         click.option("--endpoint-url", default=None, help="S3-compatible endpoint (MinIO, Ceph, ...)."),
         click.option("--anon", is_flag=True, default=False, help="Anonymous object-store access."),
         click.option("--profile", default=None, help="AWS profile for s3:// URIs."),
-        click.option("--storage-option", "storage_option", multiple=True, help="Extra fsspec option KEY=VALUE (repeatable)."),
+        click.option(
+            "--storage-option", "storage_option", multiple=True, help="Extra fsspec option KEY=VALUE (repeatable)."
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -596,36 +834,69 @@ def storage_options_from_flags(kw: dict) -> dict:
         raise click.BadParameter(str(e), param_hint="--storage-option") from None
 
 
-_SCORE_THRESHOLD_HELP = ("Keep instances with score >= T: one number for every class, or a YAML/JSON file of per-class "
-                         "thresholds {class name or id: T, default: T} (e.g. written by `ntt-batch thresholds`). "
-                         "Default: keep all.")
+_SCORE_THRESHOLD_HELP = (
+    "Keep instances with score >= T: one number for every class, or a YAML/JSON file of per-class "
+    "thresholds {class name or id: T, default: T} (e.g. written by `ntt-batch thresholds`). "
+    "Default: keep all."
+)
 
 
 @main.command()
-@click.option("--shards", required=True, help="Output folder/URI of `ntt-batch run` (holds *.parquet and run.json), or one .parquet file.")
-@click.option("--out", required=True,
-              help="Output: a JSON file (results, dataset, label-studio; local path or s3://..., written atomically: temp "
-                   "file, then rename/upload) or a local folder (yolo, built under a temporary name, then renamed).")
-@click.option("--format", "fmt", required=True, type=click.Choice(["results", "dataset", "yolo", "label-studio"]),
-              help="results: COCO results array for COCOeval/`ntt-batch eval`. dataset: a complete COCO annotation file "
-                   "(images, categories, annotations with RLE masks and scores) to train other models on; FiftyOne "
-                   "loads it with its COCO importer. yolo: an Ultralytics YOLO segmentation dataset folder. "
-                   "label-studio: Label Studio tasks with polygon predictions (+ the labeling config beside it).")
+@click.option(
+    "--shards",
+    required=True,
+    help="Output folder/URI of `ntt-batch run` (holds *.parquet and run.json), or one .parquet file.",
+)
+@click.option(
+    "--out",
+    required=True,
+    help="Output: a JSON file (results, dataset, label-studio; local path or s3://..., written atomically: temp "
+    "file, then rename/upload) or a local folder (yolo, built under a temporary name, then renamed).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(["results", "dataset", "yolo", "label-studio"]),
+    help="results: COCO results array for COCOeval/`ntt-batch eval`. dataset: a complete COCO annotation file "
+    "(images, categories, annotations with RLE masks and scores) to train other models on; FiftyOne "
+    "loads it with its COCO importer. yolo: an Ultralytics YOLO segmentation dataset folder. "
+    "label-studio: Label Studio tasks with polygon predictions (+ the labeling config beside it).",
+)
 @click.option("--score-threshold", default=None, metavar="T|FILE", help=_SCORE_THRESHOLD_HELP)
-@click.option("--image-root", default=None,
-              help="dataset, label-studio: write image names relative to this folder/URI prefix (default: the full image "
-                   "URI). For FiftyOne pass the same folder as data_path.")
-@click.option("--image-url-prefix", default=None,
-              help="label-studio: prepended to data.image, e.g. '/data/local-files/?d=photos/' for Label Studio's "
-                   "local storage (with --image-root), or 'https://host/images/'.")
-@click.option("--yolo-images", type=click.Choice(["link", "copy", "uri"]), default=None,
-              help="yolo: put the images in OUT/images/ as symlinks (default; local images), as copies (works for "
-                   "s3:// images too), or not at all (images.txt lists the original URIs).")
-@click.option("--simplify", type=click.FloatRange(min=0), default=None,
-              help="yolo, label-studio: polygon simplification tolerance in px (default 1; 0 = exact pixel outline).")
-@click.option("--batch-rows", default=64, show_default=True, type=click.IntRange(min=1),
-              help="Shard rows read per step (memory: about one Parquet row group + this many rows, handled "
-                   "in slices of at most 2048 instances).")
+@click.option(
+    "--image-root",
+    default=None,
+    help="dataset, label-studio: write image names relative to this folder/URI prefix (default: the full image "
+    "URI). For FiftyOne pass the same folder as data_path.",
+)
+@click.option(
+    "--image-url-prefix",
+    default=None,
+    help="label-studio: prepended to data.image, e.g. '/data/local-files/?d=photos/' for Label Studio's "
+    "local storage (with --image-root), or 'https://host/images/'.",
+)
+@click.option(
+    "--yolo-images",
+    type=click.Choice(["link", "copy", "uri"]),
+    default=None,
+    help="yolo: put the images in OUT/images/ as symlinks (default; local images), as copies (works for "
+    "s3:// images too), or not at all (images.txt lists the original URIs).",
+)
+@click.option(
+    "--simplify",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="yolo, label-studio: polygon simplification tolerance in px (default 1; 0 = exact pixel outline).",
+)
+@click.option(
+    "--batch-rows",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Shard rows read per step (memory: about one Parquet row group + this many rows, handled "
+    "in slices of at most 2048 instances).",
+)
 @storage_flags
 def merge(shards, out, fmt, score_threshold, image_root, image_url_prefix, yolo_images, simplify, batch_rows, **kw):
     """Stream the batch job's shards into one export (COCO JSON, YOLO dataset, Label Studio tasks), in bounded memory.
@@ -656,21 +927,36 @@ def merge(shards, out, fmt, score_threshold, image_root, image_url_prefix, yolo_
     from .io.exports import merge as merge_shards
 
     options = storage_options_from_flags(kw)
-    extra = {"yolo": {"images": yolo_images, "simplify": simplify},
-             "label-studio": {"image_url_prefix": image_url_prefix, "simplify": simplify}}.get(fmt, {})
-    for flag, value, formats in (("--image-url-prefix", image_url_prefix, ("label-studio",)),
-                                 ("--yolo-images", yolo_images, ("yolo",)),
-                                 ("--simplify", simplify, ("yolo", "label-studio")),
-                                 ("--image-root", image_root, ("results", "dataset", "label-studio"))):
+    extra = {
+        "yolo": {"images": yolo_images, "simplify": simplify},
+        "label-studio": {"image_url_prefix": image_url_prefix, "simplify": simplify},
+    }.get(fmt, {})
+    for flag, value, formats in (
+        ("--image-url-prefix", image_url_prefix, ("label-studio",)),
+        ("--yolo-images", yolo_images, ("yolo",)),
+        ("--simplify", simplify, ("yolo", "label-studio")),
+        ("--image-root", image_root, ("results", "dataset", "label-studio")),
+    ):
         if value is not None and fmt not in formats:
             raise click.UsageError(f"{flag} applies to --format {' or '.join(formats)} only")
     extra = {k: v for k, v in extra.items() if v is not None}
-    stats = merge_shards(shards, out, format=fmt, options=options, score_threshold=score_threshold,
-                         image_root=image_root, batch_rows=batch_rows, progress=_progress("shards"), **extra)
+    stats = merge_shards(
+        shards,
+        out,
+        format=fmt,
+        options=options,
+        score_threshold=score_threshold,
+        image_root=image_root,
+        batch_rows=batch_rows,
+        progress=_progress("shards"),
+        **extra,
+    )
     size = f"{stats.bytes_written / 1e6:.1f} MB"
-    click.echo(f"wrote {out} ({fmt}): {stats.instances_written} instances on {stats.images_written} images "
-               f"from {stats.rows} rows in {stats.shards} shards ({stats.images_ok} ok, {stats.images_empty} empty, "
-               f"{stats.images_error} error skipped); {stats.below_threshold} below the score threshold; {size}")
+    click.echo(
+        f"wrote {out} ({fmt}): {stats.instances_written} instances on {stats.images_written} images "
+        f"from {stats.rows} rows in {stats.shards} shards ({stats.images_ok} ok, {stats.images_empty} empty, "
+        f"{stats.images_error} error skipped); {stats.below_threshold} below the score threshold; {size}"
+    )
     if fmt != "results":
         click.echo(f"  {len(stats.categories)} categories (from {stats.categories_source})")
     for n in stats.notices:
@@ -679,14 +965,26 @@ def merge(shards, out, fmt, score_threshold, image_root, image_url_prefix, yolo_
 
 @main.command("eval")
 @click.option("--annotations", required=True, help="COCO ground-truth annotation JSON (local path or URI).")
-@click.option("--results", required=True,
-              help="A COCO results JSON (`ntt-batch merge --format results`, `ntt-batch segment`) or the shards folder/URI of `ntt-batch run`.")
-@click.option("--split", default="all", show_default=True,
-              help="Classes to score: 'few_shot' (the 20 COCO-FSOD classes, method.md §5.1), 'all', or comma-separated names/ids.")
+@click.option(
+    "--results",
+    required=True,
+    help="A COCO results JSON (`ntt-batch merge --format results`, `ntt-batch segment`) or the shards "
+    "folder/URI of `ntt-batch run`.",
+)
+@click.option(
+    "--split",
+    default="all",
+    show_default=True,
+    help="Classes to score: 'few_shot' (the 20 COCO-FSOD classes, method.md §5.1), 'all', or comma-separated "
+    "names/ids.",
+)
 @click.option("--iou-type", "iou_type", default="bbox,segm", show_default=True, help="bbox, segm or bbox,segm.")
-@click.option("--restrict-to-processed", is_flag=True,
-              help="Shards only: score only the images the job processed (status ok/empty), for partial runs. "
-                   "Default: every ground-truth image counts, unprocessed ones as misses.")
+@click.option(
+    "--restrict-to-processed",
+    is_flag=True,
+    help="Shards only: score only the images the job processed (status ok/empty), for partial runs. "
+    "Default: every ground-truth image counts, unprocessed ones as misses.",
+)
 @click.option("--report", default=None, help="Write the full report (numbers, per-class AP, notices) as JSON here.")
 @storage_flags
 def eval_cmd(annotations, results, split, iou_type, restrict_to_processed, report, **kw):
@@ -704,8 +1002,14 @@ def eval_cmd(annotations, results, split, iou_type, restrict_to_processed, repor
     from .eval.coco_eval import evaluate_coco, format_report, write_report
 
     options = storage_options_from_flags(kw)
-    rep = evaluate_coco(annotations, results, split=split, iou_types=iou_type,
-                        restrict_to_processed=restrict_to_processed, options=options)
+    rep = evaluate_coco(
+        annotations,
+        results,
+        split=split,
+        iou_types=iou_type,
+        restrict_to_processed=restrict_to_processed,
+        options=options,
+    )
     click.echo(format_report(rep))
     if report:
         write_report(rep, report, options)
@@ -714,15 +1018,41 @@ def eval_cmd(annotations, results, split, iou_type, restrict_to_processed, repor
 
 @main.command()
 @click.option("--shards", "source", required=True, help="Shards folder/URI of `ntt-batch run`, or a COCO results JSON.")
-@click.option("--images", "images_root", default=None,
-              help="Folder/URI with the images. Needed for a results JSON; with shards the rows' image URIs are tried first.")
-@click.option("--annotations", default=None, help="COCO ground truth: draws it beside the prediction, and names classes.")
-@click.option("--ids", multiple=True, help="Image ids to draw (repeatable or comma-separated). Default: the first --limit images.")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1), help="Images to draw when --ids is not given.")
-@click.option("--score-threshold", default=None, metavar="T|FILE",
-              help="Draw predictions with score >= T only: one number, or a per-class thresholds file (YAML/JSON).")
-@click.option("--max-instances", default=50, show_default=True, type=click.IntRange(min=1), help="Draw at most this many predictions per image (highest scores).")
-@click.option("--max-side", default=1024, show_default=True, type=click.IntRange(min=16), help="Scale images down so the longer side is at most this (px).")
+@click.option(
+    "--images",
+    "images_root",
+    default=None,
+    help="Folder/URI with the images. Needed for a results JSON; with shards the rows' image URIs are tried first.",
+)
+@click.option(
+    "--annotations", default=None, help="COCO ground truth: draws it beside the prediction, and names classes."
+)
+@click.option(
+    "--ids", multiple=True, help="Image ids to draw (repeatable or comma-separated). Default: the first --limit images."
+)
+@click.option(
+    "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="Images to draw when --ids is not given."
+)
+@click.option(
+    "--score-threshold",
+    default=None,
+    metavar="T|FILE",
+    help="Draw predictions with score >= T only: one number, or a per-class thresholds file (YAML/JSON).",
+)
+@click.option(
+    "--max-instances",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Draw at most this many predictions per image (highest scores).",
+)
+@click.option(
+    "--max-side",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=16),
+    help="Scale images down so the longer side is at most this (px).",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs (<image_id>.png).")
 @storage_flags
 def visualize(source, images_root, annotations, ids, limit, score_threshold, max_instances, max_side, out, **kw):
@@ -734,12 +1064,25 @@ def visualize(source, images_root, annotations, ids, limit, score_threshold, max
     from .viz.overlay import visualize as draw
 
     options = storage_options_from_flags(kw)
-    summary = draw(source, out, images_root=images_root, annotations=annotations, ids=ids or None, limit=limit,
-                   score_threshold=score_threshold, max_instances=max_instances, max_side=max_side, options=options,
-                   echo=click.echo)
+    summary = draw(
+        source,
+        out,
+        images_root=images_root,
+        annotations=annotations,
+        ids=ids or None,
+        limit=limit,
+        score_threshold=score_threshold,
+        max_instances=max_instances,
+        max_side=max_side,
+        options=options,
+        echo=click.echo,
+    )
     for s in summary.skipped:
         click.echo(f"skipped image {s['image_id']}: {s['reason']}", err=True)
-    click.echo(f"wrote {len(summary.written)} overlay(s) to {out}" + (f"; {len(summary.skipped)} skipped" if summary.skipped else ""))
+    click.echo(
+        f"wrote {len(summary.written)} overlay(s) to {out}"
+        + (f"; {len(summary.skipped)} skipped" if summary.skipped else "")
+    )
     if not summary.written:
         raise click.ClickException("no overlay was written (see the skipped images above)")
 
@@ -747,15 +1090,35 @@ def visualize(source, images_root, annotations, ids, limit, score_threshold, max
 @main.command("thresholds")
 @click.option("--annotations", required=True, help="COCO ground truth of a small labelled set (local path or URI).")
 @click.option("--shards", required=True, help="Output folder/URI of `ntt-batch run` on those images.")
-@click.option("--target", default="f1", show_default=True,
-              help="'f1': per class, the threshold with the best F1. 'precision=P': the lowest threshold reaching "
-                   "precision P (highest recall); a class that never reaches it gets 1.0.")
-@click.option("--iou", "iou_threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="IoU a detection needs to match a ground-truth instance.")
-@click.option("--iou-type", default="auto", show_default=True, type=click.Choice(["auto", "segm", "bbox"]),
-              help="Mask IoU (segm), box IoU (bbox), or segm when the ground truth has masks (auto).")
-@click.option("--default", "default_threshold", type=click.FloatRange(0, 1), default=None,
-              help="Also write 'default: T' for classes that were not tuned (default: they keep everything).")
+@click.option(
+    "--target",
+    default="f1",
+    show_default=True,
+    help="'f1': per class, the threshold with the best F1. 'precision=P': the lowest threshold reaching "
+    "precision P (highest recall); a class that never reaches it gets 1.0.",
+)
+@click.option(
+    "--iou",
+    "iou_threshold",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="IoU a detection needs to match a ground-truth instance.",
+)
+@click.option(
+    "--iou-type",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "segm", "bbox"]),
+    help="Mask IoU (segm), box IoU (bbox), or segm when the ground truth has masks (auto).",
+)
+@click.option(
+    "--default",
+    "default_threshold",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Also write 'default: T' for classes that were not tuned (default: they keep everything).",
+)
 @click.option("--out", required=True, help="Thresholds file to write (.yaml, or .json), for --score-threshold.")
 @storage_flags
 def thresholds_cmd(annotations, shards, target, iou_threshold, iou_type, default_threshold, out, **kw):
@@ -773,27 +1136,54 @@ def thresholds_cmd(annotations, shards, target, iou_threshold, iou_type, default
     from .eval.thresholds import format_table, tune_thresholds, write_thresholds
 
     options = storage_options_from_flags(kw)
-    rep = tune_thresholds(annotations, shards, target=target, iou_threshold=iou_threshold, iou_type=iou_type,
-                          options=options)
+    rep = tune_thresholds(
+        annotations, shards, target=target, iou_threshold=iou_threshold, iou_type=iou_type, options=options
+    )
     click.echo(format_table(rep))
     for n in rep.notices:
         click.echo(f"  notice: {n}")
     data = write_thresholds(rep, out, default=default_threshold, options=options)
     tuned = sum(1 for k in data if k != "default")
-    click.echo(f"wrote {out}: {tuned} class threshold(s)" + (f", default {default_threshold:g}" if default_threshold is not None else ""))
+    click.echo(
+        f"wrote {out}: {tuned} class threshold(s)"
+        + (f", default {default_threshold:g}" if default_threshold is not None else "")
+    )
 
 
 @main.command()
 @click.option("--shards", required=True, help="Output folder/URI of `ntt-batch run` (holds *.parquet and run.json).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Local folder for index.html and its images.")
-@click.option("--images", "images_root", default=None,
-              help="Folder/URI holding the images, when the rows' image URIs do not reach them (shards copied elsewhere).")
-@click.option("--thresholds", default=None,
-              help="Default score thresholds: a number, or a YAML/JSON map {class: threshold, default: t} "
-                   "(`ntt-batch thresholds` writes one). Sets the page's slider / per-class filter.")
-@click.option("--limit", default=200, show_default=True, type=click.IntRange(min=1), help="Image rows on the page (the first N).")
-@click.option("--thumb-side", default=320, show_default=True, type=click.IntRange(min=32), help="Thumbnail size (longer side, px).")
-@click.option("--full-side", default=1024, show_default=True, type=click.IntRange(min=32), help="Full overlay size (longer side, px).")
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Local folder for index.html and its images."
+)
+@click.option(
+    "--images",
+    "images_root",
+    default=None,
+    help="Folder/URI holding the images, when the rows' image URIs do not reach them (shards copied elsewhere).",
+)
+@click.option(
+    "--thresholds",
+    default=None,
+    help="Default score thresholds: a number, or a YAML/JSON map {class: threshold, default: t} "
+    "(`ntt-batch thresholds` writes one). Sets the page's slider / per-class filter.",
+)
+@click.option(
+    "--limit", default=200, show_default=True, type=click.IntRange(min=1), help="Image rows on the page (the first N)."
+)
+@click.option(
+    "--thumb-side",
+    default=320,
+    show_default=True,
+    type=click.IntRange(min=32),
+    help="Thumbnail size (longer side, px).",
+)
+@click.option(
+    "--full-side",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=32),
+    help="Full overlay size (longer side, px).",
+)
 @click.option("--title", default=None, help="Page title (default: the shards URI).")
 @storage_flags
 def review(shards, out, images_root, thresholds, limit, thumb_side, full_side, title, **kw):
@@ -808,14 +1198,26 @@ def review(shards, out, images_root, thresholds, limit, thumb_side, full_side, t
     from .viz.review import write_review
 
     options = storage_options_from_flags(kw)
-    s = write_review(shards, out, images_root=images_root, thresholds=thresholds, limit=limit, thumb_side=thumb_side,
-                     full_side=full_side, title=title, options=options, echo=lambda m: click.echo(m, err=True))
+    s = write_review(
+        shards,
+        out,
+        images_root=images_root,
+        thresholds=thresholds,
+        limit=limit,
+        thumb_side=thumb_side,
+        full_side=full_side,
+        title=title,
+        options=options,
+        echo=lambda m: click.echo(m, err=True),
+    )
     for sk in s.skipped[:10]:
         click.echo(f"not drawn: image {sk['image_id']} ({sk['image_uri']}): {sk['reason']}", err=True)
     more = f" (the first {s.rows_read} rows; --limit for more)" if s.more_rows else ""
-    click.echo(f"wrote {s.index}: {s.images} images, {s.instances} instances, {len(s.categories)} classes{more}"
-               + (f"; {s.errors} error rows listed" if s.errors else "")
-               + (f"; {len(s.skipped)} not drawn" if s.skipped else ""))
+    click.echo(
+        f"wrote {s.index}: {s.images} images, {s.instances} instances, {len(s.categories)} classes{more}"
+        + (f"; {s.errors} error rows listed" if s.errors else "")
+        + (f"; {len(s.skipped)} not drawn" if s.skipped else "")
+    )
     click.echo(f"  open it: file://{Path(s.index).resolve()}")
 
 
@@ -829,7 +1231,9 @@ def config_group():
 
 @config_group.command("check")
 @click.argument("job_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--strict", is_flag=True, help="Also fail (exit 1) when there are warnings, e.g. a local path that does not exist.")
+@click.option(
+    "--strict", is_flag=True, help="Also fail (exit 1) when there are warnings, e.g. a local path that does not exist."
+)
 def config_check(job_file, strict):
     """Validate JOB_FILE and print its resolved settings (credentials redacted).
 
@@ -856,15 +1260,32 @@ def config_check(job_file, strict):
 
 
 @main.command()
-@click.option("--data", type=click.Path(file_okay=False), default=None,
-              help="COCO-style data folder (annotations/, train2017/, val2017/). Default: $NTT_SHARED_DATA/coco_mini or ../shared/data/coco_mini.")
+@click.option(
+    "--data",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="COCO-style data folder (annotations/, train2017/, val2017/). Default: $NTT_SHARED_DATA/coco_mini or "
+    "../shared/data/coco_mini.",
+)
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--random-weights", is_flag=True, help="Use random-initialised checkpoints (machines without the real weights). Results are meaningless but exercise everything.")
+@click.option(
+    "--random-weights",
+    is_flag=True,
+    help="Use random-initialised checkpoints (machines without the real weights). Results are meaningless but "
+    "exercise everything.",
+)
 @click.option("--sam2", "sam2_name", default="sam2.1_hiera_tiny", show_default=True, type=click.Choice(SAM2_NAMES))
-@click.option("--encoder", default="dinov2_vits14", show_default=True, type=click.Choice(ENCODER_NAMES), help=_ENCODER_HELP)
+@click.option(
+    "--encoder", default="dinov2_vits14", show_default=True, type=click.Choice(ENCODER_NAMES), help=_ENCODER_HELP
+)
 @click.option("--shots", default=1, show_default=True)
 @click.option("--limit", default=8, show_default=True, help="Target images.")
-@click.option("--points-per-side", default=8, show_default=True, help="8 keeps the CPU demo to seconds per image; the paper uses 32.")
+@click.option(
+    "--points-per-side",
+    default=8,
+    show_default=True,
+    help="8 keeps the CPU demo to seconds per image; the paper uses 32.",
+)
 @click.option("--device", default="auto", show_default=True)
 @_ckpt_dir_opt
 def demo(data, out, random_weights, sam2_name, encoder, shots, limit, points_per_side, device, checkpoint_dir):
@@ -874,36 +1295,108 @@ def demo(data, out, random_weights, sam2_name, encoder, shots, limit, points_per
     """
     from .demo import run_demo
 
-    run_demo(data=data, out=out, random_weights=random_weights, sam2_name=sam2_name, encoder_name=encoder,
-             shots=shots, limit=limit, points_per_side=points_per_side, device=device, checkpoint_dir=checkpoint_dir,
-             echo=click.echo)
+    run_demo(
+        data=data,
+        out=out,
+        random_weights=random_weights,
+        sam2_name=sam2_name,
+        encoder_name=encoder,
+        shots=shots,
+        limit=limit,
+        points_per_side=points_per_side,
+        device=device,
+        checkpoint_dir=checkpoint_dir,
+        echo=click.echo,
+    )
 
 
 # ----------------------------------------------------------------------------- bench
 
 
 @main.command()
-@click.option("--sam2", "sam2_name", default="sam2.1_hiera_tiny", show_default=True, type=click.Choice(SAM2_NAMES), help="SAM2 proposer.")
-@click.option("--encoder", default="dinov2_vits14", show_default=True, type=click.Choice(ENCODER_NAMES), help=_ENCODER_HELP)
+@click.option(
+    "--sam2",
+    "sam2_name",
+    default="sam2.1_hiera_tiny",
+    show_default=True,
+    type=click.Choice(SAM2_NAMES),
+    help="SAM2 proposer.",
+)
+@click.option(
+    "--encoder", default="dinov2_vits14", show_default=True, type=click.Choice(ENCODER_NAMES), help=_ENCODER_HELP
+)
 @click.option("--images", required=True, help="Images to time on: folder, glob or file (fsspec URI).")
-@click.option("--limit", default=None, type=click.IntRange(min=1),
-              help="Timed images [default: 3; the reference path costs minutes per image on CPU]. With --pipeline-noop: distinct images used [default: all].")
+@click.option(
+    "--limit",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Timed images [default: 3; the reference path costs minutes per image on CPU]. With --pipeline-noop: "
+    "distinct images used [default: all].",
+)
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
-@click.option("--points-per-side", default=32, show_default=True, help="Point grid side; 32 is the paper's 1024 prompts.")
-@click.option("--memory", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Memory bank to match against. Default: 20 random prototypes (fine for timing).")
-@click.option("--bf16", is_flag=True, help="bf16 autocast on the fast path (CUDA, or CPU for testing); agreement is then checked with the bf16 tolerance (box IoU >= 0.9, |score diff| <= 0.01).")
-@click.option("--compile", "compile_models", is_flag=True, help="torch.compile the fast path's encoders and decoder (the warm-up image pays the compile time).")
+@click.option(
+    "--points-per-side", default=32, show_default=True, help="Point grid side; 32 is the paper's 1024 prompts."
+)
+@click.option(
+    "--memory",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Memory bank to match against. Default: 20 random prototypes (fine for timing).",
+)
+@click.option(
+    "--bf16",
+    is_flag=True,
+    help="bf16 autocast on the fast path (CUDA, or CPU for testing); agreement is then checked with the bf16 "
+    "tolerance (box IoU >= 0.9, |score diff| <= 0.01).",
+)
+@click.option(
+    "--compile",
+    "compile_models",
+    is_flag=True,
+    help="torch.compile the fast path's encoders and decoder (the warm-up image pays the compile time).",
+)
 @click.option("--warmup", type=int, default=None, help="Untimed images first (default: 1 on CUDA, 0 on CPU).")
-@click.option("--random-weights", is_flag=True, help="Write random-initialised checkpoints (official layouts) into --checkpoint-dir or a temp folder when missing.")
-@click.option("--pipeline-noop", is_flag=True, help="Instead: time the Ray job with the model stage replaced by a no-op (read, decode, write).")
-@click.option("--repeat", default=8, show_default=True, help="--pipeline-noop: each image appears this many times (distinct names).")
+@click.option(
+    "--random-weights",
+    is_flag=True,
+    help="Write random-initialised checkpoints (official layouts) into --checkpoint-dir or a temp folder when missing.",
+)
+@click.option(
+    "--pipeline-noop",
+    is_flag=True,
+    help="Instead: time the Ray job with the model stage replaced by a no-op (read, decode, write).",
+)
+@click.option(
+    "--repeat",
+    default=8,
+    show_default=True,
+    help="--pipeline-noop: each image appears this many times (distinct names).",
+)
 @click.option("--batch-size", default=16, show_default=True, help="--pipeline-noop: images per batch.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON here.")
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON here."
+)
 @_ckpt_dir_opt
 @_no_download_opt
-def bench(sam2_name, encoder, images, limit, device, points_per_side, memory, bf16, compile_models, warmup, random_weights,
-          pipeline_noop, repeat, batch_size, json_out, checkpoint_dir, no_download):
+def bench(
+    sam2_name,
+    encoder,
+    images,
+    limit,
+    device,
+    points_per_side,
+    memory,
+    bf16,
+    compile_models,
+    warmup,
+    random_weights,
+    pipeline_noop,
+    repeat,
+    batch_size,
+    json_out,
+    checkpoint_dir,
+    no_download,
+):
     """Time every stage of the fast path against the reference path on the same images and weights.
 
     Prints seconds per image per stage (decode, SAM2 encoder, mask decoder, DINOv2, matching + NMS,
@@ -914,7 +1407,8 @@ def bench(sam2_name, encoder, images, limit, device, points_per_side, memory, bf
 
     \b
     Examples:
-      ntt-batch bench --images ../shared/data/coco_mini/val2017 --limit 3 --device cpu --random-weights --json bench.json
+      ntt-batch bench --images ../shared/data/coco_mini/val2017 --limit 3 --device cpu --random-weights \
+          --json bench.json
       ntt-batch bench --sam2 sam2_hiera_large --encoder dinov2_vitl14 --images s3://bucket/val/ --device cuda --limit 50
       ntt-batch bench --pipeline-noop --images ../shared/data/coco_mini/val2017 --random-weights
     """
@@ -922,12 +1416,12 @@ def bench(sam2_name, encoder, images, limit, device, points_per_side, memory, bf
 
     from .benchmark import BF16_TOLERANCE, FP32_TOLERANCE, format_report, random_bank, run_benchmark, run_pipeline_noop
     from .io.inputs import InputSpec
-    from .pipeline.plan import list_inputs
     from .method.config import SegmenterConfig
     from .method.memory_bank import MemoryBank
     from .method.segmenter import Segmenter
     from .models.checkpoints import CheckpointNotFoundError
     from .models.loading import load_encoder, load_sam2, write_random_checkpoint
+    from .pipeline.plan import list_inputs
 
     if random_weights:
         checkpoint_dir = checkpoint_dir or tempfile.mkdtemp(prefix="ntt-bench-ckpt-")
@@ -943,11 +1437,19 @@ def bench(sam2_name, encoder, images, limit, device, points_per_side, memory, bf
     if not targets:
         raise click.BadParameter(f"no images found at {images!r}", param_hint="--images")
     if pipeline_noop:
-        report = run_pipeline_noop(targets[:limit] if limit else targets, repeat=repeat, batch_size=batch_size,
-                                   checkpoint_dir=checkpoint_dir, encoder_name=encoder, sam2_name=sam2_name,
-                                   echo=lambda m: click.echo(m, err=True))
-        click.echo(f"pipeline with a no-op model stage: {report['images']} images in {report['seconds']:.2f} s "
-                   f"= {report['images_per_s']:.1f} images/s ({report['errors']} errors)")
+        report = run_pipeline_noop(
+            targets[:limit] if limit else targets,
+            repeat=repeat,
+            batch_size=batch_size,
+            checkpoint_dir=checkpoint_dir,
+            encoder_name=encoder,
+            sam2_name=sam2_name,
+            echo=lambda m: click.echo(m, err=True),
+        )
+        click.echo(
+            f"pipeline with a no-op model stage: {report['images']} images in {report['seconds']:.2f} s "
+            f"= {report['images_per_s']:.1f} images/s ({report['errors']} errors)"
+        )
     else:
         encoder_model, _ = load_encoder(encoder, checkpoint_dir=checkpoint_dir, download=not no_download)
         proposer, _ = load_sam2(sam2_name, checkpoint_dir=checkpoint_dir, download=not no_download)
@@ -957,11 +1459,21 @@ def bench(sam2_name, encoder, images, limit, device, points_per_side, memory, bf
         ref = Segmenter(proposer, encoder_model, bank, SegmenterConfig(**base, implementation="reference"))
         n_warm = warmup if warmup is not None else (1 if fast.device.type == "cuda" or compile_models else 0)
         limit = limit or 3
-        click.echo(f"bench: {sam2_name} + {encoder} on {fast.device}, {points_per_side}x{points_per_side} grid, "
-                   f"{min(limit, len(targets))} images (+{n_warm} warm-up)", err=True)
+        click.echo(
+            f"bench: {sam2_name} + {encoder} on {fast.device}, {points_per_side}x{points_per_side} grid, "
+            f"{min(limit, len(targets))} images (+{n_warm} warm-up)",
+            err=True,
+        )
         tol = BF16_TOLERANCE if bf16 else FP32_TOLERANCE
-        report = run_benchmark(fast, ref, targets[:limit], warmup=n_warm, agree_iou=tol["box_iou"], agree_score=tol["score"],
-                               progress=lambda m: click.echo(m, err=True))
+        report = run_benchmark(
+            fast,
+            ref,
+            targets[:limit],
+            warmup=n_warm,
+            agree_iou=tol["box_iou"],
+            agree_score=tol["score"],
+            progress=lambda m: click.echo(m, err=True),
+        )
         report["models"] = {"sam2": sam2_name, "encoder": encoder, "random_weights": bool(random_weights)}
         click.echo(format_report(report))
     report["command"] = " ".join(["ntt-batch"] + sys.argv[1:])
@@ -976,12 +1488,22 @@ def bench(sam2_name, encoder, images, limit, device, points_per_side, memory, bf
 
 @main.command()
 @click.argument("out")
-@click.option("--inputs/--no-inputs", "check_inputs", default=True, show_default=True,
-              help="Also list the job's inputs (from run.json) and report those without a row.")
-@click.option("--repair", is_flag=True,
-              help="Quarantine corrupt files (their images are redone by the next run), remove duplicate rows "
-                   "(keeping one per URI: a non-error row, then the newest) and resync run.json. Takes the lock.")
-@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+@click.option(
+    "--inputs/--no-inputs",
+    "check_inputs",
+    default=True,
+    show_default=True,
+    help="Also list the job's inputs (from run.json) and report those without a row.",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Quarantine corrupt files (their images are redone by the next run), remove duplicate rows "
+    "(keeping one per URI: a non-error row, then the newest) and resync run.json. Takes the lock.",
+)
+@click.option(
+    "--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the report as JSON here."
+)
 @storage_flags
 @click.pass_context
 def verify(ctx, out, check_inputs, repair, json_out, **kw):
@@ -1016,8 +1538,13 @@ def verify(ctx, out, check_inputs, repair, json_out, **kw):
 
 @main.command()
 @click.argument("out")
-@click.option("--target-file-mb", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Merge committed files smaller than half this size into files of about this size.")
+@click.option(
+    "--target-file-mb",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Merge committed files smaller than half this size into files of about this size.",
+)
 @storage_flags
 @click.pass_context
 def compact(ctx, out, target_file_mb, **kw):

@@ -114,5 +114,6 @@ def settings_from_flags(cls, kw: dict[str, Any]) -> dict[str, Any]:
 def settings_given(ctx: click.Context, cls, kw: dict[str, Any]) -> dict[str, Any]:
     """Like :func:`settings_from_flags`, only the flags given on the command line (not defaults)."""
     source = click.core.ParameterSource.COMMANDLINE
-    return {name: value for name, value in settings_from_flags(cls, kw).items()
-            if ctx.get_parameter_source(name) == source}
+    return {
+        name: value for name, value in settings_from_flags(cls, kw).items() if ctx.get_parameter_source(name) == source
+    }

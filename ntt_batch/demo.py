@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .method.config import SegmenterConfig
 from .method.references import sample_references_from_file, save_references
@@ -16,21 +16,38 @@ from .models.registry import get_spec
 def default_data_dir() -> Path:
     env = os.environ.get("NTT_SHARED_DATA")
     candidates = [Path(env) / "coco_mini"] if env else []
-    candidates += [Path.cwd().parent / "shared" / "data" / "coco_mini", Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_mini"]
+    candidates += [
+        Path.cwd().parent / "shared" / "data" / "coco_mini",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_mini",
+    ]
     for c in candidates:
         if (c / "annotations").is_dir():
             return c
-    raise FileNotFoundError("no sample data found: pass --data DIR (with annotations/, train2017/, val2017/) or set NTT_SHARED_DATA")
+    raise FileNotFoundError(
+        "no sample data found: pass --data DIR (with annotations/, train2017/, val2017/) or set NTT_SHARED_DATA"
+    )
 
 
-def run_demo(*, data, out, random_weights, sam2_name, encoder_name, shots, limit, points_per_side, device,
-             checkpoint_dir, echo: Callable[[str], None] = print) -> dict:
+def run_demo(
+    *,
+    data,
+    out,
+    random_weights,
+    sam2_name,
+    encoder_name,
+    shots,
+    limit,
+    points_per_side,
+    device,
+    checkpoint_dir,
+    echo: Callable[[str], None] = print,
+) -> dict:
     from .eval.coco_eval import evaluate_coco, write_report
     from .io.exports import merge_results
+    from .method.references import REFERENCES_FILE
     from .pipeline.job import JobConfig, run_job
     from .viz.contact_sheet import bank_box_masks, reference_sheet
     from .viz.review import write_review
-    from .method.references import REFERENCES_FILE
     from .workflows import build_bank, load_reference_sets
 
     data = Path(data) if data else default_data_dir()
@@ -66,14 +83,29 @@ def run_demo(*, data, out, random_weights, sam2_name, encoder_name, shots, limit
         echo(f"[demo] 2/4 memory bank unchanged (same references, {encoder_name} weights): reusing {bank_dir}")
     else:
         echo(f"[demo] 2/4 building the memory bank with {encoder_name}")
-        bank = build_bank(str(refs_path), None, str(bank_dir), encoder_name=encoder_name,
-                          checkpoint_dir=checkpoint_dir, device=device)
-    echo(f"[demo]     {len(bank.categories)} classes, {int(bank.instance_labels.numel())} instances, hash {bank.content_hash[:16]}")
-    echo(f"[demo] 3/4 batch job on local Ray: {limit} val images, {sam2_name}, {points_per_side}x{points_per_side} points")
+        bank = build_bank(
+            str(refs_path), None, str(bank_dir), encoder_name=encoder_name, checkpoint_dir=checkpoint_dir, device=device
+        )
+    echo(
+        f"[demo]     {len(bank.categories)} classes, {int(bank.instance_labels.numel())} instances, hash "
+        f"{bank.content_hash[:16]}"
+    )
+    echo(
+        f"[demo] 3/4 batch job on local Ray: {limit} val images, {sam2_name}, "
+        f"{points_per_side}x{points_per_side} points"
+    )
     shards = out / "shards"
-    job = JobConfig(memory=str(bank_dir), out=str(shards), annotations=str(ann_val), image_root=str(data / "val2017"),
-                    sam2=sam2_name, checkpoint_dir=checkpoint_dir, limit=limit, batch_size=2,
-                    segmenter=SegmenterConfig(points_per_side=points_per_side, device=device))
+    job = JobConfig(
+        memory=str(bank_dir),
+        out=str(shards),
+        annotations=str(ann_val),
+        image_root=str(data / "val2017"),
+        sam2=sam2_name,
+        checkpoint_dir=checkpoint_dir,
+        limit=limit,
+        batch_size=2,
+        segmenter=SegmenterConfig(points_per_side=points_per_side, device=device),
+    )
     result = run_job(job, echo=lambda line: echo(f"[demo]     {line}"))
     merged = merge_results(str(shards), str(results))
     echo(f"[demo]     shards in {shards}; {merged.instances_written} instances as COCO results -> {results}")
@@ -82,23 +114,36 @@ def run_demo(*, data, out, random_weights, sam2_name, encoder_name, shots, limit
     write_report(report, str(out / "eval_report.json"))
     for t in ("bbox", "segm"):
         echo(f"[demo] {t}: AP {report[t]['stats']['AP']:.4f}  AP50 {report[t]['stats']['AP50']:.4f}")
-    echo(f"[demo]     full report (12-number summaries, per-class AP): {out / 'eval_report.json'}; the same from the "
-         f"command line: ntt-batch eval --annotations {ann_val} --results {shards} --split few_shot --restrict-to-processed")
+    echo(
+        f"[demo]     full report (12-number summaries, per-class AP): {out / 'eval_report.json'}; the same from the "
+        f"command line: ntt-batch eval --annotations {ann_val} --results {shards} --split few_shot "
+        "--restrict-to-processed"
+    )
     review_dir, sheet = out / "review", out / "references.png"
     page = write_review(str(shards), str(review_dir), limit=max(1, int(limit)), title=f"ntt-batch demo: {shards}")
-    drawn = reference_sheet(load_reference_sets(str(bank_dir / REFERENCES_FILE))[0], str(sheet),
-                            box_masks=bank_box_masks(bank_dir))
-    echo(f"[demo] review page: {page.index} ({page.images} images, {page.instances} instances; class filter, "
-         "score slider, per-class counts)")
+    drawn = reference_sheet(
+        load_reference_sets(str(bank_dir / REFERENCES_FILE))[0], str(sheet), box_masks=bank_box_masks(bank_dir)
+    )
+    echo(
+        f"[demo] review page: {page.index} ({page.images} images, {page.instances} instances; class filter, "
+        "score slider, per-class counts)"
+    )
     echo(f"[demo] references as the bank saw them: {sheet} ({drawn.references} references)")
     if random_weights:
         echo("[demo] NOTE: random weights — the pipeline ran end to end, the AP is meaningless.")
-    echo(f"[demo] next: open file://{Path(page.index).resolve()} in a browser; then label your own images: make "
-         "references (README: 'Custom references'), `ntt-batch memory build`, `ntt-batch run --images YOUR_FOLDER "
-         "--memory BANK --out OUT`, and `ntt-batch review --shards OUT --out review/`")
-    return {"summary": result.summary, "report": report, "results": str(results), "shards": str(shards),
-            "review": page.index, "references_sheet": str(sheet)}
-
+    echo(
+        f"[demo] next: open file://{Path(page.index).resolve()} in a browser; then label your own images: make "
+        "references (README: 'Custom references'), `ntt-batch memory build`, `ntt-batch run --images YOUR_FOLDER "
+        "--memory BANK --out OUT`, and `ntt-batch review --shards OUT --out review/`"
+    )
+    return {
+        "summary": result.summary,
+        "report": report,
+        "results": str(results),
+        "shards": str(shards),
+        "review": page.index,
+        "references_sheet": str(sheet),
+    }
 
 
 def _unchanged_bank(bank_dir: Path, refs: dict, encoder_name: str, checkpoint_dir):
@@ -107,8 +152,7 @@ def _unchanged_bank(bank_dir: Path, refs: dict, encoder_name: str, checkpoint_di
     Makes a repeated demo fast: the job resumes (nothing left to do) and the bank is not rebuilt.
     """
     from .method.memory_bank import MemoryBank
-    from .method.references import load_references
-    from .method.references import REFERENCES_FILE
+    from .method.references import REFERENCES_FILE, load_references
 
     try:
         bank = MemoryBank.load(bank_dir)
@@ -116,7 +160,11 @@ def _unchanged_bank(bank_dir: Path, refs: dict, encoder_name: str, checkpoint_di
         ckpt = resolve_checkpoint(encoder_name, checkpoint_dir=checkpoint_dir, download=False)
     except (OSError, ValueError, CheckpointNotFoundError):
         return None
-    same = (bank.encoder.get("name") == encoder_name and bank.encoder.get("checkpoint_sha256") == ckpt.sha256
-            and saved["categories"] == refs["categories"] and saved["references"] == refs["references"]
-            and saved.get("image_root") == refs.get("image_root"))
+    same = (
+        bank.encoder.get("name") == encoder_name
+        and bank.encoder.get("checkpoint_sha256") == ckpt.sha256
+        and saved["categories"] == refs["categories"]
+        and saved["references"] == refs["references"]
+        and saved.get("image_root") == refs.get("image_root")
+    )
     return bank if same else None

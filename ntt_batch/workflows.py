@@ -11,8 +11,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -72,11 +72,23 @@ def load_reference_sets(
         root = os.fspath(image_root)
         merged["image_root"] = root if "://" in root else os.path.abspath(root)
         merged["references"] = [{k: v for k, v in r.items() if k != "image_root"} for r in merged["references"]]
-    lacking = sorted({where for refs, where in parts for r in refs["references"]
-                      if not (r.get("image_root") or refs.get("image_root"))}) if image_root is None else []
+    lacking = (
+        sorted(
+            {
+                where
+                for refs, where in parts
+                for r in refs["references"]
+                if not (r.get("image_root") or refs.get("image_root"))
+            }
+        )
+        if image_root is None
+        else []
+    )
     if lacking:
-        raise ValueError(f"{', '.join(lacking)} does not say where its images are: pass --image-root (the folder the "
-                         "file names are relative to), or recreate the file with --image-root so it remembers it")
+        raise ValueError(
+            f"{', '.join(lacking)} does not say where its images are: pass --image-root (the folder the "
+            "file names are relative to), or recreate the file with --image-root so it remembers it"
+        )
     return merged, notices
 
 
@@ -122,8 +134,10 @@ def build_bank(
     box_only = [k for k, r in enumerate(refs["references"]) if r.get("segmentation") is None]
     if box_only:
         if not sam2_name:
-            raise ValueError(f"{len(box_only)} reference(s) are box-only (no mask); pass --sam2 NAME to make their "
-                             "masks from the boxes (e.g. --sam2 sam2.1_hiera_tiny)")
+            raise ValueError(
+                f"{len(box_only)} reference(s) are box-only (no mask); pass --sam2 NAME to make their "
+                "masks from the boxes (e.g. --sam2 sam2.1_hiera_tiny)"
+            )
         box_prompter, _ = load_sam2(sam2_name, checkpoint_dir=checkpoint_dir, download=download, add_no_mem_embed=True)
         box_prompter = box_prompter.to(dev)
         refs = dict(refs, references=[dict(r) for r in refs["references"]])
@@ -131,18 +145,25 @@ def build_bank(
             ref = refs["references"][k]
             mask = sam2_box_masks(box_prompter, load_ref_image(ref), [ref["bbox"]])[0]
             if not mask.any():
-                raise ValueError(f"SAM2 ({sam2_name}) made an empty mask for the box {ref['bbox']} of reference "
-                                 f"{ref.get('annotation_id')} in {ref['file_name']!r}: check the box")
+                raise ValueError(
+                    f"SAM2 ({sam2_name}) made an empty mask for the box {ref['bbox']} of reference "
+                    f"{ref.get('annotation_id')} in {ref['file_name']!r}: check the box"
+                )
             ref["segmentation"] = encode_rle(mask)
             ref["mask_source"] = f"sam2-box:{sam2_name}"
-            box_masks.append({k2: ref.get(k2) for k2 in ("category_id", "image_id", "annotation_id", "file_name", "bbox")}
-                             | {"segmentation": ref["segmentation"], "sam2": sam2_name})
+            box_masks.append(
+                {k2: ref.get(k2) for k2 in ("category_id", "image_id", "annotation_id", "file_name", "bbox")}
+                | {"segmentation": ref["segmentation"], "sam2": sam2_name}
+            )
         del box_prompter
 
     bank = build_memory_bank(
-        refs, load_ref_image, encoder,
+        refs,
+        load_ref_image,
+        encoder,
         encoder_info={"name": encoder_name, "checkpoint_sha256": ckpt.sha256, "official": ckpt.official},
-        config=config, progress=progress,
+        config=config,
+        progress=progress,
     )
     if box_masks:
         bank.references["box_masks"] = box_masks
@@ -166,8 +187,9 @@ def load_segmenter(
     enc_name = bank.encoder["name"]
     encoder, enc_ckpt = load_encoder(enc_name, checkpoint_dir=checkpoint_dir, download=download)
     check_encoder_weights(bank.encoder, enc_ckpt, memory)
-    proposer, sam_ckpt = load_sam2(sam2_name, checkpoint_dir=checkpoint_dir, download=download,
-                                   add_no_mem_embed=config.add_no_mem_embed)
+    proposer, sam_ckpt = load_sam2(
+        sam2_name, checkpoint_dir=checkpoint_dir, download=download, add_no_mem_embed=config.add_no_mem_embed
+    )
     segmenter = Segmenter(proposer, encoder, bank, config)
     provenance = {
         "ntt_batch_version": __version__,
@@ -175,14 +197,20 @@ def load_segmenter(
         "device": str(segmenter.device),
         "config": config_to_dict(config),
         "models": {"sam2": sam_ckpt.to_json(), "encoder": enc_ckpt.to_json()},
-        "memory_bank": {"path": str(memory), "content_hash": bank.content_hash, "categories": bank.categories,
-                        "shots": bank.shots},
+        "memory_bank": {
+            "path": str(memory),
+            "content_hash": bank.content_hash,
+            "categories": bank.categories,
+            "shots": bank.shots,
+        },
         "official_weights": sam_ckpt.official and enc_ckpt.official,
     }
     return segmenter, provenance
 
 
-def resolve_targets(images: str | None, annotations: str | None, image_root: str | None, limit: int | None) -> list[InputImage]:
+def resolve_targets(
+    images: str | None, annotations: str | None, image_root: str | None, limit: int | None
+) -> list[InputImage]:
     """Target list from ``--images`` (folder/glob/file/URI) or ``--annotations`` + ``--image-root``.
 
     The same resolution (and so the same image ids) as the batch job's.
@@ -226,7 +254,9 @@ def segment_to_coco_results(
                 targets.append(TargetImage.from_image(decode_image(read_bytes(e.image_uri)), segmenter.config))
                 ok_entries.append(e)
             except (OSError, ImageDecodeError) as exc:
-                errors.append({"image_id": e.image_id, "image_uri": e.image_uri, "error": f"{type(exc).__name__}: {exc}"})
+                errors.append(
+                    {"image_id": e.image_id, "image_uri": e.image_uri, "error": f"{type(exc).__name__}: {exc}"}
+                )
         for e, instances in zip(ok_entries, segmenter.segment_targets(targets)):
             results.extend(inst.to_coco_result(e.image_id) for inst in instances)
             per_image.append({"image_id": e.image_id, "image_uri": e.image_uri, "instances": len(instances)})
@@ -244,8 +274,15 @@ def segment_to_coco_results(
         "seconds": round(elapsed, 3),
         "images_per_s": round(len(entries) / elapsed, 4) if elapsed > 0 else None,
     }
-    meta = {**provenance, "started_at": started, "finished_at": utc_now_iso(), "results": str(out),
-            "summary": summary, "errors": errors, "images": per_image}
+    meta = {
+        **provenance,
+        "started_at": started,
+        "finished_at": utc_now_iso(),
+        "results": str(out),
+        "summary": summary,
+        "errors": errors,
+        "images": per_image,
+    }
     _write_json(meta_path_for(out), meta, indent=2)
     return summary
 

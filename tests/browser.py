@@ -50,19 +50,36 @@ class Browser:
         self._buf = b""
         self.events: list[dict] = []
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         self.profile = tempfile.mkdtemp(prefix="ntt-chromium-")
         to_child_r, self._to_child = os.pipe()  # we write commands; Chromium reads fd 3
         self._from_child, from_child_w = os.pipe()  # Chromium writes fd 4; we read
-        args = [self.executable, "--headless=new", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
-                "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
-                "--disable-dev-shm-usage", f"--user-data-dir={self.profile}",
-                f"--window-size={self.size[0]},{self.size[1]}", "about:blank"]
+        args = [
+            self.executable,
+            "--headless=new",
+            "--remote-debugging-pipe",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--mute-audio",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={self.profile}",
+            f"--window-size={self.size[0]},{self.size[1]}",
+            "about:blank",
+        ]
 
         # fds 3 and 4 for Chromium: bash (dash refuses fds > 9) sets them up and execs it
         shell = f'exec "$0" "$@" 3<&{to_child_r} 4>&{from_child_w}'
-        self.proc = subprocess.Popen([shutil.which("bash") or "bash", "-c", shell, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, close_fds=True, pass_fds=(to_child_r, from_child_w))
+        self.proc = subprocess.Popen(
+            [shutil.which("bash") or "bash", "-c", shell, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            pass_fds=(to_child_r, from_child_w),
+        )
         os.close(to_child_r)
         os.close(from_child_w)
         return self
@@ -103,7 +120,9 @@ class Browser:
         raw, self._buf = self._buf.split(b"\0", 1)
         return json.loads(raw)
 
-    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float | None = None) -> dict:
+    def send(
+        self, method: str, params: dict | None = None, session: str | None = None, timeout: float | None = None
+    ) -> dict:
         self._id += 1
         msg: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
         if session:
@@ -127,14 +146,17 @@ class Browser:
                     return m
             self.events.append(self._read_message(deadline))
 
-    def open(self, url: str) -> "Page":
+    def open(self, url: str) -> Page:
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         page = Page(self, session)
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable", session=session)
-        self.send("Emulation.setDeviceMetricsOverride", {"width": self.size[0], "height": self.size[1],
-                                                         "deviceScaleFactor": 1, "mobile": False}, session=session)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": self.size[0], "height": self.size[1], "deviceScaleFactor": 1, "mobile": False},
+            session=session,
+        )
         self.send("Page.navigate", {"url": url}, session=session)
         self.wait_event("Page.loadEventFired", session=session)
         return page
@@ -146,18 +168,26 @@ class Page:
         self.session = session
 
     def eval(self, expression: str) -> Any:
-        r = self.browser.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                   "awaitPromise": True}, session=self.session)
+        r = self.browser.send(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+            session=self.session,
+        )
         if "exceptionDetails" in r:
-            raise BrowserError(f"{expression!r} threw: {r['exceptionDetails'].get('exception', {}).get('description') or r['exceptionDetails']}")
+            raise BrowserError(
+                f"{expression!r} threw: "
+                f"{r['exceptionDetails'].get('exception', {}).get('description') or r['exceptionDetails']}"
+            )
         return r["result"].get("value")
 
     def settle(self, seconds: float = 0.3) -> None:
         """Let pending events (image loads, console messages) arrive."""
         self.eval(f"new Promise(r => setTimeout(r, {int(seconds * 1000)}))")
-        self.eval("Promise.race([new Promise(r => setTimeout(r, 5000)), "  # lazy images off screen never load
-                  "Promise.all(Array.from(document.images).map(i => i.complete ? 0 : "
-                  "new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); })))])")
+        self.eval(
+            "Promise.race([new Promise(r => setTimeout(r, 5000)), "  # lazy images off screen never load
+            "Promise.all(Array.from(document.images).map(i => i.complete ? 0 : "
+            "new Promise(r => { i.addEventListener('load', r); i.addEventListener('error', r); })))])"
+        )
 
     @property
     def errors(self) -> list[str]:
@@ -172,7 +202,9 @@ class Page:
                 d = p.get("exceptionDetails", {})
                 out.append(f"exception: {d.get('exception', {}).get('description') or d.get('text')}")
             elif meth == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-                out.append("console.error: " + " ".join(str(a.get("value", a.get("description"))) for a in p.get("args", [])))
+                out.append(
+                    "console.error: " + " ".join(str(a.get("value", a.get("description"))) for a in p.get("args", []))
+                )
             elif meth == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
                 e = p["entry"]
                 out.append(f"log: {e.get('text')} {e.get('url', '')}".strip())

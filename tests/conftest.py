@@ -43,8 +43,15 @@ def small_bank(tmp_path_factory, random_checkpoints, coco_mini) -> Path:
     d = tmp_path_factory.mktemp("bank")
     refs = sample_references_from_file(str(coco_mini / "annotations/instances_train2017.json"), "person,car", 1, 33)
     save_references(refs, d / "refs.json")
-    build_bank(str(d / "refs.json"), str(coco_mini / "train2017"), str(d / "bank"), encoder_name="dinov2_vits14",
-               checkpoint_dir=str(random_checkpoints), download=False, device="cpu")
+    build_bank(
+        str(d / "refs.json"),
+        str(coco_mini / "train2017"),
+        str(d / "bank"),
+        encoder_name="dinov2_vits14",
+        checkpoint_dir=str(random_checkpoints),
+        download=False,
+        device="cpu",
+    )
     return d / "bank"
 
 
@@ -84,8 +91,15 @@ def job_config(random_checkpoints: Path, small_bank: Path, **kw):
     from ntt_batch.method.config import SegmenterConfig
     from ntt_batch.pipeline.job import JobConfig
 
-    base = dict(memory=str(small_bank), sam2="sam2.1_hiera_tiny", checkpoint_dir=str(random_checkpoints),
-                download=False, segmenter=SegmenterConfig(**SEG), batch_size=2, allow_errors=True)
+    base = dict(
+        memory=str(small_bank),
+        sam2="sam2.1_hiera_tiny",
+        checkpoint_dir=str(random_checkpoints),
+        download=False,
+        segmenter=SegmenterConfig(**SEG),
+        batch_size=2,
+        allow_errors=True,
+    )
     base.update(kw)
     return JobConfig(**base)
 

@@ -52,11 +52,17 @@ def _batch(widths: list[int], h: int = 20, errors: dict[int, str] | None = None)
     return cols, [_base_row(cols, i, "run") for i in range(len(widths))]
 
 
-@pytest.mark.parametrize("exc,kind", [
-    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "OutOfMemoryError"),
-    (MemoryError("Unable to allocate 9.4 GiB"), "MemoryError"),
-    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10240000000 bytes"), "RuntimeError"),
-])
+@pytest.mark.parametrize(
+    "exc,kind",
+    [
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "OutOfMemoryError"),
+        (MemoryError("Unable to allocate 9.4 GiB"), "MemoryError"),
+        (
+            RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 10240000000 bytes"),
+            "RuntimeError",
+        ),
+    ],
+)
 def test_out_of_memory_image_becomes_an_error_row(exc, kind):
     seg = FakeSegmenter(SegmenterConfig(device="cpu"), poison={31: exc})
     batch, rows = _batch([21, 31, 40])
@@ -77,7 +83,9 @@ def test_other_failures_keep_their_message():
 
 def test_memory_guard_refuses_before_trying():
     # A 2 MiB limit: the 1 MiB merge budget fits beside a 21-wide image, not beside a 2001-wide one.
-    seg = FakeSegmenter(SegmenterConfig(device="cpu", points_per_side=2, memory_limit_mb=2, merge_memory_mb=1), poison={})
+    seg = FakeSegmenter(
+        SegmenterConfig(device="cpu", points_per_side=2, memory_limit_mb=2, merge_memory_mb=1), poison={}
+    )
     batch, rows = _batch([21, 2001, 41], h=30, errors={2: "missing: mem://2.png does not exist"})
     rows = segment_rows(seg, batch, rows)
     assert seg.calls == [[21]]  # neither the refused nor the undecodable image reached the model

@@ -16,14 +16,29 @@ import ntt_batch
 
 
 def test_import_is_cheap_and_exports_the_api():
-    code = ("import sys, ntt_batch; names = ntt_batch.__all__; "
-            "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'import pulled in torch/ray'; "
-            "print(ntt_batch.__version__, len(names))")
+    code = (
+        "import sys, ntt_batch; names = ntt_batch.__all__; "
+        "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'import pulled in torch/ray'; "
+        "print(ntt_batch.__version__, len(names))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    for name in ("Instance", "Segmenter", "load_segmenter", "build_bank", "sample_references", "references_from_csv",
-                 "references_from_coco", "save_references", "load_references", "run", "review", "show_references",
-                 "evaluate", "load_bank"):
+    for name in (
+        "Instance",
+        "Segmenter",
+        "load_segmenter",
+        "build_bank",
+        "sample_references",
+        "references_from_csv",
+        "references_from_coco",
+        "save_references",
+        "load_references",
+        "run",
+        "review",
+        "show_references",
+        "evaluate",
+        "load_bank",
+    ):
         assert name in ntt_batch.__all__ and callable(getattr(ntt_batch, name)), name
     from ntt_batch.method.segmenter import Instance
 
@@ -74,16 +89,19 @@ def test_sample_references_remembers_the_image_root(tmp_path, coco_mini):
 
 def _readme_block(heading: str, index: int = 0) -> str:
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text[text.index(heading):]
-    section = section[:section.index("\n## ", 1)]
+    section = text[text.index(heading) :]
+    section = section[: section.index("\n## ", 1)]
     blocks = section.split("```python\n")[1:]
     return blocks[index].split("```")[0]
 
 
 def _readme_photos(root: Path, coco_mini: Path) -> None:
     """The README's photos/ + masks/ + refs.csv, made from coco_mini images and rectangle masks."""
-    vals = [p for p in sorted((coco_mini / "val2017").glob("*.jpg"))
-            if Image.open(p).width >= 520 and Image.open(p).height >= 400]  # the README's boxes fit in these
+    vals = [
+        p
+        for p in sorted((coco_mini / "val2017").glob("*.jpg"))
+        if Image.open(p).width >= 520 and Image.open(p).height >= 400
+    ]  # the README's boxes fit in these
     sizes = []
     for name, src in (("kitchen_01.jpg", vals[0]), ("kitchen_02.jpg", vals[1]), ("shelf/s_07.png", vals[2])):
         im = Image.open(src).convert("RGB")
@@ -91,13 +109,19 @@ def _readme_photos(root: Path, coco_mini: Path) -> None:
         im.save(root / "photos" / name)
         sizes.append(im.size)
     (root / "masks").mkdir()
-    for name, (w, h), box in (("mug_01.png", sizes[0], (100, 120, 150, 140)), ("kettle_07.png", sizes[2], (200, 80, 180, 200))):
+    for name, (w, h), box in (
+        ("mug_01.png", sizes[0], (100, 120, 150, 140)),
+        ("kettle_07.png", sizes[2], (200, 80, 180, 200)),
+    ):
         m = np.zeros((h, w), np.uint8)
-        m[box[1]:box[1] + box[3], box[0]:box[0] + box[2]] = 255
+        m[box[1] : box[1] + box[3], box[0] : box[0] + box[2]] = 255
         Image.fromarray(m).save(root / "masks" / name)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    csv_lines = [line.split()[-1] for line in readme.splitlines()
-                 if "image,category,mask,x,y,w,h" in line or ",mug," in line or ",kettle," in line]
+    csv_lines = [
+        line.split()[-1]
+        for line in readme.splitlines()
+        if "image,category,mask,x,y,w,h" in line or ",mug," in line or ",kettle," in line
+    ]
     assert len(csv_lines) == 5, csv_lines
     (root / "refs.csv").write_text("\n".join(csv_lines) + "\n")
 
@@ -106,8 +130,11 @@ def _readme_photos(root: Path, coco_mini: Path) -> None:
 def test_readme_python_api_example(tmp_path, coco_mini, random_checkpoints, monkeypatch, capsys):
     """The README's first Python API block, verbatim except for tiny models (random weights) and a 2x2 grid."""
     code = _readme_block("## Python API")
-    for big, small in (("dinov2_vitl14", "dinov2_vits14"), ("sam2_hiera_large", "sam2.1_hiera_tiny"),
-                       ("points_per_side=32", "points_per_side=2")):
+    for big, small in (
+        ("dinov2_vitl14", "dinov2_vits14"),
+        ("sam2_hiera_large", "sam2.1_hiera_tiny"),
+        ("points_per_side=32", "points_per_side=2"),
+    ):
         assert big in code
         code = code.replace(big, small)
     _readme_photos(tmp_path, coco_mini)
@@ -117,8 +144,9 @@ def test_readme_python_api_example(tmp_path, coco_mini, random_checkpoints, monk
 
     calls: list = []
     original = Segmenter.segment_many
-    monkeypatch.setattr(Segmenter, "segment_many",
-                        lambda self, *a, **k: calls.append(original(self, *a, **k)) or calls[-1])
+    monkeypatch.setattr(
+        Segmenter, "segment_many", lambda self, *a, **k: calls.append(original(self, *a, **k)) or calls[-1]
+    )
     ns: dict = {}
     exec(compile(code, "README.md (Python API)", "exec"), ns)  # noqa: S102 - the documented example
     printed = capsys.readouterr().out
@@ -158,8 +186,9 @@ def test_segmenter_batches_and_score_threshold():
 
         def segment_images(self, images):
             self.calls.append(len(images))
-            return [[Instance(np.zeros(im.shape[:2], bool), [0, 0, 1, 1], s, 1, "a") for s in (0.9, 0.4)]
-                    for im in images]
+            return [
+                [Instance(np.zeros(im.shape[:2], bool), [0, 0, 1, 1], s, 1, "a") for s in (0.9, 0.4)] for im in images
+            ]
 
     seg = Segmenter(Model(), {}, score_threshold=0.5)
     out = seg.segment_many([np.zeros((4, 5, 3), np.uint8)] * 5, batch_size=2)
@@ -171,12 +200,26 @@ def test_segmenter_batches_and_score_threshold():
 
 
 def test_run_dry_run_from_python(tmp_path, coco_mini, small_bank):
-    summary = ntt_batch.run(images=str(coco_mini / "val2017"), memory=small_bank, out=tmp_path / "out", limit=3,
-                            sam2="sam2.1_hiera_tiny", segmenter={"points_per_side": 2}, dry_run=True, echo=None)
+    summary = ntt_batch.run(
+        images=str(coco_mini / "val2017"),
+        memory=small_bank,
+        out=tmp_path / "out",
+        limit=3,
+        sam2="sam2.1_hiera_tiny",
+        segmenter={"points_per_side": 2},
+        dry_run=True,
+        echo=None,
+    )
     assert summary["exit_code"] == 0 and summary["to_process"] == 3
     with pytest.raises(ValueError, match="segmenter"):
-        ntt_batch.run(images=str(coco_mini / "val2017"), memory=small_bank, out=tmp_path / "out",
-                      segmenter={"point_per_side": 2}, dry_run=True, echo=None)
+        ntt_batch.run(
+            images=str(coco_mini / "val2017"),
+            memory=small_bank,
+            out=tmp_path / "out",
+            segmenter={"point_per_side": 2},
+            dry_run=True,
+            echo=None,
+        )
 
 
 @pytest.mark.slow
@@ -184,9 +227,17 @@ def test_run_job_from_python_then_review(tmp_path, coco_mini, small_bank, random
     env_addr = os.environ.pop("RAY_ADDRESS", None)
     try:
         lines: list[str] = []
-        summary = ntt_batch.run(images=str(coco_mini / "val2017"), memory=small_bank, out=tmp_path / "out", limit=1,
-                                sam2="sam2.1_hiera_tiny", checkpoint_dir=str(random_checkpoints), download=False,
-                                segmenter={"points_per_side": 2, "device": "cpu"}, echo=lines.append)
+        summary = ntt_batch.run(
+            images=str(coco_mini / "val2017"),
+            memory=small_bank,
+            out=tmp_path / "out",
+            limit=1,
+            sam2="sam2.1_hiera_tiny",
+            checkpoint_dir=str(random_checkpoints),
+            download=False,
+            segmenter={"points_per_side": 2, "device": "cpu"},
+            echo=lines.append,
+        )
     finally:
         if env_addr is not None:
             os.environ["RAY_ADDRESS"] = env_addr
@@ -200,5 +251,7 @@ def test_run_job_from_python_then_review(tmp_path, coco_mini, small_bank, random
 
 def _page_data(index: Path) -> dict:
     text = index.read_text()
-    start = text.index('<script type="application/json" id="review-data">') + len('<script type="application/json" id="review-data">')
-    return json.loads(text[start:text.index("</script>", start)])
+    start = text.index('<script type="application/json" id="review-data">') + len(
+        '<script type="application/json" id="review-data">'
+    )
+    return json.loads(text[start : text.index("</script>", start)])

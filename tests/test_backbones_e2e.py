@@ -31,18 +31,70 @@ def _run(args):
 def dinov3_bank(tmp_path_factory, coco_mini, random_checkpoints):
     d = tmp_path_factory.mktemp("dinov3")
     _run(["checkpoints", "random", "--model", "dinov3_vits16", "--out", str(random_checkpoints)])
-    _run(["references", "sample", "--annotations", str(coco_mini / "annotations/instances_train2017.json"),
-          "--split", "person,car", "--shots", "2", "--seed", "3", "--out", str(d / "refs.json")])
-    out = _run(["memory", "build", "--references", str(d / "refs.json"), "--image-root", str(coco_mini / "train2017"),
-                "--encoder", "dinov3_vits16", "--checkpoint-dir", str(random_checkpoints), "--no-download",
-                "--device", "cpu", "--out", str(d / "bank")])
+    _run(
+        [
+            "references",
+            "sample",
+            "--annotations",
+            str(coco_mini / "annotations/instances_train2017.json"),
+            "--split",
+            "person,car",
+            "--shots",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(d / "refs.json"),
+        ]
+    )
+    out = _run(
+        [
+            "memory",
+            "build",
+            "--references",
+            str(d / "refs.json"),
+            "--image-root",
+            str(coco_mini / "train2017"),
+            "--encoder",
+            "dinov3_vits16",
+            "--checkpoint-dir",
+            str(random_checkpoints),
+            "--no-download",
+            "--device",
+            "cpu",
+            "--out",
+            str(d / "bank"),
+        ]
+    )
     return d, out
 
 
 def _segment(d, coco_mini, ckpt, bank, out, *extra):
-    _run(["segment", "--memory", str(bank), "--images", str(coco_mini / "val2017" / IMAGE), "--sam2",
-          "sam2.1_hiera_tiny", "--points-per-side", "4", "--pred-iou-threshold", "0", "--nms-iou-threshold", "1.0",
-          "--checkpoint-dir", str(ckpt), "--no-download", "--device", "cpu", "--out", str(d / out), *extra])
+    _run(
+        [
+            "segment",
+            "--memory",
+            str(bank),
+            "--images",
+            str(coco_mini / "val2017" / IMAGE),
+            "--sam2",
+            "sam2.1_hiera_tiny",
+            "--points-per-side",
+            "4",
+            "--pred-iou-threshold",
+            "0",
+            "--nms-iou-threshold",
+            "1.0",
+            "--checkpoint-dir",
+            str(ckpt),
+            "--no-download",
+            "--device",
+            "cpu",
+            "--out",
+            str(d / out),
+            *extra,
+        ]
+    )
     return json.loads((d / out).read_text()), json.loads((d / out.replace(".json", ".meta.json")).read_text())
 
 
@@ -70,10 +122,28 @@ def test_segment_with_a_dinov3_bank_and_graph_diffusion(dinov3_bank, coco_mini, 
 
 def test_dinov3_bank_refuses_a_mismatched_encoder_size(dinov3_bank, coco_mini, random_checkpoints):
     d, _ = dinov3_bank
-    res = CliRunner().invoke(main, ["segment", "--memory", str(d / "bank"), "--images",
-                                    str(coco_mini / "val2017" / IMAGE), "--sam2", "sam2.1_hiera_tiny",
-                                    "--points-per-side", "2", "--encoder-image-size", "518", "--checkpoint-dir",
-                                    str(random_checkpoints), "--no-download", "--device", "cpu",
-                                    "--out", str(d / "bad.json")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "segment",
+            "--memory",
+            str(d / "bank"),
+            "--images",
+            str(coco_mini / "val2017" / IMAGE),
+            "--sam2",
+            "sam2.1_hiera_tiny",
+            "--points-per-side",
+            "2",
+            "--encoder-image-size",
+            "518",
+            "--checkpoint-dir",
+            str(random_checkpoints),
+            "--no-download",
+            "--device",
+            "cpu",
+            "--out",
+            str(d / "bad.json"),
+        ],
+    )
     assert res.exit_code != 0
     assert "encoder_image_size" in res.output and "patch size 16" in res.output and "512" in res.output

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import shared_data_dir
+
 from ntt_batch.models import checkpoints as ck
 from ntt_batch.models.registry import CHECKPOINTS, DEFAULT_ENCODER, DEFAULT_SAM2, CheckpointSpec, get_spec
 
@@ -20,11 +20,22 @@ def test_registry_names_urls_and_defaults():
     expected |= {f"sam2.1_hiera_{s}" for s in ("tiny", "small", "base_plus", "large")}
     expected |= {f"dinov2_vit{s}14{r}" for s in "sblg" for r in ("", "_reg4")}
     expected |= {f"dinov3_vit{s}16" for s in ("s", "splus", "b", "l", "hplus")}
-    assert set(CHECKPOINTS) == {n.replace("vitsplus16", "vits16plus").replace("vithplus16", "vith16plus") for n in expected}
+    assert set(CHECKPOINTS) == {
+        n.replace("vitsplus16", "vits16plus").replace("vithplus16", "vith16plus") for n in expected
+    }
     assert (DEFAULT_SAM2, DEFAULT_ENCODER) == ("sam2_hiera_large", "dinov2_vitl14")  # the paper's (method.md §6)
-    assert get_spec("sam2_hiera_large").url == "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_large.pt"
-    assert get_spec("sam2.1_hiera_tiny").url == "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt"
-    assert get_spec("dinov2_vitg14_reg4").url == "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitg14/dinov2_vitg14_reg4_pretrain.pth"
+    assert (
+        get_spec("sam2_hiera_large").url
+        == "https://dl.fbaipublicfiles.com/segment_anything_2/072824/sam2_hiera_large.pt"
+    )
+    assert (
+        get_spec("sam2.1_hiera_tiny").url
+        == "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt"
+    )
+    assert (
+        get_spec("dinov2_vitg14_reg4").url
+        == "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitg14/dinov2_vitg14_reg4_pretrain.pth"
+    )
     published = [s for s in CHECKPOINTS.values() if s.family != "dinov3"]
     for spec in published:
         assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0 and spec.license == "Apache-2.0"
@@ -38,7 +49,9 @@ def test_registry_names_urls_and_defaults():
 
 
 def _fake_spec(monkeypatch, content: bytes, url: str = "http://127.0.0.1:9/none") -> CheckpointSpec:
-    spec = CheckpointSpec("fake_model", "dinov2", "fake_model.pth", url, hashlib.sha256(content).hexdigest(), len(content))
+    spec = CheckpointSpec(
+        "fake_model", "dinov2", "fake_model.pth", url, hashlib.sha256(content).hexdigest(), len(content)
+    )
     monkeypatch.setitem(CHECKPOINTS, "fake_model", spec)
     return spec
 
@@ -184,8 +197,16 @@ def test_gated_checkpoint_found_by_digest_prefix_or_explained(tmp_path, monkeypa
 
     content = b"dinov3 weights"
     digest = hashlib.sha256(content).hexdigest()
-    spec = CheckpointSpec("fake_v3", "dinov3", f"fake_v3-{digest[:8]}.pth", None, None, None, sha256_prefix=digest[:8],
-                          license="DINOv3 License")
+    spec = CheckpointSpec(
+        "fake_v3",
+        "dinov3",
+        f"fake_v3-{digest[:8]}.pth",
+        None,
+        None,
+        None,
+        sha256_prefix=digest[:8],
+        license="DINOv3 License",
+    )
     monkeypatch.setitem(CHECKPOINTS, "fake_v3", spec)
     monkeypatch.setenv("NTT_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(ck.CheckpointNotFoundError, match="gated") as e:

@@ -33,15 +33,65 @@ def pipeline(tmp_path_factory, coco_mini):
     d = tmp_path_factory.mktemp("cli")
     ckpt = d / "ckpt"
     _run(["checkpoints", "random", "--model", "sam2.1_hiera_tiny", "dinov2_vits14", "--out", str(ckpt)])
-    _run(["references", "sample", "--annotations", str(coco_mini / "annotations/instances_train2017.json"),
-          "--split", "few_shot", "--shots", "1", "--seed", "33", "--out", str(d / "refs.json")])
-    _run(["memory", "build", "--references", str(d / "refs.json"), "--image-root", str(coco_mini / "train2017"),
-          "--encoder", "dinov2_vits14", "--checkpoint-dir", str(ckpt), "--no-download", "--device", "cpu",
-          "--out", str(d / "bank")])
-    out = _run(["segment", "--memory", str(d / "bank"), "--annotations", str(coco_mini / "annotations/instances_val2017.json"),
-                "--image-root", str(coco_mini / "val2017"), "--limit", str(N_IMAGES), "--sam2", "sam2.1_hiera_tiny",
-                "--points-per-side", "3", "--checkpoint-dir", str(ckpt), "--no-download", "--device", "cpu",
-                "--out", str(d / "results.json")])
+    _run(
+        [
+            "references",
+            "sample",
+            "--annotations",
+            str(coco_mini / "annotations/instances_train2017.json"),
+            "--split",
+            "few_shot",
+            "--shots",
+            "1",
+            "--seed",
+            "33",
+            "--out",
+            str(d / "refs.json"),
+        ]
+    )
+    _run(
+        [
+            "memory",
+            "build",
+            "--references",
+            str(d / "refs.json"),
+            "--image-root",
+            str(coco_mini / "train2017"),
+            "--encoder",
+            "dinov2_vits14",
+            "--checkpoint-dir",
+            str(ckpt),
+            "--no-download",
+            "--device",
+            "cpu",
+            "--out",
+            str(d / "bank"),
+        ]
+    )
+    out = _run(
+        [
+            "segment",
+            "--memory",
+            str(d / "bank"),
+            "--annotations",
+            str(coco_mini / "annotations/instances_val2017.json"),
+            "--image-root",
+            str(coco_mini / "val2017"),
+            "--limit",
+            str(N_IMAGES),
+            "--sam2",
+            "sam2.1_hiera_tiny",
+            "--points-per-side",
+            "3",
+            "--checkpoint-dir",
+            str(ckpt),
+            "--no-download",
+            "--device",
+            "cpu",
+            "--out",
+            str(d / "results.json"),
+        ]
+    )
     return d, out
 
 
@@ -101,14 +151,42 @@ def test_encoder_mismatch_is_an_error(pipeline, tmp_path, coco_mini):
     write_random_checkpoint("dinov2_vits14", other, seed=1)
     (other / "sam2.1_hiera_tiny.pt").symlink_to(d / "ckpt" / "sam2.1_hiera_tiny.pt")
     image = sorted((coco_mini / "val2017").glob("*.jpg"))[0]
-    res = CliRunner().invoke(main, ["segment", "--memory", str(d / "bank"), "--images", str(image), "--sam2", "sam2.1_hiera_tiny",
-                                    "--checkpoint-dir", str(other), "--no-download", "--out", str(tmp_path / "r.json")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "segment",
+            "--memory",
+            str(d / "bank"),
+            "--images",
+            str(image),
+            "--sam2",
+            "sam2.1_hiera_tiny",
+            "--checkpoint-dir",
+            str(other),
+            "--no-download",
+            "--out",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert res.exit_code != 0
     assert "was built with dinov2_vits14 weights sha256" in res.output and "rebuild the bank" in res.output
 
 
 def test_missing_checkpoint_message(tmp_path, coco_mini):
-    res = CliRunner().invoke(main, ["memory", "build", "--references", str(tmp_path / "r.json"), "--image-root", str(tmp_path),
-                                    "--encoder", "dinov2_vits14", "--out", str(tmp_path / "b")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "memory",
+            "build",
+            "--references",
+            str(tmp_path / "r.json"),
+            "--image-root",
+            str(tmp_path),
+            "--encoder",
+            "dinov2_vits14",
+            "--out",
+            str(tmp_path / "b"),
+        ],
+    )
     assert res.exit_code != 0  # references file missing -> click error naming it
     assert "r.json" in res.output

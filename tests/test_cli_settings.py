@@ -19,11 +19,31 @@ from ntt_batch.cli_settings import flag_fields, flag_name
 from ntt_batch.method.config import MERGER_NAMES, MemoryConfig, SegmenterConfig
 
 # The flags `segment` and `run` had before they were generated, and the ones added with the mergers.
-OLD_FLAGS = {"points_per_side", "points_batch_size", "pred_iou_threshold", "nms_iou_threshold", "max_detections",
-             "add_no_mem_embed", "drop_unmatched_before_nms", "resize_mode", "point_grid", "device", "bf16", "compile",
-             "tile_size", "tile_overlap"}
-NEW_FLAGS = {"merger", "merge_exponent", "graph_diffusion_alpha", "graph_diffusion_steps", "graph_diffusion_transition",
-             "encoder_image_size", "implementation"}
+OLD_FLAGS = {
+    "points_per_side",
+    "points_batch_size",
+    "pred_iou_threshold",
+    "nms_iou_threshold",
+    "max_detections",
+    "add_no_mem_embed",
+    "drop_unmatched_before_nms",
+    "resize_mode",
+    "point_grid",
+    "device",
+    "bf16",
+    "compile",
+    "tile_size",
+    "tile_overlap",
+}
+NEW_FLAGS = {
+    "merger",
+    "merge_exponent",
+    "graph_diffusion_alpha",
+    "graph_diffusion_steps",
+    "graph_diffusion_transition",
+    "encoder_image_size",
+    "implementation",
+}
 
 
 def _invoke(args):
@@ -67,8 +87,16 @@ def test_help_shows_each_flag_with_its_default():
     for f in flag_fields(SegmenterConfig):
         assert flag_name(f.name) in out
     flat = " ".join(out.split())
-    for text in ("[default: 32]", "[default: soft]", "[default: code]", "[default: 0.3]", "(off)",
-                 "(the encoder's native size)", "method.md §4.2", "graph-diffusion"):
+    for text in (
+        "[default: 32]",
+        "[default: soft]",
+        "[default: code]",
+        "[default: 0.3]",
+        "(off)",
+        "(the encoder's native size)",
+        "method.md §4.2",
+        "graph-diffusion",
+    ):
         assert text in flat, text
     run_help = " ".join(_invoke(["run", "--help"]).output.split())
     assert "--graph-diffusion-transition [code|paper]" in run_help and "[default: 0.5" in run_help
@@ -101,12 +129,25 @@ def _flags_kw(command="segment", **overrides):
 
 
 def test_segment_flags_build_the_config():
-    cfg = segmenter_config_from_flags(_flags_kw(device="cpu", merger="graph-diffusion", graph_diffusion_steps=5,
-                                                 encoder_image_size=448, implementation="reference"))
+    cfg = segmenter_config_from_flags(
+        _flags_kw(
+            device="cpu",
+            merger="graph-diffusion",
+            graph_diffusion_steps=5,
+            encoder_image_size=448,
+            implementation="reference",
+        )
+    )
     assert (cfg.merger, cfg.graph_diffusion_steps, cfg.encoder_image_size, cfg.implementation) == (
-        "graph-diffusion", 5, 448, "reference")
+        "graph-diffusion",
+        5,
+        448,
+        "reference",
+    )
     # a dict with only some flags: the others keep the dataclass default
-    assert segmenter_config_from_flags({"points_per_side": 4}) == dataclasses.replace(SegmenterConfig(), points_per_side=4)
+    assert segmenter_config_from_flags({"points_per_side": 4}) == dataclasses.replace(
+        SegmenterConfig(), points_per_side=4
+    )
 
 
 @pytest.fixture
@@ -127,9 +168,21 @@ def job(tmp_path, monkeypatch):
     images = tmp_path / "imgs"
     images.mkdir()
     path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({"images": str(images), "memory": str(tmp_path), "out": str(tmp_path / "o"),
-                                    "segmenter": {"points_per_side": 4, "merger": "graph-diffusion",
-                                                  "graph_diffusion_alpha": 0.1, "bf16": True}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "images": str(images),
+                "memory": str(tmp_path),
+                "out": str(tmp_path / "o"),
+                "segmenter": {
+                    "points_per_side": 4,
+                    "merger": "graph-diffusion",
+                    "graph_diffusion_alpha": 0.1,
+                    "bf16": True,
+                },
+            }
+        )
+    )
 
     def invoke(args):
         seen.clear()
@@ -155,19 +208,61 @@ def test_run_yaml_values_are_overridden_only_by_flags_given(job):
 
 def test_merger_flag_reaches_the_config(job, tmp_path):
     invoke, _ = job
-    seg = invoke(["--merger", "graph-diffusion", "--graph-diffusion-transition", "paper", "--graph-diffusion-steps", "3",
-                  "--merge-exponent", "1.0", "--encoder-image-size", "224"])
-    assert (seg.merger, seg.graph_diffusion_transition, seg.graph_diffusion_steps, seg.merge_exponent,
-            seg.encoder_image_size) == ("graph-diffusion", "paper", 3, 1.0, 224)
+    seg = invoke(
+        [
+            "--merger",
+            "graph-diffusion",
+            "--graph-diffusion-transition",
+            "paper",
+            "--graph-diffusion-steps",
+            "3",
+            "--merge-exponent",
+            "1.0",
+            "--encoder-image-size",
+            "224",
+        ]
+    )
+    assert (
+        seg.merger,
+        seg.graph_diffusion_transition,
+        seg.graph_diffusion_steps,
+        seg.merge_exponent,
+        seg.encoder_image_size,
+    ) == ("graph-diffusion", "paper", 3, 1.0, 224)
     images = tmp_path / "imgs"
-    res = _invoke(["segment", "--memory", str(tmp_path), "--images", str(images), "--out", str(tmp_path / "r.json"),
-                   "--merger", "graph-diffusion", "--graph-diffusion-alpha", "2"])
+    res = _invoke(
+        [
+            "segment",
+            "--memory",
+            str(tmp_path),
+            "--images",
+            str(images),
+            "--out",
+            str(tmp_path / "r.json"),
+            "--merger",
+            "graph-diffusion",
+            "--graph-diffusion-alpha",
+            "2",
+        ]
+    )
     assert res.exit_code == 2 and "graph_diffusion_alpha" in res.output  # validated before any model loads
 
 
 def test_bad_choice_is_rejected_naming_the_choices(tmp_path):
-    res = _invoke(["run", "--images", str(tmp_path), "--memory", str(tmp_path), "--out", str(tmp_path / "o"),
-                   "--graph-diffusion-transition", "papers", "--dry-run"])
+    res = _invoke(
+        [
+            "run",
+            "--images",
+            str(tmp_path),
+            "--memory",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--graph-diffusion-transition",
+            "papers",
+            "--dry-run",
+        ]
+    )
     assert res.exit_code == 2
     assert "--graph-diffusion-transition" in res.output and "'code'" in res.output and "'paper'" in res.output
     res = _invoke(["segment", "--memory", str(tmp_path), "--out", "r.json", "--merger", "graph_diffusion"])
@@ -176,7 +271,9 @@ def test_bad_choice_is_rejected_naming_the_choices(tmp_path):
 
 def test_yaml_merger_name_is_checked(tmp_path):
     path = tmp_path / "job.yaml"
-    path.write_text(f"images: {tmp_path}\nmemory: {tmp_path}\nout: {tmp_path}/o\nsegmenter:\n  merger: graph_diffusion\n")
+    path.write_text(
+        f"images: {tmp_path}\nmemory: {tmp_path}\nout: {tmp_path}/o\nsegmenter:\n  merger: graph_diffusion\n"
+    )
     res = _invoke(["config", "check", str(path)])
     assert res.exit_code == 2 and "merger" in res.output and "'graph-diffusion'" in res.output
 
@@ -189,7 +286,7 @@ def test_checkpoints_list_shows_licences_and_gated_models():
     blocks = res.output.strip().split("\n")
     assert len(blocks) == 3 * len(CHECKPOINTS)
     for i, spec in enumerate(CHECKPOINTS.values()):
-        first, digest, licence = blocks[3 * i: 3 * i + 3]
+        first, digest, licence = blocks[3 * i : 3 * i + 3]
         assert first.startswith(spec.name) and licence.strip() == f"licence {spec.license}"
         if spec.family == "dinov3":
             assert f"gated: request access at {DINOV3_ACCESS}" in first

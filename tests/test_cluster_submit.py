@@ -85,14 +85,34 @@ class Head:
 def ray_head():
     from ray.job_submission import JobSubmissionClient
 
-    names = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-             "runtime-env-agent-port", "metrics-export-port", "node-manager-port", "object-manager-port")
+    names = (
+        "port",
+        "dashboard-port",
+        "ray-client-server-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+        "metrics-export-port",
+        "node-manager-port",
+        "object-manager-port",
+    )
     ports = dict(zip(names, _free_ports(len(names))))  # nothing on Ray's fixed defaults: other clusters may run here
     temp_dir = tempfile.mkdtemp(prefix="ntt-ray-", dir="/tmp")  # short: Ray's unix socket paths are length-limited
     log = Path(temp_dir) / "head.log"
-    cmd = ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-           "--include-dashboard=true", "--num-cpus=2", "--num-gpus=0", f"--resources={json.dumps({MARKER: 1})}",
-           f"--temp-dir={temp_dir}", "--disable-usage-stats"] + [f"--{k}={v}" for k, v in ports.items()]
+    cmd = [
+        "ray",
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--include-dashboard=true",
+        "--num-cpus=2",
+        "--num-gpus=0",
+        f"--resources={json.dumps({MARKER: 1})}",
+        f"--temp-dir={temp_dir}",
+        "--disable-usage-stats",
+    ] + [f"--{k}={v}" for k, v in ports.items()]
     env = _env()
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -108,7 +128,9 @@ def ray_head():
                 break
             except Exception:
                 if time.monotonic() > deadline:
-                    pytest.fail(f"ray head's job server did not answer at {url} within 120 s:\n{log.read_text()[-4000:]}")
+                    pytest.fail(
+                        f"ray head's job server did not answer at {url} within 120 s:\n{log.read_text()[-4000:]}"
+                    )
                 time.sleep(1)
         yield head
     finally:
@@ -147,7 +169,9 @@ def _wait(client, job_id: str, timeout_s: float = 300) -> str:
             return status
         if time.monotonic() > deadline:
             client.stop_job(job_id)
-            pytest.fail(f"job {job_id} still {status} after {timeout_s} s; logs:\n{client.get_job_logs(job_id)[-6000:]}")
+            pytest.fail(
+                f"job {job_id} still {status} after {timeout_s} s; logs:\n{client.get_job_logs(job_id)[-6000:]}"
+            )
         time.sleep(2)
 
 
@@ -165,8 +189,8 @@ images: {images}
 out: {out}
 memory: {bank}
 references:
-  annotations: {coco_mini / 'annotations' / 'instances_train2017.json'}
-  image_root: {coco_mini / 'train2017'}
+  annotations: {coco_mini / "annotations" / "instances_train2017.json"}
+  image_root: {coco_mini / "train2017"}
   split: person,car
   shots: 1
   seed: 33
@@ -184,9 +208,29 @@ actor_num_cpus: 1
     env = _env()
 
     # 1. exactly what the README tells users to type (plus --address and an id to follow it by)
-    submit = subprocess.run(["ray", "job", "submit", "--address", ray_head.url, "--submission-id", "ntt-test-1",
-                             "--no-wait", "--working-dir", str(REPO), "--", "ntt-batch", "run", "--config", str(job)],
-                            capture_output=True, text=True, env=env, timeout=120)
+    submit = subprocess.run(
+        [
+            "ray",
+            "job",
+            "submit",
+            "--address",
+            ray_head.url,
+            "--submission-id",
+            "ntt-test-1",
+            "--no-wait",
+            "--working-dir",
+            str(REPO),
+            "--",
+            "ntt-batch",
+            "run",
+            "--config",
+            str(job),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert submit.returncode == 0, submit.stdout + submit.stderr
     client = JobSubmissionClient(ray_head.url)
     status = _wait(client, "ntt-test-1")

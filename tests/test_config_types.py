@@ -27,36 +27,55 @@ def _check(tmp_path: Path, text: str):
     return path, CliRunner().invoke(main, ["config", "check", str(path)])
 
 
-@pytest.mark.parametrize("text, message", [
-    ("limit: three\n", "limit: expected an integer, got 'three' (str)"),
-    ("limit: 2.5\n", "limit: expected an integer, got 2.5 (float)"),
-    ("num_actors: \"2\"\n", "num_actors: expected an integer, got '2' (str)"),
-    ("allow_errors: \"false\"\n", "allow_errors: expected true or false, got 'false' (str)"),
-    ("allow_errors: 0\n", "allow_errors: expected true or false, got 0 (int)"),
-    ("download: \"no\"\n", "download: expected true or false, got 'no' (str)"),
-    ("batch_size: true\n", "batch_size: expected an integer, got True (bool)"),
-    ("actor_num_cpus: one\n", "actor_num_cpus: expected a number, got 'one' (str)"),
-    ("actor_num_cpus: .nan\n", "actor_num_cpus: expected a finite number, got nan (float)"),
-    ("sam2: 5\n", "sam2: expected a string, got 5 (int)"),
-    ("ray_address: [a]\n", "ray_address: expected a string, got ['a'] (list)"),
-    ("segmenter:\n  pred_iou_threshold: high\n", "segmenter.pred_iou_threshold: expected a number, got 'high' (str)"),
-    ("segmenter:\n  points_per_side: \"32\"\n", "segmenter.points_per_side: expected an integer, got '32' (str)"),
-    ("segmenter:\n  bf16: \"true\"\n", "segmenter.bf16: expected true or false, got 'true' (str)"),
-    ("segmenter:\n  resize_mode: stretch\n", "segmenter.resize_mode: expected one of 'squash', 'letterbox', got 'stretch' (str)"),
-    ("segmenter: 3\n", "segmenter: expected a mapping of settings, got 3 (int)"),
-    (REFS.replace("shots: 1", "shots: \"10\""), "references.shots: expected an integer, got '10' (str)"),
-    (REFS + "  allow_fewer_shots: \"yes\"\n", "references.allow_fewer_shots: expected true or false, got 'yes' (str)"),
-    (REFS + "  context_ratio: wide\n", "references.context_ratio: expected a number, got 'wide' (str)"),
-    (REFS + "  seed: 3.3\n", "references.seed: expected an integer, got 3.3 (float)"),
-    ("references: [a, b]\n", "references: expected a mapping of settings, got ['a', 'b'] (list)"),
-    ("storage_options: [anon]\n", "storage_options: expected a mapping, got ['anon'] (list)"),
-    ("storage_options:\n  anon: \"false\"\n", "storage_options.anon: expected true or false, got 'false' (str)"),
-    ("storage_options:\n  max_concurrency: \"4\"\n", "storage_options.max_concurrency: expected an integer, got '4' (str)"),
-    ("storage_options:\n  client_kwargs: http://minio:9000\n",
-     "storage_options.client_kwargs: expected a mapping, got 'http://minio:9000' (str)"),
-    ("storage_options:\n  client_kwargs:\n    endpoint_url: 9000\n",
-     "storage_options.client_kwargs.endpoint_url: expected a string, got 9000 (int)"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("limit: three\n", "limit: expected an integer, got 'three' (str)"),
+        ("limit: 2.5\n", "limit: expected an integer, got 2.5 (float)"),
+        ('num_actors: "2"\n', "num_actors: expected an integer, got '2' (str)"),
+        ('allow_errors: "false"\n', "allow_errors: expected true or false, got 'false' (str)"),
+        ("allow_errors: 0\n", "allow_errors: expected true or false, got 0 (int)"),
+        ('download: "no"\n', "download: expected true or false, got 'no' (str)"),
+        ("batch_size: true\n", "batch_size: expected an integer, got True (bool)"),
+        ("actor_num_cpus: one\n", "actor_num_cpus: expected a number, got 'one' (str)"),
+        ("actor_num_cpus: .nan\n", "actor_num_cpus: expected a finite number, got nan (float)"),
+        ("sam2: 5\n", "sam2: expected a string, got 5 (int)"),
+        ("ray_address: [a]\n", "ray_address: expected a string, got ['a'] (list)"),
+        (
+            "segmenter:\n  pred_iou_threshold: high\n",
+            "segmenter.pred_iou_threshold: expected a number, got 'high' (str)",
+        ),
+        ('segmenter:\n  points_per_side: "32"\n', "segmenter.points_per_side: expected an integer, got '32' (str)"),
+        ('segmenter:\n  bf16: "true"\n', "segmenter.bf16: expected true or false, got 'true' (str)"),
+        (
+            "segmenter:\n  resize_mode: stretch\n",
+            "segmenter.resize_mode: expected one of 'squash', 'letterbox', got 'stretch' (str)",
+        ),
+        ("segmenter: 3\n", "segmenter: expected a mapping of settings, got 3 (int)"),
+        (REFS.replace("shots: 1", 'shots: "10"'), "references.shots: expected an integer, got '10' (str)"),
+        (
+            REFS + '  allow_fewer_shots: "yes"\n',
+            "references.allow_fewer_shots: expected true or false, got 'yes' (str)",
+        ),
+        (REFS + "  context_ratio: wide\n", "references.context_ratio: expected a number, got 'wide' (str)"),
+        (REFS + "  seed: 3.3\n", "references.seed: expected an integer, got 3.3 (float)"),
+        ("references: [a, b]\n", "references: expected a mapping of settings, got ['a', 'b'] (list)"),
+        ("storage_options: [anon]\n", "storage_options: expected a mapping, got ['anon'] (list)"),
+        ('storage_options:\n  anon: "false"\n', "storage_options.anon: expected true or false, got 'false' (str)"),
+        (
+            'storage_options:\n  max_concurrency: "4"\n',
+            "storage_options.max_concurrency: expected an integer, got '4' (str)",
+        ),
+        (
+            "storage_options:\n  client_kwargs: http://minio:9000\n",
+            "storage_options.client_kwargs: expected a mapping, got 'http://minio:9000' (str)",
+        ),
+        (
+            "storage_options:\n  client_kwargs:\n    endpoint_url: 9000\n",
+            "storage_options.client_kwargs.endpoint_url: expected a string, got 9000 (int)",
+        ),
+    ],
+)
 def test_config_check_names_key_value_and_type(tmp_path, text, message):
     path, res = _check(tmp_path, BASE + text)
     assert res.exit_code == 2, res.output
@@ -73,20 +92,44 @@ def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path):
 
 def test_run_refuses_the_same_values_before_starting(tmp_path):
     path = tmp_path / "job.yaml"
-    path.write_text(f"images: {tmp_path}\nmemory: {tmp_path / 'bank'}\nout: {tmp_path / 'out'}\nallow_errors: \"false\"\n")
+    path.write_text(
+        f'images: {tmp_path}\nmemory: {tmp_path / "bank"}\nout: {tmp_path / "out"}\nallow_errors: "false"\n'
+    )
     res = CliRunner().invoke(main, ["run", "--config", str(path), "--dry-run"])
     assert res.exit_code == 2 and "allow_errors: expected true or false, got 'false' (str)" in res.output, res.output
     # a flag value takes the same check: --storage-option values are read as YAML scalars
-    res = CliRunner().invoke(main, ["run", "--images", "s3://bucket/in/", "--memory", "m", "--out", "s3://bucket/o/",
-                                    "--storage-option", "use_ssl=maybe", "--dry-run"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--images",
+            "s3://bucket/in/",
+            "--memory",
+            "m",
+            "--out",
+            "s3://bucket/o/",
+            "--storage-option",
+            "use_ssl=maybe",
+            "--dry-run",
+        ],
+    )
     assert res.exit_code == 2 and "storage_options.use_ssl: expected true or false, got 'maybe' (str)" in res.output
 
 
 def test_valid_values_pass_and_are_normalised():
-    cfg = JobConfig.from_dict({"images": "s3://b/in/", "memory": "bank", "out": "s3://b/out/", "limit": None,
-                               "actor_num_cpus": 2, "allow_errors": False, "segmenter": None, "storage_options": None,
-                               "references": {"image_root": "s3://b/i/", "annotations": "s3://b/a.json", "shots": 3,
-                                              "context_ratio": 0}}).validate()
+    cfg = JobConfig.from_dict(
+        {
+            "images": "s3://b/in/",
+            "memory": "bank",
+            "out": "s3://b/out/",
+            "limit": None,
+            "actor_num_cpus": 2,
+            "allow_errors": False,
+            "segmenter": None,
+            "storage_options": None,
+            "references": {"image_root": "s3://b/i/", "annotations": "s3://b/a.json", "shots": 3, "context_ratio": 0},
+        }
+    ).validate()
     assert cfg.actor_num_cpus == 2.0 and isinstance(cfg.actor_num_cpus, float)  # an int is fine for a float
     assert cfg.segmenter == SegmenterConfig() and cfg.storage_options == {}
     assert cfg.references.context_ratio == 0.0 and cfg.references.shots == 3
@@ -96,7 +139,9 @@ def test_configs_built_in_python_are_checked_too():
     with pytest.raises(ConfigError, match=r"^limit: expected an integer, got '3' \(str\)$"):
         JobConfig(images="s3://b/in/", memory="bank", out="s3://b/out/", limit="3").validate()
     with pytest.raises(ConfigError, match=r"^segmenter.bf16: expected true or false, got 'false' \(str\)$"):
-        JobConfig(images="s3://b/in/", memory="bank", out="s3://b/out/", segmenter=SegmenterConfig(bf16="false")).validate()
+        JobConfig(
+            images="s3://b/in/", memory="bank", out="s3://b/out/", segmenter=SegmenterConfig(bf16="false")
+        ).validate()
     with pytest.raises(ConfigError, match=r"^references.shots: expected an integer, got '2' \(str\)$"):
         ReferencesSpec(image_root="x", annotations="a.json", shots="2").validate()
     # a mapping for a nested block is built into its settings class

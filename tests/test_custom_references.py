@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from test_merge_eval_viz import _instance, _row, write_shards
 
 from ntt_batch.cli import main
 from ntt_batch.eval.coco_eval import evaluate_coco, format_report
@@ -21,7 +22,6 @@ from ntt_batch.method.references import (
     save_references,
 )
 from ntt_batch.workflows import load_reference_sets
-from test_merge_eval_viz import _instance, _row, write_shards
 
 
 def _image(path: Path, w: int, h: int, value: int = 128) -> None:
@@ -32,7 +32,7 @@ def _image(path: Path, w: int, h: int, value: int = 128) -> None:
 def _mask(path: Path, w: int, h: int, box) -> np.ndarray:
     m = np.zeros((h, w), dtype=np.uint8)
     x, y, bw, bh = box
-    m[y:y + bh, x:x + bw] = 200
+    m[y : y + bh, x : x + bw] = 200
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(m).save(path)
     return m > 0
@@ -68,13 +68,16 @@ def test_csv_mixes_mask_rows_and_box_rows(tmp_path):
     assert references_from_csv(other, photos)["references"][0]["bbox"] == [1.0, 1.0, 5.0, 5.0]
 
 
-@pytest.mark.parametrize("row,match", [
-    ("a.jpg,w,a_widget.png,1,1,5,5", "either a mask or a box"),
-    ("a.jpg,w,,,,,", "neither a mask nor a box"),
-    ("a.jpg,w,,1,1,,5", "all of x,y,w,h"),
-    ("../a.jpg,w,,1,1,5,5", "unsafe"),
-    ("a.jpg,w,nope.png,,,,", r"mask not found: looked for .*nope.png and .*nope.png"),
-])
+@pytest.mark.parametrize(
+    "row,match",
+    [
+        ("a.jpg,w,a_widget.png,1,1,5,5", "either a mask or a box"),
+        ("a.jpg,w,,,,,", "neither a mask nor a box"),
+        ("a.jpg,w,,1,1,,5", "all of x,y,w,h"),
+        ("../a.jpg,w,,1,1,5,5", "unsafe"),
+        ("a.jpg,w,nope.png,,,,", r"mask not found: looked for .*nope.png and .*nope.png"),
+    ],
+)
 def test_mixed_csv_errors_name_the_line(tmp_path, row, match):
     _image(tmp_path / "img" / "a.jpg", 40, 30)
     _mask(tmp_path / "a_widget.png", 40, 30, (1, 1, 3, 3))
@@ -84,12 +87,15 @@ def test_mixed_csv_errors_name_the_line(tmp_path, row, match):
         references_from_csv(p, tmp_path / "img")
 
 
-@pytest.mark.parametrize("header,match", [
-    ("image,category,polygon", "unknown column"),
-    ("image,category,x,y,w", "all of x,y,w,h"),
-    ("image,category", "mask"),
-    ("image,image,category,mask", "repeated"),
-])
+@pytest.mark.parametrize(
+    "header,match",
+    [
+        ("image,category,polygon", "unknown column"),
+        ("image,category,x,y,w", "all of x,y,w,h"),
+        ("image,category", "mask"),
+        ("image,image,category,mask", "repeated"),
+    ],
+)
 def test_csv_header_errors(tmp_path, header, match):
     p = tmp_path / "refs.csv"
     p.write_text(header + "\n")
@@ -126,10 +132,16 @@ def test_image_root_is_remembered_relative_to_the_file(tmp_path, monkeypatch):
 
 
 def _refs(names_ids, root, file_name="a.jpg"):
-    return {"format": "ntt-batch/references", "version": 1, "image_root": root,
-            "categories": [{"id": i, "name": n} for n, i in names_ids],
-            "references": [{"category_id": i, "file_name": file_name, "width": 40, "height": 30,
-                            "bbox": [1.0, 1.0, 5.0, 5.0]} for _, i in names_ids]}
+    return {
+        "format": "ntt-batch/references",
+        "version": 1,
+        "image_root": root,
+        "categories": [{"id": i, "name": n} for n, i in names_ids],
+        "references": [
+            {"category_id": i, "file_name": file_name, "width": 40, "height": 30, "bbox": [1.0, 1.0, 5.0, 5.0]}
+            for _, i in names_ids
+        ],
+    }
 
 
 def test_merge_by_name_renumbers_clashing_ids(tmp_path):
@@ -165,14 +177,43 @@ def test_memory_build_several_files_no_image_root_and_contact_sheet(tmp_path, co
     (tmp_path / "cats.csv").write_text(f"image,category,x,y,w,h\n{cim['file_name']},cat,{x},{y},{w},{h}\n")
     r = CliRunner()
     for name in ("dogs", "cats"):
-        res = r.invoke(main, ["references", "from-csv", "--csv", str(tmp_path / f"{name}.csv"), "--image-root", str(root),
-                              "--out", str(tmp_path / f"{name}.json")])
+        res = r.invoke(
+            main,
+            [
+                "references",
+                "from-csv",
+                "--csv",
+                str(tmp_path / f"{name}.csv"),
+                "--image-root",
+                str(root),
+                "--out",
+                str(tmp_path / f"{name}.json"),
+            ],
+        )
         assert res.exit_code == 0, res.output
         assert "remembered" in res.output
-    res = r.invoke(main, ["memory", "build", "--references", str(tmp_path / "dogs.json"), "--references",
-                          str(tmp_path / "cats.json"), "--encoder", "dinov2_vits14", "--sam2", "sam2.1_hiera_tiny",
-                          "--checkpoint-dir", str(random_checkpoints), "--no-download", "--device", "cpu",
-                          "--out", str(tmp_path / "bank")])
+    res = r.invoke(
+        main,
+        [
+            "memory",
+            "build",
+            "--references",
+            str(tmp_path / "dogs.json"),
+            "--references",
+            str(tmp_path / "cats.json"),
+            "--encoder",
+            "dinov2_vits14",
+            "--sam2",
+            "sam2.1_hiera_tiny",
+            "--checkpoint-dir",
+            str(random_checkpoints),
+            "--no-download",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "bank"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "notice: " in res.output and "'cat' has id 1, already used by 'dog'" in res.output
     meta = json.loads((tmp_path / "bank" / "memory_bank.json").read_text())
@@ -183,14 +224,17 @@ def test_memory_build_several_files_no_image_root_and_contact_sheet(tmp_path, co
     assert [c["name"] for c in saved["categories"]] == ["dog", "cat"] and saved["image_root"] == str(root)
 
     sheet = tmp_path / "sheet.png"
-    res = r.invoke(main, ["references", "show", "--memory", str(tmp_path / "bank"), "--out", str(sheet), "--cell", "96"])
+    res = r.invoke(
+        main, ["references", "show", "--memory", str(tmp_path / "bank"), "--out", str(sheet), "--cell", "96"]
+    )
     assert res.exit_code == 0, res.output
     assert "2 references of 2 classes" in res.output and "1 SAM2 mask from box" in res.output and "1 mask" in res.output
     img = np.asarray(Image.open(sheet).convert("RGB"))
     assert img.shape[0] >= 96 and img.shape[1] >= 2 * 96
     # without the bank the box-only reference is drawn as a box, and the command says how to see its mask
-    res = r.invoke(main, ["references", "show", "--references", str(tmp_path / "cats.json"), "--out",
-                          str(tmp_path / "cats.png")])
+    res = r.invoke(
+        main, ["references", "show", "--references", str(tmp_path / "cats.json"), "--out", str(tmp_path / "cats.png")]
+    )
     assert res.exit_code == 0 and "1 box only" in res.output and "--memory BANK" in res.output
 
 

@@ -15,9 +15,25 @@ pytestmark = pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, coco_mini):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["NTT_SHARED_DATA"] = str(coco_mini.parent)
-    res = subprocess.run([sys.executable, "-m", "ntt_batch.cli", "demo", "--random-weights", "--limit", "1",
-                          "--points-per-side", "2", "--out", str(tmp_path / "demo")],
-                         capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ntt_batch.cli",
+            "demo",
+            "--random-weights",
+            "--limit",
+            "1",
+            "--points-per-side",
+            "2",
+            "--out",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "[demo] 4/4 COCO evaluation" in res.stdout and "segm: AP" in res.stdout
     run = json.loads((tmp_path / "demo" / "shards" / "_ntt" / "run.json").read_text())

@@ -34,9 +34,20 @@ GLOBAL_KEYS = {
     "norm.bias": lambda d: (d,),
 }
 BLOCK_KEYS_MLP = [
-    "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
-    "attn.proj.bias", "ls1.gamma", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
-    "mlp.fc2.weight", "mlp.fc2.bias", "ls2.gamma",
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "ls1.gamma",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
+    "ls2.gamma",
 ]
 BLOCK_KEYS_SWIGLU = [k.replace("fc1", "w12").replace("fc2", "w3") for k in BLOCK_KEYS_MLP]
 
@@ -101,7 +112,7 @@ def reference_forward(sd, images, num_heads):
             y = lin(F.gelu(lin(y, p + "mlp.fc1")), p + "mlp.fc2")
         x = x + sd[p + "ls2.gamma"] * y
     x = ln(x, "norm")
-    return x[:, 1 + n_reg:].reshape(b, gh, gw, d)
+    return x[:, 1 + n_reg :].reshape(b, gh, gw, d)
 
 
 def normalise(images):
@@ -122,9 +133,7 @@ def rand_images(b, h, w, seed=0):
 def test_registry_matches_timm_model_names():
     import timm
 
-    assert set(DINOV2_MODELS) == {
-        f"dinov2_vit{s}14{r}" for s in "sblg" for r in ("", "_reg4")
-    }
+    assert set(DINOV2_MODELS) == {f"dinov2_vit{s}14{r}" for s in "sblg" for r in ("", "_reg4")}
     for name, arch in DINOV2_MODELS.items():
         assert timm.is_model(arch.timm_name), arch.timm_name
         assert arch.swiglu == ("vitg" in name)
@@ -269,7 +278,7 @@ def test_matches_official_forward_518(name, depth):
         out = enc(images)
         ref = reference_forward(sd, normalise(images), DINOV2_MODELS[name].num_heads)
         # At the trained size our token assembly equals timm's own forward_features too.
-        timm_out = enc.vit.forward_features(normalise(images))[:, enc.vit.num_prefix_tokens:]
+        timm_out = enc.vit.forward_features(normalise(images))[:, enc.vit.num_prefix_tokens :]
     d = DINOV2_MODELS[name].embed_dim
     assert out.shape == (images.shape[0], 37, 37, d)
     assert out.std() > 0.5  # not degenerate
@@ -341,7 +350,8 @@ def test_load_state_dict_file(tmp_path, monkeypatch):
     torch.testing.assert_close(
         build_dinov2(name, load_state_dict_file(plain), depth=1)(images),
         build_dinov2(name, sd, depth=1)(images),
-        atol=0, rtol=0,
+        atol=0,
+        rtol=0,
     )
 
 

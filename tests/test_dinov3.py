@@ -11,8 +11,6 @@ import torch.nn.functional as F
 
 from ntt_batch.models import dinov2
 from ntt_batch.models import dinov3 as dv
-from ntt_batch.models.encoders import encoder_family
-from ntt_batch.models.registry import DINOV3_NAMES, get_spec
 from ntt_batch.models.dinov2 import IMAGENET_MEAN, IMAGENET_STD
 from ntt_batch.models.dinov3 import (
     DINOV3_MODELS,
@@ -25,6 +23,8 @@ from ntt_batch.models.dinov3 import (
     official_to_timm_state_dict,
     random_official_state_dict,
 )
+from ntt_batch.models.encoders import encoder_family
+from ntt_batch.models.registry import DINOV3_NAMES, get_spec
 
 ATOL = 1e-4
 
@@ -40,14 +40,39 @@ GLOBAL_KEYS_HEAD = {
 }
 GLOBAL_KEYS_TAIL = {"norm.weight": lambda d: (d,), "norm.bias": lambda d: (d,)}
 BLOCK_KEYS_MLP = [
-    "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.qkv.bias_mask",
-    "attn.proj.weight", "attn.proj.bias", "ls1.gamma", "norm2.weight", "norm2.bias",
-    "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias", "ls2.gamma",
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.qkv.bias_mask",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "ls1.gamma",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
+    "ls2.gamma",
 ]
 BLOCK_KEYS_SWIGLU = [
-    "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.qkv.bias_mask",
-    "attn.proj.weight", "attn.proj.bias", "ls1.gamma", "norm2.weight", "norm2.bias",
-    "mlp.w1.weight", "mlp.w1.bias", "mlp.w2.weight", "mlp.w2.bias", "mlp.w3.weight", "mlp.w3.bias",
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.qkv.bias_mask",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "ls1.gamma",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.w1.weight",
+    "mlp.w1.bias",
+    "mlp.w2.weight",
+    "mlp.w2.bias",
+    "mlp.w3.weight",
+    "mlp.w3.bias",
     "ls2.gamma",
 ]
 # dinov3/hub/backbones.py: embed_dim, depth, num_heads, ffn_ratio, ffn_layer
@@ -86,8 +111,8 @@ def _ref_rope_apply(x, sin, cos):
 
 def reference_forward(sd, images, num_heads):
     """Official DINOv3 forward_features(x)["x_norm_patchtokens"] on already-normalised images."""
-    ln = lambda x, p: F.layer_norm(x, x.shape[-1:], sd[p + ".weight"], sd[p + ".bias"], eps=1e-5)
-    lin = lambda x, p: F.linear(x, sd[p + ".weight"], sd[p + ".bias"])
+    ln = lambda x, p: F.layer_norm(x, x.shape[-1:], sd[p + ".weight"], sd[p + ".bias"], eps=1e-5)  # noqa: E731
+    lin = lambda x, p: F.linear(x, sd[p + ".weight"], sd[p + ".bias"])  # noqa: E731
 
     B = images.shape[0]
     x = F.conv2d(images, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=16)
@@ -121,7 +146,7 @@ def reference_forward(sd, images, num_heads):
         x = x + sd[p + "ls2.gamma"] * y
     x = ln(x, "norm")
     n_storage = sd["storage_tokens"].shape[1]
-    return x[:, 1 + n_storage:].reshape(B, H, W, C)
+    return x[:, 1 + n_storage :].reshape(B, H, W, C)
 
 
 def normalise(images):
@@ -268,7 +293,7 @@ def test_timm_key_set_matches_timm_model(name):
     assert "mask_token" not in tm and "reg_token" in tm
     d = DINOV3_MODELS[name].embed_dim
     assert torch.equal(tm["blocks.1.attn.q_bias"], sd["blocks.1.attn.qkv.bias"][:d])
-    assert torch.equal(tm["blocks.1.attn.v_bias"], sd["blocks.1.attn.qkv.bias"][2 * d:])
+    assert torch.equal(tm["blocks.1.attn.v_bias"], sd["blocks.1.attn.qkv.bias"][2 * d :])
     assert torch.count_nonzero(tm["blocks.1.attn.k_bias"]) == 0
     assert torch.equal(tm["blocks.0.gamma_2"], sd["blocks.0.ls2.gamma"])
     if DINOV3_MODELS[name].swiglu:
@@ -429,7 +454,8 @@ def test_load_state_dict_file(tmp_path, monkeypatch):
         torch.testing.assert_close(
             build_dinov3(name, load_state_dict_file(plain), depth=1)(images),
             build_dinov3(name, sd, depth=1)(images),
-            atol=0, rtol=0,
+            atol=0,
+            rtol=0,
         )
 
 
@@ -457,8 +483,15 @@ def test_missing_and_unexpected_keys_are_named():
 
 
 def test_module_exports():
-    for attr in ("DINOV3_MODELS", "PATCH_SIZE", "NATIVE_IMAGE_SIZE",
-                 "DinoV3Encoder", "build_dinov3", "random_official_state_dict", "official_key_shapes",
-                 "load_state_dict_file"):
+    for attr in (
+        "DINOV3_MODELS",
+        "PATCH_SIZE",
+        "NATIVE_IMAGE_SIZE",
+        "DinoV3Encoder",
+        "build_dinov3",
+        "random_official_state_dict",
+        "official_key_shapes",
+        "load_state_dict_file",
+    ):
         assert hasattr(dv, attr) and attr in dv.__all__, attr
     assert dv.DinoV3Encoder.patch_size == 16

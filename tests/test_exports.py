@@ -29,10 +29,9 @@ from pycocotools import mask as mask_utils
 from test_merge_eval_viz import _box_rle, _instance, _row, gt_rows, write_shards
 
 from ntt_batch.cli import main
-from ntt_batch.io.exports import export
+from ntt_batch.io.exports import export, merge, merge_dataset, merge_results
 from ntt_batch.io.exports.polygons import bridge_polygons, mask_polygons, polygon_area
 from ntt_batch.io.masks import decode_rle
-from ntt_batch.io.exports import merge, merge_dataset, merge_results
 
 IMG_FORMATS = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm", "heic"}
 
@@ -57,8 +56,13 @@ def small_rows(val_gt, coco_mini) -> list[dict]:
 @pytest.fixture(scope="module")
 def small_shards(tmp_path_factory, small_rows, val_gt) -> Path:
     cats = [{"id": c["id"], "name": c["name"]} for c in val_gt["categories"]]
-    return write_shards(tmp_path_factory.mktemp("exp") / "out", small_rows, per_file=5, row_group=2,
-                        run_json={"memory_bank": {"categories": cats, "content_hash": "f" * 64}})
+    return write_shards(
+        tmp_path_factory.mktemp("exp") / "out",
+        small_rows,
+        per_file=5,
+        row_group=2,
+        run_json={"memory_bank": {"categories": cats, "content_hash": "f" * 64}},
+    )
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -185,12 +189,15 @@ def test_yolo_multi_part_masks_and_name_collisions(tmp_path):
     from ntt_batch.io.masks import encode_rle
 
     inst = _instance(3, "car", 0.9, [2, 2, 56, 36], encode_rle(m))
-    rows = [_row(1, str(img_dir / "same.png"), 60, 40, [inst]), _row(2, str(tmp_path / "b/images/same.png"), 60, 40, [])]
+    rows = [
+        _row(1, str(img_dir / "same.png"), 60, 40, [inst]),
+        _row(2, str(tmp_path / "b/images/same.png"), 60, 40, []),
+    ]
     shards = write_shards(tmp_path / "s", rows)
     stats = export(str(shards), str(tmp_path / "y"), format="yolo", simplify=0)
     names, images = read_ultralytics_segment_dataset(tmp_path / "y" / "data.yaml")
     assert names == {0: "car"} and [Path(f).name for f, _ in images] == ["same.png", "same_2.png"]
-    (_cls, xy), = images[0][1]
+    ((_cls, xy),) = images[0][1]
     assert _iou(_raster([xy * [60, 40]], 40, 60), m) == 1.0  # one polygon, both parts, exact
     assert images[1][1] == [] and stats.categories_source == "instances"
 
@@ -201,8 +208,14 @@ def test_yolo_multi_part_masks_and_name_collisions(tmp_path):
 def test_label_studio_tasks_match_the_predictions_format(small_shards, small_rows, tmp_path, coco_mini):
     out = tmp_path / "tasks.json"
     root = str(coco_mini / "val2017")
-    stats = merge(str(small_shards), str(out), format="label-studio", score_threshold=0.3, image_root=root,
-                  image_url_prefix="/data/local-files/?d=val2017/")
+    stats = merge(
+        str(small_shards),
+        str(out),
+        format="label-studio",
+        score_threshold=0.3,
+        image_root=root,
+        image_url_prefix="/data/local-files/?d=val2017/",
+    )
     tasks = json.loads(out.read_text())
     cfg = ET.fromstring((tmp_path / "tasks.label_config.xml").read_text())
     image_tag, poly_tag = cfg.find("Image"), cfg.find("PolygonLabels")
@@ -214,7 +227,7 @@ def test_label_studio_tasks_match_the_predictions_format(small_shards, small_row
     for task, row in zip(tasks, small_rows):
         assert task["data"]["image"] == "/data/local-files/?d=val2017/" + Path(row["image_uri"]).name
         assert task["data"]["image_id"] == row["image_id"]
-        pred, = task["predictions"]
+        (pred,) = task["predictions"]
         assert set(pred) <= {"model_version", "score", "result"} and pred["model_version"] == "ntt-batch-" + "f" * 12
         kept = [i for i in row["instances"] if np.float32(i["score"]) >= np.float32(0.3)]
         h, w = row["height"], row["width"]
@@ -260,25 +273,38 @@ def read_like_fiftyone_coco_importer(labels_path: Path, data_path: Path) -> list
         for a in anns.get(im["id"], []):
             x, y, bw, bh = a["bbox"]
             mask = mask_utils.decode(a["segmentation"]).astype(bool)
-            dets.append({"label": classes[a["category_id"]], "confidence": a.get("score"),
-                         "bounding_box": [x / w, y / h, bw / w, bh / h],
-                         "mask": mask[round(y):round(y + bh), round(x):round(x + bw)]})
+            dets.append(
+                {
+                    "label": classes[a["category_id"]],
+                    "confidence": a.get("score"),
+                    "bounding_box": [x / w, y / h, bw / w, bh / h],
+                    "mask": mask[round(y) : round(y + bh), round(x) : round(x + bw)],
+                }
+            )
         out.append((path, dets))
     return out
 
 
 def _fiftyone_read(labels_path: Path, data_path: Path):
     fouc = pytest.importorskip("fiftyone.utils.coco")
-    imp = fouc.COCODetectionDatasetImporter(data_path=str(data_path), labels_path=str(labels_path),
-                                            label_types=["segmentations"])
+    imp = fouc.COCODetectionDatasetImporter(
+        data_path=str(data_path), labels_path=str(labels_path), label_types=["segmentations"]
+    )
     out = []
     with imp:
         for path, _meta, label in imp:
             if isinstance(label, dict):  # several label types: a dict of them
                 label = label.get("segmentations")
             dets = label.detections if label is not None else []
-            out.append((path, [{"label": x.label, "confidence": x.confidence, "bounding_box": x.bounding_box,
-                                "mask": x.mask} for x in dets]))
+            out.append(
+                (
+                    path,
+                    [
+                        {"label": x.label, "confidence": x.confidence, "bounding_box": x.bounding_box, "mask": x.mask}
+                        for x in dets
+                    ],
+                )
+            )
     return out
 
 
@@ -294,10 +320,12 @@ def test_coco_dataset_is_what_fiftyone_imports(small_shards, small_rows, tmp_pat
             kept = [i for i in row["instances"] if np.float32(i["score"]) >= np.float32(0.3)]
             assert len(dets) == len(kept)
             for det, inst in zip(dets, kept):
-                assert det["label"] == inst["category_name"] and np.float32(det["confidence"]) == np.float32(inst["score"])
+                assert det["label"] == inst["category_name"] and np.float32(det["confidence"]) == np.float32(
+                    inst["score"]
+                )
                 x, y, w, h = inst["bbox"]
                 full = decode_rle(inst["segmentation"])
-                crop = full[round(y):round(y + h), round(x):round(x + w)]
+                crop = full[round(y) : round(y + h), round(x) : round(x + w)]
                 assert np.array_equal(det["mask"], crop)
 
 
@@ -311,8 +339,12 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
     with caplog.at_level(logging.WARNING):
         stats = merge_results(str(small_shards), str(out), score_threshold=str(th))
     limits = {"person": 0.2, "potted plant": 0.9}
-    expected = [(r["image_id"], i["category_id"]) for r in small_rows for i in r["instances"]
-                if np.float32(i["score"]) >= limits.get(i["category_name"], 0.6)]
+    expected = [
+        (r["image_id"], i["category_id"])
+        for r in small_rows
+        for i in r["instances"]
+        if np.float32(i["score"]) >= limits.get(i["category_name"], 0.6)
+    ]
     got = [(d["image_id"], d["category_id"]) for d in json.loads(out.read_text())]
     assert got == expected and stats.below_threshold == sum(len(r["instances"]) for r in small_rows) - len(expected)
     assert stats.score_threshold == {"default": 0.6, "person": 0.2, "Potted Plant": 0.9, "unicorn": 0.5}
@@ -320,20 +352,68 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
     assert sum("match no class" in r.getMessage() for r in caplog.records) == 1
     # the CLI takes a number or a file, for every format
     for fmt, dest in (("dataset", "d.json"), ("label-studio", "ls.json"), ("yolo", "yolo_ds")):
-        r = CliRunner().invoke(main, ["merge", "--shards", str(small_shards), "--out", str(tmp_path / dest), "--format", fmt,
-                                      "--score-threshold", str(th)])
+        r = CliRunner().invoke(
+            main,
+            [
+                "merge",
+                "--shards",
+                str(small_shards),
+                "--out",
+                str(tmp_path / dest),
+                "--format",
+                fmt,
+                "--score-threshold",
+                str(th),
+            ],
+        )
         assert r.exit_code == 0, r.output
         assert f"{len(expected)} instances" in r.output
-    r = CliRunner().invoke(main, ["merge", "--shards", str(small_shards), "--out", str(tmp_path / "x.json"), "--format",
-                                  "results", "--score-threshold", "0.5"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "merge",
+            "--shards",
+            str(small_shards),
+            "--out",
+            str(tmp_path / "x.json"),
+            "--format",
+            "results",
+            "--score-threshold",
+            "0.5",
+        ],
+    )
     assert r.exit_code == 0 and "below the score threshold" in r.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("person: high\n")
-    r = CliRunner().invoke(main, ["merge", "--shards", str(small_shards), "--out", str(tmp_path / "y.json"), "--format",
-                                  "results", "--score-threshold", str(bad)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "merge",
+            "--shards",
+            str(small_shards),
+            "--out",
+            str(tmp_path / "y.json"),
+            "--format",
+            "results",
+            "--score-threshold",
+            str(bad),
+        ],
+    )
     assert r.exit_code != 0 and "'person'" in r.output and "'high'" in r.output and not (tmp_path / "y.json").exists()
-    r = CliRunner().invoke(main, ["merge", "--shards", str(small_shards), "--out", str(tmp_path / "z.json"), "--format",
-                                  "results", "--yolo-images", "copy"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "merge",
+            "--shards",
+            str(small_shards),
+            "--out",
+            str(tmp_path / "z.json"),
+            "--format",
+            "results",
+            "--yolo-images",
+            "copy",
+        ],
+    )
     assert r.exit_code != 0 and "--yolo-images applies to --format yolo only" in r.output
 
 
@@ -342,12 +422,17 @@ def test_visualize_applies_per_class_thresholds(tmp_path, monkeypatch):
 
     drawn = []
     real = overlay.render_panel
-    monkeypatch.setattr(overlay, "render_panel", lambda img, insts, title: drawn.append((title, [i.label for i in insts]))
-                        or real(img, insts, title))
+    monkeypatch.setattr(
+        overlay,
+        "render_panel",
+        lambda img, insts, title: drawn.append((title, [i.label for i in insts])) or real(img, insts, title),
+    )
     rle = _box_rle(20, 20, (2, 2, 5, 5))
-    preds = [{"category_id": 1, "category_name": "dog", "score": 0.5, "bbox": [2, 2, 5, 5], "segmentation": rle},
-             {"category_id": 2, "category_name": "cat", "score": 0.5, "bbox": [2, 2, 5, 5], "segmentation": rle},
-             {"category_id": 2, "category_name": "cat", "score": 0.95, "bbox": [2, 2, 5, 5], "segmentation": rle}]
+    preds = [
+        {"category_id": 1, "category_name": "dog", "score": 0.5, "bbox": [2, 2, 5, 5], "segmentation": rle},
+        {"category_id": 2, "category_name": "cat", "score": 0.5, "bbox": [2, 2, 5, 5], "segmentation": rle},
+        {"category_id": 2, "category_name": "cat", "score": 0.95, "bbox": [2, 2, 5, 5], "segmentation": rle},
+    ]
     image = np.zeros((20, 20, 3), dtype=np.uint8)
     overlay.render_overlay(image, preds, score_threshold={"cat": 0.9, "default": 0.1})
     title, labels = drawn[-1]

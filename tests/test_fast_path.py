@@ -103,16 +103,39 @@ def test_bench_cli_emits_valid_json(tmp_path, random_checkpoints, coco_mini):
     from ntt_batch.cli import main
 
     out = tmp_path / "bench.json"
-    r = CliRunner().invoke(main, ["bench", "--images", str(coco_mini / "val2017" / "000000000139.jpg"), "--limit", "1",
-                                  "--points-per-side", "2", "--device", "cpu", "--checkpoint-dir", str(random_checkpoints),
-                                  "--no-download", "--json", str(out)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--images",
+            str(coco_mini / "val2017" / "000000000139.jpg"),
+            "--limit",
+            "1",
+            "--points-per-side",
+            "2",
+            "--device",
+            "cpu",
+            "--checkpoint-dir",
+            str(random_checkpoints),
+            "--no-download",
+            "--json",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(out.read_text())
     for key in ("images_per_s", "reference_images_per_s", "speedup_vs_reference", "detections_agree"):
         assert key in report
     assert report["images_per_s"] > 0 and report["reference_images_per_s"] > 0
     assert report["detections_agree"] is True
-    assert set(report["fast"]["seconds_per_image"]) >= {"decode", "sam2_encoder", "mask_decoder", "encoder", "rle", "write"}
+    assert set(report["fast"]["seconds_per_image"]) >= {
+        "decode",
+        "sam2_encoder",
+        "mask_decoder",
+        "encoder",
+        "rle",
+        "write",
+    }
     assert "speedup" in r.output and "mask_decoder" in r.output
 
 

@@ -108,10 +108,14 @@ def test_every_imported_package_is_declared(folder, scope):
     for module, where in sorted(third_party_imports(REPO / folder, _first_party()).items()):
         dists = {_normalize(d) for d in providers.get(module, [])}
         if not dists:
-            problems.append(f"{module} (imported at {where[0]}) is not installed, so no declared distribution provides it")
+            problems.append(
+                f"{module} (imported at {where[0]}) is not installed, so no declared distribution provides it"
+            )
         elif not dists & declared:
-            problems.append(f"{module} (imported at {where[0]}) comes from {', '.join(sorted(dists))}, "
-                            f"which pyproject.toml does not declare in {scope}")
+            problems.append(
+                f"{module} (imported at {where[0]}) comes from {', '.join(sorted(dists))}, "
+                f"which pyproject.toml does not declare in {scope}"
+            )
     assert not problems, "undeclared imports:\n  " + "\n  ".join(problems)
 
 
@@ -124,8 +128,10 @@ def test_transitive_allowances_hold():
 
 def test_the_guard_sees_an_undeclared_import(tmp_path):
     """The check is real: required imports are reported; optional, relative and standard-library ones are not."""
-    (tmp_path / "m.py").write_text("import yaml\nfrom scipy import ndimage\ntry:\n    import boto3\nexcept ImportError:\n"
-                                   "    boto3 = None\nfrom . import sibling\nimport json\n")
+    (tmp_path / "m.py").write_text(
+        "import yaml\nfrom scipy import ndimage\ntry:\n    import boto3\nexcept ImportError:\n"
+        "    boto3 = None\nfrom . import sibling\nimport json\n"
+    )
     assert set(third_party_imports(tmp_path, set())) == {"yaml", "scipy"}
 
 
@@ -163,18 +169,33 @@ def test_second_install_is_a_quick_no_op(tmp_path):
     stamp = Path(sys.prefix) / ".ntt-batch-install.stamp"
     if not stamp.is_file():
         pytest.skip("this environment was not installed by scripts/install.sh (no stamp in sys.prefix)")
-    key = __import__("hashlib").sha256((REPO / "scripts/install.sh").read_bytes() + (REPO / "pyproject.toml").read_bytes()).hexdigest()
+    key = (
+        __import__("hashlib")
+        .sha256((REPO / "scripts/install.sh").read_bytes() + (REPO / "pyproject.toml").read_bytes())
+        .hexdigest()
+    )
     stamped = stamp.read_text().split()
     if not stamped or stamped[0] != key:
-        pytest.skip("the install stamp predates the current pyproject.toml/install.sh (the next install.sh call reinstalls)")
+        pytest.skip(
+            "the install stamp predates the current pyproject.toml/install.sh (the next install.sh call reinstalls)"
+        )
     shim = tmp_path / "python"
-    shim.write_text(f"#!/bin/sh\nif [ \"$1\" = -m ] && [ \"$2\" = pip ] && [ \"$3\" = install ]; then\n"
-                    f"  echo 'SHIM: pip install attempted' >&2; exit 97\nfi\nexec {sys.executable} \"$@\"\n")
+    shim.write_text(
+        f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = pip ] && [ "$3" = install ]; then\n'
+        f"  echo 'SHIM: pip install attempted' >&2; exit 97\nfi\nexec {sys.executable} \"$@\"\n"
+    )
     shim.chmod(0o755)
     extras = ["--test"] if stamped[1:] == ["[test]"] else []
     t0 = time.perf_counter()
-    res = subprocess.run(["bash", "scripts/install.sh", *extras], check=False, cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "PYTHON": str(shim)}, timeout=300)
+    res = subprocess.run(
+        ["bash", "scripts/install.sh", *extras],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": str(shim)},
+        timeout=300,
+    )
     seconds = time.perf_counter() - t0
     assert res.returncode == 0 and "SHIM" not in res.stderr, res.stdout + res.stderr
     assert "already installed" in res.stdout and "ntt-batch" in res.stdout, res.stdout

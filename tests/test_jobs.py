@@ -80,7 +80,13 @@ def test_cluster_yaml_node_configs_are_valid_ec2_run_instances_arguments():
 
 def test_install_pins_in_cluster_setup_match_the_install_script():
     script = (REPO / "scripts" / "install.sh").read_text()
-    for pin in ('"torch==2.14.1"', '"torchvision==0.29.1"', '"sam2==1.1.0"', "SAM2_BUILD_CUDA=0", "--no-build-isolation"):
+    for pin in (
+        '"torch==2.14.1"',
+        '"torchvision==0.29.1"',
+        '"sam2==1.1.0"',
+        "SAM2_BUILD_CUDA=0",
+        "--no-build-isolation",
+    ):
         assert pin in script
     import ray
 
@@ -117,7 +123,13 @@ def test_coco_fsod_jobs_are_the_paper_setting(shots):
     assert cfg.annotations.endswith("instances_val2017.json") and cfg.image_root.rstrip("/").endswith("val2017")
     assert cfg.limit is None and cfg.sam2 == "sam2_hiera_large"
     seg = cfg.segmenter
-    assert (seg.points_per_side, seg.pred_iou_threshold, seg.nms_iou_threshold, seg.max_detections, seg.bf16) == (32, 0.4, 0.5, 100, False)
+    assert (seg.points_per_side, seg.pred_iou_threshold, seg.nms_iou_threshold, seg.max_detections, seg.bf16) == (
+        32,
+        0.4,
+        0.5,
+        100,
+        False,
+    )
     assert f"{shots}shot" in cfg.memory and f"{shots}shot" in cfg.out
 
 
@@ -145,19 +157,28 @@ def _write(tmp_path, text: str) -> Path:
     return p
 
 
-@pytest.mark.parametrize("text, named", [
-    ("num_actor: 2\n", "'num_actor'"),
-    ("segmenter:\n  point_per_side: 4\n", "segmenter: unknown key(s) 'point_per_side'"),
-    ("references:\n  image_root: /x\n  annotations: /a.json\n  shot: 3\n", "references: unknown key(s) 'shot'"),
-    ("references:\n  image_root: /x\n  annotations: /a.json\n", "references.shots: required"),
-    ("references:\n  image_root: /x\n  file: /r.json\n  annotations: /a.json\n  shots: 1\n", "exactly one of annotations"),
-    ("references:\n  image_root: /x\n  file: /r.json\n  encoder: dinov2_vitx14\n", "unknown dinov2 model 'dinov2_vitx14'"),
-    ("sam2: sam2_hiera_huge\n", "unknown sam2 model 'sam2_hiera_huge'"),
-    ("storage_options:\n  anno: true\n", "'storage_options.anno'"),
-    ("segmenter:\n  pred_iou_threshold: 2\n", "pred_iou_threshold"),
-    ("limit: 3\nlimit: 4\n", "key 'limit' is given twice"),
-    ("images: [unclosed\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("num_actor: 2\n", "'num_actor'"),
+        ("segmenter:\n  point_per_side: 4\n", "segmenter: unknown key(s) 'point_per_side'"),
+        ("references:\n  image_root: /x\n  annotations: /a.json\n  shot: 3\n", "references: unknown key(s) 'shot'"),
+        ("references:\n  image_root: /x\n  annotations: /a.json\n", "references.shots: required"),
+        (
+            "references:\n  image_root: /x\n  file: /r.json\n  annotations: /a.json\n  shots: 1\n",
+            "exactly one of annotations",
+        ),
+        (
+            "references:\n  image_root: /x\n  file: /r.json\n  encoder: dinov2_vitx14\n",
+            "unknown dinov2 model 'dinov2_vitx14'",
+        ),
+        ("sam2: sam2_hiera_huge\n", "unknown sam2 model 'sam2_hiera_huge'"),
+        ("storage_options:\n  anno: true\n", "'storage_options.anno'"),
+        ("segmenter:\n  pred_iou_threshold: 2\n", "pred_iou_threshold"),
+        ("limit: 3\nlimit: 4\n", "key 'limit' is given twice"),
+        ("images: [unclosed\n", "not valid YAML"),
+    ],
+)
 def test_config_check_names_the_bad_key(tmp_path, text, named):
     base = "images: s3://bucket/in/\nmemory: bank\nout: s3://bucket/out/\n"
     if text.startswith("images:"):
@@ -170,21 +191,38 @@ def test_config_check_names_the_bad_key(tmp_path, text, named):
 
 
 def test_run_rejects_misspelled_nested_keys_like_config_check(tmp_path):
-    for text, named in (("storage_options:\n  anno: true\n", "'storage_options.anno'"),
-                        ("references:\n  image_root: /x\n  annotations: /a.json\n  shot: 3\n", "'shot'")):
+    for text, named in (
+        ("storage_options:\n  anno: true\n", "'storage_options.anno'"),
+        ("references:\n  image_root: /x\n  annotations: /a.json\n  shot: 3\n", "'shot'"),
+    ):
         path = _write(tmp_path, f"images: s3://bucket/in/\nmemory: {tmp_path}/bank\nout: {tmp_path}/out\n" + text)
         res = _invoke(["run", "--config", str(path), "--dry-run"])
         assert res.exit_code != 0 and named in res.output, res.output
     # a storage option given as a flag is checked the same way
-    res = _invoke(["run", "--images", "s3://bucket/in/", "--memory", "m", "--out", "o", "--storage-option", "endpont_url=x",
-                   "--dry-run"])
+    res = _invoke(
+        [
+            "run",
+            "--images",
+            "s3://bucket/in/",
+            "--memory",
+            "m",
+            "--out",
+            "o",
+            "--storage-option",
+            "endpont_url=x",
+            "--dry-run",
+        ]
+    )
     assert res.exit_code != 0 and "'storage_options.endpont_url'" in res.output
 
 
 def test_config_check_reports_paths_bank_and_checkpoints(tmp_path, small_bank, random_checkpoints, coco_mini):
-    path = _write(tmp_path, f"images: {coco_mini / 'val2017'}\nmemory: {small_bank}\nout: {tmp_path / 'out'}\n"
-                            f"sam2: sam2.1_hiera_tiny\ncheckpoint_dir: {random_checkpoints}\ndownload: false\n"
-                            "storage_options:\n  key: AKIAEXAMPLE\n  secret: hunter2\n")
+    path = _write(
+        tmp_path,
+        f"images: {coco_mini / 'val2017'}\nmemory: {small_bank}\nout: {tmp_path / 'out'}\n"
+        f"sam2: sam2.1_hiera_tiny\ncheckpoint_dir: {random_checkpoints}\ndownload: false\n"
+        "storage_options:\n  key: AKIAEXAMPLE\n  secret: hunter2\n",
+    )
     res = _invoke(["config", "check", "--strict", str(path)])
     assert res.exit_code == 0, res.output
     assert "memory: bank with 2 classes (person, car), shots per class 1, encoder dinov2_vits14" in res.output
@@ -194,8 +232,11 @@ def test_config_check_reports_paths_bank_and_checkpoints(tmp_path, small_bank, r
     assert "points_per_side: 32" in res.output  # defaults are filled in: the resolved settings
 
     # a missing bank without references: the warning says how to make one; a missing local input path warns too
-    path = _write(tmp_path, f"images: {tmp_path / 'nope'}\nmemory: {tmp_path / 'no-bank'}\nout: {tmp_path / 'out'}\n"
-                            f"sam2: sam2.1_hiera_tiny\ncheckpoint_dir: {tmp_path / 'no-ckpt'}\ndownload: false\n")
+    path = _write(
+        tmp_path,
+        f"images: {tmp_path / 'nope'}\nmemory: {tmp_path / 'no-bank'}\nout: {tmp_path / 'out'}\n"
+        f"sam2: sam2.1_hiera_tiny\ncheckpoint_dir: {tmp_path / 'no-ckpt'}\ndownload: false\n",
+    )
     res = _invoke(["config", "check", str(path)])
     assert res.exit_code == 0, res.output
     assert f"images: {tmp_path / 'nope'} does not exist on this machine" in res.output
@@ -206,8 +247,10 @@ def test_config_check_reports_paths_bank_and_checkpoints(tmp_path, small_bank, r
 
 
 def test_config_check_refuses_a_bank_built_with_other_reference_settings(tmp_path, small_bank, coco_mini):
-    refs = (f"references:\n  annotations: {coco_mini / 'annotations/instances_train2017.json'}\n"
-            f"  image_root: {coco_mini / 'train2017'}\n  split: person,car\n  encoder: dinov2_vits14\n")
+    refs = (
+        f"references:\n  annotations: {coco_mini / 'annotations/instances_train2017.json'}\n"
+        f"  image_root: {coco_mini / 'train2017'}\n  split: person,car\n  encoder: dinov2_vits14\n"
+    )
     base = f"images: {coco_mini / 'val2017'}\nmemory: {small_bank}\nout: {tmp_path / 'out'}\n"
     res = _invoke(["config", "check", str(_write(tmp_path, base + refs + "  shots: 1\n"))])
     assert res.exit_code == 0 and "\nerrors:" not in res.output, res.output
@@ -220,8 +263,14 @@ def test_config_check_refuses_a_bank_built_with_other_reference_settings(tmp_pat
 
 
 def test_references_spec_round_trips_and_is_recorded(tmp_path):
-    cfg = JobConfig.from_dict({"images": "s3://b/in/", "memory": "bank", "out": "s3://b/out/",
-                               "references": {"file": "refs.json", "image_root": "imgs", "encoder": "dinov2_vits14"}})
+    cfg = JobConfig.from_dict(
+        {
+            "images": "s3://b/in/",
+            "memory": "bank",
+            "out": "s3://b/out/",
+            "references": {"file": "refs.json", "image_root": "imgs", "encoder": "dinov2_vits14"},
+        }
+    )
     cfg.validate()
     assert isinstance(cfg.references, ReferencesSpec)
     assert cfg.references.file == os.path.abspath("refs.json")  # local paths made absolute like the others
@@ -232,13 +281,19 @@ def test_references_spec_round_trips_and_is_recorded(tmp_path):
 
 def test_existing_bank_is_reused_and_a_mismatch_is_refused(small_bank, coco_mini):
     meta = json.loads((small_bank / "memory_bank.json").read_text())
-    spec = ReferencesSpec(annotations=str(coco_mini / "annotations/instances_train2017.json"),
-                          image_root=str(coco_mini / "train2017"), split="person,car", shots=1,
-                          encoder="dinov2_vits14").validate()
+    spec = ReferencesSpec(
+        annotations=str(coco_mini / "annotations/instances_train2017.json"),
+        image_root=str(coco_mini / "train2017"),
+        split="person,car",
+        shots=1,
+        encoder="dinov2_vits14",
+    ).validate()
     assert bank_mismatches(spec, meta) == []
     other = ReferencesSpec(**{**spec.__dict__, "shots": 3, "encoder": "dinov2_vitl14"}).validate()
-    assert bank_mismatches(other, meta) == ["encoder='dinov2_vits14' (references: asks for 'dinov2_vitl14')",
-                                            "shots=1 (references: asks for 3)"]
+    assert bank_mismatches(other, meta) == [
+        "encoder='dinov2_vits14' (references: asks for 'dinov2_vitl14')",
+        "shots=1 (references: asks for 3)",
+    ]
     lines = []
     cfg = JobConfig(memory=str(small_bank), out="o", images="i", references=spec)
     assert prepare_memory_bank(cfg, echo=lines.append) is None and "exists" in lines[0]
@@ -247,10 +302,13 @@ def test_existing_bank_is_reused_and_a_mismatch_is_refused(small_bank, coco_mini
 
 
 def test_dry_run_says_the_bank_will_be_built(tmp_path, coco_mini):
-    path = _write(tmp_path, f"images: {coco_mini / 'val2017'}\nmemory: {tmp_path / 'bank'}\nout: {tmp_path / 'out'}\n"
-                            f"limit: 1\nreferences:\n  annotations: {coco_mini / 'annotations/instances_train2017.json'}\n"
-                            f"  image_root: {coco_mini / 'train2017'}\n  split: person,car\n  shots: 1\n"
-                            f"  encoder: dinov2_vits14\n")
+    path = _write(
+        tmp_path,
+        f"images: {coco_mini / 'val2017'}\nmemory: {tmp_path / 'bank'}\nout: {tmp_path / 'out'}\n"
+        f"limit: 1\nreferences:\n  annotations: {coco_mini / 'annotations/instances_train2017.json'}\n"
+        f"  image_root: {coco_mini / 'train2017'}\n  split: person,car\n  shots: 1\n"
+        f"  encoder: dinov2_vits14\n",
+    )
     res = _invoke(["run", "--config", str(path), "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "does not exist; the run would build it first from sampling 1 shot(s) per class" in res.output
@@ -268,7 +326,9 @@ def test_bank_folder_must_be_local_and_not_something_else(tmp_path):
     assert "non-empty folder without a memory bank" in memory_folder_problem(str(tmp_path / "other"))
     assert "must be a local folder" in memory_folder_problem("s3://bucket/bank")
     spec = {"file": "refs.json", "image_root": "imgs"}
-    cfg = JobConfig.from_dict({"images": "i", "out": "o", "memory": str(tmp_path / "other"), "references": spec}).validate()
+    cfg = JobConfig.from_dict(
+        {"images": "i", "out": "o", "memory": str(tmp_path / "other"), "references": spec}
+    ).validate()
     with pytest.raises(ConfigError, match="non-empty folder without a memory bank"):
         prepare_memory_bank(cfg, echo=lambda s: None)
 
@@ -287,18 +347,25 @@ def test_bank_task_from_an_object_store_equals_memory_build(small_bank, random_c
     refs = json.loads((small_bank.parent / "refs.json").read_text())
     for name in {r["file_name"] for r in refs["references"]}:
         fs.pipe_file(f"/ntt-test/train2017/{name}", (coco_mini / "train2017" / name).read_bytes())
-    fs.pipe_file("/ntt-test/instances_train2017.json", (coco_mini / "annotations/instances_train2017.json").read_bytes())
+    fs.pipe_file(
+        "/ntt-test/instances_train2017.json", (coco_mini / "annotations/instances_train2017.json").read_bytes()
+    )
     fs.pipe_file("/ntt-test/refs.json", json.dumps(refs).encode())
     expected = MemoryBank.load(small_bank).content_hash
     common = {"image_root": "memory://ntt-test/train2017/", "encoder": "dinov2_vits14"}
     try:
-        for spec in ({**common, "annotations": "memory://ntt-test/instances_train2017.json", "split": "person,car", "shots": 1},
-                     {**common, "file": "memory://ntt-test/refs.json"}):
+        for spec in (
+            {**common, "annotations": "memory://ntt-test/instances_train2017.json", "split": "person,car", "shots": 1},
+            {**common, "file": "memory://ntt-test/refs.json"},
+        ):
             spec = ReferencesSpec(**spec).validate()
-            bank, built_refs, info = build_bank_task(spec.__dict__, storage_options={}, checkpoint_dir=str(random_checkpoints),
-                                                     download=False)
+            bank, built_refs, info = build_bank_task(
+                spec.__dict__, storage_options={}, checkpoint_dir=str(random_checkpoints), download=False
+            )
             assert bank.content_hash == expected
-            assert [r["annotation_id"] for r in built_refs["references"]] == [r["annotation_id"] for r in refs["references"]]
+            assert [r["annotation_id"] for r in built_refs["references"]] == [
+                r["annotation_id"] for r in refs["references"]
+            ]
             assert info["device"] == "cpu" and info["encode_seconds"] > 0
     finally:
         fs.rm("/ntt-test", recursive=True)
@@ -334,23 +401,33 @@ def test_a_real_difference_in_the_fingerprint_is_still_refused():
     old = _fingerprint()
     del old["segmenter"]["merger"]
     assert fingerprint_differences(old, _fingerprint(merger="graph-diffusion")) == [
-        "segmenter.merger: 'soft' in the output, 'graph-diffusion' now"]
+        "segmenter.merger: 'soft' in the output, 'graph-diffusion' now"
+    ]
     assert fingerprint_differences(_fingerprint(), _fingerprint(encoder_image_size=448)) == [
-        "segmenter.encoder_image_size: 518 in the output, 448 now"]
+        "segmenter.encoder_image_size: 518 in the output, 448 now"
+    ]
     assert fingerprint_differences(_fingerprint(), _fingerprint(points_per_side=8)) == [
-        "segmenter.points_per_side: 32 in the output, 8 now"]
+        "segmenter.points_per_side: 32 in the output, 8 now"
+    ]
     with pytest.raises(ConfigError, match="encoder_image_size"):
         _fingerprint(encoder_image_size=500)  # not a multiple of DINOv2's 14-px patches
 
 
 def test_bank_reference_settings_are_compared_resolved_for_the_encoder(tmp_path):
-    spec = ReferencesSpec(file=str(tmp_path / "refs.json"), image_root=str(tmp_path), encoder="dinov2_vits14").validate()
-    meta = {"encoder": {"name": "dinov2_vits14"}, "references": {"source": {"kind": "file"}},
-            "config": {"crop_size": 518, "context_ratio": 0.2, "empty_mask_fallback": "area"}}
+    spec = ReferencesSpec(
+        file=str(tmp_path / "refs.json"), image_root=str(tmp_path), encoder="dinov2_vits14"
+    ).validate()
+    meta = {
+        "encoder": {"name": "dinov2_vits14"},
+        "references": {"source": {"kind": "file"}},
+        "config": {"crop_size": 518, "context_ratio": 0.2, "empty_mask_fallback": "area"},
+    }
     assert bank_mismatches(spec, meta) == []  # crop_size: null in the job = 518 for DINOv2
     assert bank_mismatches(spec, {**meta, "config": {"crop_size": None, "context_ratio": 0.2}}) == []
     assert bank_mismatches(spec, {**meta, "config": {"context_ratio": 0.2}}) == []  # recorded before crop_size existed
     assert bank_mismatches(spec, {**meta, "config": {**meta["config"], "crop_size": 448}}) == [
-        "crop_size=448 (references: asks for 518)"]
+        "crop_size=448 (references: asks for 518)"
+    ]
     assert bank_mismatches(spec, {**meta, "config": {**meta["config"], "context_ratio": 0.5}}) == [
-        "context_ratio=0.5 (references: asks for 0.2)"]
+        "context_ratio=0.5 (references: asks for 0.2)"
+    ]

@@ -147,8 +147,7 @@ def test_mask_to_patch_weights_error_fallback():
 
 
 def test_instance_prototype_soft_weights():
-    feats = torch.tensor([[[1.0, 0.0], [0.0, 2.0]],
-                          [[100.0, 100.0], [4.0, 4.0]]])  # [2, 2, D=2]
+    feats = torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[100.0, 100.0], [4.0, 4.0]]])  # [2, 2, D=2]
     w = torch.tensor([[1.0, 0.5], [0.0, 0.25]])
     # Σw = 1.75; Σ w·F = 1·(1,0) + 0.5·(0,2) + 0·(100,100) + 0.25·(4,4) = (2, 2) → (8/7, 8/7)
     p = instance_prototype(feats, w)
@@ -307,8 +306,16 @@ def _solid(h, w, rgb):
 
 
 def _ref(cat, image_id, ann_id, file_name, h, w, seg, bbox):
-    return {"category_id": cat, "image_id": image_id, "file_name": file_name, "width": w, "height": h,
-            "annotation_id": ann_id, "bbox": bbox, "segmentation": seg}
+    return {
+        "category_id": cat,
+        "image_id": image_id,
+        "file_name": file_name,
+        "width": w,
+        "height": h,
+        "annotation_id": ann_id,
+        "bbox": bbox,
+        "segmentation": seg,
+    }
 
 
 def _colour_references():
@@ -329,8 +336,8 @@ def _colour_references():
 
 
 COLOUR_IMAGES = {
-    "one.jpg": _solid(20, 30, (255, 0, 0)),   # → (1, 0, 0)
-    "two.jpg": _solid(24, 16, (0, 51, 0)),    # → (0, 0.2, 0)
+    "one.jpg": _solid(20, 30, (255, 0, 0)),  # → (1, 0, 0)
+    "two.jpg": _solid(24, 16, (0, 51, 0)),  # → (0, 0.2, 0)
     "three.jpg": _solid(16, 16, (0, 0, 255)),  # → (0, 0, 1)
 }
 
@@ -338,8 +345,14 @@ COLOUR_IMAGES = {
 def test_build_memory_bank_mean_colour_encoder():
     refs = _colour_references()
     enc = MeanColourEncoder()
-    bank = build_memory_bank(refs, lambda r: COLOUR_IMAGES[r["file_name"]], enc,
-                             encoder_info={"name": "fake-colour"}, config=MemoryConfig(crop_size=28), batch_size=2)
+    bank = build_memory_bank(
+        refs,
+        lambda r: COLOUR_IMAGES[r["file_name"]],
+        enc,
+        encoder_info={"name": "fake-colour"},
+        config=MemoryConfig(crop_size=28),
+        batch_size=2,
+    )
     # batch_size 2 → encoder calls of 2 and 1 crops, each [3, 28, 28]
     assert enc.batch_shapes == [(2, 3, 28, 28), (1, 3, 28, 28)]
     assert bank.categories == [{"id": 2, "name": "a"}, {"id": 5, "name": "b"}]
@@ -366,13 +379,21 @@ def test_build_memory_bank_patch_weights_through_position_encoder():
     mask = np.zeros((100, 100), dtype=bool)
     mask[40:60, 40:60] = True
     mask[50:60, 50:60] = False
-    refs = validate_references({
-        "format": "ntt-batch/references", "version": 1,
-        "categories": [{"id": 1, "name": "thing"}],
-        "references": [_ref(1, 1, 1, "img.png", 100, 100, encode_rle(mask), [40.0, 40.0, 20.0, 20.0])],
-    })
-    bank = build_memory_bank(refs, lambda r: np.zeros((100, 100, 3), dtype=np.uint8), PositionEncoder(),
-                             encoder_info={"name": "fake-pos"}, config=MemoryConfig(crop_size=56))
+    refs = validate_references(
+        {
+            "format": "ntt-batch/references",
+            "version": 1,
+            "categories": [{"id": 1, "name": "thing"}],
+            "references": [_ref(1, 1, 1, "img.png", 100, 100, encode_rle(mask), [40.0, 40.0, 20.0, 20.0])],
+        }
+    )
+    bank = build_memory_bank(
+        refs,
+        lambda r: np.zeros((100, 100, 3), dtype=np.uint8),
+        PositionEncoder(),
+        encoder_info={"name": "fake-pos"},
+        config=MemoryConfig(crop_size=56),
+    )
     # Crop: S = 1.2·20 = 24, centre 50 → rows/cols [38, 62): crop index = image index − 38, so the
     # mask is crop rows/cols 2..21 minus crop rows ≥ 12 & cols ≥ 12.
     # Mask 24 → 56 bilinear; nearest 56 → 4 samples output pixels 0, 14, 28, 42, i.e. crop
@@ -381,10 +402,9 @@ def test_build_memory_bank_patch_weights_through_position_encoder():
     #  * (11.714, 11.714): rows 11/12, cols 11/12: only m[12,12] = 0 → 1 − (5/7)² = 24/49
     #  * (11.714, 17.714): m[11, 17..18] = 1, m[12, 17..18] = 0 → 2/7; (17.714, 11.714) likewise
     #  * (17.714, 17.714): all four in the removed quadrant → 0; the rest → 1
-    w = torch.tensor([[0, 0, 0, 0],
-                      [0, 1, 1, 1],
-                      [0, 1, 24 / 49, 2 / 7],
-                      [0, 1, 2 / 7, 0]], dtype=torch.float32).reshape(-1)
+    w = torch.tensor(
+        [[0, 0, 0, 0], [0, 1, 1, 1], [0, 1, 24 / 49, 2 / 7], [0, 1, 2 / 7, 0]], dtype=torch.float32
+    ).reshape(-1)
     # p = w / Σw with Σw = 5 + 24/49 + 4/7 = 297/49
     assert w.sum().item() == pytest.approx(297 / 49)
     assert torch.allclose(bank.instance_prototypes[0], w / (297 / 49), atol=1e-5)
@@ -397,8 +417,13 @@ def test_build_memory_bank_empty_mask_error_names_reference():
     refs["references"][1]["segmentation"] = encode_rle(np.zeros((24, 16), dtype=bool))
     refs = validate_references(refs)
     with pytest.raises(ValueError, match=r"12.*two\.jpg|two\.jpg.*12") as ei:
-        build_memory_bank(refs, lambda r: COLOUR_IMAGES[r["file_name"]], MeanColourEncoder(),
-                          encoder_info={"name": "fake"}, config=MemoryConfig(crop_size=28))
+        build_memory_bank(
+            refs,
+            lambda r: COLOUR_IMAGES[r["file_name"]],
+            MeanColourEncoder(),
+            encoder_info={"name": "fake"},
+            config=MemoryConfig(crop_size=28),
+        )
     assert "empty" in str(ei.value)
 
 
@@ -407,8 +432,13 @@ def test_build_memory_bank_image_size_mismatch():
     images = dict(COLOUR_IMAGES)
     images["three.jpg"] = _solid(16, 17, (0, 0, 255))  # references say 16×16
     with pytest.raises(ValueError, match=r"three\.jpg"):
-        build_memory_bank(refs, lambda r: images[r["file_name"]], MeanColourEncoder(),
-                          encoder_info={"name": "fake"}, config=MemoryConfig(crop_size=28))
+        build_memory_bank(
+            refs,
+            lambda r: images[r["file_name"]],
+            MeanColourEncoder(),
+            encoder_info={"name": "fake"},
+            config=MemoryConfig(crop_size=28),
+        )
 
 
 def test_build_memory_bank_box_only_needs_sam():
@@ -416,8 +446,13 @@ def test_build_memory_bank_box_only_needs_sam():
     del refs["references"][0]["segmentation"]
     refs = validate_references(refs)
     with pytest.raises(ValueError, match=r"one\.jpg"):
-        build_memory_bank(refs, lambda r: COLOUR_IMAGES[r["file_name"]], MeanColourEncoder(),
-                          encoder_info={"name": "fake"}, config=MemoryConfig(crop_size=28))
+        build_memory_bank(
+            refs,
+            lambda r: COLOUR_IMAGES[r["file_name"]],
+            MeanColourEncoder(),
+            encoder_info={"name": "fake"},
+            config=MemoryConfig(crop_size=28),
+        )
 
 
 def test_build_memory_bank_thin_mask_uses_area_fallback_and_notes_it():
@@ -433,19 +468,31 @@ def test_build_memory_bank_thin_mask_uses_area_fallback_and_notes_it():
     # encoder the class prototype is the normalised weights: (0, 1, 0, 1)/√2.
     mask = np.zeros((100, 100), dtype=bool)
     mask[30:70, 56] = True
-    refs = validate_references({
-        "format": "ntt-batch/references", "version": 1,
-        "categories": [{"id": 1, "name": "thin"}],
-        "references": [_ref(1, 1, 77, "thin.png", 100, 100, encode_rle(mask), [50.0, 30.0, 1.0, 40.0])],
-    })
-    bank = build_memory_bank(refs, lambda r: np.zeros((100, 100, 3), dtype=np.uint8), PositionEncoder(),
-                             encoder_info={"name": "fake-pos"}, config=MemoryConfig(crop_size=28))
+    refs = validate_references(
+        {
+            "format": "ntt-batch/references",
+            "version": 1,
+            "categories": [{"id": 1, "name": "thin"}],
+            "references": [_ref(1, 1, 77, "thin.png", 100, 100, encode_rle(mask), [50.0, 30.0, 1.0, 40.0])],
+        }
+    )
+    bank = build_memory_bank(
+        refs,
+        lambda r: np.zeros((100, 100, 3), dtype=np.uint8),
+        PositionEncoder(),
+        encoder_info={"name": "fake-pos"},
+        config=MemoryConfig(crop_size=28),
+    )
     assert len(bank.notes) == 1 and "77" in bank.notes[0]
     r = 1 / math.sqrt(2)
     assert bank.class_prototypes[0].tolist() == pytest.approx([0.0, r, 0.0, r], abs=1e-5)
     # p = w / Σw = (0, w01, 0, w01) / (2·w01)
     assert bank.instance_prototypes[0].tolist() == pytest.approx([0.0, 0.5, 0.0, 0.5], abs=1e-5)
     with pytest.raises(ValueError):
-        build_memory_bank(refs, lambda r: np.zeros((100, 100, 3), dtype=np.uint8), PositionEncoder(),
-                          encoder_info={"name": "fake-pos"},
-                          config=MemoryConfig(crop_size=28, empty_mask_fallback="error"))
+        build_memory_bank(
+            refs,
+            lambda r: np.zeros((100, 100, 3), dtype=np.uint8),
+            PositionEncoder(),
+            encoder_info={"name": "fake-pos"},
+            config=MemoryConfig(crop_size=28, empty_mask_fallback="error"),
+        )

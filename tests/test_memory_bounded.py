@@ -17,7 +17,6 @@ from ntt_batch.io.masks import encode_rle, xyxy_to_coco_xywh
 from ntt_batch.method.config import SegmenterConfig
 from ntt_batch.method.segmenter import Instance, Segmenter, TargetImage, masks_to_boxes_inclusive
 
-
 # ----------------------------------------------------------------------------- the pinned baseline
 
 
@@ -62,8 +61,13 @@ def old_finalize(seg, logits, keep, feats, sem, label, target):
     scores = final[order].cpu().numpy()
     labels = label[keep][order].cpu().numpy()
     return [
-        Instance(mask=masks_np[j], bbox=xyxy_to_coco_xywh(boxes_full[j].tolist()), score=float(scores[j]),
-                 category_id=seg.bank.category_ids[int(labels[j])], category_name=seg.bank.category_names[int(labels[j])])
+        Instance(
+            mask=masks_np[j],
+            bbox=xyxy_to_coco_xywh(boxes_full[j].tolist()),
+            score=float(scores[j]),
+            category_id=seg.bank.category_ids[int(labels[j])],
+            category_name=seg.bank.category_names[int(labels[j])],
+        )
         for j in range(len(order))
     ]
 
@@ -137,12 +141,15 @@ def _inputs(n: int, seed: int = 0, num_classes: int = 3):
     return logits, keep, feats, sem, label
 
 
-@pytest.mark.parametrize("orig_hw,valid_hw", [
-    ((426, 640), (1024, 1024)),   # a COCO image, squash
-    ((100, 70), (1024, 1024)),    # smaller than the 256² grid: the interpolation downsamples
-    ((333, 1500), (227, 1024)),   # letterbox: the padding is cropped away first
-    ((1201, 997), (1024, 1024)),
-])
+@pytest.mark.parametrize(
+    "orig_hw,valid_hw",
+    [
+        ((426, 640), (1024, 1024)),  # a COCO image, squash
+        ((100, 70), (1024, 1024)),  # smaller than the 256² grid: the interpolation downsamples
+        ((333, 1500), (227, 1024)),  # letterbox: the padding is cropped away first
+        ((1201, 997), (1024, 1024)),
+    ],
+)
 @pytest.mark.parametrize("budget_mb", [256, 1])
 def test_bounded_finalize_equals_full_resolution(orig_hw, valid_hw, budget_mb):
     seg = _segmenter(merge_memory_mb=budget_mb, resize_mode="squash" if valid_hw == (1024, 1024) else "letterbox")
@@ -175,8 +182,14 @@ def test_no_candidate_survives_full_size():
     seg = _segmenter()
     logits = -torch.ones(3, 256, 256)
     keep = torch.arange(3)
-    out = seg._finalize(logits, keep, torch.eye(3, 8), torch.ones(3), torch.zeros(3, dtype=torch.long),
-                        TargetImage(np.zeros((1024, 1024, 3), np.uint8), (1024, 1024), (50, 60)))
+    out = seg._finalize(
+        logits,
+        keep,
+        torch.eye(3, 8),
+        torch.ones(3),
+        torch.zeros(3, dtype=torch.long),
+        TargetImage(np.zeros((1024, 1024, 3), np.uint8), (1024, 1024), (50, 60)),
+    )
     assert out == []
 
 

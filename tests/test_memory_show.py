@@ -47,7 +47,15 @@ def _bank(references: dict | None = None) -> MemoryBank:
     """
     s = math.sqrt(1 - COS_DUP**2)
     rider = COS_DUP * _e(0) + s * _e(1)
-    protos = [2.0 * _e(0), 3.0 * _e(0), 5.0 * rider, _e(2) + 0.5 * _e(4), _e(2) - 0.5 * _e(4), _e(2) + 0.5 * _e(4), _e(3)]
+    protos = [
+        2.0 * _e(0),
+        3.0 * _e(0),
+        5.0 * rider,
+        _e(2) + 0.5 * _e(4),
+        _e(2) - 0.5 * _e(4),
+        _e(2) + 0.5 * _e(4),
+        _e(3),
+    ]
     labels = [0, 0, 1, 2, 2, 2, 3]
     return MemoryBank(
         categories=[{"id": i + 1, "name": n} for i, n in enumerate(NAMES)],
@@ -101,8 +109,12 @@ def test_class_consistency_and_misplaced():
     assert misplaced_references(bank) == []
     protos = bank.instance_prototypes.clone()
     protos[3] = _e(3)  # a "bicycle" reference that is really a cat: cosine 1 to cat, 1/sqrt(5) to bicycle
-    bad = MemoryBank(categories=bank.categories, instance_prototypes=protos, instance_labels=bank.instance_labels,
-                     encoder=dict(ENCODER))
+    bad = MemoryBank(
+        categories=bank.categories,
+        instance_prototypes=protos,
+        instance_labels=bank.instance_labels,
+        encoder=dict(ENCODER),
+    )
     mis = misplaced_references(bad)
     assert [(m["row"], m["class"], m["closer_to"]) for m in mis] == [(3, "bicycle", "cat")]
     # bicycle's prototype is now normalize(2 e2 + e3) = (2 e2 + e3)/sqrt(5)
@@ -111,8 +123,10 @@ def test_class_consistency_and_misplaced():
 
 
 def test_report_mentions_pair_and_basics():
-    refs = {"source": {"kind": "coco-sample", "annotations": "train.json", "seed": 33},
-            "instances": [{"annotation_id": 100 + i, "file_name": f"{i}.jpg"} for i in range(7)]}
+    refs = {
+        "source": {"kind": "coco-sample", "annotations": "train.json", "seed": 33},
+        "instances": [{"annotation_id": 100 + i, "file_name": f"{i}.jpg"} for i in range(7)],
+    }
     text = memory_bank_report(_bank(refs), 0.95)
     assert "4 classes" in text and "7 reference instances" in text and "feature dim 8" in text
     assert "dinov2_vits14" in text and "not the official weights" in text
@@ -150,14 +164,14 @@ def test_heatmap_png(tmp_path):
     # that have 30+ yellow pixels below them in the same column
     top, left = None, None
     for y, x in sorted(zip(ys.tolist(), xs.tolist())):
-        if yellow[y:y + 30, x].all() and yellow[y, x:x + 30].all():
+        if yellow[y : y + 30, x].all() and yellow[y, x : x + 30].all():
             top, left = y, x
             break
     assert top is not None, "no 40 px yellow diagonal cell found"
     cell = 40
-    hi = a[top + cell // 2, left + cell // 2]          # (person, person) = 1.0
+    hi = a[top + cell // 2, left + cell // 2]  # (person, person) = 1.0
     lo = a[top + cell // 2, left + 2 * cell + cell // 2]  # (person, bicycle) = 0.0
-    dup = a[top + cell // 2, left + cell + cell // 2]     # (person, rider) = 0.97, inside the red frame
+    dup = a[top + cell // 2, left + cell + cell // 2]  # (person, rider) = 0.97, inside the red frame
     assert np.abs(hi - lo).sum() > 200, (hi, lo)
     assert tuple(lo) == (68, 1, 84)  # viridis low end (scale 0..1 here: no negative cosine)
     assert np.abs(dup - hi).sum() < 40  # 0.97 is nearly as yellow as 1.0
@@ -169,16 +183,24 @@ def test_heatmap_png(tmp_path):
 def test_heatmap_many_classes_unlabelled(tmp_path):
     c = MAX_LABELLED_CLASSES + 20
     torch.manual_seed(0)
-    bank = MemoryBank(categories=[{"id": i + 1, "name": f"class {i}"} for i in range(c)],
-                      instance_prototypes=torch.randn(c, 16), instance_labels=torch.arange(c), encoder=dict(ENCODER))
+    bank = MemoryBank(
+        categories=[{"id": i + 1, "name": f"class {i}"} for i in range(c)],
+        instance_prototypes=torch.randn(c, 16),
+        instance_labels=torch.arange(c),
+        encoder=dict(ENCODER),
+    )
     out = render_similarity_heatmap(prototype_similarity(bank), bank.category_names, tmp_path / "big.png")
     with Image.open(out) as im:
         w, h = im.size
     cell = 960 // c  # 9 px: unlabelled cells shrink below the 12 px labelled minimum
     assert w >= c * cell and h >= c * cell and h < c * cell + 100  # no rotated-label band on top
     # labelled at 80 classes: 12 px cells and the rotated names make it taller than wide-grid + title
-    bank80 = MemoryBank(categories=bank.categories[:80], instance_prototypes=bank.instance_prototypes[:80],
-                        instance_labels=torch.arange(80), encoder=dict(ENCODER))
+    bank80 = MemoryBank(
+        categories=bank.categories[:80],
+        instance_prototypes=bank.instance_prototypes[:80],
+        instance_labels=torch.arange(80),
+        encoder=dict(ENCODER),
+    )
     out80 = render_similarity_heatmap(prototype_similarity(bank80), bank80.category_names, tmp_path / "b80.png")
     with Image.open(out80) as im:
         assert im.size[1] > 80 * 12 + 40

@@ -24,8 +24,8 @@ from pycocotools.cocoeval import COCOeval
 
 from ntt_batch.cli import main
 from ntt_batch.eval.coco_eval import evaluate_coco, format_report
-from ntt_batch.io.masks import decode_rle, encode_rle, segmentation_to_rle
 from ntt_batch.io.exports import merge_dataset, merge_results
+from ntt_batch.io.masks import decode_rle, encode_rle, segmentation_to_rle
 from ntt_batch.io.merge import coco_results_from_shards, iter_image_batches
 from ntt_batch.io.shards import rows_to_table
 from ntt_batch.method.references import FEW_SHOT_CLASS_NAMES
@@ -35,8 +35,14 @@ from ntt_batch.viz.overlay import PANEL_GAP, overlay_size, visualize
 
 
 def _instance(cat_id, name, score, bbox, rle):
-    return {"category_id": int(cat_id), "category_name": name, "score": float(score), "bbox": [float(v) for v in bbox],
-            "area": int(_area(rle)), "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]}}
+    return {
+        "category_id": int(cat_id),
+        "category_name": name,
+        "score": float(score),
+        "bbox": [float(v) for v in bbox],
+        "area": int(_area(rle)),
+        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"]},
+    }
 
 
 def _area(rle):
@@ -45,15 +51,28 @@ def _area(rle):
 
 def _row(image_id, uri, width, height, instances, status=None, error=None):
     status = status or ("ok" if instances else "empty")
-    return {"image_id": image_id, "image_uri": uri, "width": width, "height": height, "status": status, "error": error,
-            "num_instances": len(instances), "instances": instances, "run_id": "test-run"}
+    return {
+        "image_id": image_id,
+        "image_uri": uri,
+        "width": width,
+        "height": height,
+        "status": status,
+        "error": error,
+        "num_instances": len(instances),
+        "instances": instances,
+        "run_id": "test-run",
+    }
 
 
-def write_shards(out: Path, rows: list[dict], per_file: int = 50, row_group: int = 7, run_json: dict | None = None) -> Path:
+def write_shards(
+    out: Path, rows: list[dict], per_file: int = 50, row_group: int = 7, run_json: dict | None = None
+) -> Path:
     """Rows → several Parquet files with small row groups (exercises streaming across files/groups)."""
     out.mkdir(parents=True, exist_ok=True)
     for k in range(0, max(len(rows), 1), per_file):
-        pq.write_table(rows_to_table(rows[k:k + per_file]), out / f"part-{k // per_file:05d}.parquet", row_group_size=row_group)
+        pq.write_table(
+            rows_to_table(rows[k : k + per_file]), out / f"part-{k // per_file:05d}.parquet", row_group_size=row_group
+        )
     if run_json is not None:
         (out / "run.json").write_text(json.dumps(run_json))
     return out
@@ -128,14 +147,16 @@ def test_ground_truth_as_predictions_scores_ap_1(perfect_shards, val_gt_path, tm
             with_gt = [c for c in rep[t]["per_class"] if c["num_gt"]]
             assert with_gt and all(c["AP"] == pytest.approx(1.0) for c in with_gt)
             assert all(c["AP"] is None for c in rep[t]["per_class"] if not c["num_gt"])
-        assert [c["name"] for c in rep["categories"]] == sorted(FEW_SHOT_CLASS_NAMES, key=list(FEW_SHOT_CLASS_NAMES).index)
+        assert [c["name"] for c in rep["categories"]] == sorted(
+            FEW_SHOT_CLASS_NAMES, key=list(FEW_SHOT_CLASS_NAMES).index
+        )
         assert rep["detections"]["other_classes"] > 0  # non-split detections were dropped, not scored
 
 
 def _box_rle(h, w, box):
     m = np.zeros((h, w), dtype=bool)
     x, y, bw, bh = box
-    m[y:y + bh, x:x + bw] = True
+    m[y : y + bh, x : x + bw] = True
     return encode_rle(m)
 
 
@@ -144,14 +165,25 @@ def hand_built_case(tmp_path):
     Class 2: 1 GT, one detection with IoU 0.62 → a match at IoU thresholds .50/.55/.60 only → AP 0.3."""
     H = W = 100
     boxes_gt = {1: [(0, 0, 20, 20), (60, 60, 30, 30)], 2: [(0, 50, 50, 50)]}
-    gt = {"images": [{"id": 7, "file_name": "x.jpg", "width": W, "height": H}],
-          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}],
-          "annotations": []}
+    gt = {
+        "images": [{"id": 7, "file_name": "x.jpg", "width": W, "height": H}],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}],
+        "annotations": [],
+    }
     for cid, boxes in boxes_gt.items():
         for b in boxes:
             rle = _box_rle(H, W, b)
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": 7, "category_id": cid, "bbox": list(b),
-                                      "area": b[2] * b[3], "iscrowd": 0, "segmentation": rle})
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": 7,
+                    "category_id": cid,
+                    "bbox": list(b),
+                    "area": b[2] * b[3],
+                    "iscrowd": 0,
+                    "segmentation": rle,
+                }
+            )
     dets = [(1, 0.9, (0, 0, 20, 20)), (1, 0.8, (30, 0, 10, 10)), (1, 0.7, (60, 60, 30, 30)), (2, 0.6, (0, 50, 50, 31))]
     insts = [_instance(c, "ab"[c - 1], s, b, _box_rle(H, W, b)) for c, s, b in dets]
     gt_path = tmp_path / "gt.json"
@@ -169,7 +201,9 @@ def test_hand_built_case_has_known_ap(tmp_path):
     for t in ("bbox", "segm"):
         per = {c["id"]: c for c in rep[t]["per_class"]}
         assert per[1]["AP"] == pytest.approx(AP_CLASS_1, abs=1e-9)
-        assert per[1]["AP50"] == pytest.approx(AP_CLASS_1, abs=1e-9) and per[1]["AP75"] == pytest.approx(AP_CLASS_1, abs=1e-9)
+        assert per[1]["AP50"] == pytest.approx(AP_CLASS_1, abs=1e-9) and per[1]["AP75"] == pytest.approx(
+            AP_CLASS_1, abs=1e-9
+        )
         assert per[2]["AP"] == pytest.approx(0.3, abs=1e-9)
         assert per[2]["AP50"] == pytest.approx(1.0) and per[2]["AP75"] == pytest.approx(0.0)
         assert per[3]["AP"] is None and per[3]["num_gt"] == 0
@@ -194,17 +228,28 @@ def noisy_results(gt: dict, seed: int = 0) -> list[dict]:
         box = [max(0.0, x + dx), max(0.0, y + dy), w * rng.uniform(0.8, 1.2), h * rng.uniform(0.8, 1.2)]
         m = np.zeros((im["height"], im["width"]), dtype=bool)
         x0, y0 = int(box[0]), int(box[1])
-        m[y0:y0 + max(1, int(box[3])), x0:x0 + max(1, int(box[2]))] = True
+        m[y0 : y0 + max(1, int(box[3])), x0 : x0 + max(1, int(box[2]))] = True
         cat = a["category_id"] if rng.random() > 0.1 else rng.choice(gt["categories"])["id"]
-        out.append({"image_id": a["image_id"], "category_id": cat, "bbox": box, "score": round(rng.random(), 4),
-                    "segmentation": encode_rle(m)})
+        out.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": cat,
+                "bbox": box,
+                "score": round(rng.random(), 4),
+                "segmentation": encode_rle(m),
+            }
+        )
     return out
 
 
 def test_eval_equals_direct_pycocotools_calls(val_gt, val_gt_path, tmp_path):
     results = tmp_path / "noisy.json"
     results.write_text(json.dumps(noisy_results(val_gt)))
-    for split, names in (("few_shot", FEW_SHOT_CLASS_NAMES), ("all", None), ("person,car,dog", ("person", "car", "dog"))):
+    for split, names in (
+        ("few_shot", FEW_SHOT_CLASS_NAMES),
+        ("all", None),
+        ("person,car,dog", ("person", "car", "dog")),
+    ):
         rep = evaluate_coco(str(val_gt_path), str(results), split=split)
         for t in ("bbox", "segm"):
             direct = direct_cocoeval(val_gt_path, results, names, t)
@@ -215,11 +260,25 @@ def test_eval_equals_direct_pycocotools_calls(val_gt, val_gt_path, tmp_path):
 
 def test_cli_eval_prints_summaries_table_and_writes_report(perfect_shards, val_gt_path, tmp_path):
     results = tmp_path / "results.json"
-    r = CliRunner().invoke(main, ["merge", "--shards", str(perfect_shards), "--out", str(results), "--format", "results"])
+    r = CliRunner().invoke(
+        main, ["merge", "--shards", str(perfect_shards), "--out", str(results), "--format", "results"]
+    )
     assert r.exit_code == 0, r.output
     report = tmp_path / "report.json"
-    r = CliRunner().invoke(main, ["eval", "--annotations", str(val_gt_path), "--results", str(results),
-                                  "--split", "few_shot", "--report", str(report)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "--annotations",
+            str(val_gt_path),
+            "--results",
+            str(results),
+            "--split",
+            "few_shot",
+            "--report",
+            str(report),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "== bbox ==" in r.output and "== segm ==" in r.output
     assert r.output.count("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000") == 2
@@ -261,8 +320,16 @@ def test_empty_results_give_ap_0_with_notice(val_gt_path, tmp_path):
 
 def test_results_on_unknown_images_are_counted_and_reported(perfect_shards, val_gt_path, tmp_path):
     dets = coco_results_from_shards(str(perfect_shards)).results
-    dets += [{"image_id": 999_999_001 + k, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.99,
-              "segmentation": _box_rle(10, 10, (0, 0, 5, 5))} for k in range(3)]
+    dets += [
+        {
+            "image_id": 999_999_001 + k,
+            "category_id": 1,
+            "bbox": [0, 0, 5, 5],
+            "score": 0.99,
+            "segmentation": _box_rle(10, 10, (0, 0, 5, 5)),
+        }
+        for k in range(3)
+    ]
     p = tmp_path / "with_strangers.json"
     p.write_text(json.dumps(dets))
     rep = evaluate_coco(str(val_gt_path), str(p), split="few_shot")
@@ -294,9 +361,13 @@ def test_eval_input_errors_are_clear(tmp_path, val_gt_path):
     assert r.exit_code != 0 and "JSON array of detections" in r.output
     r = CliRunner().invoke(main, ["eval", "--annotations", str(val_gt_path), "--results", str(tmp_path / "nothing")])
     assert r.exit_code != 0 and "no Parquet shards" in r.output
-    r = CliRunner().invoke(main, ["eval", "--annotations", str(val_gt_path), "--results", str(bad), "--iou-type", "keypoints"])
+    r = CliRunner().invoke(
+        main, ["eval", "--annotations", str(val_gt_path), "--results", str(bad), "--iou-type", "keypoints"]
+    )
     assert r.exit_code != 0 and "unknown IoU type 'keypoints'" in r.output
-    r = CliRunner().invoke(main, ["eval", "--annotations", str(val_gt_path), "--results", str(bad), "--split", "unicorn"])
+    r = CliRunner().invoke(
+        main, ["eval", "--annotations", str(val_gt_path), "--results", str(bad), "--split", "unicorn"]
+    )
     assert r.exit_code != 0 and "unicorn" in r.output
 
 
@@ -331,11 +402,22 @@ def test_dataset_merge_is_a_coco_file_with_exact_masks(tmp_path, val_gt, coco_mi
     rows = gt_rows(val_gt, root, score=lambda a: rng.random())
     rows[5] = _row(rows[5]["image_id"], rows[5]["image_uri"], None, None, [], status="error", error="not an image file")
     bank_cats = [{"id": c["id"], "name": c["name"]} for c in val_gt["categories"]]
-    shards = write_shards(tmp_path / "s", rows, run_json={"memory_bank": {"categories": bank_cats, "content_hash": "abc"},
-                                                          "official_weights": False, "attempts": [{"run_id": "r1"}]})
+    shards = write_shards(
+        tmp_path / "s",
+        rows,
+        run_json={
+            "memory_bank": {"categories": bank_cats, "content_hash": "abc"},
+            "official_weights": False,
+            "attempts": [{"run_id": "r1"}],
+        },
+    )
     out = tmp_path / "labels.json"
     stats = merge_dataset(str(shards), str(out), score_threshold=0.3, image_root=root)
-    assert stats.images_error == 1 and stats.images_written == 157 and stats.error_examples[0]["error"] == "not an image file"
+    assert (
+        stats.images_error == 1
+        and stats.images_written == 157
+        and stats.error_examples[0]["error"] == "not an image file"
+    )
     assert stats.categories_source == "run.json (memory bank)" and len(stats.categories) == 80
     assert any("status 'error' were skipped" in n for n in stats.notices)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -344,7 +426,9 @@ def test_dataset_merge_is_a_coco_file_with_exact_masks(tmp_path, val_gt, coco_mi
     im = ds.imgs[rows[0]["image_id"]]
     assert im["file_name"] == Path(rows[0]["image_uri"]).name and im["image_uri"] == rows[0]["image_uri"]
     assert (im["width"], im["height"]) == (rows[0]["width"], rows[0]["height"])
-    expected = [i for k, r in enumerate(rows) if k != 5 for i in r["instances"] if np.float32(i["score"]) >= np.float32(0.3)]
+    expected = [
+        i for k, r in enumerate(rows) if k != 5 for i in r["instances"] if np.float32(i["score"]) >= np.float32(0.3)
+    ]
     assert len(ds.anns) == len(expected) == stats.instances_written
     assert sorted(ds.anns) == list(range(1, len(expected) + 1))
     for ann, inst in zip((ds.anns[k] for k in sorted(ds.anns)), expected):
@@ -367,20 +451,39 @@ def test_merge_refuses_duplicates_and_leaves_no_file(tmp_path, val_gt, coco_mini
     shards = write_shards(tmp_path / "s", rows + [dup], per_file=3)
     for fmt_fn in (merge_results, merge_dataset):
         out = tmp_path / f"{fmt_fn.__name__}.json"
-        with pytest.raises(ValueError, match=f"1 image id\\(s\\) appear in more than one row \\(e.g. {rows[2]['image_id']}\\)"):
+        with pytest.raises(
+            ValueError, match=f"1 image id\\(s\\) appear in more than one row \\(e.g. {rows[2]['image_id']}\\)"
+        ):
             fmt_fn(str(shards), str(out))
         assert not out.exists()
     assert sorted(os.listdir(tmp_path)) == ["s"]  # no temporary file left behind
 
 
 def test_merge_input_errors(tmp_path):
-    r = CliRunner().invoke(main, ["merge", "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "x.json"), "--format", "results"])
+    r = CliRunner().invoke(
+        main, ["merge", "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "x.json"), "--format", "results"]
+    )
     assert r.exit_code != 0 and "no Parquet shards under" in r.output
     shards = write_shards(tmp_path / "s", [_row(1, "/a/1.jpg", 10, 10, [])])
-    r = CliRunner().invoke(main, ["merge", "--shards", str(shards), "--out", str(tmp_path / "missing_dir" / "x.json"), "--format", "dataset"])
+    r = CliRunner().invoke(
+        main,
+        ["merge", "--shards", str(shards), "--out", str(tmp_path / "missing_dir" / "x.json"), "--format", "dataset"],
+    )
     assert r.exit_code != 0 and "does not exist: create it first" in r.output
-    r = CliRunner().invoke(main, ["merge", "--shards", str(shards), "--out", str(tmp_path / "x.json"), "--format", "dataset",
-                                  "--image-root", "/other"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "merge",
+            "--shards",
+            str(shards),
+            "--out",
+            str(tmp_path / "x.json"),
+            "--format",
+            "dataset",
+            "--image-root",
+            "/other",
+        ],
+    )
     assert r.exit_code != 0 and "is not under --image-root '/other'" in r.output
 
 
@@ -405,8 +508,10 @@ def test_streaming_reads_every_row_in_small_batches(tmp_path, val_gt, coco_mini)
 def test_cli_merge_both_formats(perfect_shards, tmp_path):
     for fmt in ("results", "dataset"):
         out = tmp_path / f"{fmt}.json"
-        r = CliRunner().invoke(main, ["merge", "--shards", str(perfect_shards), "--out", str(out), "--format", fmt,
-                                      "--score-threshold", "0.5"])
+        r = CliRunner().invoke(
+            main,
+            ["merge", "--shards", str(perfect_shards), "--out", str(out), "--format", fmt, "--score-threshold", "0.5"],
+        )
         assert r.exit_code == 0, r.output
         assert f"wrote {out} ({fmt}):" in r.output and "158 rows" in r.output
         data = json.loads(out.read_text())
@@ -420,19 +525,43 @@ def test_cli_merge_both_formats(perfect_shards, tmp_path):
 def test_visualize_writes_pngs_of_the_expected_size(perfect_shards, val_gt, val_gt_path, tmp_path, coco_mini):
     ims = sorted(val_gt["images"], key=lambda im: im["id"])[:2]
     out = tmp_path / "viz"
-    r = CliRunner().invoke(main, ["visualize", "--shards", str(perfect_shards), "--images", str(coco_mini / "val2017"),
-                                  "--annotations", str(val_gt_path), "--limit", "2", "--out", str(out)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "visualize",
+            "--shards",
+            str(perfect_shards),
+            "--images",
+            str(coco_mini / "val2017"),
+            "--annotations",
+            str(val_gt_path),
+            "--limit",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     for im in ims:
         png = Image.open(out / f"{im['id']}.png")
-        assert png.size == (2 * im["width"] + PANEL_GAP, im["height"]) == overlay_size(im["width"], im["height"], with_ground_truth=True)
+        assert (
+            png.size
+            == (2 * im["width"] + PANEL_GAP, im["height"])
+            == overlay_size(im["width"], im["height"], with_ground_truth=True)
+        )
         a = np.asarray(png.convert("RGB"))
-        assert a[:, : im["width"]].std() > 10 and (a[:, im["width"] + PANEL_GAP:] != a[:, : im["width"]]).any()
+        assert a[:, : im["width"]].std() > 10 and (a[:, im["width"] + PANEL_GAP :] != a[:, : im["width"]]).any()
     # a results JSON + image root, prediction only, one id, scaled down
     results = tmp_path / "r.json"
     merge_results(str(perfect_shards), str(results))
-    s = visualize(str(results), str(tmp_path / "viz2"), images_root=str(coco_mini / "val2017"), ids=[f"{ims[1]['id']}"],
-                  max_side=320, score_threshold=0.5)
+    s = visualize(
+        str(results),
+        str(tmp_path / "viz2"),
+        images_root=str(coco_mini / "val2017"),
+        ids=[f"{ims[1]['id']}"],
+        max_side=320,
+        score_threshold=0.5,
+    )
     assert len(s.written) == 1 and not s.skipped
     w, h = ims[1]["width"], ims[1]["height"]
     expected = overlay_size(w, h, with_ground_truth=False, max_side=320)

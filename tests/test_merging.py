@@ -23,8 +23,8 @@ from ntt_batch.method.merging import (
     build_merger,
     graph_diffusion_penalty,
     intersection_counts,
+    soft_merge_scores,
 )
-from ntt_batch.method.merging import soft_merge_scores
 
 # ============================================================================ the oracle
 
@@ -61,7 +61,7 @@ def fsod_vfm_graph_diffusion_ios(masks_binary, labels, class_num, max_iter, alph
             for idx in valid_indices:
                 P[idx] = iou_matrix[idx] / valid_rows[idx]
         pi = torch.ones(n_cat, device=P.device, dtype=P.dtype) / n_cat
-        for iter_idx in range(max_iter):
+        for _ in range(max_iter):
             pi_old = pi.clone()
             pi = alpha * (P @ pi) + (1 - alpha) * personal_vector
             if torch.norm(pi - pi_old) < tol:
@@ -75,8 +75,9 @@ def fsod_vfm_scores(masks, labels, scores, diffusion_steps, alp, lamb):
     unique_categories = list(set(labels.tolist()))
     category_to_idx = {cat: idx for idx, cat in enumerate(unique_categories)}
     stacked_categories = torch.tensor([category_to_idx[c] for c in labels.tolist()], dtype=torch.long)
-    ios = fsod_vfm_graph_diffusion_ios(masks[:, None], stacked_categories, len(unique_categories),
-                                       max_iter=diffusion_steps, alpha=alp)
+    ios = fsod_vfm_graph_diffusion_ios(
+        masks[:, None], stacked_categories, len(unique_categories), max_iter=diffusion_steps, alpha=alp
+    )
     out = []
     for i, s in enumerate(scores.tolist()):
         score_decay = 1 - ios[i]
@@ -247,9 +248,11 @@ def test_code_penalty_can_exceed_one_paper_cannot():
     labels = torch.zeros(4, dtype=torch.int64)
     inter, areas = counts_by_loop(masks, labels)
     assert graph_diffusion_penalty(inter, areas, labels, transition="code").tolist() == pytest.approx(
-        [0.0, 0.7, 0.91, 1.183], abs=1e-6)
+        [0.0, 0.7, 0.91, 1.183], abs=1e-6
+    )
     assert graph_diffusion_penalty(inter, areas, labels, transition="paper").tolist() == pytest.approx(
-        [0.0, 0.7, 0.805, 0.8505], abs=1e-6)
+        [0.0, 0.7, 0.805, 0.8505], abs=1e-6
+    )
     got = GraphDiffusionMerger().merge_scores(inter, areas, torch.zeros(4, 3), labels, torch.ones(4))
     assert got[3] == 0  # max(0, 1 − 1.183)^0.5
 
@@ -311,8 +314,9 @@ def test_graph_diffusion_ignores_features_and_empty_input():
     b = GraphDiffusionMerger().merge_scores(inter, areas, unit_features(gen, 2), labels, sem)
     assert torch.equal(a, b) and a[1] < sem[1]
     empty = torch.zeros(0, dtype=torch.int64)
-    out = GraphDiffusionMerger().merge_scores(torch.zeros(0, 0, dtype=torch.int64), empty, torch.zeros(0, 4),
-                                              empty, torch.zeros(0))
+    out = GraphDiffusionMerger().merge_scores(
+        torch.zeros(0, 0, dtype=torch.int64), empty, torch.zeros(0, 4), empty, torch.zeros(0)
+    )
     assert out.shape == (0,) and out.dtype == torch.float32
 
 
@@ -371,8 +375,15 @@ def test_registry_and_protocol():
 def test_build_merger():
     soft = build_merger(SimpleNamespace(merger="soft", merge_exponent=0.75))
     assert soft == SoftMerger(exponent=0.75) and soft.name == "soft"
-    gd = build_merger(SimpleNamespace(merger="graph-diffusion", merge_exponent=1.0, graph_diffusion_alpha=0.4,
-                                      graph_diffusion_steps=12, graph_diffusion_transition="paper"))
+    gd = build_merger(
+        SimpleNamespace(
+            merger="graph-diffusion",
+            merge_exponent=1.0,
+            graph_diffusion_alpha=0.4,
+            graph_diffusion_steps=12,
+            graph_diffusion_transition="paper",
+        )
+    )
     assert gd == GraphDiffusionMerger(alpha=0.4, steps=12, exponent=1.0, transition="paper")
     assert gd.name == "graph-diffusion" and gd.tol == 1e-6
     # Absent fields fall back to the defaults (soft merging, FSOD-VFM's α = 0.3, 30 steps, "code").

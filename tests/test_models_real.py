@@ -60,9 +60,12 @@ def test_batch_equals_one_by_one(proposer, random_checkpoints, coco_mini):
 
     encoder, _ = load_encoder("dinov2_vits14", checkpoint_dir=str(random_checkpoints), download=False)
     g = torch.Generator().manual_seed(0)
-    bank = MemoryBank(categories=[{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
-                      instance_prototypes=torch.randn(3, 384, generator=g), instance_labels=torch.tensor([0, 1, 1]),
-                      encoder={"name": "dinov2_vits14"})
+    bank = MemoryBank(
+        categories=[{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+        instance_prototypes=torch.randn(3, 384, generator=g),
+        instance_labels=torch.tensor([0, 1, 1]),
+        encoder={"name": "dinov2_vits14"},
+    )
     seg = Segmenter(proposer, encoder, bank, SegmenterConfig(points_per_side=2, device="cpu"))
     images = [load_image(p) for p in sorted((coco_mini / "val2017").glob("*.jpg"))[:2]]
     together = seg.segment_images(images)

@@ -8,8 +8,8 @@ deterministic stand-ins that know nothing about labels or annotations:
   ``decode_points`` → 3 multimask logits at 1/4 of the input side plus predicted IoUs) and
   segments by colour: a click gives the connected region of pixels whose colour is close to the
   clicked colour (holes filled unless the region touches the image border, i.e. is backdrop).
-  Its three tokens are that region (predicted IoU 0.9), a dilated copy (0.5) and the region joined with the nearest other
-  blob (0.3), in a token order that varies from region to region, so choosing the best multimask
+  Its three tokens are that region (predicted IoU 0.9), a dilated copy (0.5) and the region joined
+  with the nearest other blob (0.3), in a token order that varies from region to region, so choosing the best multimask
   token matters. A click on a region that lies inside a hole of another region (a *part*, e.g.
   the dark marking of a red square) gets 0.8: SAM ranks whole objects above their parts. A click
   on a colour edge is ambiguous: its best token is the joined mask with 0.35, which the strict
@@ -100,8 +100,10 @@ def _place(rng, h, w, sizes, margin, gap, tries=2000):
                 break
             x0 = float(rng.integers(margin, w - margin - s))
             y0 = float(rng.integers(margin, h - margin - s))
-            if all(x0 + s + gap <= bx or bx + bs + gap <= x0 or y0 + s + gap <= by or by + bs + gap <= y0
-                   for bx, by, bs in boxes):
+            if all(
+                x0 + s + gap <= bx or bx + bs + gap <= x0 or y0 + s + gap <= by or by + bs + gap <= y0
+                for bx, by, bs in boxes
+            ):
                 boxes.append((x0, y0, float(s)))
             else:
                 break
@@ -130,11 +132,17 @@ def _make_split(root: Path, split: str, layouts, seed: int, margin: int, ann_id0
                 inner = _raster(_polygon(12, x0 + (s - q) / 2, y0 + (s - q) / 2, q), h, w)
                 img[inner] = np.array(MARKING_COLOUR) + rng.normal(0, 0.015, (int(inner.sum()), 3))
             xs, ys = poly[0::2], poly[1::2]
-            annotations.append({
-                "id": ann_id, "image_id": image_id, "category_id": cat_id, "iscrowd": 0,
-                "segmentation": [poly], "area": float(m.sum()),
-                "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
-            })
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": cat_id,
+                    "iscrowd": 0,
+                    "segmentation": [poly],
+                    "area": float(m.sum()),
+                    "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
+                }
+            )
             ann_id += 1
         arr = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
         file_name = f"{split}/{image_id:04d}.png"
@@ -145,8 +153,7 @@ def _make_split(root: Path, split: str, layouts, seed: int, margin: int, ann_id0
         "images": images,
         "annotations": annotations,
         # unsorted on purpose: class index must be the rank of the sorted id (method.md §2.3)
-        "categories": [{"id": cid, "name": name, "supercategory": "shape"}
-                       for cid, (name, _) in CATEGORIES.items()],
+        "categories": [{"id": cid, "name": name, "supercategory": "shape"} for cid, (name, _) in CATEGORIES.items()],
     }
     path = root / f"instances_{split}.json"
     path.write_text(json.dumps(coco))
@@ -154,12 +161,22 @@ def _make_split(root: Path, split: str, layouts, seed: int, margin: int, ann_id0
 
 
 TRAIN_LAYOUTS = [  # (W, H, category ids); 2 classes per image, each class in 4 images
-    (200, 150, [12, 3]), (176, 144, [3, 7]), (160, 128, [7, 12]),
-    (200, 150, [12, 3]), (176, 144, [3, 7]), (160, 128, [7, 12]),
+    (200, 150, [12, 3]),
+    (176, 144, [3, 7]),
+    (160, 128, [7, 12]),
+    (200, 150, [12, 3]),
+    (176, 144, [3, 7]),
+    (160, 128, [7, 12]),
 ]
 VAL_LAYOUTS = [
-    (160, 120, [12]), (200, 150, [3, 7, 12]), (128, 192, [7, 3]), (208, 156, [12, 3, 7, 3]),
-    (176, 132, [7, 7]), (144, 176, [3, 12]), (200, 150, [12, 12, 7]), (136, 104, [3]),
+    (160, 120, [12]),
+    (200, 150, [3, 7, 12]),
+    (128, 192, [7, 3]),
+    (208, 156, [12, 3, 7, 3]),
+    (176, 132, [7, 7]),
+    (144, 176, [3, 12]),
+    (200, 150, [12, 12, 7]),
+    (136, 104, [3]),
     (168, 120, []),  # background only
 ]
 
@@ -176,22 +193,26 @@ class ColourPatchEncoder(torch.nn.Module):
     def __init__(self):
         super().__init__()
         # fixed feature weights (a parameter so that callers can read the module's device)
-        self.scale = torch.nn.Parameter(torch.tensor([2.0, 2.0, 2.0, 0.6, 1.0, 1.0, 1.0, 1.0]),
-                                        requires_grad=False)
+        self.scale = torch.nn.Parameter(torch.tensor([2.0, 2.0, 2.0, 0.6, 1.0, 1.0, 1.0, 1.0]), requires_grad=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = F.avg_pool2d(images.clamp(0, 1), kernel_size=14)  # [B, 3, g, g]
         r, g, b = x[:, 0], x[:, 1], x[:, 2]
         mx, mn = x.max(dim=1).values, x.min(dim=1).values
         sat = mx - mn
-        feats = torch.stack([
-            (r - torch.maximum(g, b)).clamp(min=0),  # red excess
-            (g - torch.maximum(r, b)).clamp(min=0),  # green excess
-            (b - torch.maximum(r, g)).clamp(min=0),  # blue excess
-            (1 - 4 * sat).clamp(-1, 1),  # greyness
-            r - 0.5, g - 0.5, b - 0.5,
-            sat - 0.25,
-        ], dim=-1)
+        feats = torch.stack(
+            [
+                (r - torch.maximum(g, b)).clamp(min=0),  # red excess
+                (g - torch.maximum(r, b)).clamp(min=0),  # green excess
+                (b - torch.maximum(r, g)).clamp(min=0),  # blue excess
+                (1 - 4 * sat).clamp(-1, 1),  # greyness
+                r - 0.5,
+                g - 0.5,
+                b - 0.5,
+                sat - 0.25,
+            ],
+            dim=-1,
+        )
         return feats * self.scale.to(feats.dtype)
 
 
@@ -201,7 +222,7 @@ class _OracleFeatures:
     def __init__(self, low: np.ndarray):
         self.low = low  # [B, h, w, 3] float in [0, 1]
 
-    def select(self, i: int) -> "_OracleFeatures":
+    def select(self, i: int) -> _OracleFeatures:
         return _OracleFeatures(self.low[i : i + 1])
 
 
@@ -314,8 +335,9 @@ def run(tmp_path_factory):
         return np.array(Image.open(root / ref["file_name"]).convert("RGB"))
 
     encoder = ColourPatchEncoder()
-    bank = build_memory_bank(refs, load_image, encoder,
-                             encoder_info={"name": "stand-in", "checkpoint_sha256": "", "official": False})
+    bank = build_memory_bank(
+        refs, load_image, encoder, encoder_info={"name": "stand-in", "checkpoint_sha256": "", "official": False}
+    )
     proposer = OracleProposer(SAM_SIZE)
 
     def segment(**overrides):
@@ -338,8 +360,19 @@ def run(tmp_path_factory):
         ev.accumulate()
         ev.summarize()
         stats[iou_type] = ev.stats.copy()
-    return {"root": root, "refs": refs, "bank": bank, "encoder": encoder, "gt": gt, "results": results,
-            "stats": stats, "dets": dets, "segment": segment, "elapsed": elapsed, "val_images": val_images}
+    return {
+        "root": root,
+        "refs": refs,
+        "bank": bank,
+        "encoder": encoder,
+        "gt": gt,
+        "results": results,
+        "stats": stats,
+        "dets": dets,
+        "segment": segment,
+        "elapsed": elapsed,
+        "val_images": val_images,
+    }
 
 
 def _gt_masks(gt: COCO, image_id: int):
@@ -372,8 +405,10 @@ def test_references_and_bank(run):
 
 def test_coco_ap(run):
     segm, bbox = run["stats"]["segm"], run["stats"]["bbox"]
-    print(f"segm AP={segm[0]:.4f} AP50={segm[1]:.4f} AP75={segm[2]:.4f}; "
-          f"bbox AP={bbox[0]:.4f} AP50={bbox[1]:.4f} AP75={bbox[2]:.4f}; pipeline {run['elapsed']:.1f}s")
+    print(
+        f"segm AP={segm[0]:.4f} AP50={segm[1]:.4f} AP75={segm[2]:.4f}; "
+        f"bbox AP={bbox[0]:.4f} AP50={bbox[1]:.4f} AP75={bbox[2]:.4f}; pipeline {run['elapsed']:.1f}s"
+    )
     assert segm[0] >= 0.9, f"segm AP {segm[0]:.4f}"
     assert bbox[0] >= 0.9, f"bbox AP {bbox[0]:.4f}"
     assert segm[1] == pytest.approx(1.0) and bbox[1] == pytest.approx(1.0)  # AP50: every object, no FP above
@@ -407,7 +442,8 @@ def test_every_confident_detection_is_a_true_positive(run):
             if score >= 0.35:
                 assert any(c == cat_id and _iou(m, g) >= 0.8 for c, g in gts), (
                     f"image {image_id}: confident detection (class {cat_id}, score {score:.3f}) "
-                    f"matches no object of its class")
+                    f"matches no object of its class"
+                )
 
 
 def test_background_gives_no_confident_detection(run):
@@ -447,8 +483,9 @@ def test_soft_merging_demotes_parts(run):
     assert all(s < 0.35 < tp_min for *_, s in merged), (merged, tp_min)
 
     # Contrast: with the merge exponent 0 the final score is the raw matching score.
-    unmerged = parts({k: [(i.category_id, i.score, i.mask) for i in v]
-                      for k, v in run["segment"](merge_exponent=0.0).items()})
+    unmerged = parts(
+        {k: [(i.category_id, i.score, i.mask) for i in v] for k, v in run["segment"](merge_exponent=0.0).items()}
+    )
     assert len(unmerged) == len(merged)
     assert all(s > 0.7 for *_, s in unmerged), unmerged
 

@@ -80,13 +80,15 @@ def _copy(src: Path, dst: Path) -> Path:
 # ----------------------------------------------------------------------------- inputs
 
 
-def test_every_listed_object_gets_a_row_and_extensions_is_explicit(mixed_run, mixed_folder, random_checkpoints,
-                                                                   small_bank, tmp_path):
+def test_every_listed_object_gets_a_row_and_extensions_is_explicit(
+    mixed_run, mixed_folder, random_checkpoints, small_bank, tmp_path
+):
     out, res = mixed_run
     rows = _rows(out)
     names = sorted(Path(u).relative_to(mixed_folder).as_posix() for u in rows)
-    assert names == sorted(["000000000139.jpg", "000000000802.jpg", "anim.gif", "sub/photo.webp", "noext",
-                            "README.txt", "labels.json"])
+    assert names == sorted(
+        ["000000000139.jpg", "000000000802.jpg", "anim.gif", "sub/photo.webp", "noext", "README.txt", "labels.json"]
+    )
     assert rows[str(mixed_folder / "README.txt")]["status"] == "error"
     assert "not an image" in rows[str(mixed_folder / "README.txt")]["error"]
     assert rows[str(mixed_folder / "anim.gif")]["status"] == "empty"  # decoded (no-op model: no instances)
@@ -94,8 +96,17 @@ def test_every_listed_object_gets_a_row_and_extensions_is_explicit(mixed_run, mi
     assert res.summary["rows"] == 7 and res.summary["missing"] == 0
 
     lines: list[str] = []
-    dry = run_job(_job(random_checkpoints, small_bank, images=str(mixed_folder), out=str(tmp_path / "o"),
-                       extensions=["JPG", ".gif"]), dry_run=True, echo=lines.append)
+    dry = run_job(
+        _job(
+            random_checkpoints,
+            small_bank,
+            images=str(mixed_folder),
+            out=str(tmp_path / "o"),
+            extensions=["JPG", ".gif"],
+        ),
+        dry_run=True,
+        echo=lines.append,
+    )
     assert dry.summary["to_process"] == 3 and dry.summary["skipped_by_extension"] == 4
     assert any("4 skipped by --extensions" in line for line in lines) and not (tmp_path / "o").exists()
 
@@ -130,7 +141,11 @@ def test_uri_hash_set_is_exact():
     assert s.contains(hi, lo).tolist() == [True] * 500 + [False, False]
     # equal high halves with different low halves (forced) are told apart
     forced = UriHashes(np.array([5, 5, 9], np.uint64), np.array([1, 2, 3], np.uint64))
-    assert forced.contains(np.array([5, 5, 5], np.uint64), np.array([2, 1, 7], np.uint64)).tolist() == [True, True, False]
+    assert forced.contains(np.array([5, 5, 5], np.uint64), np.array([2, 1, 7], np.uint64)).tolist() == [
+        True,
+        True,
+        False,
+    ]
     assert len(UriHashes.from_chunks([uri_digests(["a", "b", "a", "a"])]).duplicated()[0]) == 1
 
 
@@ -156,25 +171,52 @@ print(len(df), t.num_rows, n)
 # ----------------------------------------------------------------------------- one job per output
 
 
-def test_another_bank_or_settings_is_refused_naming_the_difference(mixed_run, mixed_folder, random_checkpoints, small_bank,
-                                                                   tmp_path, coco_mini):
+def test_another_bank_or_settings_is_refused_naming_the_difference(
+    mixed_run, mixed_folder, random_checkpoints, small_bank, tmp_path, coco_mini
+):
     from ntt_batch.method.references import sample_references_from_file, save_references
     from ntt_batch.workflows import build_bank
 
     out = _copy(mixed_run[0], tmp_path / "out")
-    with pytest.raises(JobMismatchError, match=r"segmenter\.points_per_side: 2 in the output, 3 now.*--allow-job-change"):
-        _noop(_job(random_checkpoints, small_bank, images=str(mixed_folder), out=str(out),
-                   segmenter=SegmenterConfig(points_per_side=3, device="cpu")))
+    with pytest.raises(
+        JobMismatchError, match=r"segmenter\.points_per_side: 2 in the output, 3 now.*--allow-job-change"
+    ):
+        _noop(
+            _job(
+                random_checkpoints,
+                small_bank,
+                images=str(mixed_folder),
+                out=str(out),
+                segmenter=SegmenterConfig(points_per_side=3, device="cpu"),
+            )
+        )
     refs = sample_references_from_file(str(coco_mini / "annotations/instances_train2017.json"), "person", 1, 33)
     save_references(refs, tmp_path / "refs.json")
-    other = build_bank(str(tmp_path / "refs.json"), str(coco_mini / "train2017"), str(tmp_path / "bank2"),
-                       encoder_name="dinov2_vits14", checkpoint_dir=str(random_checkpoints), download=False, device="cpu")
+    other = build_bank(
+        str(tmp_path / "refs.json"),
+        str(coco_mini / "train2017"),
+        str(tmp_path / "bank2"),
+        encoder_name="dinov2_vits14",
+        checkpoint_dir=str(random_checkpoints),
+        download=False,
+        device="cpu",
+    )
     with pytest.raises(JobMismatchError, match="memory_bank"):
         _noop(_job(random_checkpoints, tmp_path / "bank2", images=str(mixed_folder), out=str(out)))
     # performance-only settings are the same job; an explicit flag adopts a changed one
-    _noop(_job(random_checkpoints, small_bank, images=str(mixed_folder), out=str(out), batch_size=1,
-               segmenter=SegmenterConfig(points_per_side=2, device="cpu", points_batch_size=7)))
-    res = _noop(_job(random_checkpoints, tmp_path / "bank2", images=str(mixed_folder), out=str(out), allow_job_change=True))
+    _noop(
+        _job(
+            random_checkpoints,
+            small_bank,
+            images=str(mixed_folder),
+            out=str(out),
+            batch_size=1,
+            segmenter=SegmenterConfig(points_per_side=2, device="cpu", points_batch_size=7),
+        )
+    )
+    res = _noop(
+        _job(random_checkpoints, tmp_path / "bank2", images=str(mixed_folder), out=str(out), allow_job_change=True)
+    )
     run = json.loads((out / RUN_JSON).read_text())
     assert run["fingerprint"]["memory_bank"] == other.content_hash
     assert "memory_bank" in run["fingerprint_history"][-1]["changes"][0] and res.summary["rows"] == 7
@@ -202,8 +244,9 @@ def _concurrent(cfgs):
 
 def test_two_concurrent_runs_on_one_local_output(ray_local, mixed_folder, random_checkpoints, small_bank, tmp_path):
     out = tmp_path / "out"
-    results, errors = _concurrent([_job(random_checkpoints, small_bank, images=str(mixed_folder), out=str(out))
-                                   for _ in range(2)])
+    results, errors = _concurrent(
+        [_job(random_checkpoints, small_bank, images=str(mixed_folder), out=str(out)) for _ in range(2)]
+    )
     assert len(results) == 1 and len(errors) == 1 and isinstance(errors[0], LeaseHeldError)
     assert "being written by another run" in str(errors[0])
     assert len(_rows(out)) == 7
@@ -216,14 +259,25 @@ def s3(s3_server):
     """Storage options for the S3 API of ``s3_server``, with one bucket ``lake``."""
     import boto3
 
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing-secret").create_bucket(Bucket="lake")
-    return {"key": "testing", "secret": "testing-secret", "client_kwargs": {"endpoint_url": s3_server, "region_name": "us-east-1"}}
+    boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing-secret",
+    ).create_bucket(Bucket="lake")
+    return {
+        "key": "testing",
+        "secret": "testing-secret",
+        "client_kwargs": {"endpoint_url": s3_server, "region_name": "us-east-1"},
+    }
 
 
 def test_two_concurrent_runs_on_one_s3_output(ray_local, s3, mixed_folder, random_checkpoints, small_bank):
     out = "s3://lake/concurrent/"
-    cfgs = [_job(random_checkpoints, small_bank, images=str(mixed_folder), out=out, storage_options=s3) for _ in range(2)]
+    cfgs = [
+        _job(random_checkpoints, small_bank, images=str(mixed_folder), out=out, storage_options=s3) for _ in range(2)
+    ]
     results, errors = _concurrent(cfgs)
     assert len(results) == 1 and len(errors) == 1 and isinstance(errors[0], LeaseHeldError)
     assert len(_rows(out, s3)) == 7
@@ -260,7 +314,9 @@ def test_s3_lease_expires_and_is_taken_over_once(s3):
 # ----------------------------------------------------------------------------- retry, corruption, repair
 
 
-def test_retry_errors_after_a_missing_file_appears(ray_local, mixed_folder, random_checkpoints, small_bank, tmp_path, coco_mini):
+def test_retry_errors_after_a_missing_file_appears(
+    ray_local, mixed_folder, random_checkpoints, small_bank, tmp_path, coco_mini
+):
     late = tmp_path / "arrives_later" / "late.jpg"  # not in mixed_folder: other tests list that folder
     late.parent.mkdir()
     manifest = tmp_path / "m.csv"
@@ -293,8 +349,9 @@ def _corrupt_a_data_page(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_corrupt_pages_are_detected_by_verify_and_redone_by_run(mixed_run, mixed_folder, random_checkpoints, small_bank,
-                                                                tmp_path):
+def test_corrupt_pages_are_detected_by_verify_and_redone_by_run(
+    mixed_run, mixed_folder, random_checkpoints, small_bank, tmp_path
+):
     out = _copy(mixed_run[0], tmp_path / "out")
     cfg = _job(random_checkpoints, small_bank, images=str(mixed_folder), out=str(out))
     (part,) = out.glob("part-*.parquet")
@@ -312,8 +369,11 @@ def test_verify_repair_removes_duplicates_keeping_the_good_row(mixed_run, tmp_pa
     out = _copy(mixed_run[0], tmp_path / "out")
     (part,) = out.glob("part-*.parquet")
     t = pq.read_table(part)
-    extra = t.slice(0, 2).set_column(4, "status", pa.array(["error", "error"])).set_column(
-        8, "run_id", pa.array(["older", "older"]))
+    extra = (
+        t.slice(0, 2)
+        .set_column(4, "status", pa.array(["error", "error"]))
+        .set_column(8, "run_id", pa.array(["older", "older"]))
+    )
     pq.write_table(extra.cast(SHARD_SCHEMA), out / "part-foreign.parquet")  # e.g. a copy made by hand
     report = verify_output(str(out))
     assert report.exit_code == 3 and report.duplicate_uris == 2 and report.duplicate_examples
@@ -329,9 +389,23 @@ def test_verify_repair_removes_duplicates_keeping_the_good_row(mixed_run, tmp_pa
 
 
 def _table(uris: list[str], run_id: str = "r") -> pa.Table:
-    return pa.Table.from_pylist([{"image_id": i, "image_uri": u, "width": 1, "height": 1, "status": "empty", "error": None,
-                                  "num_instances": 0, "instances": [], "run_id": run_id} for i, u in enumerate(uris)],
-                                schema=SHARD_SCHEMA)
+    return pa.Table.from_pylist(
+        [
+            {
+                "image_id": i,
+                "image_uri": u,
+                "width": 1,
+                "height": 1,
+                "status": "empty",
+                "error": None,
+                "num_instances": 0,
+                "instances": [],
+                "run_id": run_id,
+            }
+            for i, u in enumerate(uris)
+        ],
+        schema=SHARD_SCHEMA,
+    )
 
 
 def test_only_a_provably_corrupt_shard_is_quarantined(tmp_path, monkeypatch):
@@ -361,6 +435,7 @@ def test_only_a_provably_corrupt_shard_is_quarantined(tmp_path, monkeypatch):
     monkeypatch.setattr(type(folder.fs), "open", fails_once)
     assert folder.quarantine_if_corrupt(str(good)) is None and len(calls) == 2  # failed once, then parsed: healthy
     for error in (TimeoutError("simulated: read timed out"), OSError("simulated: connection reset by peer")):
+
         def always_fails(self, path, mode="rb", error=error, **kw):
             raise error
 
@@ -369,7 +444,9 @@ def test_only_a_provably_corrupt_shard_is_quarantined(tmp_path, monkeypatch):
             folder.quarantine_if_corrupt(str(good))  # the run fails (and is retried) instead
     monkeypatch.setattr(type(folder.fs), "open", real_open)
     assert good.exists() and sorted(p.name for p in (out / "_ntt" / "quarantine").iterdir()) == [
-        "part-page.parquet", "part-truncated.parquet"]
+        "part-page.parquet",
+        "part-truncated.parquet",
+    ]
 
 
 class _Run:
@@ -402,8 +479,9 @@ def test_interrupted_commit_is_finished_or_undone(tmp_path, crash_after, monkeyp
         raise Crash
 
     if crash_after == "publish":
-        monkeypatch.setattr(parts_mod, "_finish",
-                            lambda folder, intent, update: (parts_mod._publish(folder, intent), boom()))
+        monkeypatch.setattr(
+            parts_mod, "_finish", lambda folder, intent, update: (parts_mod._publish(folder, intent), boom())
+        )
     else:
         monkeypatch.setattr(parts_mod, "_finish", boom)
     with pytest.raises(Crash):
@@ -452,7 +530,9 @@ def test_an_output_of_the_old_layout_is_adopted(ray_local, mixed_folder, random_
     jpgs = sorted(str(p) for p in mixed_folder.glob("*.jpg"))
     pq.write_table(_table(jpgs, run_id="old-run"), out / "a1b2_000000_000000.parquet")
     (out / "a1b2_000001_000000.parquet").write_bytes(b"")
-    (out / "run.json").write_text(json.dumps({"format": "ntt-batch/run", "attempts": [{"run_id": "old-run", "status": "running"}]}))
+    (out / "run.json").write_text(
+        json.dumps({"format": "ntt-batch/run", "attempts": [{"run_id": "old-run", "status": "running"}]})
+    )
     res = _noop(_job(random_checkpoints, small_bank, images=str(mixed_folder), out=str(out)))
     rows = _rows(out)
     assert res.attempt["already_done"] == 2 and res.attempt["to_process"] == 5 and len(rows) == 7

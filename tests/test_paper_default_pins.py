@@ -36,8 +36,17 @@ def _detections(seg, coco_mini) -> list[list[dict]]:
     out = []
     for name in IMAGES:
         (instances,) = seg.segment_images([load_image(coco_mini / "val2017" / name)])
-        out.append([{"category_id": i.category_id, "score": float(i.score), "bbox": [float(v) for v in i.bbox],
-                     "rle": i.coco_rle()["counts"]} for i in instances])
+        out.append(
+            [
+                {
+                    "category_id": i.category_id,
+                    "score": float(i.score),
+                    "bbox": [float(v) for v in i.bbox],
+                    "rle": i.coco_rle()["counts"],
+                }
+                for i in instances
+            ]
+        )
     return out
 
 

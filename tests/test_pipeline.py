@@ -26,6 +26,7 @@ from ntt_batch.pipeline.job import JobConfig, run_job
 
 pytestmark = pytest.mark.slow
 
+
 def _job(random_checkpoints, small_bank, **kw) -> JobConfig:
     return job_config(random_checkpoints, small_bank, **{"batch_size": 1, **kw})
 
@@ -57,7 +58,7 @@ def corpus(tmp_path_factory, coco_mini) -> tuple[Path, Path, dict[str, str]]:
     Image.fromarray(rgb[..., 0]).save(d / "gray.png")
     Image.fromarray(rgb).convert("CMYK").save(d / "cmyk.jpg")
     Image.fromarray(np.dstack([rgb, np.full((48, 64), 128, np.uint8)])).save(d / "rgba.png")
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(d / "sixteen.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(d / "sixteen.png")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display: the decoded image must be 48 wide, 64 high
     Image.fromarray(rgb).save(d / "exif_rot.jpg", exif=exif.tobytes())
@@ -140,9 +141,11 @@ def test_rerun_adds_nothing_and_run_json_records_provenance(corpus_run):
 def test_shards_readable_without_this_package(corpus_run):
     """Plain pyarrow (and pandas) read the layout; nothing of ntt_batch is needed."""
     out = corpus_run[0]
-    code = ("import pyarrow.dataset as ds, sys; t = ds.dataset(sys.argv[1], format='parquet').to_table(); "
-            "df = t.to_pandas(); "
-            "print(len(df), sorted(set(df['status'])), t.schema.field('instances').type)")
+    code = (
+        "import pyarrow.dataset as ds, sys; t = ds.dataset(sys.argv[1], format='parquet').to_table(); "
+        "df = t.to_pandas(); "
+        "print(len(df), sorted(set(df['status'])), t.schema.field('instances').type)"
+    )
     res = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True)
     assert res.stdout.startswith("12 ['empty', 'error', 'ok']") or res.stdout.startswith("12 ['error', 'ok']")
     assert "segmentation: struct<size: list<element: int32>, counts: string>" in res.stdout
@@ -155,8 +158,13 @@ def test_ray_equals_single_process_segment(corpus, corpus_run, random_checkpoint
 
     d, _, _ = corpus
     rows = _rows(corpus_run[0])
-    seg, _ = load_segmenter(str(small_bank), sam2_name="sam2.1_hiera_tiny", config=SegmenterConfig(**SEG),
-                            checkpoint_dir=str(random_checkpoints), download=False)
+    seg, _ = load_segmenter(
+        str(small_bank),
+        sam2_name="sam2.1_hiera_tiny",
+        config=SegmenterConfig(**SEG),
+        checkpoint_dir=str(random_checkpoints),
+        download=False,
+    )
     for name in sorted(p.name for p in d.glob("0*.jpg")):
         single = seg.segment_images([load_image(d / name)])[0]
         ray_inst = rows[str(d / name)]["instances"]
@@ -170,8 +178,11 @@ def test_ray_equals_single_process_segment(corpus, corpus_run, random_checkpoint
 def test_dry_run_lists_only(corpus, random_checkpoints, small_bank, tmp_path):
     d, manifest, expect = corpus
     lines = []
-    res = run_job(_job(random_checkpoints, small_bank, manifest=str(manifest), out=str(tmp_path / "o")),
-                  dry_run=True, echo=lines.append)
+    res = run_job(
+        _job(random_checkpoints, small_bank, manifest=str(manifest), out=str(tmp_path / "o")),
+        dry_run=True,
+        echo=lines.append,
+    )
     assert res.summary["to_process"] == len(expect) and not (tmp_path / "o").exists()
     assert any("would process" in line for line in lines)
 
@@ -179,7 +190,9 @@ def test_dry_run_lists_only(corpus, random_checkpoints, small_bank, tmp_path):
 # ----------------------------------------------------------------------------- resume after a kill
 
 
-def test_killed_driver_resumes_without_loss_or_duplicates(ray_local, coco_mini, random_checkpoints, small_bank, tmp_path):
+def test_killed_driver_resumes_without_loss_or_duplicates(
+    ray_local, coco_mini, random_checkpoints, small_bank, tmp_path
+):
     """SIGKILL mid-run: readers see no partial file, a second run is refused while the first holds the
     output, and the rerun commits what the dead run staged, redoes the rest, and equals an uninterrupted run."""
     from ntt_batch.io.output_folder import LeaseHeldError
@@ -189,9 +202,31 @@ def test_killed_driver_resumes_without_loss_or_duplicates(ray_local, coco_mini, 
     for p in sorted((coco_mini / "val2017").glob("*.jpg"))[2:6]:
         shutil.copy(p, images / p.name)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "ntt_batch.cli", "run", "--images", str(images), "--memory", str(small_bank),
-           "--out", str(out), "--sam2", "sam2.1_hiera_tiny", "--checkpoint-dir", str(random_checkpoints),
-           "--no-download", "--points-per-side", "2", "--device", "cpu", "--batch-size", "1", "--block-rows", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ntt_batch.cli",
+        "run",
+        "--images",
+        str(images),
+        "--memory",
+        str(small_bank),
+        "--out",
+        str(out),
+        "--sam2",
+        "sam2.1_hiera_tiny",
+        "--checkpoint-dir",
+        str(random_checkpoints),
+        "--no-download",
+        "--points-per-side",
+        "2",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "1",
+        "--block-rows",
+        "1",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     staged = lambda: list(out.glob("_ntt/staging/*/*.parquet"))  # noqa: E731
@@ -224,12 +259,16 @@ def test_killed_driver_resumes_without_loss_or_duplicates(ray_local, coco_mini, 
     assert any("interrupted attempts had staged" in n for n in run["attempts"][1]["notes"])
 
     # the resumed output equals an uninterrupted run over the same images
-    full = run_job(_job(random_checkpoints, small_bank, images=str(images), out=str(tmp_path / "full")), echo=lambda s: None)
+    full = run_job(
+        _job(random_checkpoints, small_bank, images=str(images), out=str(tmp_path / "full")), echo=lambda s: None
+    )
     assert full.summary["rows"] == 4
     reference = _rows(tmp_path / "full")
     for uri, r in rows.items():
         a, b = r["instances"], reference[uri]["instances"]
-        assert [(i["category_id"], i["segmentation"]["counts"]) for i in a] == [(i["category_id"], i["segmentation"]["counts"]) for i in b]
+        assert [(i["category_id"], i["segmentation"]["counts"]) for i in a] == [
+            (i["category_id"], i["segmentation"]["counts"]) for i in b
+        ]
         assert np.allclose([i["score"] for i in a], [i["score"] for i in b], atol=1e-4)
 
 
@@ -256,17 +295,28 @@ def test_s3_input_and_output(ray_local, s3_server, coco_mini, random_checkpoints
 
     import s3fs
 
-    opts = {"key": "testing", "secret": "testing-secret", "client_kwargs": {"endpoint_url": s3_server, "region_name": "us-east-1"}}
+    opts = {
+        "key": "testing",
+        "secret": "testing-secret",
+        "client_kwargs": {"endpoint_url": s3_server, "region_name": "us-east-1"},
+    }
     import boto3
 
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing-secret").create_bucket(Bucket="ntt-test")
+    boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing-secret",
+    ).create_bucket(Bucket="ntt-test")
     fs = s3fs.S3FileSystem(**opts)
     good = sorted((coco_mini / "val2017").glob("*.jpg"))[:1]
     for p in good:
         fs.put_file(str(p), f"ntt-test/in/{p.name}")
     fs.pipe_file("ntt-test/in/broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg")
-    cfg = _job(random_checkpoints, small_bank, images="s3://ntt-test/in/", out="s3://ntt-test/out/", storage_options=opts)
+    cfg = _job(
+        random_checkpoints, small_bank, images="s3://ntt-test/in/", out="s3://ntt-test/out/", storage_options=opts
+    )
     first = run_job(cfg, echo=lambda s: None)
     assert first.summary["rows"] == 2 and first.summary["error"] == 1 and first.summary["missing"] == 0
     rows = _rows("s3://ntt-test/out/", opts)

@@ -33,14 +33,26 @@ def test_two_node_cluster_with_fake_gpu(tmp_path, coco_mini, random_checkpoints,
         images.mkdir()
         for p in sorted((coco_mini / "val2017").glob("*.jpg"))[:2]:
             shutil.copy(p, images / p.name)
-        cfg = JobConfig(memory=str(small_bank), out=str(tmp_path / "out"), images=str(images), sam2="sam2.1_hiera_tiny",
-                        checkpoint_dir=str(random_checkpoints), download=False, batch_size=1, actor_num_cpus=1,
-                        segmenter=SegmenterConfig(points_per_side=2, device="auto"))
+        cfg = JobConfig(
+            memory=str(small_bank),
+            out=str(tmp_path / "out"),
+            images=str(images),
+            sam2="sam2.1_hiera_tiny",
+            checkpoint_dir=str(random_checkpoints),
+            download=False,
+            batch_size=1,
+            actor_num_cpus=1,
+            segmenter=SegmenterConfig(points_per_side=2, device="auto"),
+        )
         result = run_job(cfg, echo=lambda s: None)
         assert result.exit_code == 0 and result.summary["rows"] == 2 and result.summary["error"] == 0
         run = json.loads((tmp_path / "out" / "_ntt" / "run.json").read_text())
         assert run["cluster_resources"]["GPU"] == 1 and run["cluster_resources"]["CPU"] == 2
-        assert sorted(read_shards(str(tmp_path / "out")).column("status").to_pylist()) in (["empty", "ok"], ["ok", "ok"], ["empty", "empty"])
+        assert sorted(read_shards(str(tmp_path / "out")).column("status").to_pylist()) in (
+            ["empty", "ok"],
+            ["ok", "ok"],
+            ["empty", "empty"],
+        )
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -52,8 +52,15 @@ CENTRED = [150.0, 100.0, 100.0, 100.0]
 def _coco() -> dict[str, Any]:
     def ann(i: int, cat: int, img: int, bbox: list[float], crowd: int = 0) -> dict[str, Any]:
         x, y, w, h = bbox
-        return {"id": i, "category_id": cat, "image_id": img, "bbox": bbox, "iscrowd": crowd, "area": w * h,
-                "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]}
+        return {
+            "id": i,
+            "category_id": cat,
+            "image_id": img,
+            "bbox": bbox,
+            "iscrowd": crowd,
+            "area": w * h,
+            "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+        }
 
     return {
         "images": [{"id": i, "file_name": f"{i:03d}.jpg", "width": 400, "height": 300} for i in range(1, 9)],
@@ -194,16 +201,20 @@ def test_recorded_in_source_and_bank(tmp_path):
     refs = sample_references(_coco(), "apple,bear", 2, 3, prefer="area=50,center=0.65,edge=0.03")
     src = refs["source"]
     assert src["prefer"] == {"min_area_percentile": 50.0, "max_center_distance": 0.65, "min_edge_distance": 0.03}
-    assert src["prefer_stats"]["bear"] == {"candidates": 4, "kept": 4, "kept_images": 4,
-                                           "rejected_by": {"min_area_percentile": 0, "max_center_distance": 0,
-                                                           "min_edge_distance": 0},
-                                           "area_threshold_px2": 10000.0}
+    assert src["prefer_stats"]["bear"] == {
+        "candidates": 4,
+        "kept": 4,
+        "kept_images": 4,
+        "rejected_by": {"min_area_percentile": 0, "max_center_distance": 0, "min_edge_distance": 0},
+        "area_threshold_px2": 10000.0,
+    }
     assert src["prefer_stats"]["apple"]["kept"] == 2  # 201, 204 (203 is .7 from the centre)
     assert {r["annotation_id"] for r in refs["references"] if r["category_id"] == 1} == {201, 204}
     assert ReferencePreference.parse(src["prefer"]) == ReferencePreference(50, 0.65, 0.03)
     # through references.json ...
     save_references(refs, tmp_path / "refs.json")
     assert load_references(tmp_path / "refs.json")["source"]["prefer"] == src["prefer"]
+
     # ... and into the memory bank (fake constant encoder: only the provenance matters here)
     class ConstantEncoder:  # the encoder interface: patch grid and a constant [B, 2, 2, 4] output
         patch_size, native_image_size = 14, 518
@@ -212,8 +223,13 @@ def test_recorded_in_source_and_bank(tmp_path):
             return torch.ones(x.shape[0], 2, 2, 4)
 
     cfg = MemoryConfig(crop_size=28)
-    bank = build_memory_bank(refs, lambda ref: torch.zeros(300, 400, 3, dtype=torch.uint8).numpy(), ConstantEncoder(),
-                             encoder_info={"name": "fake", "checkpoint_sha256": "x", "official": False}, config=cfg)
+    bank = build_memory_bank(
+        refs,
+        lambda ref: torch.zeros(300, 400, 3, dtype=torch.uint8).numpy(),
+        ConstantEncoder(),
+        encoder_info={"name": "fake", "checkpoint_sha256": "x", "official": False},
+        config=cfg,
+    )
     assert bank.references["source"]["prefer"] == src["prefer"]
     assert bank.metadata()["references"]["source"]["prefer_stats"]["apple"]["kept"] == 2
 
@@ -224,7 +240,9 @@ def test_from_file_passes_it_through(tmp_path):
     refs = sample_references_from_file(path, "apple", 1, 5, prefer=ReferencePreference(max_center_distance=0.5))
     assert refs["source"]["prefer"]["max_center_distance"] == 0.5 and refs["source"]["annotations"] == str(path)
     assert refs["references"][0]["annotation_id"] in {201, 202, 205}
-    assert sample_references_from_file(path, "apple", 1, 5) == sample_references_from_file(path, "apple", 1, 5, prefer=None)
+    assert sample_references_from_file(path, "apple", 1, 5) == sample_references_from_file(
+        path, "apple", 1, 5, prefer=None
+    )
 
 
 # ----------------------------------------------------------------------------- errors
@@ -244,19 +262,24 @@ def test_too_few_names_class_and_criterion():
     assert sorted(r["annotation_id"] for r in refs["references"] if r["category_id"] == 1) == [201, 202, 205]
     # every candidate removed: an error even with allow_fewer
     for allow in (False, True):
-        with pytest.raises(ValueError, match=r"'apple' \(id 1\): 0 valid.*rejected 6 of its 6.*too close to an image border: 6"):
+        with pytest.raises(
+            ValueError, match=r"'apple' \(id 1\): 0 valid.*rejected 6 of its 6.*too close to an image border: 6"
+        ):
             sample_references(_coco(), "apple", 1, 0, prefer="edge=0.45", allow_fewer=allow)
 
 
-@pytest.mark.parametrize("bad, match", [
-    ("area=150", r"min_area_percentile must be in \[0, 100\]"),
-    ("center=-0.1", r"max_center_distance must be in \[0, 1\]"),
-    ("edge=0.5", r"min_edge_distance must be in \[0, 0.5\)"),
-    ("size=3", "bad reference preference 'size=3'"),
-    ("area", "bad reference preference 'area'"),
-    ("area=big", "bad number 'big'"),
-    ({"area": 50}, "unknown reference preference key"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("area=150", r"min_area_percentile must be in \[0, 100\]"),
+        ("center=-0.1", r"max_center_distance must be in \[0, 1\]"),
+        ("edge=0.5", r"min_edge_distance must be in \[0, 0.5\)"),
+        ("size=3", "bad reference preference 'size=3'"),
+        ("area", "bad reference preference 'area'"),
+        ("area=big", "bad number 'big'"),
+        ({"area": 50}, "unknown reference preference key"),
+    ],
+)
 def test_bad_preferences(bad, match):
     with pytest.raises(ValueError, match=match):
         sample_references(_coco(), "apple", 1, 0, prefer=bad)

@@ -146,9 +146,7 @@ def test_determinism_and_seed_dependence(train: dict[str, Any]) -> None:
 
 @needs_data
 @pytest.mark.parametrize("split,shots", [("few_shot", 1), ("person", 10), ("chair,dog", 3)])
-def test_sampled_references_pass_filters_one_per_image(
-    train: dict[str, Any], split: str, shots: int
-) -> None:
+def test_sampled_references_pass_filters_one_per_image(train: dict[str, Any], split: str, shots: int) -> None:
     refs = sample_references(train, split, shots, 5)
     imgs = {im["id"]: im for im in train["images"]}
     anns = {a["id"]: a for a in train["annotations"]}
@@ -221,10 +219,7 @@ def _tiny_coco() -> dict[str, Any]:
 
     good = [20.0, 20.0, 50.0, 50.0]  # inside a 200 x 100 image with margins >= 10
     return {
-        "images": [
-            {"id": i, "file_name": f"{i:04d}.jpg", "width": 200, "height": 100}
-            for i in (10, 11, 12, 13)
-        ],
+        "images": [{"id": i, "file_name": f"{i:04d}.jpg", "width": 200, "height": 100} for i in (10, 11, 12, 13)],
         "categories": [
             {"id": 1, "name": "apple"},
             {"id": 2, "name": "bear"},
@@ -455,9 +450,7 @@ def test_save_refuses_invalid(tmp_path: Path) -> None:
 def test_references_from_coco_annotations_tiny(tmp_path: Path) -> None:
     coco = _tiny_coco()
     # a box-only annotation (no segmentation) is kept without a segmentation key
-    coco["annotations"].append(
-        {"id": 110, "category_id": 3, "image_id": 11, "bbox": [1, 1, 5, 5], "iscrowd": 0}
-    )
+    coco["annotations"].append({"id": 110, "category_id": 3, "image_id": 11, "bbox": [1, 1, 5, 5], "iscrowd": 0})
     refs = references_from_coco_annotations(coco)
     # "all": every category with a usable annotation; no size/border filters; crowd dropped
     assert [c["name"] for c in refs["categories"]] == ["apple", "bear", "cup", "dune"]
@@ -518,10 +511,7 @@ def test_references_from_csv(tmp_path: Path) -> None:
     Image.fromarray(m2, mode="L").save(masks / "b_0.png")
     csv_path = tmp_path / "ann" / "refs.csv"
     csv_path.write_text(
-        "image,category,mask\n"
-        "a.png,widget,masks/a_0.png\n"
-        "b.jpg,gadget,masks/b_0.png\n"
-        "a.png,gadget,masks/a_0.png\n"
+        "image,category,mask\na.png,widget,masks/a_0.png\nb.jpg,gadget,masks/b_0.png\na.png,gadget,masks/a_0.png\n"
     )
     refs = references_from_csv(csv_path, img_dir)
     assert refs["categories"] == [{"id": 1, "name": "widget"}, {"id": 2, "name": "gadget"}]

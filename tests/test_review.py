@@ -14,12 +14,12 @@ import random
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
 from browser import Browser, find_chromium
+from click.testing import CliRunner
+from test_merge_eval_viz import _row, gt_rows, write_shards
+
 from ntt_batch.cli import main
 from ntt_batch.viz.review import write_review
-from test_merge_eval_viz import _row, gt_rows, write_shards
 
 N_IMAGES = 8
 
@@ -29,26 +29,53 @@ def review_shards(tmp_path_factory, coco_mini) -> Path:
     gt = json.loads((coco_mini / "annotations" / "instances_val2017.json").read_text())
     rnd = random.Random(3)
     rows = gt_rows(gt, str(coco_mini / "val2017"), score=lambda a: round(rnd.uniform(0.05, 0.99), 3))[:N_IMAGES]
-    rows.append(_row(424242, str(coco_mini / "val2017" / "missing.jpg"), None, None, [], status="error",
-                     error="FileNotFoundError: missing.jpg"))
+    rows.append(
+        _row(
+            424242,
+            str(coco_mini / "val2017" / "missing.jpg"),
+            None,
+            None,
+            [],
+            status="error",
+            error="FileNotFoundError: missing.jpg",
+        )
+    )
     cats = [{"id": c["id"], "name": c["name"]} for c in gt["categories"]]
-    return write_shards(tmp_path_factory.mktemp("review") / "out", rows, per_file=4,
-                        run_json={"memory_bank": {"categories": cats},
-                                  "summary": {"rows": len(rows), "ok": N_IMAGES, "empty": 0, "error": 1, "instances": 0}})
+    return write_shards(
+        tmp_path_factory.mktemp("review") / "out",
+        rows,
+        per_file=4,
+        run_json={
+            "memory_bank": {"categories": cats},
+            "summary": {"rows": len(rows), "ok": N_IMAGES, "empty": 0, "error": 1, "instances": 0},
+        },
+    )
 
 
 def _page_data(index: Path) -> dict:
     text = index.read_text()
     tag = '<script type="application/json" id="review-data">'
     start = text.index(tag) + len(tag)
-    return json.loads(text[start:text.index("</script>", start)])
+    return json.loads(text[start : text.index("</script>", start)])
 
 
 def test_review_page_files(review_shards, tmp_path, coco_mini):
     thresholds = tmp_path / "th.yaml"
     thresholds.write_text("default: 0.2\nperson: 0.5\n")
-    res = CliRunner().invoke(main, ["review", "--shards", str(review_shards), "--out", str(tmp_path / "rv"),
-                                    "--thresholds", str(thresholds), "--limit", "6"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "review",
+            "--shards",
+            str(review_shards),
+            "--out",
+            str(tmp_path / "rv"),
+            "--thresholds",
+            str(thresholds),
+            "--limit",
+            "6",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "6 images" in res.output and "1 error rows" not in res.output  # the error row is past the limit
     index = tmp_path / "rv" / "index.html"
@@ -95,12 +122,16 @@ def test_review_page_in_headless_chromium(review_shards, tmp_path):
         return page.eval("document.getElementById('status').textContent")
 
     def shown(page):
-        return page.eval("[document.querySelectorAll('.tile:not([hidden])').length, "
-                         "document.querySelectorAll('.tile:not([hidden]) .inst:not([hidden])').length]")
+        return page.eval(
+            "[document.querySelectorAll('.tile:not([hidden])').length, "
+            "document.querySelectorAll('.tile:not([hidden]) .inst:not([hidden])').length]"
+        )
 
     def set_control(page, id_, value, event):
-        page.eval(f"(() => {{ const e = document.getElementById({id_!r}); e.value = {value!r}; "
-                  f"e.dispatchEvent(new Event({event!r})); }})()")
+        page.eval(
+            f"(() => {{ const e = document.getElementById({id_!r}); e.value = {value!r}; "
+            f"e.dispatchEvent(new Event({event!r})); }})()"
+        )
 
     with Browser() as b:
         page = b.open(Path(s.index).resolve().as_uri())
@@ -128,13 +159,18 @@ def test_review_page_in_headless_chromium(review_shards, tmp_path):
         set_control(page, "class", "1", "change")
         with_person = sum(1 for im in data["images"] if any(p["c"] == 1 for p in im["inst"]))
         assert shown(page) == [with_person, len(person)]
-        assert page.eval("document.querySelectorAll('.tile:not([hidden]) .inst:not([hidden]):not([data-c=\"1\"])').length") == 0
+        assert (
+            page.eval("document.querySelectorAll('.tile:not([hidden]) .inst:not([hidden]):not([data-c=\"1\"])').length")
+            == 0
+        )
 
         # score slider: fewer instances, fewer tiles
         cut = sorted(person)[len(person) // 2]
         set_control(page, "score", f"{cut:.2f}", "input")
         n = sum(1 for sc in person if sc >= float(f"{cut:.2f}"))
-        tiles = sum(1 for im in data["images"] if any(p["c"] == 1 and p["s"] >= float(f"{cut:.2f}") for p in im["inst"]))
+        tiles = sum(
+            1 for im in data["images"] if any(p["c"] == 1 and p["s"] >= float(f"{cut:.2f}") for p in im["inst"])
+        )
         assert shown(page) == [tiles, n] and n < len(person)
         assert status(page).startswith(f"{tiles} of {N_IMAGES} images, {n} instances")
 

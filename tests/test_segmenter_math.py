@@ -15,11 +15,17 @@ import pytest
 import torch
 
 from ntt_batch.method.config import SegmenterConfig
-from ntt_batch.method.memory_bank import MemoryBank
 from ntt_batch.method.matching import class_similarity, pool_mask_features, upsample_features
+from ntt_batch.method.memory_bank import MemoryBank
 from ntt_batch.method.merging import soft_merge_scores
 from ntt_batch.method.preprocess import prepare_target
-from ntt_batch.method.segmenter import Segmenter, TargetImage, masks_to_boxes_inclusive, point_grid, select_best_multimask
+from ntt_batch.method.segmenter import (
+    Segmenter,
+    TargetImage,
+    masks_to_boxes_inclusive,
+    point_grid,
+    select_best_multimask,
+)
 
 # ============================================================================ point_grid (§4.2)
 
@@ -60,9 +66,13 @@ def test_point_grid_unknown_style():
 def test_select_best_multimask_hand():
     # logits[n, k] is the constant map 10·n + k, so the value tells which (prompt, token) came back.
     logits = torch.stack([torch.stack([torch.full((2, 2), 10.0 * n + k) for k in range(3)]) for n in range(3)])
-    iou = torch.tensor([[0.1, 0.9, 0.5],   # prompt 0 → token 1
-                        [0.7, 0.2, 0.3],   # prompt 1 → token 0
-                        [0.3, 0.4, 0.8]])  # prompt 2 → token 2
+    iou = torch.tensor(
+        [
+            [0.1, 0.9, 0.5],  # prompt 0 → token 1
+            [0.7, 0.2, 0.3],  # prompt 1 → token 0
+            [0.3, 0.4, 0.8],
+        ]
+    )  # prompt 2 → token 2
     best_logits, best_iou = select_best_multimask(logits, iou)
     assert best_logits.shape == (3, 2, 2)
     assert best_logits[:, 0, 0].tolist() == [1.0, 10.0, 22.0]  # 10·0+1, 10·1+0, 10·2+2
@@ -91,8 +101,7 @@ def test_masks_to_boxes_inclusive_no_masks():
 # ============================================================================ upsample + pool (§4.3-4.4)
 
 # 2×2 grid, D = 2. Channel 0: f[r, c] = 8r + 4c (values 0, 4 / 8, 12); channel 1: 1 at (0,0) only.
-GRID_2x2 = torch.tensor([[[0.0, 1.0], [4.0, 0.0]],
-                         [[8.0, 0.0], [12.0, 0.0]]])  # [gh=2, gw=2, D=2]
+GRID_2x2 = torch.tensor([[[0.0, 1.0], [4.0, 0.0]], [[8.0, 0.0], [12.0, 0.0]]])  # [gh=2, gw=2, D=2]
 # align_corners=False, 2 → 4: output k samples source (k + 0.5)/2 − 0.5 = −0.25, 0.25, 0.75, 1.25,
 # clamped to [0, 1]: weights on source index 1 (the "t" of lerp) are 0, 0.25, 0.75, 1.
 T = [0.0, 0.25, 0.75, 1.0]
@@ -129,8 +138,12 @@ def _bilinear_loop(grid: np.ndarray, oh: int, ow: int) -> np.ndarray:
             x0 = min(int(math.floor(sx)), gw - 1)
             x1 = min(x0 + 1, gw - 1)
             tx = sx - x0 if x1 != x0 else 0.0
-            out[r, c] = ((1 - ty) * (1 - tx) * grid[y0, x0] + (1 - ty) * tx * grid[y0, x1]
-                         + ty * (1 - tx) * grid[y1, x0] + ty * tx * grid[y1, x1])
+            out[r, c] = (
+                (1 - ty) * (1 - tx) * grid[y0, x0]
+                + (1 - ty) * tx * grid[y0, x1]
+                + ty * (1 - tx) * grid[y1, x0]
+                + ty * tx * grid[y1, x1]
+            )
     return out
 
 
@@ -150,7 +163,7 @@ def test_pool_mask_features_by_hand():
     # (1,1): ch0 = 8·0.25 + 4·0.25 = 3, ch1 = 0.75·0.75 = 0.5625
     # (1,2): ch0 = 5,                   ch1 = 0.1875
     # mean = (4, 0.375); normalised by sqrt(16 + 0.140625)
-    n = math.sqrt(4.0 ** 2 + 0.375 ** 2)
+    n = math.sqrt(4.0**2 + 0.375**2)
     # masks[1] is empty → NaN row (as in the reference).
     f = pool_mask_features(masks, dense)
     assert f.shape == (2, 2)
@@ -182,18 +195,22 @@ def _row_mask(width: int, cols: range) -> torch.Tensor:
 
 def test_soft_merge_scores_hand_case():
     W = 10
-    masks = torch.stack([
-        _row_mask(W, range(0, 4)),   # M0 class 0, cols 0..3 (area 4)
-        _row_mask(W, range(0, 6)),   # M1 class 1, cols 0..5: overlaps M0, other class
-        _row_mask(W, range(2, 6)),   # M2 class 0, cols 2..5 (area 4)
-        _row_mask(W, range(2, 10)),  # M3 class 0, cols 2..9 (area 8)
-    ])
-    f = torch.tensor([
-        [1.0, 0.0, 0.0],   # f0
-        [1.0, 0.0, 0.0],   # f1 (= f0, cos 1, but different class → no effect)
-        [0.6, 0.8, 0.0],   # f2: cos(2,0) = 0.6
-        [0.8, 0.6, 0.0],   # f3: cos(3,0) = 0.8, cos(3,2) = 0.48 + 0.48 = 0.96
-    ])
+    masks = torch.stack(
+        [
+            _row_mask(W, range(0, 4)),  # M0 class 0, cols 0..3 (area 4)
+            _row_mask(W, range(0, 6)),  # M1 class 1, cols 0..5: overlaps M0, other class
+            _row_mask(W, range(2, 6)),  # M2 class 0, cols 2..5 (area 4)
+            _row_mask(W, range(2, 10)),  # M3 class 0, cols 2..9 (area 8)
+        ]
+    )
+    f = torch.tensor(
+        [
+            [1.0, 0.0, 0.0],  # f0
+            [1.0, 0.0, 0.0],  # f1 (= f0, cos 1, but different class → no effect)
+            [0.6, 0.8, 0.0],  # f2: cos(2,0) = 0.6
+            [0.8, 0.6, 0.0],  # f3: cos(3,0) = 0.8, cos(3,2) = 0.48 + 0.48 = 0.96
+        ]
+    )
     labels = torch.tensor([0, 1, 0, 0])
     sem = torch.tensor([0.9, 0.7, 0.8, 0.5])
     out = soft_merge_scores(masks, f, labels, sem, 0.5)
@@ -290,7 +307,7 @@ class FakeSamFeatures:
         self.images = images
         self.index = index
 
-    def select(self, i: int) -> "FakeSamFeatures":
+    def select(self, i: int) -> FakeSamFeatures:
         return FakeSamFeatures(self.images[i : i + 1], i)
 
 
@@ -383,8 +400,9 @@ def make_bank(num_classes: int, names=None, ids=None) -> MemoryBank:
 
 
 def make_segmenter(specs, maps, bank, **cfg) -> tuple[Segmenter, FakeProposer, FakeEncoder]:
-    config = SegmenterConfig(image_size=32, encoder_image_size=14, points_per_side=2,
-                             points_batch_size=3, device="cpu", **cfg)
+    config = SegmenterConfig(
+        image_size=32, encoder_image_size=14, points_per_side=2, points_batch_size=3, device="cpu", **cfg
+    )
     proposer, encoder = FakeProposer(specs), FakeEncoder(maps)
     return Segmenter(proposer, encoder, bank, config), proposer, encoder
 
@@ -493,10 +511,12 @@ def test_segmenter_max_detections_caps():
 
 
 def test_segmenter_predicted_iou_filter_is_strict():
-    left = logits_on(rect(range(8), range(0, 4)))   # class 0 (e0)
+    left = logits_on(rect(range(8), range(0, 4)))  # class 0 (e0)
     right = logits_on(rect(range(8), range(4, 8)))  # class 1 (e1)
-    specs = {P0: (0, left, 0.4),     # exactly 0.4 → dropped (> 0.4 is required)
-             P1: (1, right, 0.41)}   # kept
+    specs = {
+        P0: (0, left, 0.4),  # exactly 0.4 → dropped (> 0.4 is required)
+        P1: (1, right, 0.41),
+    }  # kept
     seg, _, _ = make_segmenter([specs], [MAIN_MAP], _main_bank())
     (res,) = seg.segment_images([blank(32, 32)])
     assert [r.category_id for r in res] == [7]

@@ -80,7 +80,6 @@ def test_unknown_classes_warn_once(caplog):
 # ----------------------------------------------------------------------------- tuning (ntt-batch thresholds)
 
 
-
 def test_choose_threshold_known_best():
     # 3 GT; by score: TP .9, TP .8, FP .7, TP .6, FP .5, FP .4
     # F1 by cut: .5, .8, .667, .857 (best, at .6), .75, .667; precision >= .9 with max recall: .8
@@ -112,25 +111,66 @@ def _hand_built(tmp_path):
     H = W = 100
     boxes_a = [(0, 0, 10, 10), (20, 0, 10, 10), (40, 0, 10, 10)]
     crowd = (0, 60, 40, 40)
-    gt = {"images": [{"id": 7, "file_name": "sub/x.jpg", "width": W, "height": H}],
-          "categories": [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}], "annotations": []}
+    gt = {
+        "images": [{"id": 7, "file_name": "sub/x.jpg", "width": W, "height": H}],
+        "categories": [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}],
+        "annotations": [],
+    }
     for b in boxes_a:
-        gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": 7, "category_id": 5, "bbox": list(b),
-                                  "area": 100, "iscrowd": 0, "segmentation": _box_rle(H, W, b)})
-    gt["annotations"].append({"id": 99, "image_id": 7, "category_id": 5, "bbox": list(crowd), "area": 1600, "iscrowd": 1,
-                              "segmentation": _box_rle(H, W, crowd)})
-    gt["annotations"].append({"id": 100, "image_id": 7, "category_id": 9, "bbox": [60, 60, 20, 20], "area": 400,
-                              "iscrowd": 0, "segmentation": _box_rle(H, W, (60, 60, 20, 20))})
-    a = [(0.9, (0, 0, 10, 10)), (0.8, (20, 0, 10, 10)), (0.7, (70, 0, 10, 10)), (0.6, (40, 0, 10, 10)),
-         (0.5, (70, 20, 10, 10)), (0.4, (70, 40, 10, 10)), (0.95, (5, 65, 10, 10))]  # the last one: on the crowd
+        gt["annotations"].append(
+            {
+                "id": len(gt["annotations"]) + 1,
+                "image_id": 7,
+                "category_id": 5,
+                "bbox": list(b),
+                "area": 100,
+                "iscrowd": 0,
+                "segmentation": _box_rle(H, W, b),
+            }
+        )
+    gt["annotations"].append(
+        {
+            "id": 99,
+            "image_id": 7,
+            "category_id": 5,
+            "bbox": list(crowd),
+            "area": 1600,
+            "iscrowd": 1,
+            "segmentation": _box_rle(H, W, crowd),
+        }
+    )
+    gt["annotations"].append(
+        {
+            "id": 100,
+            "image_id": 7,
+            "category_id": 9,
+            "bbox": [60, 60, 20, 20],
+            "area": 400,
+            "iscrowd": 0,
+            "segmentation": _box_rle(H, W, (60, 60, 20, 20)),
+        }
+    )
+    a = [
+        (0.9, (0, 0, 10, 10)),
+        (0.8, (20, 0, 10, 10)),
+        (0.7, (70, 0, 10, 10)),
+        (0.6, (40, 0, 10, 10)),
+        (0.5, (70, 20, 10, 10)),
+        (0.4, (70, 40, 10, 10)),
+        (0.95, (5, 65, 10, 10)),
+    ]  # the last one: on the crowd
     insts = [_instance(1, "a", s, b, _box_rle(H, W, b)) for s, b in a]
-    insts += [_instance(2, "B", 0.3, (60, 60, 20, 19), _box_rle(H, W, (60, 60, 20, 19))),
-              _instance(2, "B", 0.2, (0, 30, 5, 5), _box_rle(H, W, (0, 30, 5, 5))),
-              _instance(3, "zebra", 0.9, (0, 30, 5, 5), _box_rle(H, W, (0, 30, 5, 5)))]
+    insts += [
+        _instance(2, "B", 0.3, (60, 60, 20, 19), _box_rle(H, W, (60, 60, 20, 19))),
+        _instance(2, "B", 0.2, (0, 30, 5, 5), _box_rle(H, W, (0, 30, 5, 5))),
+        _instance(3, "zebra", 0.9, (0, 30, 5, 5), _box_rle(H, W, (0, 30, 5, 5))),
+    ]
     gt_path = tmp_path / "gt.json"
     gt_path.write_text(json.dumps(gt))
     # image id 123 != GT id 7: matched by file name
-    shards = write_shards(tmp_path / "shards", [_row(123, "/data/x.jpg", W, H, insts), _row(124, "/data/y.jpg", W, H, [])])
+    shards = write_shards(
+        tmp_path / "shards", [_row(123, "/data/x.jpg", W, H, insts), _row(124, "/data/y.jpg", W, H, [])]
+    )
     return gt_path, shards
 
 
@@ -142,7 +182,9 @@ def test_tune_thresholds_hand_built_case(tmp_path):
     assert rows["a"].threshold == 0.6 and rows["a"].f1 == pytest.approx(6 / 7) and rows["a"].num_gt == 3
     assert rows["a"].num_detections == 7  # the crowd detection is ignored, not a false positive
     assert rows["b"].threshold == 0.3 and rows["b"].precision == 1.0 and rows["b"].recall == 1.0
-    assert any("'zebra'" in n for n in rep.notices) and any("'B' matched the ground truth's 'b'" in n for n in rep.notices)
+    assert any("'zebra'" in n for n in rep.notices) and any(
+        "'B' matched the ground truth's 'b'" in n for n in rep.notices
+    )
     assert any("not images of the ground truth" in n for n in rep.notices)
     assert rep.to_map() == {"a": 0.6, "b": 0.3}
     prec = tune_thresholds(str(gt_path), str(shards), target="precision=0.9")
@@ -154,8 +196,10 @@ def test_tune_thresholds_hand_built_case(tmp_path):
 def test_thresholds_cli_writes_a_map_merge_reads(tmp_path):
     gt_path, shards = _hand_built(tmp_path)
     out = tmp_path / "th.yaml"
-    r = CliRunner().invoke(main, ["thresholds", "--annotations", str(gt_path), "--shards", str(shards), "--out", str(out),
-                                  "--default", "0.5"])
+    r = CliRunner().invoke(
+        main,
+        ["thresholds", "--annotations", str(gt_path), "--shards", str(shards), "--out", str(out), "--default", "0.5"],
+    )
     assert r.exit_code == 0, r.output
     assert "class" in r.output and "threshold" in r.output and "precision" in r.output and "#GT" in r.output
     assert f"wrote {out}: 2 class threshold(s), default 0.5" in r.output
@@ -166,8 +210,20 @@ def test_thresholds_cli_writes_a_map_merge_reads(tmp_path):
     merge_results(str(shards), str(res), score_threshold=str(out))
     kept = sorted(d["score"] for d in json.loads(res.read_text()))
     assert kept == [0.3, 0.6, 0.7, 0.8, 0.9, 0.9, 0.95]  # a >= .6 (crowd det .95 too), b >= .3, zebra >= default .5
-    r = CliRunner().invoke(main, ["thresholds", "--annotations", str(gt_path), "--shards", str(shards), "--out",
-                                  str(tmp_path / "t.json"), "--target", "precision=2"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "thresholds",
+            "--annotations",
+            str(gt_path),
+            "--shards",
+            str(shards),
+            "--out",
+            str(tmp_path / "t.json"),
+            "--target",
+            "precision=2",
+        ],
+    )
     assert r.exit_code != 0 and "--target" in r.output
 
 
@@ -195,7 +251,9 @@ def test_thresholds_end_to_end_on_synthetic_shards(tmp_path, coco_mini):
             insts.append(_instance(a["category_id"], names[a["category_id"]], score, a["bbox"], rle))
         rows.append(_row(im["id"], f"{coco_mini}/val2017/{im['file_name']}", im["width"], im["height"], insts))
     shards = write_shards(tmp_path / "s", rows, per_file=15)
-    sub = dict(gt, images=images, annotations=[a for a in gt["annotations"] if a["image_id"] in {im["id"] for im in images}])
+    sub = dict(
+        gt, images=images, annotations=[a for a in gt["annotations"] if a["image_id"] in {im["id"] for im in images}]
+    )
     gt_path = tmp_path / "gt.json"
     gt_path.write_text(json.dumps(sub))
     rep = tune_thresholds(str(gt_path), str(shards))
@@ -205,7 +263,9 @@ def test_thresholds_end_to_end_on_synthetic_shards(tmp_path, coco_mini):
         assert 0 <= c.threshold <= 1 and 0 < c.f1 <= 1
     # applying the map reproduces the table: re-tune on the merged (thresholded) detections
     out = tmp_path / "th.yaml"
-    r = CliRunner().invoke(main, ["thresholds", "--annotations", str(gt_path), "--shards", str(shards), "--out", str(out)])
+    r = CliRunner().invoke(
+        main, ["thresholds", "--annotations", str(gt_path), "--shards", str(shards), "--out", str(out)]
+    )
     assert r.exit_code == 0, r.output
     kept = tmp_path / "kept"
     kept_rows = []
@@ -217,4 +277,6 @@ def test_thresholds_end_to_end_on_synthetic_shards(tmp_path, coco_mini):
     again = {c.name: c for c in tune_thresholds(str(gt_path), str(kept)).classes}
     for c in tuned:
         a = again[c.name]
-        assert a.num_detections >= 1 and a.precision == pytest.approx(c.precision) and a.recall == pytest.approx(c.recall)
+        assert (
+            a.num_detections >= 1 and a.precision == pytest.approx(c.precision) and a.recall == pytest.approx(c.recall)
+        )

@@ -35,8 +35,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _rle_cases():
     rng = np.random.default_rng(0)
-    cases = [np.zeros((5, 7), bool), np.ones((5, 7), bool), np.zeros((1, 1), bool), np.ones((1, 1), bool),
-             np.zeros((1, 9), bool), np.ones((9, 1), bool), np.indices((6, 5)).sum(0) % 2 == 0]
+    cases = [
+        np.zeros((5, 7), bool),
+        np.ones((5, 7), bool),
+        np.zeros((1, 1), bool),
+        np.ones((1, 1), bool),
+        np.zeros((1, 9), bool),
+        np.ones((9, 1), bool),
+        np.indices((6, 5)).sum(0) % 2 == 0,
+    ]
     first = np.zeros((4, 4), bool)
     first[0, 0] = True
     last = np.zeros((4, 4), bool)
@@ -78,8 +85,10 @@ def test_device_rle_batches_and_edge_shapes():
     assert [r["counts"] for r in encode_rle_torch(torch.zeros(2, 0, 3, dtype=torch.bool))] == ["0", "0"]
     assert counts_to_string(np.array([], dtype=np.int64)) == ""
     # Numeric masks: nonzero = set.
-    assert encode_rle_torch(torch.tensor([[[0.0, 2.5], [0.0, -1.0]]]))[0]["counts"] == \
-        mask_utils.encode(np.asfortranarray(np.array([[0, 1], [0, 1]], np.uint8)))["counts"].decode()
+    assert (
+        encode_rle_torch(torch.tensor([[[0.0, 2.5], [0.0, -1.0]]]))[0]["counts"]
+        == mask_utils.encode(np.asfortranarray(np.array([[0, 1], [0, 1]], np.uint8)))["counts"].decode()
+    )
 
 
 # ---------------------------------------------------------------------------- config and CLI
@@ -259,8 +268,10 @@ def test_compiled_decoder_gives_the_same_detections(tiny_models, coco_mini):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("NTT_TEST_COMPILE_ALL") != "1",
-                    reason="compiles the SAM2 and DINOv2 encoders too: ~5 min on 2 cores; NTT_TEST_COMPILE_ALL=1 runs it")
+@pytest.mark.skipif(
+    os.environ.get("NTT_TEST_COMPILE_ALL") != "1",
+    reason="compiles the SAM2 and DINOv2 encoders too: ~5 min on 2 cores; NTT_TEST_COMPILE_ALL=1 runs it",
+)
 def test_compiled_segmenter_all_models(tiny_models, coco_mini):
     from ntt_batch.benchmark import FP32_TOLERANCE, match_detections, random_bank
     from ntt_batch.io.images import load_image
@@ -284,14 +295,43 @@ def test_compiled_segmenter_all_models(tiny_models, coco_mini):
 def test_gpu_check_runs_end_to_end_on_cpu(tmp_path, random_checkpoints):
     """``benchmarks/gpu_check.py --device cpu --tiny``: every phase runs and the JSON has the figures."""
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--tiny", "--out", str(out),
-                        "--ckpt-dir", str(random_checkpoints), "--images", "2", "--batch", "2", "--max-batch", "2"],
-                       check=False, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu_check.py",
+            "--device",
+            "cpu",
+            "--tiny",
+            "--out",
+            str(out),
+            "--ckpt-dir",
+            str(random_checkpoints),
+            "--images",
+            "2",
+            "--batch",
+            "2",
+            "--max-batch",
+            "2",
+        ],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["status"] == "ok", report["phases"]
     assert {k for k, v in report["phases"].items() if v["status"] == "ok"} >= {
-        "models", "fast_fp32", "fast_bf16", "reference", "stages", "bf16_candidates", "rle", "batch_sweep"}
+        "models",
+        "fast_fp32",
+        "fast_bf16",
+        "reference",
+        "stages",
+        "bf16_candidates",
+        "rle",
+        "batch_sweep",
+    }
     assert report["phases"]["compiled"]["status"] == "skipped"
     for path in ("fast_fp32", "fast_bf16", "reference"):
         assert report["paths"][path]["images_per_s"] > 0

@@ -7,7 +7,16 @@ import pytest
 
 from ntt_batch.io.masks import decode_rle, encode_rle
 from ntt_batch.method.config import ConfigError, SegmenterConfig
-from ntt_batch.method.tiling import TILE_BATCH, Piece, merge_pieces, needs_tiling, paint, runs_from_dense, tile_grid, tile_starts
+from ntt_batch.method.tiling import (
+    TILE_BATCH,
+    Piece,
+    merge_pieces,
+    needs_tiling,
+    paint,
+    runs_from_dense,
+    tile_grid,
+    tile_starts,
+)
 
 
 def test_tile_starts_cover_and_end_flush():
@@ -154,8 +163,15 @@ def test_tiled_run_end_to_end(tiny_models, monkeypatch):
 
     proposer, encoder, bank = tiny_models
     image = _large_image(700, 1000)
-    cfg = SegmenterConfig(points_per_side=3, device="cpu", pred_iou_threshold=0.0, nms_iou_threshold=0.7,
-                          max_detections=12, tile_size=512, tile_overlap=0.25)
+    cfg = SegmenterConfig(
+        points_per_side=3,
+        device="cpu",
+        pred_iou_threshold=0.0,
+        nms_iou_threshold=0.7,
+        max_detections=12,
+        tile_size=512,
+        tile_overlap=0.25,
+    )
     seg = Segmenter(proposer, encoder, bank, cfg)
     target = TargetImage.from_image(image, cfg)
     assert target.source is image and target.orig_hw == (700, 1000)
@@ -191,8 +207,9 @@ def test_tiled_run_end_to_end(tiny_models, monkeypatch):
     for k, ((y0, x0, _, _), tile_res) in enumerate(zip(grid, tile_results)):
         for inst in tile_res:
             col, start, end = runs_from_dense(decode_rle(inst.rle))
-            pieces.append(Piece.from_runs(col + x0, start + y0, end + y0, inst.score, inst.category_id,
-                                          inst.category_name, k))
+            pieces.append(
+                Piece.from_runs(col + x0, start + y0, end + y0, inst.score, inst.category_id, inst.category_name, k)
+            )
     assert len(pieces) > len(res)  # there was something to merge or cut
     want = merge_pieces(pieces, cfg.tile_merge_threshold)[:12]
     assert [p.score for p in want] == [r.score for r in res]
@@ -217,17 +234,61 @@ def test_tile_flags_reach_the_job_and_the_segment_config(tmp_path, monkeypatch):
         return _Result()
 
     monkeypatch.setattr(job, "run_job", fake_run_job)
-    res = CliRunner().invoke(main, ["run", "--images", str(tmp_path), "--memory", str(tmp_path), "--out", str(tmp_path / "o"),
-                                    "--tile-size", "2048", "--tile-overlap", "128", "--dry-run"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--images",
+            str(tmp_path),
+            "--memory",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--tile-size",
+            "2048",
+            "--tile-overlap",
+            "128",
+            "--dry-run",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert seen["cfg"].segmenter.tile_size == 2048 and seen["cfg"].segmenter.tile_overlap == 128
-    res = CliRunner().invoke(main, ["run", "--images", str(tmp_path), "--memory", str(tmp_path), "--out", str(tmp_path / "o"),
-                                    "--dry-run"])
+    res = CliRunner().invoke(
+        main, ["run", "--images", str(tmp_path), "--memory", str(tmp_path), "--out", str(tmp_path / "o"), "--dry-run"]
+    )
     assert seen["cfg"].segmenter.tile_size is None  # off unless asked
-    res = CliRunner().invoke(main, ["run", "--images", str(tmp_path), "--memory", str(tmp_path), "--out", str(tmp_path / "o"),
-                                    "--tile-size", "512", "--tile-overlap", "600", "--dry-run"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--images",
+            str(tmp_path),
+            "--memory",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--tile-size",
+            "512",
+            "--tile-overlap",
+            "600",
+            "--dry-run",
+        ],
+    )
     assert res.exit_code != 0 and "tile_overlap" in res.output
-    kw = dict(points_per_side=4, points_batch_size=8, pred_iou_threshold=0.4, nms_iou_threshold=0.5, max_detections=10,
-              add_no_mem_embed=False, drop_unmatched_before_nms=False, resize_mode="squash", point_grid="reference",
-              device="cpu", bf16=False, compile=False, tile_size=1024, tile_overlap=0.25)
+    kw = dict(
+        points_per_side=4,
+        points_batch_size=8,
+        pred_iou_threshold=0.4,
+        nms_iou_threshold=0.5,
+        max_detections=10,
+        add_no_mem_embed=False,
+        drop_unmatched_before_nms=False,
+        resize_mode="squash",
+        point_grid="reference",
+        device="cpu",
+        bf16=False,
+        compile=False,
+        tile_size=1024,
+        tile_overlap=0.25,
+    )
     assert segmenter_config_from_flags(kw).tile_overlap_px() == 256

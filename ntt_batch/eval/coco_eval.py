@@ -29,7 +29,8 @@ import json
 import math
 import numbers
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,9 +68,11 @@ def _check_detections(dets: list, where: str, gt_images: Sequence[dict] = ()) ->
     polygons of at least 3 finite x, y pairs.
     """
     if not isinstance(dets, list):
-        raise ValueError(f"{where}: a COCO results file is a JSON array of detections, got {type(dets).__name__} "
-                         "(an annotation file? pass it as --annotations, and `ntt-batch merge --format results` output "
-                         "or the shards as --results)")
+        raise ValueError(
+            f"{where}: a COCO results file is a JSON array of detections, got {type(dets).__name__} "
+            "(an annotation file? pass it as --annotations, and `ntt-batch merge --format results` output "
+            "or the shards as --results)"
+        )
     sizes = {}
     for im in gt_images:
         try:
@@ -93,17 +96,28 @@ def _check_detections(dets: list, where: str, gt_images: Sequence[dict] = ()) ->
         score, box, seg = d["score"], d.get("bbox"), d.get("segmentation")
         if not is_num(score) or not math.isfinite(score):
             return f"'score': expected a finite number, got {score!r} ({type(score).__name__})"
-        if box is not None and (not isinstance(box, (list, tuple)) or len(box) != 4 or not finite(box) or box[2] < 0 or box[3] < 0):
+        if box is not None and (
+            not isinstance(box, (list, tuple)) or len(box) != 4 or not finite(box) or box[2] < 0 or box[3] < 0
+        ):
             return f"'bbox': expected 4 finite numbers [x, y, w, h] with w, h >= 0, got {box!r}"
         if isinstance(seg, dict):
             size, expected = seg.get("size"), sizes.get(int(d["image_id"]))
-            if "counts" not in seg or not isinstance(size, (list, tuple)) or len(size) != 2 or not all(is_int(v) for v in size):
+            if (
+                "counts" not in seg
+                or not isinstance(size, (list, tuple))
+                or len(size) != 2
+                or not all(is_int(v) for v in size)
+            ):
                 return "'segmentation': an RLE needs 'size' [height, width] and 'counts'"
             if expected is not None and [int(v) for v in size] != expected:
-                return (f"'segmentation': RLE size {list(size)} differs from image {int(d['image_id'])}'s [height, width] "
-                        f"{expected} in the ground truth")
-        elif seg is not None and not (isinstance(seg, list) and all(
-                isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and finite(p) for p in seg)):
+                return (
+                    f"'segmentation': RLE size {list(size)} differs from image {int(d['image_id'])}'s [height, width] "
+                    f"{expected} in the ground truth"
+                )
+        elif seg is not None and not (
+            isinstance(seg, list)
+            and all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and finite(p) for p in seg)
+        ):
             return "'segmentation': expected an RLE object or polygons (lists of >= 3 finite x, y pairs)"
         return None
 
@@ -166,8 +180,10 @@ def evaluate_coco(
     ann_name = annotations if isinstance(annotations, str) else "<in memory>"
     gt_json = read_json(annotations, options) if isinstance(annotations, str) else annotations
     if not isinstance(gt_json, dict) or "images" not in gt_json or "annotations" not in gt_json:
-        raise ValueError(f"{ann_name}: not a COCO annotation file (needs 'images', 'annotations' and 'categories'); "
-                         "a results file goes to --results")
+        raise ValueError(
+            f"{ann_name}: not a COCO annotation file (needs 'images', 'annotations' and 'categories'); "
+            "a results file goes to --results"
+        )
     gt_cats = gt_json.get("categories") or []
     if not gt_cats:
         raise ValueError(f"{ann_name}: the annotation file has no 'categories'")
@@ -186,8 +202,10 @@ def evaluate_coco(
             sr = coco_results_from_shards(results, options)
             dets, processed = sr.results, sr.processed_image_ids
             if sr.error_image_ids:
-                notices.append(f"{len(sr.error_image_ids)} image(s) have status 'error' in the shards: no detections "
-                               "on them" + ("" if restrict_to_processed else " (they count as misses)"))
+                notices.append(
+                    f"{len(sr.error_image_ids)} image(s) have status 'error' in the shards: no detections "
+                    "on them" + ("" if restrict_to_processed else " (they count as misses)")
+                )
     else:
         dets = results
     _check_detections(dets, res_name, gt_json["images"])
@@ -198,8 +216,10 @@ def evaluate_coco(
     if res_cats:
         dets, alignment = align_categories(dets, res_cats, gt_cats, cats_from, notices, warnings)
     if restrict_to_processed and processed is None:
-        raise ValueError("restrict_to_processed needs the shards as results (a results JSON does not say which images "
-                         "were processed: images without detections are absent from it)")
+        raise ValueError(
+            "restrict_to_processed needs the shards as results (a results JSON does not say which images "
+            "were processed: images without detections are absent from it)"
+        )
 
     # ---- ground truth: split annotations, all images (or the processed ones)
     images = list(gt_json["images"])
@@ -211,11 +231,20 @@ def evaluate_coco(
     elif processed is not None:
         unprocessed = len(gt_image_ids - processed)
         if unprocessed:
-            notices.append(f"{unprocessed} ground-truth image(s) have no processed row in the shards: their objects "
-                           "count as misses (use --restrict-to-processed to evaluate a partial run)")
-    gt_anns = [a for a in gt_json["annotations"] if int(a["category_id"]) in keep_ids and int(a["image_id"]) in gt_image_ids]
-    gt = {"info": gt_json.get("info", {}), "licenses": gt_json.get("licenses", []), "images": images,
-          "annotations": gt_anns, "categories": gt_cats}
+            notices.append(
+                f"{unprocessed} ground-truth image(s) have no processed row in the shards: their objects "
+                "count as misses (use --restrict-to-processed to evaluate a partial run)"
+            )
+    gt_anns = [
+        a for a in gt_json["annotations"] if int(a["category_id"]) in keep_ids and int(a["image_id"]) in gt_image_ids
+    ]
+    gt = {
+        "info": gt_json.get("info", {}),
+        "licenses": gt_json.get("licenses", []),
+        "images": images,
+        "annotations": gt_anns,
+        "categories": gt_cats,
+    }
     if not gt_anns:
         notices.append(f"the ground truth has no annotation of the selected classes ({split}): AP is undefined (-1)")
 
@@ -235,17 +264,26 @@ def evaluate_coco(
             counts["other_classes"] += 1
         else:
             kept.append(d)
-    det_info = {"total": len(dets), "evaluated": len(kept), "unknown_image": counts["unknown_image"],
-                "unknown_category": counts["unknown_category"], "other_classes": counts["other_classes"],
-                "unknown_image_examples": unknown_img_examples}
+    det_info = {
+        "total": len(dets),
+        "evaluated": len(kept),
+        "unknown_image": counts["unknown_image"],
+        "unknown_category": counts["unknown_category"],
+        "other_classes": counts["other_classes"],
+        "unknown_image_examples": unknown_img_examples,
+    }
     if alignment is not None:
         det_info["not_in_ground_truth"] = alignment["dropped_detections"]
     if counts["unknown_image"]:
         where = "the processed images" if restrict_to_processed else "the ground truth"
-        notices.append(f"{counts['unknown_image']} detection(s) are on image ids not in {where} (e.g. "
-                       f"{', '.join(map(str, unknown_img_examples))}): not evaluated")
+        notices.append(
+            f"{counts['unknown_image']} detection(s) are on image ids not in {where} (e.g. "
+            f"{', '.join(map(str, unknown_img_examples))}): not evaluated"
+        )
     if counts["unknown_category"]:
-        notices.append(f"{counts['unknown_category']} detection(s) have category ids not in the ground truth: not evaluated")
+        notices.append(
+            f"{counts['unknown_category']} detection(s) have category ids not in the ground truth: not evaluated"
+        )
     if not kept:
         notices.append("no detections to evaluate: AP = 0 for every class with ground truth")
 
@@ -265,12 +303,22 @@ def evaluate_coco(
         notices.append("results without 'bbox': bbox evaluation skipped")
 
     report: dict[str, Any] = {
-        "format": REPORT_FORMAT, "version": 1, "annotations": ann_name, "results": res_name, "split": split,
+        "format": REPORT_FORMAT,
+        "version": 1,
+        "annotations": ann_name,
+        "results": res_name,
+        "split": split,
         "categories": [{"id": int(c["id"]), "name": str(c["name"])} for c in cats],
-        "category_ids": sorted(keep_ids), "num_images": len(images), "num_gt": len(gt_anns),
-        "num_detections": len(kept), "detections": det_info, "notices": notices, "iou_types": run_types,
+        "category_ids": sorted(keep_ids),
+        "num_images": len(images),
+        "num_gt": len(gt_anns),
+        "num_detections": len(kept),
+        "detections": det_info,
+        "notices": notices,
+        "iou_types": run_types,
         "restricted_to_processed": bool(restrict_to_processed),
-        "class_alignment": alignment, "warnings": warnings,
+        "class_alignment": alignment,
+        "warnings": warnings,
     }
     if not run_types:
         return report
@@ -332,8 +380,9 @@ def _result_categories(results, given, options) -> tuple[list[dict] | None, str]
     return None, ""
 
 
-def align_categories(dets: list, res_cats: Sequence[dict], gt_cats: Sequence[dict], source: str,
-                     notices: list[str], warnings: list[str]) -> tuple[list, dict]:
+def align_categories(
+    dets: list, res_cats: Sequence[dict], gt_cats: Sequence[dict], source: str, notices: list[str], warnings: list[str]
+) -> tuple[list, dict]:
     """Give detections the ground truth's category ids, matching classes by name.
 
     A bank built from custom references numbers its classes 1..N; scored by id against COCO its
@@ -358,9 +407,12 @@ def align_categories(dets: list, res_cats: Sequence[dict], gt_cats: Sequence[dic
             mapping[rid] = gid
     names = {int(c["id"]): str(c["name"]) for c in res_cats}
     changed = {r: g for r, g in mapping.items() if r != g}
-    record = {"source": source, "aligned": [{"name": names[r], "results_id": r, "ground_truth_id": g}
-                                            for r, g in sorted(mapping.items())],
-              "absent": absent, "dropped_detections": 0}
+    record = {
+        "source": source,
+        "aligned": [{"name": names[r], "results_id": r, "ground_truth_id": g} for r, g in sorted(mapping.items())],
+        "absent": absent,
+        "dropped_detections": 0,
+    }
     if not changed and not absent:
         return dets, record
     absent_ids = {a["id"] for a in absent}
@@ -377,13 +429,17 @@ def align_categories(dets: list, res_cats: Sequence[dict], gt_cats: Sequence[dic
     if changed:
         shown = ", ".join(f"{names[r]!r} {r} -> {g}" for r, g in sorted(changed.items())[:8])
         more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
-        notices.append(f"classes aligned by name: the results' category ids (from {source}) differ from the ground "
-                       f"truth's: {shown}{more}")
+        notices.append(
+            f"classes aligned by name: the results' category ids (from {source}) differ from the ground "
+            f"truth's: {shown}{more}"
+        )
     if absent:
         shown = ", ".join(f"{a['name']!r} (id {a['id']}, {dropped[a['id']]} detections)" for a in absent[:8])
         more = f" and {len(absent) - 8} more" if len(absent) > 8 else ""
-        warnings.append(f"class(es) of the results not in the ground truth (by name): {shown}{more}; their detections "
-                        "are not evaluated")
+        warnings.append(
+            f"class(es) of the results not in the ground truth (by name): {shown}{more}; their detections "
+            "are not evaluated"
+        )
     return out, record
 
 
@@ -409,9 +465,17 @@ def _per_class(ev, cats: list[dict], gt_n: Counter, dt_n: Counter) -> list[dict]
             x = x[x > -1]
             return float(np.mean(x)) if x.size else None
 
-        rows.append({"id": cid, "name": str(c["name"]), "num_gt": int(gt_n.get(cid, 0)),
-                     "num_detections": int(dt_n.get(cid, 0)), "AP": mean(p),
-                     "AP50": mean(p[t50]) if k is not None else None, "AP75": mean(p[t75]) if k is not None else None})
+        rows.append(
+            {
+                "id": cid,
+                "name": str(c["name"]),
+                "num_gt": int(gt_n.get(cid, 0)),
+                "num_detections": int(dt_n.get(cid, 0)),
+                "AP": mean(p),
+                "AP50": mean(p[t50]) if k is not None else None,
+                "AP75": mean(p[t75]) if k is not None else None,
+            }
+        )
     return rows
 
 
@@ -421,10 +485,12 @@ def _fmt(v: float | None) -> str:
 
 def format_report(report: dict) -> str:
     """Human-readable text: notices, the 12-number summaries per IoU type, the per-class AP table."""
-    lines = [f"ground truth {report['annotations']}: {report['num_images']} images, {report['num_gt']} annotations "
-             f"of {len(report['categories'])} classes (split {report['split']})",
-             f"results {report['results']}: {report['detections']['total']} detections, "
-             f"{report['num_detections']} evaluated"]
+    lines = [
+        f"ground truth {report['annotations']}: {report['num_images']} images, {report['num_gt']} annotations "
+        f"of {len(report['categories'])} classes (split {report['split']})",
+        f"results {report['results']}: {report['detections']['total']} detections, "
+        f"{report['num_detections']} evaluated",
+    ]
     lines += [f"notice: {n}" for n in report["notices"]]
     lines += [f"WARNING: {w}" for w in report.get("warnings", [])]
     types = [t for t in report["iou_types"] if t in report]

@@ -98,14 +98,15 @@ def parse_target(target: str) -> tuple[str, float | None]:
 def _nice_threshold(score: float, lower: float | None) -> float:
     """The shortest decimal t with lower < t <= score (score itself when none has <= 9 digits)."""
     for k in range(1, 10):
-        t = math.floor(score * 10 ** k) / 10 ** k
+        t = math.floor(score * 10**k) / 10**k
         if t <= score and (lower is None or t > lower):
             return t
     return float(score)
 
 
-def choose_threshold(scores: np.ndarray, tp: np.ndarray, num_gt: int, target: str = "f1"
-                     ) -> tuple[float | None, float, float, float, int, str]:
+def choose_threshold(
+    scores: np.ndarray, tp: np.ndarray, num_gt: int, target: str = "f1"
+) -> tuple[float | None, float, float, float, int, str]:
     """Pick a threshold from one class's detections (``scores``; ``tp`` True for a match; ignored
     detections already removed). Returns (threshold, precision, recall, F1, TPs, note)."""
     kind, goal = parse_target(target)
@@ -145,8 +146,15 @@ def _lookup_name(name: str | None, exact: dict[str, int], folded: dict[str, int]
     return folded.get(name.casefold())
 
 
-def tune_thresholds(annotations: str, shards: str, *, target: str = "f1", iou_threshold: float = 0.5,
-                    iou_type: str = "auto", options: dict | None = None) -> ThresholdReport:
+def tune_thresholds(
+    annotations: str,
+    shards: str,
+    *,
+    target: str = "f1",
+    iou_threshold: float = 0.5,
+    iou_type: str = "auto",
+    options: dict | None = None,
+) -> ThresholdReport:
     """Per-class thresholds for the job output ``shards`` against COCO ground truth ``annotations``."""
     parse_target(target)
     if not 0.0 < float(iou_threshold) <= 1.0:
@@ -165,8 +173,11 @@ def tune_thresholds(annotations: str, shards: str, *, target: str = "f1", iou_th
     base_count: dict[str, int] = defaultdict(int)
     for im in gt["images"]:
         base_count[PurePosixPath(str(im["file_name"])).name] += 1
-    by_base = {PurePosixPath(str(im["file_name"])).name: int(im["id"]) for im in gt["images"]
-               if base_count[PurePosixPath(str(im["file_name"])).name] == 1}
+    by_base = {
+        PurePosixPath(str(im["file_name"])).name: int(im["id"])
+        for im in gt["images"]
+        if base_count[PurePosixPath(str(im["file_name"])).name] == 1
+    }
 
     report = ThresholdReport(target=target, iou_threshold=float(iou_threshold), iou_type=iou_type, images=0)
     # detections per (gt image id, gt category id): list of (score, segmentation RLE, bbox)
@@ -197,11 +208,15 @@ def tune_thresholds(annotations: str, shards: str, *, target: str = "f1", iou_th
                 dets[(gid, cid)].append((b.score[j], {"size": b.size[j], "counts": b.counts[j]}, b.bbox[j]))
     report.images = len(processed)
     if not processed:
-        raise ValueError(f"no row of {shards} is an image of {annotations} (matched by file name, then image id): "
-                         "run the job on the labelled images first")
+        raise ValueError(
+            f"no row of {shards} is an image of {annotations} (matched by file name, then image id): "
+            "run the job on the labelled images first"
+        )
     if len(processed) < len(images):
-        report.notices.append(f"{len(images) - len(processed)} ground-truth image(s) have no processed row in the shards "
-                              "and were left out")
+        report.notices.append(
+            f"{len(images) - len(processed)} ground-truth image(s) have no processed row in the shards "
+            "and were left out"
+        )
     if rows_unknown:
         report.notices.append(f"{rows_unknown} processed row(s) are not images of the ground truth and were left out")
     if unmatched_names:
@@ -242,14 +257,16 @@ def tune_thresholds(annotations: str, shards: str, *, target: str = "f1", iou_th
         if cid not in predicted:
             row.note = "never predicted: not tuned"
         else:
-            (row.threshold, row.precision, row.recall, row.f1, row.true_positives,
-             row.note) = choose_threshold(scores, tp, row.num_gt, target)
+            (row.threshold, row.precision, row.recall, row.f1, row.true_positives, row.note) = choose_threshold(
+                scores, tp, row.num_gt, target
+            )
         report.classes.append(row)
     return report
 
 
-def _match(dl: list[tuple[float, dict, list[float]]], anns: list[dict], h: int, w: int, thr: float,
-           mode: str) -> tuple[list[float], list[bool]]:
+def _match(
+    dl: list[tuple[float, dict, list[float]]], anns: list[dict], h: int, w: int, thr: float, mode: str
+) -> tuple[list[float], list[bool]]:
     """COCO-style greedy matching of one image's detections of one class; ignored ones are dropped."""
     order = sorted(range(len(dl)), key=lambda k: -dl[k][0])
     normal = [a for a in anns if not a.get("iscrowd")]
@@ -258,12 +275,26 @@ def _match(dl: list[tuple[float, dict, list[float]]], anns: list[dict], h: int, 
     if gts:
         if mode == "segm":
             d_obj = [dl[k][1] for k in order]
-            g_obj = [segmentation_to_rle(a["segmentation"], h, w) if a.get("segmentation") else
-                     mask_utils.frPyObjects([_box_poly(a["bbox"])], h, w)[0] for a in gts]
-            d_obj = [{"size": list(d["size"]), "counts": d["counts"].encode() if isinstance(d["counts"], str) else d["counts"]}
-                     for d in d_obj]
-            g_obj = [{"size": list(g["size"]), "counts": g["counts"].encode() if isinstance(g["counts"], str) else g["counts"]}
-                     for g in g_obj]
+            g_obj = [
+                segmentation_to_rle(a["segmentation"], h, w)
+                if a.get("segmentation")
+                else mask_utils.frPyObjects([_box_poly(a["bbox"])], h, w)[0]
+                for a in gts
+            ]
+            d_obj = [
+                {
+                    "size": list(d["size"]),
+                    "counts": d["counts"].encode() if isinstance(d["counts"], str) else d["counts"],
+                }
+                for d in d_obj
+            ]
+            g_obj = [
+                {
+                    "size": list(g["size"]),
+                    "counts": g["counts"].encode() if isinstance(g["counts"], str) else g["counts"],
+                }
+                for g in g_obj
+            ]
         else:
             d_obj = [list(map(float, dl[k][2])) for k in order]
             g_obj = [list(map(float, a["bbox"])) for a in gts]
@@ -283,7 +314,7 @@ def _match(dl: list[tuple[float, dict, list[float]]], anns: list[dict], h: int, 
             taken[best] = True
             scores.append(score)
             tp.append(True)
-        elif crowd and ious[r, len(normal):].max() >= thr:
+        elif crowd and ious[r, len(normal) :].max() >= thr:
             continue  # on a crowd region: neither right nor wrong
         else:
             scores.append(score)
@@ -298,21 +329,28 @@ def _box_poly(b: list[float]) -> list[float]:
 
 def format_table(report: ThresholdReport) -> str:
     """The printed table: class, threshold, precision, recall, F1, #GT (+ #detections, note)."""
-    lines = [(f"score thresholds ({report.target}; IoU >= {report.iou_threshold:g}, {report.iou_type}; "
-              f"{report.images} labelled images)"),
-             f"{'class':<24} {'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>6} {'#GT':>5} {'#det':>6}  note"]
+    lines = [
+        (
+            f"score thresholds ({report.target}; IoU >= {report.iou_threshold:g}, {report.iou_type}; "
+            f"{report.images} labelled images)"
+        ),
+        f"{'class':<24} {'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>6} {'#GT':>5} {'#det':>6}  note",
+    ]
 
     def num(v, fmt):
         return format(v, fmt) if v is not None else "-"
 
     for c in report.classes:
-        lines.append(f"{c.name[:24]:<24} {num(c.threshold, '9.4g')} {num(c.precision, '9.3f')} {num(c.recall, '7.3f')} "
-                     f"{num(c.f1, '6.3f')} {c.num_gt:>5} {c.num_detections:>6}  {c.note}".rstrip())
+        lines.append(
+            f"{c.name[:24]:<24} {num(c.threshold, '9.4g')} {num(c.precision, '9.3f')} {num(c.recall, '7.3f')} "
+            f"{num(c.f1, '6.3f')} {c.num_gt:>5} {c.num_detections:>6}  {c.note}".rstrip()
+        )
     return "\n".join(lines)
 
 
-def write_thresholds(report: ThresholdReport, out: str, *, default: float | None = None,
-                     options: dict | None = None) -> dict:
+def write_thresholds(
+    report: ThresholdReport, out: str, *, default: float | None = None, options: dict | None = None
+) -> dict:
     """Write the map as YAML (JSON when ``out`` ends in .json) with the table as comments; returns it."""
     import json
 

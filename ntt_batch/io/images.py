@@ -33,8 +33,10 @@ _PIL_LIMIT_LOCK = threading.RLock()
 
 
 def _over_limit(pixels: int | str, size: str, max_pixels: int) -> ImageDecodeError:
-    return ImageDecodeError(f"image is {size}{pixels} pixels, over the limit of {max_pixels} "
-                            "(raise max_pixels / --max-pixels if this is intended)")
+    return ImageDecodeError(
+        f"image is {size}{pixels} pixels, over the limit of {max_pixels} "
+        "(raise max_pixels / --max-pixels if this is intended)"
+    )
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, exif_transpose: bool = True) -> np.ndarray:

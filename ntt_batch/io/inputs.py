@@ -23,9 +23,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -59,7 +60,7 @@ class UriHashes:
     lo: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
 
     @classmethod
-    def from_chunks(cls, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> "UriHashes":
+    def from_chunks(cls, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> UriHashes:
         chunks = list(chunks)
         if not chunks:
             return cls()
@@ -97,7 +98,7 @@ class UriHashes:
             hi, lo = hi[keep], lo[keep]
         return hi, lo
 
-    def union(self, other: "UriHashes") -> "UriHashes":
+    def union(self, other: UriHashes) -> UriHashes:
         return UriHashes.from_chunks([(self.hi, self.lo), (other.hi, other.lo)])
 
 
@@ -182,14 +183,21 @@ def normalise_extensions(values: Iterable[str] | str | None) -> tuple[str, ...] 
     return out or None
 
 
-def iter_inputs(spec: InputSpec, options: dict | None = None, *, chunk_rows: int = 65536,
-                stats: SourceStats | None = None) -> Iterator[pa.RecordBatch]:
+def iter_inputs(
+    spec: InputSpec, options: dict | None = None, *, chunk_rows: int = 65536, stats: SourceStats | None = None
+) -> Iterator[pa.RecordBatch]:
     """Record batches with columns ``image_uri`` (string) and ``image_id`` (int64, null when the
     source has none), at most ``chunk_rows`` rows each, in the source's order."""
     stats = stats if stats is not None else SourceStats()
     if spec.images:
-        yield from iter_listing(spec.images, options, extensions=spec.extensions, exclude_prefix=spec.exclude_prefix,
-                                chunk_rows=chunk_rows, stats=stats)
+        yield from iter_listing(
+            spec.images,
+            options,
+            extensions=spec.extensions,
+            exclude_prefix=spec.exclude_prefix,
+            chunk_rows=chunk_rows,
+            stats=stats,
+        )
     elif spec.manifest:
         yield from iter_manifest(spec.manifest, options, chunk_rows=chunk_rows, stats=stats)
     elif spec.annotations:
@@ -251,9 +259,15 @@ def _walk_paths(fs, path: str) -> Iterator[str]:
             yield f"{root.rstrip('/')}/{name}"
 
 
-def iter_listing(uri: str, options: dict | None = None, *, extensions: tuple[str, ...] | None = None,
-                 exclude_prefix: str | None = None, chunk_rows: int = 65536,
-                 stats: SourceStats | None = None) -> Iterator[pa.RecordBatch]:
+def iter_listing(
+    uri: str,
+    options: dict | None = None,
+    *,
+    extensions: tuple[str, ...] | None = None,
+    exclude_prefix: str | None = None,
+    chunk_rows: int = 65536,
+    stats: SourceStats | None = None,
+) -> Iterator[pa.RecordBatch]:
     """Every object under a prefix/folder, a glob's matches, or one file (full URIs), streamed.
 
     Nothing is filtered unless ``extensions`` is given (then the skipped count is in ``stats``).
@@ -315,8 +329,9 @@ def _manifest_batch(batch: pa.RecordBatch, where: str) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([ids, uris], schema=INPUT_SCHEMA)
 
 
-def iter_manifest(manifest: str, options: dict | None = None, *, chunk_rows: int = 65536,
-                  stats: SourceStats | None = None) -> Iterator[pa.RecordBatch]:
+def iter_manifest(
+    manifest: str, options: dict | None = None, *, chunk_rows: int = 65536, stats: SourceStats | None = None
+) -> Iterator[pa.RecordBatch]:
     """A Parquet, CSV or JSONL manifest, streamed with Arrow's readers (vectorised; no Python rows)."""
     stats = stats if stats is not None else SourceStats()
     fs, path = filesystem(manifest, options)
@@ -337,9 +352,13 @@ def iter_manifest(manifest: str, options: dict | None = None, *, chunk_rows: int
             import pyarrow.csv as pcsv
 
             # all columns as strings first: ids are cast (and checked) below, URIs stay verbatim
-            reader = pcsv.open_csv(f, read_options=pcsv.ReadOptions(block_size=8 << 20),
-                                   convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in URI_COLUMNS},
-                                                                       strings_can_be_null=False))
+            reader = pcsv.open_csv(
+                f,
+                read_options=pcsv.ReadOptions(block_size=8 << 20),
+                convert_options=pcsv.ConvertOptions(
+                    column_types={c: pa.string() for c in URI_COLUMNS}, strings_can_be_null=False
+                ),
+            )
             batches = reader
         else:
             import pyarrow.json as pjson
@@ -359,8 +378,14 @@ def iter_manifest(manifest: str, options: dict | None = None, *, chunk_rows: int
             raise ValueError(f"manifest {manifest!r} is empty")
 
 
-def iter_coco(annotations: str, image_root: str, options: dict | None = None, *, chunk_rows: int = 65536,
-              stats: SourceStats | None = None) -> Iterator[pa.RecordBatch]:
+def iter_coco(
+    annotations: str,
+    image_root: str,
+    options: dict | None = None,
+    *,
+    chunk_rows: int = 65536,
+    stats: SourceStats | None = None,
+) -> Iterator[pa.RecordBatch]:
     """Images listed in a COCO JSON (ids from it, sorted by id) under ``image_root`` (any fsspec URI).
 
     The file is parsed whole (COCO files list images and annotations in one JSON document);

@@ -132,9 +132,7 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict[str,
         counts = segmentation.get("counts")
         if isinstance(counts, list):
             # Uncompressed RLE (crowd annotations): frPyObjects compresses it.
-            rle = mask_utils.frPyObjects(
-                {"size": [int(v) for v in segmentation["size"]], "counts": counts}, h, w
-            )
+            rle = mask_utils.frPyObjects({"size": [int(v) for v in segmentation["size"]], "counts": counts}, h, w)
         else:
             rle = _rle_for_pycocotools(segmentation)
     elif isinstance(segmentation, Sequence) and not isinstance(segmentation, (str, bytes)):

@@ -46,8 +46,9 @@ import logging
 import os
 import tempfile
 from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -107,9 +108,16 @@ class ImageBatch:
         for j in range(int(self.offsets[i]), int(self.offsets[i + 1])):
             if score_threshold is not None and self.score[j] < score_threshold:
                 continue
-            out.append({"category_id": self.category_id[j], "category_name": self.category_name[j],
-                        "score": self.score[j], "bbox": self.bbox[j], "area": self.area[j],
-                        "segmentation": {"size": self.size[j], "counts": self.counts[j]}})
+            out.append(
+                {
+                    "category_id": self.category_id[j],
+                    "category_name": self.category_name[j],
+                    "score": self.score[j],
+                    "bbox": self.bbox[j],
+                    "area": self.area[j],
+                    "segmentation": {"size": self.size[j], "counts": self.counts[j]},
+                }
+            )
         return out
 
 
@@ -119,13 +127,19 @@ def list_shards(shards: str, options: dict | None = None) -> tuple[Any, list[str
     if not paths:
         raise FileNotFoundError(
             f"no Parquet shards under {shards!r}: pass the --out folder/URI of an `ntt-batch run` "
-            "(it holds run.json and *.parquet files)")
+            "(it holds run.json and *.parquet files)"
+        )
     return fs, paths
 
 
-def iter_image_batches(shards: str, options: dict | None = None, *, batch_rows: int = 64,
-                       batch_instances: int = 2048,
-                       progress: Callable[[int, int], None] | None = None) -> Iterator[ImageBatch]:
+def iter_image_batches(
+    shards: str,
+    options: dict | None = None,
+    *,
+    batch_rows: int = 64,
+    batch_instances: int = 2048,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[ImageBatch]:
     """Stream the shards as :class:`ImageBatch` objects, bounded in rows and in instances.
 
     Reads one Parquet record batch of at most ``batch_rows`` rows at a time (never a whole shard,
@@ -149,8 +163,10 @@ def iter_image_batches(shards: str, options: dict | None = None, *, batch_rows: 
         except (TimeoutError, ConnectionError, PermissionError, FileNotFoundError):
             raise  # a read error, not a broken shard: it propagates as it is
         except (OSError, pa.ArrowInvalid) as e:  # pyarrow reports bad bytes as ArrowInvalid or OSError
-            raise ValueError(f"shard {path} is unreadable ({e}); rerun `ntt-batch run` with the same "
-                             "arguments (it quarantines broken shards and redoes their images)") from e
+            raise ValueError(
+                f"shard {path} is unreadable ({e}); rerun `ntt-batch run` with the same "
+                "arguments (it quarantines broken shards and redoes their images)"
+            ) from e
         if progress:
             progress(k + 1, len(paths))
 
@@ -264,15 +280,19 @@ class MergeStats:
         if status == STATUS_ERROR:
             self.images_error += 1
             if len(self.error_examples) < _MAX_EXAMPLES:
-                self.error_examples.append({"image_id": b.image_id[i], "image_uri": b.image_uri[i], "error": b.error[i]})
+                self.error_examples.append(
+                    {"image_id": b.image_id[i], "image_uri": b.image_uri[i], "error": b.error[i]}
+                )
             return False
         if status == STATUS_OK:
             self.images_ok += 1
         elif status == STATUS_EMPTY:
             self.images_empty += 1
         else:
-            raise ValueError(f"shard {b.shard}: row for {b.image_uri[i]!r} has unknown status {status!r} "
-                             f"(expected {STATUS_OK}, {STATUS_EMPTY} or {STATUS_ERROR})")
+            raise ValueError(
+                f"shard {b.shard}: row for {b.image_uri[i]!r} has unknown status {status!r} "
+                f"(expected {STATUS_OK}, {STATUS_EMPTY} or {STATUS_ERROR})"
+            )
         return True
 
 
@@ -295,9 +315,10 @@ class _IdChecker:
             shown = ", ".join(str(int(x)) for x in dup[:_MAX_EXAMPLES])
             raise ValueError(
                 f"{shards}: {dup.size} image id(s) appear in more than one row (e.g. {shown}); nothing was "
-                "written. Each image must have exactly one row: find them with e.g. duckdb -c \"select image_id, "
+                'written. Each image must have exactly one row: find them with e.g. duckdb -c "select image_id, '
                 f"image_uri from '{shards.rstrip('/')}/*.parquet' where image_id in ({shown})\" and give those "
-                "inputs unique ids (a manifest with an image_id column)")
+                "inputs unique ids (a manifest with an image_id column)"
+            )
 
 
 # ----------------------------------------------------------------------------- writing
@@ -359,7 +380,9 @@ class AtomicFile:
 
 
 def atomic_output(out: str, options: dict | None = None, *, mode: str = "w"):
-    """Context manager: a temporary local file that becomes ``out`` only when the block succeeds (:class:`AtomicFile`)."""
+    """Context manager: a temporary local file that becomes ``out`` only when the block succeeds.
+
+    See :class:`AtomicFile`."""
     return commit_on_success(AtomicFile(out, options, mode=mode))
 
 
@@ -378,11 +401,19 @@ def _check_threshold(score_threshold: float | None) -> float | None:
 
 def _finish_stats(stats: MergeStats) -> None:
     if stats.images_error:
-        stats.notices.append(f"{stats.images_error} image(s) with status 'error' were skipped "
-                             f"(e.g. {stats.error_examples[0]['image_uri']}: {stats.error_examples[0]['error']})")
+        stats.notices.append(
+            f"{stats.images_error} image(s) with status 'error' were skipped "
+            f"(e.g. {stats.error_examples[0]['image_uri']}: {stats.error_examples[0]['error']})"
+        )
     if stats.rows and not stats.instances_written:
-        stats.notices.append("no instance was written" + (f" (all {stats.below_threshold} are below the score "
-                                                           f"threshold {stats.score_threshold})" if stats.below_threshold else ""))
+        stats.notices.append(
+            "no instance was written"
+            + (
+                f" (all {stats.below_threshold} are below the score threshold {stats.score_threshold})"
+                if stats.below_threshold
+                else ""
+            )
+        )
 
 
 def dataset_categories(shards: str, options: dict | None = None) -> list[dict] | None:
@@ -404,9 +435,11 @@ def relative_file_name(uri: str, image_root: str | None) -> str:
         return uri
     root = image_root.rstrip("/") + "/"
     if not uri.startswith(root):
-        raise ValueError(f"image {uri!r} is not under --image-root {image_root!r}: use a common prefix of all "
-                         "image URIs, or leave --image-root out to write full URIs as file_name")
-    return uri[len(root):]
+        raise ValueError(
+            f"image {uri!r} is not under --image-root {image_root!r}: use a common prefix of all "
+            "image URIs, or leave --image-root out to write full URIs as file_name"
+        )
+    return uri[len(root) :]
 
 
 def _spill_dir(out: str, options: dict | None) -> str | None:
@@ -433,8 +466,9 @@ class ShardResults:
     rows: int
 
 
-def coco_results_from_shards(shards: str, options: dict | None = None, *,
-                             score_threshold: float | None = None) -> ShardResults:
+def coco_results_from_shards(
+    shards: str, options: dict | None = None, *, score_threshold: float | None = None
+) -> ShardResults:
     """All instances as COCO results dicts in memory (COCOeval needs them all at once anyway)."""
     t = _check_threshold(score_threshold)
     results: list[dict] = []
@@ -452,7 +486,13 @@ def coco_results_from_shards(shards: str, options: dict | None = None, *,
             for j in range(int(b.offsets[i]), int(b.offsets[i + 1])):
                 if t is not None and b.score[j] < t:
                     continue
-                results.append({"image_id": image_id, "category_id": int(b.category_id[j]), "bbox": b.bbox[j],
-                                "score": float(b.score_text[j]),
-                                "segmentation": {"size": b.size[j], "counts": b.counts[j]}})
+                results.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": int(b.category_id[j]),
+                        "bbox": b.bbox[j],
+                        "score": float(b.score_text[j]),
+                        "segmentation": {"size": b.size[j], "counts": b.counts[j]},
+                    }
+                )
     return ShardResults(results, processed, errors, rows)

@@ -111,7 +111,7 @@ class OutputFolder:
 
     def display(self, path: str) -> str:
         """A path as the user wrote the output URI (for messages)."""
-        rel = path[len(self.root):].lstrip("/") if path.startswith(self.root) else path
+        rel = path[len(self.root) :].lstrip("/") if path.startswith(self.root) else path
         return f"{self.uri}/{rel}" if rel else self.uri
 
     def staging(self, run_id: str) -> str:
@@ -138,9 +138,13 @@ class OutputFolder:
     def parts(self) -> list[FileInfo]:
         """Committed data files: ``*.parquet`` directly under the output (not recursive), by name."""
         self.fs.invalidate_cache()
-        out = [self._file_info(d) for d in self._ls(self.root)
-               if d.get("type") == "file" and d["name"].endswith(".parquet")
-               and not d["name"].rsplit("/", 1)[-1].startswith((".", "_"))]
+        out = [
+            self._file_info(d)
+            for d in self._ls(self.root)
+            if d.get("type") == "file"
+            and d["name"].endswith(".parquet")
+            and not d["name"].rsplit("/", 1)[-1].startswith((".", "_"))
+        ]
         return sorted(out, key=lambda f: f.name)
 
     def files_under(self, rel: str, suffix: str = "") -> list[FileInfo]:
@@ -150,8 +154,10 @@ class OutputFolder:
         if not self.fs.exists(base):
             return []
         found = self.fs.find(base, detail=True)
-        return sorted((self._file_info(d) for d in found.values() if d.get("type") == "file" and d["name"].endswith(suffix)),
-                      key=lambda f: f.path)
+        return sorted(
+            (self._file_info(d) for d in found.values() if d.get("type") == "file" and d["name"].endswith(suffix)),
+            key=lambda f: f.path,
+        )
 
     def info(self, path: str) -> FileInfo | None:
         try:
@@ -189,8 +195,10 @@ class OutputFolder:
         try:
             return json.loads(data)
         except ValueError as e:
-            raise ValueError(f"{self.display(path)} is not valid JSON ({e}); it is this output's metadata: "
-                             "restore it or use a new output") from None
+            raise ValueError(
+                f"{self.display(path)} is not valid JSON ({e}); it is this output's metadata: "
+                "restore it or use a new output"
+            ) from None
 
     def read_run(self, *, strict: bool = True) -> dict:
         """``_ntt/run.json`` ({} when the output is new). An 0.1-layout ``run.json`` is read too.
@@ -288,14 +296,18 @@ class OutputFolder:
         dest = self.path(f"{QUARANTINE}/{path.rsplit('/', 1)[-1]}")
         if self.fs.exists(dest):
             dest = f"{dest}.{uuid.uuid4().hex[:8]}"
-        log.warning("%s is unreadable (%s); moved to %s and its images will be processed again",
-                    self.display(path), reason, self.display(dest))
+        log.warning(
+            "%s is unreadable (%s); moved to %s and its images will be processed again",
+            self.display(path),
+            reason,
+            self.display(dest),
+        )
         self.move(path, dest)
         return dest
 
     # ------------------------------------------------------------------ lease
 
-    def lease(self, holder: dict, ttl_s: float = 120.0) -> "Lease":
+    def lease(self, holder: dict, ttl_s: float = 120.0) -> Lease:
         return Lease(self, holder, ttl_s)
 
     def pyarrow_fs(self):
@@ -343,7 +355,7 @@ class Lease:
 
     # -------------------------------------------------------------- public
 
-    def acquire(self) -> "Lease":
+    def acquire(self) -> Lease:
         if self.folder.is_local:
             self._acquire_local()
         else:
@@ -374,7 +386,7 @@ class Lease:
             if current and current[0].get("lease_id") == self.holder["lease_id"]:
                 self.folder.remove(self.folder.path(LOCK_JSON))
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -400,8 +412,14 @@ class Lease:
 
     def _body(self) -> bytes:
         expires = _dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(seconds=self.ttl_s)
-        return json.dumps({**self.holder, "ttl_s": self.ttl_s, "renewed_at": utc_now_iso(),
-                           "expires_at": expires.isoformat(timespec="seconds")}).encode()
+        return json.dumps(
+            {
+                **self.holder,
+                "ttl_s": self.ttl_s,
+                "renewed_at": utc_now_iso(),
+                "expires_at": expires.isoformat(timespec="seconds"),
+            }
+        ).encode()
 
     def _read_remote(self) -> tuple[dict, str] | None:
         path = self.folder.path(LOCK_JSON)
@@ -423,8 +441,11 @@ class Lease:
 
     def _acquire_remote(self) -> None:
         if not _supports_conditional_writes(self.folder.fs):
-            log.warning("%s: this object store has no conditional writes here; the lock is best-effort "
-                        "(do not start two runs on one output)", self.folder.uri)
+            log.warning(
+                "%s: this object store has no conditional writes here; the lock is best-effort "
+                "(do not start two runs on one output)",
+                self.folder.uri,
+            )
         for _ in range(3):
             try:
                 self._etag = self._put(mode="create")
@@ -440,8 +461,12 @@ class Lease:
                 raise LeaseHeldError(_held_message(self.folder, data, expires))
             try:  # expired (or unreadable): take it over, only if nobody else did in the meantime
                 self._etag = self._put(IfMatch=etag)
-                log.warning("%s: took over an expired lock of run %s (host %s)", self.folder.uri,
-                            data.get("run_id"), data.get("host"))
+                log.warning(
+                    "%s: took over an expired lock of run %s (host %s)",
+                    self.folder.uri,
+                    data.get("run_id"),
+                    data.get("host"),
+                )
                 break
             except OSError:
                 continue
@@ -458,8 +483,10 @@ class Lease:
             except Exception as e:  # 412: someone took it over; anything else: retry until it expires
                 current = self._read_remote()
                 if current is None or current[0].get("lease_id") != self.holder["lease_id"]:
-                    self._lost = (f"the lock on {self.folder.uri} was taken over by another run "
-                                  f"({(current or ({}, ''))[0].get('run_id')}); this run stops writing")
+                    self._lost = (
+                        f"the lock on {self.folder.uri} was taken over by another run "
+                        f"({(current or ({}, ''))[0].get('run_id')}); this run stops writing"
+                    )
                     log.error(self._lost)
                     return
                 log.warning("renewing the lock on %s failed (%s); retrying", self.folder.uri, e)
@@ -477,12 +504,16 @@ def _parse_time(text: str | None) -> _dt.datetime | None:
 
 
 def _held_message(folder: OutputFolder, holder: dict, expires: _dt.datetime | None) -> str:
-    who = (f"run {holder.get('run_id', '?')} (host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, "
-           f"since {holder.get('acquired_at') or holder.get('renewed_at') or '?'})")
+    who = (
+        f"run {holder.get('run_id', '?')} (host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, "
+        f"since {holder.get('acquired_at') or holder.get('renewed_at') or '?'})"
+    )
     if expires is not None:
         left = max(0, int((expires - _dt.datetime.now(_dt.timezone.utc)).total_seconds()))
-        tail = (f"If that run is dead, its lock expires at {expires.isoformat(timespec='seconds')} "
-                f"(in {left} s): rerun after then.")
+        tail = (
+            f"If that run is dead, its lock expires at {expires.isoformat(timespec='seconds')} "
+            f"(in {left} s): rerun after then."
+        )
     else:
         tail = "Wait for it to finish (or stop it), then rerun; a dead run's lock is released with its process."
     return f"output {folder.uri} is being written by another {who}; two runs on one output are not allowed. {tail}"

@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -63,14 +63,19 @@ class PartStats:
     run_id: str = ""
 
     @classmethod
-    def of_table(cls, table: pa.Table | pa.RecordBatch) -> "PartStats":
+    def of_table(cls, table: pa.Table | pa.RecordBatch) -> PartStats:
         status = table.column("status")
         counts = {v["values"]: v["counts"] for v in pc.value_counts(status).to_pylist()} if len(status) else {}
         n_inst = pc.sum(table.column("num_instances")).as_py() if len(status) else 0
-        return cls(rows=len(status), ok=int(counts.get(STATUS_OK, 0)), empty=int(counts.get(STATUS_EMPTY, 0)),
-                   error=int(counts.get(STATUS_ERROR, 0)), instances=int(n_inst or 0))
+        return cls(
+            rows=len(status),
+            ok=int(counts.get(STATUS_OK, 0)),
+            empty=int(counts.get(STATUS_EMPTY, 0)),
+            error=int(counts.get(STATUS_ERROR, 0)),
+            instances=int(n_inst or 0),
+        )
 
-    def add(self, other: "PartStats") -> None:
+    def add(self, other: PartStats) -> None:
         for k in ("rows", "ok", "empty", "error", "instances"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
@@ -85,8 +90,15 @@ def summary_of(parts: dict[str, dict]) -> dict[str, int]:
     for p in parts.values():
         total.add(PartStats(**{k: p.get(k, 0) for k in ("rows", "ok", "empty", "error", "instances")}))
         size += int(p.get("bytes", 0))
-    return {"rows": total.rows, "ok": total.ok, "empty": total.empty, "error": total.error,
-            "instances": total.instances, "files": len(parts), "bytes": size}
+    return {
+        "rows": total.rows,
+        "ok": total.ok,
+        "empty": total.empty,
+        "error": total.error,
+        "instances": total.instances,
+        "files": len(parts),
+        "bytes": size,
+    }
 
 
 def stats_of_file(folder: OutputFolder, path: str) -> PartStats:
@@ -133,8 +145,15 @@ class NewPart:
 class PartAssembler:
     """Streams shard rows into new part files of about ``target_bytes`` under ``_ntt/tmp/``."""
 
-    def __init__(self, folder: OutputFolder, run_id: str, *, target_bytes: int = DEFAULT_TARGET_BYTES,
-                 row_group_rows: int = DEFAULT_ROW_GROUP_ROWS, name_tag: str = ""):
+    def __init__(
+        self,
+        folder: OutputFolder,
+        run_id: str,
+        *,
+        target_bytes: int = DEFAULT_TARGET_BYTES,
+        row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+        name_tag: str = "",
+    ):
         self.folder = folder
         self.run_id = run_id
         self.target_bytes = int(target_bytes)
@@ -205,8 +224,15 @@ class PartAssembler:
 RunUpdater = Callable[[Callable[[dict], None]], None]
 
 
-def commit(folder: OutputFolder, new_parts: list[NewPart], replaced: list[str], update_run: RunUpdater,
-           *, kind: str, before_publish: Callable[[], None] | None = None) -> None:
+def commit(
+    folder: OutputFolder,
+    new_parts: list[NewPart],
+    replaced: list[str],
+    update_run: RunUpdater,
+    *,
+    kind: str,
+    before_publish: Callable[[], None] | None = None,
+) -> None:
     """Publish ``new_parts`` and delete ``replaced`` (paths) as one recoverable step (module docstring).
 
     ``update_run(fn)`` applies ``fn(run_dict)`` to run.json under the caller's lock and writes it.
@@ -216,9 +242,13 @@ def commit(folder: OutputFolder, new_parts: list[NewPart], replaced: list[str], 
     if not new_parts and not replaced:
         return
     intent_id = f"{utc_now_iso().replace(':', '')}-{uuid.uuid4().hex[:8]}"
-    intent = {"id": intent_id, "kind": kind, "created_at": utc_now_iso(),
-              "parts": [{"name": p.name, "tmp": p.tmp_path, "stats": p.stats.to_dict()} for p in new_parts],
-              "replaced": list(replaced)}
+    intent = {
+        "id": intent_id,
+        "kind": kind,
+        "created_at": utc_now_iso(),
+        "parts": [{"name": p.name, "tmp": p.tmp_path, "stats": p.stats.to_dict()} for p in new_parts],
+        "replaced": list(replaced),
+    }
     folder.write_json(f"{COMMITS}/{intent_id}.json", intent)
     if before_publish:
         try:
@@ -269,15 +299,16 @@ def recover_commits(folder: OutputFolder, update_run: RunUpdater) -> list[str]:
     """Finish or undo the commits a crashed run left half done; returns notes for run.json."""
     notes = []
     for f in folder.files_under(COMMITS, ".json"):
-        intent = folder.read_json(f.path[len(folder.root) + 1:])
+        intent = folder.read_json(f.path[len(folder.root) + 1 :])
         if not intent:
             folder.remove(f.path)
             continue
         complete = all(folder.fs.exists(folder.path(p["name"])) or folder.fs.exists(p["tmp"]) for p in intent["parts"])
         if complete:
             _finish(folder, intent, update_run)
-            notes.append(f"finished an interrupted {intent.get('kind')} commit {intent['id']} "
-                         f"({len(intent['parts'])} part(s))")
+            notes.append(
+                f"finished an interrupted {intent.get('kind')} commit {intent['id']} ({len(intent['parts'])} part(s))"
+            )
         else:
             _undo(folder, intent)
             notes.append(f"undid an interrupted {intent.get('kind')} commit {intent['id']} (its sources are intact)")
@@ -299,10 +330,18 @@ class CommitResult:
     error_examples: list[tuple[str, str]] = field(default_factory=list)  # (image_uri, error) of a few error rows
 
 
-def commit_staging(folder: OutputFolder, files: list[FileInfo], *, run_id: str, seen: HashAccumulator,
-                   update_run: RunUpdater, final: bool, target_bytes: int = DEFAULT_TARGET_BYTES,
-                   row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
-                   before_publish: Callable[[], None] | None = None) -> CommitResult:
+def commit_staging(
+    folder: OutputFolder,
+    files: list[FileInfo],
+    *,
+    run_id: str,
+    seen: HashAccumulator,
+    update_run: RunUpdater,
+    final: bool,
+    target_bytes: int = DEFAULT_TARGET_BYTES,
+    row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+    before_publish: Callable[[], None] | None = None,
+) -> CommitResult:
     """Commit staging files into parts; rows whose URI is already in ``seen`` are dropped (and counted).
 
     ``final``: no writer is still running, so a file that does not parse is corrupt (quarantined);
@@ -326,8 +365,9 @@ def commit_staging(folder: OutputFolder, files: list[FileInfo], *, run_id: str, 
             if moved is not None:
                 result.quarantined.append(moved)
                 continue
-            raise RuntimeError(f"{folder.display(f.path)} failed to read ({e}) but parses on a second read; "
-                               "not committing it now") from e
+            raise RuntimeError(
+                f"{folder.display(f.path)} failed to read ({e}) but parses on a second read; not committing it now"
+            ) from e
         hi, lo = uri_digests(uris)
         readable.append((f, hi, lo))
     if not readable:
@@ -352,7 +392,9 @@ def commit_staging(folder: OutputFolder, files: list[FileInfo], *, run_id: str, 
                 table = table.filter(pa.array(keep))
             if len(result.error_examples) < 5:
                 errs = table.filter(pc.equal(table.column("status"), STATUS_ERROR)).slice(0, 5)
-                result.error_examples += list(zip(errs.column("image_uri").to_pylist(), errs.column("error").to_pylist()))
+                result.error_examples += list(
+                    zip(errs.column("image_uri").to_pylist(), errs.column("error").to_pylist())
+                )
             assembler.add(table)
             consumed.append(f.path)
         new_parts = assembler.close()
@@ -369,8 +411,9 @@ def commit_staging(folder: OutputFolder, files: list[FileInfo], *, run_id: str, 
     result.files = len(consumed)
     result.parts = [p.name for p in new_parts]
     if result.duplicates_dropped:
-        log.warning("dropped %d row(s) already committed (a retried write task wrote them twice)",
-                    result.duplicates_dropped)
+        log.warning(
+            "dropped %d row(s) already committed (a retried write task wrote them twice)", result.duplicates_dropped
+        )
     return result
 
 
@@ -395,9 +438,17 @@ def _conform(table: pa.Table) -> pa.Table:
 # ----------------------------------------------------------------------------- compaction
 
 
-def compact(folder: OutputFolder, parts: list[FileInfo], *, run_id: str, update_run: RunUpdater,
-            target_bytes: int = DEFAULT_TARGET_BYTES, row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
-            small_fraction: float = 0.5, before_publish: Callable[[], None] | None = None) -> list[str]:
+def compact(
+    folder: OutputFolder,
+    parts: list[FileInfo],
+    *,
+    run_id: str,
+    update_run: RunUpdater,
+    target_bytes: int = DEFAULT_TARGET_BYTES,
+    row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
+    small_fraction: float = 0.5,
+    before_publish: Callable[[], None] | None = None,
+) -> list[str]:
     """Merge parts smaller than ``small_fraction · target_bytes`` into parts of ``target_bytes``.
 
     Returns the names of the new parts ([] when there are fewer than two small parts). Rows are
@@ -426,9 +477,17 @@ def _iter_file(folder: OutputFolder, path: str, batch_rows: int = 4096) -> Itera
             yield _conform(pa.Table.from_batches([batch])).to_batches()[0] if batch.num_rows else batch
 
 
-def withdraw_rows(folder: OutputFolder, part: FileInfo, withdraw: UriHashes, *, run_id: str, update_run: RunUpdater,
-                  retried_path: str, target_bytes: int = DEFAULT_TARGET_BYTES,
-                  before_publish: Callable[[], None] | None = None) -> int:
+def withdraw_rows(
+    folder: OutputFolder,
+    part: FileInfo,
+    withdraw: UriHashes,
+    *,
+    run_id: str,
+    update_run: RunUpdater,
+    retried_path: str,
+    target_bytes: int = DEFAULT_TARGET_BYTES,
+    before_publish: Callable[[], None] | None = None,
+) -> int:
     """Rewrite ``part`` without the rows whose URI is in ``withdraw``; those rows go to ``retried_path``
     (kept for the record, outside the dataset). Returns the number of rows withdrawn."""
     assembler = PartAssembler(folder, run_id, target_bytes=target_bytes, name_tag="r")
@@ -456,8 +515,9 @@ def withdraw_rows(folder: OutputFolder, part: FileInfo, withdraw: UriHashes, *, 
     return withdrawn.num_rows
 
 
-def iter_status_columns(folder: OutputFolder, parts: Iterable[FileInfo], batch_rows: int = 65536
-                        ) -> Iterator[tuple[FileInfo, pa.RecordBatch]]:
+def iter_status_columns(
+    folder: OutputFolder, parts: Iterable[FileInfo], batch_rows: int = 65536
+) -> Iterator[tuple[FileInfo, pa.RecordBatch]]:
     """(part, record batch of ``image_uri``, ``status``) over the given parts, streamed."""
     for p in parts:
         with folder.fs.open(p.path, "rb") as f:

@@ -20,7 +20,8 @@ files (``pipeline.plan``).
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,25 +32,29 @@ from .storage import filesystem
 STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
 
 SEGMENTATION_TYPE = pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])
-INSTANCE_TYPE = pa.struct([
-    ("category_id", pa.int32()),
-    ("category_name", pa.string()),
-    ("score", pa.float32()),
-    ("bbox", pa.list_(pa.float64())),
-    ("area", pa.int64()),
-    ("segmentation", SEGMENTATION_TYPE),
-])
-SHARD_SCHEMA = pa.schema([
-    ("image_id", pa.int64()),
-    ("image_uri", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("num_instances", pa.int32()),
-    ("instances", pa.list_(INSTANCE_TYPE)),
-    ("run_id", pa.string()),
-])
+INSTANCE_TYPE = pa.struct(
+    [
+        ("category_id", pa.int32()),
+        ("category_name", pa.string()),
+        ("score", pa.float32()),
+        ("bbox", pa.list_(pa.float64())),
+        ("area", pa.int64()),
+        ("segmentation", SEGMENTATION_TYPE),
+    ]
+)
+SHARD_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("image_uri", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("num_instances", pa.int32()),
+        ("instances", pa.list_(INSTANCE_TYPE)),
+        ("run_id", pa.string()),
+    ]
+)
 
 
 def rows_to_table(rows: list[dict[str, Any]]) -> pa.Table:

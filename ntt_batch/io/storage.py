@@ -10,8 +10,9 @@ secret-looking key.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import fsspec
 
@@ -131,7 +132,8 @@ def storage_options_from(flags: dict, base: dict | None = None) -> dict:
         if not sep or not key:
             raise StorageOptionsError(
                 f"--storage-option #{n} is not KEY=VALUE (not shown: it may hold a credential); "
-                "e.g. --storage-option region_name=eu-west-1")
+                "e.g. --storage-option region_name=eu-west-1"
+            )
         opts[key] = yaml_scalar(value)
     if opts.get("endpoint_url"):
         opts.setdefault("client_kwargs", {})["endpoint_url"] = opts.pop("endpoint_url")
@@ -176,21 +178,38 @@ def check_storage_options(options: dict | None, uris: Iterable[str]) -> None:
         if unknown:
             raise StorageOptionsError(
                 f"storage_options: unknown key(s) {', '.join(repr(f'storage_options.{k}') for k in unknown)} for s3:// "
-                f"(s3fs); valid keys: {', '.join(sorted(valid))}")
+                f"(s3fs); valid keys: {', '.join(sorted(valid))}"
+            )
         check_s3_option_types(options)
 
 
 # Option types s3fs does not state in its signature (None defaults); the others follow their defaults.
 _S3_OPTION_TYPES: dict[str, tuple[type, ...]] = {
-    "endpoint_url": (str,), "key": (str,), "secret": (str,), "token": (str,), "username": (str,),
-    "password": (str,), "profile": (str,), "client_kwargs": (dict,), "config_kwargs": (dict,),
-    "s3_additional_kwargs": (dict,), "session_vars": (dict,), "default_block_size": (int,),
-    "use_listings_cache": (bool,), "listings_expiry_time": (int, float), "max_paths": (int,),
+    "endpoint_url": (str,),
+    "key": (str,),
+    "secret": (str,),
+    "token": (str,),
+    "username": (str,),
+    "password": (str,),
+    "profile": (str,),
+    "client_kwargs": (dict,),
+    "config_kwargs": (dict,),
+    "s3_additional_kwargs": (dict,),
+    "session_vars": (dict,),
+    "default_block_size": (int,),
+    "use_listings_cache": (bool,),
+    "listings_expiry_time": (int, float),
+    "max_paths": (int,),
     "skip_instance_cache": (bool,),
 }
 _S3_CLIENT_KWARG_TYPES: dict[str, tuple[type, ...]] = {
-    "endpoint_url": (str,), "region_name": (str,), "aws_access_key_id": (str,), "aws_secret_access_key": (str,),
-    "aws_session_token": (str,), "verify": (bool, str), "use_ssl": (bool,),
+    "endpoint_url": (str,),
+    "region_name": (str,),
+    "aws_access_key_id": (str,),
+    "aws_secret_access_key": (str,),
+    "aws_session_token": (str,),
+    "verify": (bool, str),
+    "use_ssl": (bool,),
 }
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
 
@@ -198,7 +217,11 @@ _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str:
 def _option_type_error(key: str, value, types: tuple[type, ...]) -> StorageOptionsError:
     shown = "(value hidden)" if is_secret_key(key.rsplit(".", 1)[-1]) else repr(value)
     expected = " or ".join(_TYPE_WORDS.get(t, t.__name__) for t in types)
-    hint = "; quote it in YAML (or --storage-option KEY='VALUE')" if str in types and not isinstance(value, (dict, list)) else ""
+    hint = (
+        "; quote it in YAML (or --storage-option KEY='VALUE')"
+        if str in types and not isinstance(value, (dict, list))
+        else ""
+    )
     return StorageOptionsError(f"{key}: expected {expected}, got {shown} ({type(value).__name__}){hint}")
 
 
@@ -216,8 +239,11 @@ def check_s3_option_types(options: dict) -> None:
     """
     import s3fs
 
-    types = {n: (type(p.default),) for n, p in inspect.signature(s3fs.S3FileSystem.__init__).parameters.items()
-             if p.default is not None and isinstance(p.default, (bool, int, float, str))}
+    types = {
+        n: (type(p.default),)
+        for n, p in inspect.signature(s3fs.S3FileSystem.__init__).parameters.items()
+        if p.default is not None and isinstance(p.default, (bool, int, float, str))
+    }
     types.update(_S3_OPTION_TYPES)
     for key, value in options.items():
         expected = types.get(key)

@@ -46,8 +46,9 @@ def _check_value(key: Any, value: Any, where: str) -> float | None:
         return None
     label = "default" if key == DEFAULT_KEY else f"class {key!r}"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: threshold for {label} must be a number in [0, 1], got {value!r} "
-                         f"({type(value).__name__})")
+        raise ValueError(
+            f"{where}: threshold for {label} must be a number in [0, 1], got {value!r} ({type(value).__name__})"
+        )
     v = float(value)
     if math.isnan(v) or not 0.0 <= v <= 1.0:
         raise ValueError(f"{where}: threshold for {label} must be a number in [0, 1], got {value!r}")
@@ -61,9 +62,13 @@ class ScoreThresholds:
     entries; ``default`` applies to classes without one (None = keep all).
     """
 
-    def __init__(self, by_name: Mapping[str, float | None] | None = None,
-                 by_id: Mapping[int, float | None] | None = None, default: float | None = None,
-                 source: str | None = None) -> None:
+    def __init__(
+        self,
+        by_name: Mapping[str, float | None] | None = None,
+        by_id: Mapping[int, float | None] | None = None,
+        default: float | None = None,
+        source: str | None = None,
+    ) -> None:
         where = source or "score thresholds"
         self.source = source
         self.default = _check_value(DEFAULT_KEY, default, where)
@@ -73,9 +78,14 @@ class ScoreThresholds:
         for name in self.by_name:
             low = name.casefold()
             if low in lowered and self.by_name[lowered[low]] != self.by_name[name]:
-                log.warning("%s: class names %r and %r differ only in case and have different thresholds; "
-                            "each matches its exact spelling, other spellings use %r", where, lowered[low], name,
-                            lowered[low])
+                log.warning(
+                    "%s: class names %r and %r differ only in case and have different thresholds; "
+                    "each matches its exact spelling, other spellings use %r",
+                    where,
+                    lowered[low],
+                    name,
+                    lowered[low],
+                )
             lowered.setdefault(low, name)
         self._lower = lowered
         self._used: set[Any] = set()
@@ -110,8 +120,9 @@ class ScoreThresholds:
             if number is not None:
                 return cls(default=_check_value(DEFAULT_KEY, number, "score threshold"), source=text)
             return cls._from_file(text)
-        raise ValueError(f"score thresholds: expected a number, a YAML/JSON file or a mapping, got "
-                         f"{type(source).__name__}")
+        raise ValueError(
+            f"score thresholds: expected a number, a YAML/JSON file or a mapping, got {type(source).__name__}"
+        )
 
     @classmethod
     def _from_file(cls, path: str) -> ScoreThresholds:
@@ -121,8 +132,10 @@ class ScoreThresholds:
 
         fs, p = filesystem(path)
         if not fs.isfile(p):
-            raise FileNotFoundError(f"score thresholds file {path!r} does not exist (give a number in [0, 1] "
-                                    "or a YAML/JSON file of {class: threshold, default: t})")
+            raise FileNotFoundError(
+                f"score thresholds file {path!r} does not exist (give a number in [0, 1] "
+                "or a YAML/JSON file of {class: threshold, default: t})"
+            )
         with fs.open(p, "rb") as f:
             text = f.read().decode("utf-8")
         if path.lower().endswith(".json"):
@@ -142,8 +155,10 @@ class ScoreThresholds:
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
-            raise ValueError(f"score thresholds file {path!r} must hold a mapping {{class: threshold, default: t}}, "
-                             f"got {type(data).__name__}")
+            raise ValueError(
+                f"score thresholds file {path!r} must hold a mapping {{class: threshold, default: t}}, "
+                f"got {type(data).__name__}"
+            )
         return cls._from_mapping(data, f"score thresholds file {path!r}")
 
     @classmethod
@@ -216,8 +231,12 @@ class ScoreThresholds:
             unknown += [str(k) for k in self.by_id if ("i", k) not in self._used]
         if unknown and not self._warned:
             self._warned = True
-            log.warning("%s: %d class(es) match no class in the data and are ignored: %s", self.source or "score thresholds",
-                        len(unknown), ", ".join(unknown))
+            log.warning(
+                "%s: %d class(es) match no class in the data and are ignored: %s",
+                self.source or "score thresholds",
+                len(unknown),
+                ", ".join(unknown),
+            )
         return unknown
 
     # ------------------------------------------------------------------ output

@@ -45,26 +45,42 @@ class MemoryConfig:
     """Reference encoding (method.md §2.1-2.2, §3)."""
 
     crop_size: int | None = setting(
-        None, flag=True, min=1, default_text="the encoder's native size",
+        None,
+        flag=True,
+        min=1,
+        default_text="the encoder's native size",
         help="Square side the reference crop is resized to (method.md §2.1 step 5), a multiple of the encoder's "
-             "patch size. Unset: the encoder's native input side (DINOv2: 518 = 37 x 14, §6; DINOv3: 512).")
+        "patch size. Unset: the encoder's native input side (DINOv2: 518 = 37 x 14, §6; DINOv3: 512).",
+    )
     context_ratio: float = setting(
-        0.2, flag=True, min=0.0,
-        help="Context around the reference box: crop side = (1 + ratio) x max(box w, h) (method.md §2.1 step 4).")
+        0.2,
+        flag=True,
+        min=0.0,
+        help="Context around the reference box: crop side = (1 + ratio) x max(box w, h) (method.md §2.1 step 4).",
+    )
     empty_mask_fallback: Literal["area", "error"] = setting(
         "area",
         help="When the nearest-sampled 37x37 mask misses every patch (method.md §8.6): 'area' pools the 518² mask "
-             "onto the patch grid by area; 'error' refuses (the reference would produce a NaN prototype instead).")
+        "onto the patch grid by area; 'error' refuses (the reference would produce a NaN prototype instead).",
+    )
 
-    def validate(self) -> "MemoryConfig":
-        _check(self.crop_size is None or self.crop_size > 0, "crop_size", self.crop_size,
-               "a positive multiple of the encoder's patch size, or null for the encoder's native size")
+    def validate(self) -> MemoryConfig:
+        _check(
+            self.crop_size is None or self.crop_size > 0,
+            "crop_size",
+            self.crop_size,
+            "a positive multiple of the encoder's patch size, or null for the encoder's native size",
+        )
         _check(self.context_ratio >= 0, "context_ratio", self.context_ratio, ">= 0")
-        _check(self.empty_mask_fallback in ("area", "error"), "empty_mask_fallback",
-               self.empty_mask_fallback, "'area' or 'error'")
+        _check(
+            self.empty_mask_fallback in ("area", "error"),
+            "empty_mask_fallback",
+            self.empty_mask_fallback,
+            "'area' or 'error'",
+        )
         return self
 
-    def for_encoder(self, patch_size: int, native_size: int) -> "MemoryConfig":
+    def for_encoder(self, patch_size: int, native_size: int) -> MemoryConfig:
         """A copy with ``crop_size`` resolved for an encoder (None → ``native_size``) and checked
         to be a multiple of its ``patch_size``."""
         return dataclasses.replace(self, crop_size=_encoder_side(self.crop_size, patch_size, native_size, "crop_size"))
@@ -74,9 +90,13 @@ def _encoder_side(size: int | None, patch_size: int, native_size: int, name: str
     if size is None:
         return native_size
     lower, upper = max(patch_size, size // patch_size * patch_size), (size // patch_size + 1) * patch_size
-    _check(size > 0 and size % patch_size == 0, name, size,
-           f"a positive multiple of the encoder's patch size {patch_size}: {lower} or {upper}, "
-           f"or null for its native size {native_size}")
+    _check(
+        size > 0 and size % patch_size == 0,
+        name,
+        size,
+        f"a positive multiple of the encoder's patch size {patch_size}: {lower} or {upper}, "
+        f"or null for its native size {native_size}",
+    )
     return size
 
 
@@ -90,109 +110,149 @@ class SegmenterConfig:
 
     image_size: int = setting(1024, help="SAM2 input side (method.md §4.1); the models are trained at 1024.")
     encoder_image_size: int | None = setting(
-        None, flag=True, min=1, default_text="the encoder's native size",
+        None,
+        flag=True,
+        min=1,
+        default_text="the encoder's native size",
         help="Encoder input side for targets (method.md §4.3), a multiple of its patch size. Unset: the encoder's "
-             "native side (DINOv2: 518 = 37 x 14, §6; DINOv3: 512 = 32 x 16).")
+        "native side (DINOv2: 518 = 37 x 14, §6; DINOv3: 512 = 32 x 16).",
+    )
     resize_mode: Literal["squash", "letterbox"] = setting(
-        "squash", flag=True,
+        "squash",
+        flag=True,
         help="Target resize: 'squash' = the reference's aspect-ignoring resize (method.md §8.2); 'letterbox' = "
-             "SAM's longest-side resize with zero padding at the bottom/right.")
+        "SAM's longest-side resize with zero padding at the bottom/right.",
+    )
     points_per_side: int = setting(
-        32, flag=True,
-        help="Point grid side: 32 -> 32x32 = 1024 prompts (method.md §4.2). Tests use 2-8 on CPU.")
+        32, flag=True, help="Point grid side: 32 -> 32x32 = 1024 prompts (method.md §4.2). Tests use 2-8 on CPU."
+    )
     point_grid: Literal["reference", "amg"] = setting(
-        "reference", flag=True,
+        "reference",
+        flag=True,
         help="Grid layout: 'reference' = linspace(0, S-1, n) + 0.5 with x as the outer index, touching the "
-             "borders (method.md §4.2, §8.3); 'amg' = SAM's automatic-mask-generator grid (cell centres, y outer).")
+        "borders (method.md §4.2, §8.3); 'amg' = SAM's automatic-mask-generator grid (cell centres, y outer).",
+    )
     implementation: Literal["fast", "reference"] = setting(
-        "fast", flag=True,
+        "fast",
+        flag=True,
         help="'fast': the same function computed with far less work (exact re-arrangements: shared first decoder "
-             "layer, filter before upscaling, separable mask pooling, merge restricted to overlapping pairs); "
-             "'reference': the straightforward path as method.md §4 describes it.")
+        "layer, filter before upscaling, separable mask pooling, merge restricted to overlapping pairs); "
+        "'reference': the straightforward path as method.md §4 describes it.",
+    )
     points_batch_size: int = setting(
-        256, flag=True,
+        256,
+        flag=True,
         help="Prompts per SAM2 decoder call on the reference path (testing_point_bs). The fast path sizes its "
-             "decoder batches to free GPU memory instead; on CPU it uses min(this, 64).")
+        "decoder batches to free GPU memory instead; on CPU it uses min(this, 64).",
+    )
     add_no_mem_embed: bool = setting(
-        False, flag=True,
-        help="Add SAM2's no_mem_embed like the official predictors (the reference skips it, method.md §8.1).")
+        False,
+        flag=True,
+        help="Add SAM2's no_mem_embed like the official predictors (the reference skips it, method.md §8.1).",
+    )
     pred_iou_threshold: float = setting(
-        0.4, flag=True, help="Keep masks whose predicted IoU is above this, strictly (method.md §4.2).")
+        0.4, flag=True, help="Keep masks whose predicted IoU is above this, strictly (method.md §4.2)."
+    )
     nms_iou_threshold: float = setting(
-        0.5, flag=True, help="IoU threshold of the class-aware box NMS on 256-grid boxes (method.md §4.5).")
+        0.5, flag=True, help="IoU threshold of the class-aware box NMS on 256-grid boxes (method.md §4.5)."
+    )
     nms_keep_factor: int = setting(
-        8, help="Keep at most nms_keep_factor x max_detections NMS survivors (method.md §4.5).")
+        8, help="Keep at most nms_keep_factor x max_detections NMS survivors (method.md §4.5)."
+    )
     drop_unmatched_before_nms: bool = setting(
-        False, flag=True,
+        False,
+        flag=True,
         help="Drop candidates whose similarity is 0 to every class before NMS (saner, differs from the reference). "
-             "The reference labels them with torch.topk's tie-breaking and lets them suppress detections in NMS "
-             "before dropping them (method.md §8.19).")
+        "The reference labels them with torch.topk's tie-breaking and lets them suppress detections in NMS "
+        "before dropping them (method.md §8.19).",
+    )
     merger: str = setting(
-        "soft", flag=True, choices=MERGER_NAMES,
+        "soft",
+        flag=True,
+        choices=MERGER_NAMES,
         help="How overlapping candidates of one class lower each other's scores (method/merging.py): 'soft' = the "
-             "method's semantic-aware soft merging (method.md §4.7); 'graph-diffusion' = FSOD-VFM's rescoring "
-             "(arXiv 2602.03137), a penalty diffused over the overlap graph (--graph-diffusion-*).")
+        "method's semantic-aware soft merging (method.md §4.7); 'graph-diffusion' = FSOD-VFM's rescoring "
+        "(arXiv 2602.03137), a penalty diffused over the overlap graph (--graph-diffusion-*).",
+    )
     merge_exponent: float = setting(
-        0.5, flag=True, min=0.0,
-        help="Both mergers: final score = semantic score x (1 - penalty)^exponent (method.md §4.7; FSOD-VFM's "
-             "lambda).")
+        0.5,
+        flag=True,
+        min=0.0,
+        help="Both mergers: final score = semantic score x (1 - penalty)^exponent (method.md §4.7; FSOD-VFM's lambda).",
+    )
     graph_diffusion_alpha: float = setting(
-        0.3, flag=True,
-        help="graph-diffusion: pi <- alpha·P·pi + (1 - alpha)·w, in [0, 1) (FSOD-VFM's default).")
+        0.3, flag=True, help="graph-diffusion: pi <- alpha·P·pi + (1 - alpha)·w, in [0, 1) (FSOD-VFM's default)."
+    )
     graph_diffusion_steps: int = setting(
-        30, flag=True, min=1, help="graph-diffusion: at most this many iterations (FSOD-VFM's default).")
+        30, flag=True, min=1, help="graph-diffusion: at most this many iterations (FSOD-VFM's default)."
+    )
     graph_diffusion_transition: Literal["code", "paper"] = setting(
-        "code", flag=True,
+        "code",
+        flag=True,
         help="graph-diffusion transition matrix P: 'code' = the overlap matrix itself, as FSOD-VFM's metric.py "
-             "computes it (its row \"normalisation\" divides by a boolean); 'paper' = row-normalised as the paper "
-             "writes it.")
-    max_detections: int = setting(
-        100, flag=True, help="Instances kept per image (num_out_instance, method.md §4.8).")
+        "computes it (its row \"normalisation\" divides by a boolean); 'paper' = row-normalised as the paper "
+        "writes it.",
+    )
+    max_detections: int = setting(100, flag=True, help="Instances kept per image (num_out_instance, method.md §4.8).")
     device: str = setting("auto", flag=True, help="'auto' (CUDA if present), 'cpu', 'cuda' or 'cuda:N'.")
     bf16: bool = setting(
-        False, flag=True,
+        False,
+        flag=True,
         help="bf16 autocast for the model forwards (SAM2 and DINOv2/DINOv3 encoders, the mask decoder's transformer "
-             "and upscaling), on CUDA and on CPU alike (CPU: for testing; it is slower there). The decisions stay "
-             "fp32: the IoU head and its filter, the mask pooling and similarities, NMS and merging run in fp32 on "
-             "the bf16 forwards' outputs. The reference is fp32.")
+        "and upscaling), on CUDA and on CPU alike (CPU: for testing; it is slower there). The decisions stay "
+        "fp32: the IoU head and its filter, the mask pooling and similarities, NMS and merging run in fp32 on "
+        "the bf16 forwards' outputs. The reference is fp32.",
+    )
     compile: bool = setting(
-        False, flag=True,
+        False,
+        flag=True,
         help="torch.compile the SAM2 image encoder, the DINOv2/DINOv3 encoder and the fast decoder's transformer "
-             "(prompt batches padded to one fixed size, so the decoder compiles once). The first call per input "
-             "shape pays the compile time (tens of seconds to minutes). Same detections as eager.")
+        "(prompt batches padded to one fixed size, so the decoder compiles once). The first call per input "
+        "shape pays the compile time (tens of seconds to minutes). Same detections as eager.",
+    )
     merge_memory_mb: int = setting(
         256,
         help="Full-resolution work (method.md §4.6-4.8) on the fast path: the chunked upsampling of the NMS "
-             "survivors and the merge's intersection counts keep their buffers under about this many MiB, whatever "
-             "the image size (the reference path upsamples every survivor at once: M·H·W floats). The final "
-             "instances carry dense bool masks when those fit in this budget too, else only their RLE "
-             "(Instance.mask is then decoded on first access).")
+        "survivors and the merge's intersection counts keep their buffers under about this many MiB, whatever "
+        "the image size (the reference path upsamples every survivor at once: M·H·W floats). The final "
+        "instances carry dense bool masks when those fit in this budget too, else only their RLE "
+        "(Instance.mask is then decoded on first access).",
+    )
     memory_limit_mb: int = setting(
         0,
         help="Host-memory guard of the batch job's actor: an image whose estimated need exceeds this many MiB gets "
-             "an error row (\"out of memory (estimated) ...\") instead of being attempted. 0 = half of this "
-             "machine's physical memory.")
+        'an error row ("out of memory (estimated) ...") instead of being attempted. 0 = half of this '
+        "machine's physical memory.",
+    )
     tile_size: int | None = setting(
-        None, flag=True, min=0, default_text="off",
+        None,
+        flag=True,
+        min=0,
+        default_text="off",
         help="Tiled inference for very large images (aerial, satellite, scanned pages): an image with a side over "
-             "N px is cut into NxN tiles (the last row/column of tiles shifted back to end at the border), each "
-             "segmented as an image by this same segmenter (its own resize to image_size, prompts, NMS, merging, "
-             "top max_detections); the instances are shifted into image coordinates, merged across tile borders "
-             "(tile_merge_threshold) and the top max_detections kept. Unset or 0 = off (the whole image is resized "
-             "once, method.md §4.1).")
+        "N px is cut into NxN tiles (the last row/column of tiles shifted back to end at the border), each "
+        "segmented as an image by this same segmenter (its own resize to image_size, prompts, NMS, merging, "
+        "top max_detections); the instances are shifted into image coordinates, merged across tile borders "
+        "(tile_merge_threshold) and the top max_detections kept. Unset or 0 = off (the whole image is resized "
+        "once, method.md §4.1).",
+    )
     tile_overlap: float = setting(
-        0.2, flag=True, min=0.0,
+        0.2,
+        flag=True,
+        min=0.0,
         help="Overlap of neighbouring tiles: a fraction of tile_size if < 1 (0.2 -> 20 %), else pixels. An object "
-             "smaller than the overlap lies whole in at least one tile.")
+        "smaller than the overlap lies whole in at least one tile.",
+    )
     tile_merge_threshold: float = setting(
         0.5,
         help="Cross-tile merge, greedy by score, per class: an instance absorbs (mask union, box union, its own "
-             "score) every lower-scored instance of another tile whose mask overlaps it with intersection / "
-             "(smaller mask's area) > this threshold, so a duplicate from the overlap and an object cut by a tile "
-             "border both become one instance. Instances of one tile never merge (the segmenter's own NMS and soft "
-             "merging already decided those).")
+        "score) every lower-scored instance of another tile whose mask overlaps it with intersection / "
+        "(smaller mask's area) > this threshold, so a duplicate from the overlap and an object cut by a tile "
+        "border both become one instance. Instances of one tile never merge (the segmenter's own NMS and soft "
+        "merging already decided those).",
+    )
 
-    def for_encoder(self, patch_size: int, native_size: int) -> "SegmenterConfig":
+    def for_encoder(self, patch_size: int, native_size: int) -> SegmenterConfig:
         """A copy with ``encoder_image_size`` resolved for an encoder (None → ``native_size``) and
         checked to be a multiple of its ``patch_size``."""
         side = _encoder_side(self.encoder_image_size, patch_size, native_size, "encoder_image_size")
@@ -204,48 +264,72 @@ class SegmenterConfig:
             return int(round(self.tile_overlap * (self.tile_size or 0)))
         return int(round(self.tile_overlap))
 
-    def validate(self) -> "SegmenterConfig":
-        _check(self.image_size > 0 and self.image_size % 16 == 0, "image_size", self.image_size,
-               "a positive multiple of 16 (SAM2 stride); the models are trained at 1024")
-        _check(self.encoder_image_size is None or self.encoder_image_size > 0, "encoder_image_size",
-               self.encoder_image_size, "a positive multiple of the encoder's patch size, or null for its native size")
-        _check(self.merger in MERGER_NAMES, "merger", self.merger,
-               "one of " + ", ".join(map(repr, MERGER_NAMES)))
-        _check(0.0 <= self.graph_diffusion_alpha < 1.0, "graph_diffusion_alpha", self.graph_diffusion_alpha,
-               "in [0, 1)")
+    def validate(self) -> SegmenterConfig:
+        _check(
+            self.image_size > 0 and self.image_size % 16 == 0,
+            "image_size",
+            self.image_size,
+            "a positive multiple of 16 (SAM2 stride); the models are trained at 1024",
+        )
+        _check(
+            self.encoder_image_size is None or self.encoder_image_size > 0,
+            "encoder_image_size",
+            self.encoder_image_size,
+            "a positive multiple of the encoder's patch size, or null for its native size",
+        )
+        _check(self.merger in MERGER_NAMES, "merger", self.merger, "one of " + ", ".join(map(repr, MERGER_NAMES)))
+        _check(
+            0.0 <= self.graph_diffusion_alpha < 1.0, "graph_diffusion_alpha", self.graph_diffusion_alpha, "in [0, 1)"
+        )
         _check(self.graph_diffusion_steps >= 1, "graph_diffusion_steps", self.graph_diffusion_steps, ">= 1")
-        _check(self.graph_diffusion_transition in ("code", "paper"), "graph_diffusion_transition",
-               self.graph_diffusion_transition, "'code' or 'paper'")
-        _check(self.resize_mode in ("squash", "letterbox"), "resize_mode", self.resize_mode,
-               "'squash' or 'letterbox'")
+        _check(
+            self.graph_diffusion_transition in ("code", "paper"),
+            "graph_diffusion_transition",
+            self.graph_diffusion_transition,
+            "'code' or 'paper'",
+        )
+        _check(self.resize_mode in ("squash", "letterbox"), "resize_mode", self.resize_mode, "'squash' or 'letterbox'")
         _check(self.points_per_side >= 1, "points_per_side", self.points_per_side, ">= 1")
-        _check(self.point_grid in ("reference", "amg"), "point_grid", self.point_grid,
-               "'reference' or 'amg'")
-        _check(self.implementation in ("fast", "reference"), "implementation", self.implementation,
-               "'fast' or 'reference'")
+        _check(self.point_grid in ("reference", "amg"), "point_grid", self.point_grid, "'reference' or 'amg'")
+        _check(
+            self.implementation in ("fast", "reference"), "implementation", self.implementation, "'fast' or 'reference'"
+        )
         _check(self.points_batch_size >= 1, "points_batch_size", self.points_batch_size, ">= 1")
-        _check(0.0 <= self.pred_iou_threshold <= 1.0, "pred_iou_threshold",
-               self.pred_iou_threshold, "in [0, 1]")
-        _check(0.0 < self.nms_iou_threshold <= 1.0, "nms_iou_threshold", self.nms_iou_threshold,
-               "in (0, 1]")
+        _check(0.0 <= self.pred_iou_threshold <= 1.0, "pred_iou_threshold", self.pred_iou_threshold, "in [0, 1]")
+        _check(0.0 < self.nms_iou_threshold <= 1.0, "nms_iou_threshold", self.nms_iou_threshold, "in (0, 1]")
         _check(self.nms_keep_factor >= 1, "nms_keep_factor", self.nms_keep_factor, ">= 1")
         _check(self.merge_exponent >= 0, "merge_exponent", self.merge_exponent, ">= 0")
         _check(self.max_detections >= 1, "max_detections", self.max_detections, ">= 1")
-        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-               "device", self.device, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+        _check(
+            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+            "device",
+            self.device,
+            "'auto', 'cpu', 'cuda' or 'cuda:N'",
+        )
         _check(isinstance(self.bf16, bool), "bf16", self.bf16, "true or false")
         _check(isinstance(self.compile, bool), "compile", self.compile, "true or false")
         _check(self.merge_memory_mb >= 1, "merge_memory_mb", self.merge_memory_mb, ">= 1 (MiB)")
-        _check(self.memory_limit_mb >= 0, "memory_limit_mb", self.memory_limit_mb,
-               ">= 0 (MiB; 0 = half the machine's memory)")
-        _check(self.tile_size is None or self.tile_size == 0 or self.tile_size >= 64, "tile_size", self.tile_size,
-               "0 or null (off), or >= 64 pixels")
+        _check(
+            self.memory_limit_mb >= 0,
+            "memory_limit_mb",
+            self.memory_limit_mb,
+            ">= 0 (MiB; 0 = half the machine's memory)",
+        )
+        _check(
+            self.tile_size is None or self.tile_size == 0 or self.tile_size >= 64,
+            "tile_size",
+            self.tile_size,
+            "0 or null (off), or >= 64 pixels",
+        )
         _check(self.tile_overlap >= 0, "tile_overlap", self.tile_overlap, ">= 0 (a fraction < 1, or pixels)")
         if self.tile_size:
-            _check(self.tile_overlap_px() < self.tile_size, "tile_overlap", self.tile_overlap,
-                   f"less than tile_size ({self.tile_size} px)")
-        _check(0.0 <= self.tile_merge_threshold <= 1.0, "tile_merge_threshold", self.tile_merge_threshold,
-               "in [0, 1]")
+            _check(
+                self.tile_overlap_px() < self.tile_size,
+                "tile_overlap",
+                self.tile_overlap,
+                f"less than tile_size ({self.tile_size} px)",
+            )
+        _check(0.0 <= self.tile_merge_threshold <= 1.0, "tile_merge_threshold", self.tile_merge_threshold, "in [0, 1]")
         return self
 
 
@@ -279,8 +363,10 @@ def config_from_dict(cls, data: Mapping[str, Any], where: str = "config", *, val
             f"{prefix}{block}unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(fields))}"
         )
     hints = settings_type_hints(cls)
-    kwargs = {name: check_value(hints.get(name, Any), value, where, f"{path}.{name}" if path else name)
-              for name, value in data.items()}
+    kwargs = {
+        name: check_value(hints.get(name, Any), value, where, f"{path}.{name}" if path else name)
+        for name, value in data.items()
+    }
     obj = cls(**kwargs)
     if validate and hasattr(obj, "validate"):
         try:
@@ -376,8 +462,14 @@ def check_value(tp: Any, value: Any, where: str, key: str) -> Any:
     return value
 
 
-_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
-             list: "a list"}
+_EXPECTED = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    dict: "a mapping",
+    list: "a list",
+}
 
 
 def _expected(tp: Any) -> str:
@@ -413,5 +505,16 @@ def config_to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-__all__ = ["ConfigError", "MERGER_NAMES", "MemoryConfig", "SegmenterConfig", "check_config_types", "check_value",
-           "config_from_dict", "config_to_dict", "field", "setting", "settings_type_hints"]
+__all__ = [
+    "ConfigError",
+    "MERGER_NAMES",
+    "MemoryConfig",
+    "SegmenterConfig",
+    "check_config_types",
+    "check_value",
+    "config_from_dict",
+    "config_to_dict",
+    "field",
+    "setting",
+    "settings_type_hints",
+]

@@ -57,8 +57,9 @@ def tap_ranges(n_in: int, n_out: int, device=None) -> tuple[Tensor, Tensor]:
     uses. Memory: n_in · n_out floats (256 · 10⁴ = 10 MB).
     """
     eye = torch.eye(n_in, dtype=torch.float32, device=device)
-    w = F.interpolate(eye[None, None], size=(n_in, n_out), mode="bilinear", align_corners=False,
-                      antialias=True)[0, 0]  # [n_in, n_out]: row c = weights of input c
+    w = F.interpolate(eye[None, None], size=(n_in, n_out), mode="bilinear", align_corners=False, antialias=True)[
+        0, 0
+    ]  # [n_in, n_out]: row c = weights of input c
     nz = w != 0
     first = nz.to(torch.int8).argmax(dim=0)
     last = n_in - 1 - nz.flip(0).to(torch.int8).argmax(dim=0)
@@ -148,7 +149,9 @@ def _counts_to_string(counts: np.ndarray) -> str:
         from pycocotools import mask as mask_utils
 
         n = int(np.sum(counts))
-        return mask_utils.frPyObjects({"size": [n, 1], "counts": [int(c) for c in counts]}, n, 1)["counts"].decode("ascii")
+        return mask_utils.frPyObjects({"size": [n, 1], "counts": [int(c) for c in counts]}, n, 1)["counts"].decode(
+            "ascii"
+        )
     return counts_to_string(counts)
 
 
@@ -248,8 +251,10 @@ def upsample_to_runs(logits: Tensor, out_hw: tuple[int, int], budget: int = DEFA
     counts = torch.tensor([sum(p[0].numel() for p in ps) for ps in pieces], dtype=torch.int64)
     offsets = torch.zeros(m + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(counts, 0)
-    flat = [torch.cat([p[k] for ps in pieces for p in ps]) if int(offsets[-1]) else
-            torch.zeros(0, dtype=small, device=dev) for k in range(3)]
+    flat = [
+        torch.cat([p[k] for ps in pieces for p in ps]) if int(offsets[-1]) else torch.zeros(0, dtype=small, device=dev)
+        for k in range(3)
+    ]
     empty = area == 0
     box = torch.stack([x1b, y1b, x2b, y2b], dim=1)
     box[empty] = 0
@@ -286,9 +291,13 @@ def same_class_intersections(runs: MaskRuns, labels: Tensor, budget: int = DEFAU
         edges = list(range(x_lo, x_hi, tile_w)) + [x_hi]
         # run index bounds of each mask at each tile edge: [n, T+1]
         edges_t = torch.tensor(edges, dtype=runs.col.dtype, device=dev)
-        bounds = torch.stack([
-            runs.offsets[i] + torch.searchsorted(runs.col[runs.offsets[i] : runs.offsets[i + 1]].contiguous(), edges_t)
-            for i in idx.tolist()])
+        bounds = torch.stack(
+            [
+                runs.offsets[i]
+                + torch.searchsorted(runs.col[runs.offsets[i] : runs.offsets[i + 1]].contiguous(), edges_t)
+                for i in idx.tolist()
+            ]
+        )
         acc = torch.zeros(n, n, dtype=torch.int64, device=dev)
         for t in range(len(edges) - 1):
             x0, x1 = edges[t], edges[t + 1]
@@ -309,8 +318,9 @@ def same_class_intersections(runs: MaskRuns, labels: Tensor, budget: int = DEFAU
                 buf = torch.zeros(act.numel(), x1 - x0, th, dtype=torch.float32, device=dev)
                 buf.index_put_((ai, ci, si), torch.ones_like(si, dtype=torch.float32), accumulate=True)
                 inside = ei < th  # a run ending at the tile's last row needs no -1
-                buf.index_put_((ai[inside], ci[inside], ei[inside]), -torch.ones(int(inside.sum()), device=dev),
-                               accumulate=True)
+                buf.index_put_(
+                    (ai[inside], ci[inside], ei[inside]), -torch.ones(int(inside.sum()), device=dev), accumulate=True
+                )
                 tile = buf.cumsum_(dim=2).view(act.numel(), -1)
                 gram = tile @ tile.T  # exact: every sum is an integer ≤ tile pixels ≤ 2^24
                 del buf, tile
@@ -322,7 +332,11 @@ def same_class_intersections(runs: MaskRuns, labels: Tensor, budget: int = DEFAU
 
 
 def soft_merge_scores_from_counts(
-    inter: Tensor, areas: Tensor, mask_features: Tensor, labels: Tensor, semantic_scores: Tensor,
+    inter: Tensor,
+    areas: Tensor,
+    mask_features: Tensor,
+    labels: Tensor,
+    semantic_scores: Tensor,
     exponent: float = 0.5,
 ) -> Tensor:
     """``soft_merge_scores`` (§4.7) from integer intersection counts instead of masks.
@@ -379,7 +393,11 @@ def image_memory_estimate(orig_hw: tuple[int, int], config) -> int:
         stride = max(1, t - config.tile_overlap_px())
         tiles = (-(-max(1, h - t) // stride) + 1) * (-(-max(1, w - t) // stride) + 1)
         per_tile = 6 * t * t + budget + 256 * t * 4 + m * t * _RUN_BYTES_PER_MASK_COLUMN
-        return pixels + TILE_BATCH * per_tile + tiles * int(config.max_detections) * t * _TILE_RUN_BYTES_PER_INSTANCE_COLUMN
+        return (
+            pixels
+            + TILE_BATCH * per_tile
+            + tiles * int(config.max_detections) * t * _TILE_RUN_BYTES_PER_INSTANCE_COLUMN
+        )
     if config.implementation == "reference":
         return pixels + 9 * m * h * w
     return pixels + budget + 256 * w * 4 + m * w * _RUN_BYTES_PER_MASK_COLUMN

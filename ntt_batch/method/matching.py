@@ -88,8 +88,9 @@ class Matcher(Protocol):
 
     name: str
 
-    def match(self, masks: Tensor, patch_features: Tensor, prototypes: Tensor, fast: bool
-              ) -> tuple[Tensor, Tensor, Tensor]: ...
+    def match(
+        self, masks: Tensor, patch_features: Tensor, prototypes: Tensor, fast: bool
+    ) -> tuple[Tensor, Tensor, Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,9 @@ class PrototypeMatcher:
 
     name: str = "prototype"
 
-    def match(self, masks: Tensor, patch_features: Tensor, prototypes: Tensor, fast: bool
-              ) -> tuple[Tensor, Tensor, Tensor]:
+    def match(
+        self, masks: Tensor, patch_features: Tensor, prototypes: Tensor, fast: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
         if fast:
             feats = pool_mask_features_separable(masks, patch_features)  # [N, D]
         else:
@@ -117,5 +119,13 @@ class PrototypeMatcher:
 MATCHERS: dict[str, type] = {"prototype": PrototypeMatcher}
 
 
-__all__ = ["MATCHERS", "Matcher", "PrototypeMatcher", "class_similarity", "linear_interpolation_matrix",
-           "pool_mask_features", "pool_mask_features_separable", "upsample_features"]
+__all__ = [
+    "MATCHERS",
+    "Matcher",
+    "PrototypeMatcher",
+    "class_similarity",
+    "linear_interpolation_matrix",
+    "pool_mask_features",
+    "pool_mask_features_separable",
+    "upsample_features",
+]

@@ -20,9 +20,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -46,7 +46,9 @@ META_FILE = "memory_bank.json"
 # ----------------------------------------------------------------------------- math (method.md §2-3)
 
 
-def context_crop_box(bbox_xywh: Sequence[float], image_w: int, image_h: int, context_ratio: float = 0.2) -> tuple[int, int, int, int]:
+def context_crop_box(
+    bbox_xywh: Sequence[float], image_w: int, image_h: int, context_ratio: float = 0.2
+) -> tuple[int, int, int, int]:
     """Square context crop centred on the box (§2.1 steps 3-4), clipped to the image.
 
     Returns (x0, x1, y0, y1): columns [x0, x1), rows [y0, y1). Clipping can make it non-square.
@@ -63,7 +65,9 @@ def context_crop_box(bbox_xywh: Sequence[float], image_w: int, image_h: int, con
     )
 
 
-def crop_reference(image: Tensor, mask: Tensor, bbox_xywh: Sequence[float], config: MemoryConfig) -> tuple[Tensor, Tensor]:
+def crop_reference(
+    image: Tensor, mask: Tensor, bbox_xywh: Sequence[float], config: MemoryConfig
+) -> tuple[Tensor, Tensor]:
     """Crop and resize one reference (§2.1 step 5).
 
     Args:
@@ -114,7 +118,9 @@ def class_prototypes(instance_prototypes: Tensor, instance_labels: Tensor, num_c
         [C, D] unit vectors.
     """
     d = instance_prototypes.shape[1]
-    sums = torch.zeros(num_classes, d, dtype=instance_prototypes.dtype).index_add_(0, instance_labels, instance_prototypes)
+    sums = torch.zeros(num_classes, d, dtype=instance_prototypes.dtype).index_add_(
+        0, instance_labels, instance_prototypes
+    )
     counts = torch.bincount(instance_labels, minlength=num_classes).to(instance_prototypes.dtype)
     if (counts == 0).any():
         missing = torch.nonzero(counts == 0).flatten().tolist()
@@ -163,7 +169,9 @@ class MemoryBank:
     @property
     def content_hash(self) -> str:
         h = hashlib.sha256()
-        h.update(json.dumps({"categories": self.categories, "encoder": self.encoder.get("name")}, sort_keys=True).encode())
+        h.update(
+            json.dumps({"categories": self.categories, "encoder": self.encoder.get("name")}, sort_keys=True).encode()
+        )
         for t in (self.instance_prototypes, self.instance_labels):
             h.update(str(tuple(t.shape)).encode())
             h.update(t.numpy().tobytes())
@@ -199,7 +207,7 @@ class MemoryBank:
         return d
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "MemoryBank":
+    def load(cls, directory: str | os.PathLike) -> MemoryBank:
         from safetensors.torch import load_file
 
         d = Path(directory)
@@ -238,8 +246,8 @@ def check_encoder_weights(bank_encoder: dict, enc_ckpt, memory: str) -> None:
         raise ValueError(
             f"memory bank {memory} was built with {bank_encoder.get('name')} weights sha256 {want}, but "
             f"{enc_ckpt.path} has sha256 {enc_ckpt.sha256}: features would not be comparable. Use the same "
-            "checkpoint (--checkpoint-dir) or rebuild the bank.")
-
+            "checkpoint (--checkpoint-dir) or rebuild the bank."
+        )
 
 
 # ----------------------------------------------------------------------------- building
@@ -264,8 +272,11 @@ def sam2_box_masks(proposer, image: np.ndarray, boxes_xywh: Sequence[Sequence[fl
     resized, _ = prepare_target(image, s, "squash")
     device = module_device(proposer)
     feats = proposer.encode(image_to_tensor(resized)[None].to(device))
-    b = torch.tensor([[x * s / w, y * s / h, (x + bw) * s / w, (y + bh) * s / h] for x, y, bw, bh in boxes_xywh],
-                     dtype=torch.float32, device=device)
+    b = torch.tensor(
+        [[x * s / w, y * s / h, (x + bw) * s / w, (y + bh) * s / h] for x, y, bw, bh in boxes_xywh],
+        dtype=torch.float32,
+        device=device,
+    )
     logits, _ = proposer.decode_boxes(feats, b)
     up = F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
     return [m[0].cpu().numpy() > 0 for m in up]
@@ -317,8 +328,10 @@ def build_memory_bank(
         for (_, m, ref), f in zip(pending, feats):
             w, fell_back = mask_to_patch_weights(m, grid, config.empty_mask_fallback)
             if fell_back:
-                notes.append(f"reference annotation {ref.get('annotation_id')} (image {ref.get('file_name')}): "
-                             "nearest-sampled mask missed every patch; used area pooling (§8.6)")
+                notes.append(
+                    f"reference annotation {ref.get('annotation_id')} (image {ref.get('file_name')}): "
+                    "nearest-sampled mask missed every patch; used area pooling (§8.6)"
+                )
             protos.append(instance_prototype(f, w))
             labels.append(index_of[int(ref["category_id"])])
             used.append({k: ref.get(k) for k in ("category_id", "image_id", "annotation_id", "file_name")})
@@ -328,16 +341,22 @@ def build_memory_bank(
         image = load_image(ref)
         h, w = image.shape[:2]
         if (h, w) != (int(ref["height"]), int(ref["width"])):
-            raise ValueError(f"reference image {ref['file_name']!r} is {w}x{h} but the references file says "
-                             f"{ref['width']}x{ref['height']}")
+            raise ValueError(
+                f"reference image {ref['file_name']!r} is {w}x{h} but the references file says "
+                f"{ref['width']}x{ref['height']}"
+            )
         if ref.get("segmentation") is not None:
             mask = segmentation_to_mask(ref["segmentation"], h, w)
         elif box_prompter is not None:
             mask = sam2_box_masks(box_prompter, image, [ref["bbox"]])[0]
         else:
-            raise ValueError(f"reference {ref.get('file_name')!r} has only a box; a SAM2 model is needed to make its mask")
+            raise ValueError(
+                f"reference {ref.get('file_name')!r} has only a box; a SAM2 model is needed to make its mask"
+            )
         if not mask.any():
-            raise ValueError(f"reference annotation {ref.get('annotation_id')} in {ref['file_name']!r} has an empty mask")
+            raise ValueError(
+                f"reference annotation {ref.get('annotation_id')} in {ref['file_name']!r} has an empty mask"
+            )
         bbox = ref.get("bbox") or _mask_bbox(mask)
         img_t, mask_t = crop_reference(image_to_tensor(image), torch.from_numpy(mask.astype(np.float32)), bbox, config)
         pending.append((img_t, mask_t, ref))

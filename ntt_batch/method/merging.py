@@ -230,8 +230,9 @@ def graph_diffusion_penalty(
         if transition == "code":
             p = torch.where(valid, iou, torch.zeros_like(iou))
         else:
-            p = torch.where(valid, iou / torch.where(valid, row_sums[:, None], torch.ones_like(iou)),
-                            torch.zeros_like(iou))
+            p = torch.where(
+                valid, iou / torch.where(valid, row_sums[:, None], torch.ones_like(iou)), torch.zeros_like(iou)
+            )
         pi = torch.ones(n, device=p.device, dtype=p.dtype) / n
         for _ in range(steps):
             pi_old = pi

@@ -8,7 +8,9 @@ from PIL import Image
 from torch import Tensor
 
 
-def prepare_target(image: np.ndarray, image_size: int = 1024, resize_mode: str = "squash") -> tuple[np.ndarray, tuple[int, int]]:
+def prepare_target(
+    image: np.ndarray, image_size: int = 1024, resize_mode: str = "squash"
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Original RGB uint8 [H, W, 3] → proposer input uint8 [S, S, 3] and the valid (h, w) inside it.
 
     ``squash`` (§4.1): PIL bicubic resize to S×S ignoring aspect ratio; valid = (S, S).

@@ -308,8 +308,12 @@ def _reference_entry(ann: Mapping[str, Any], image: Mapping[str, Any]) -> dict[s
 # --------------------------------------------------------------------------------------------
 
 
-_PREFER_KEYS = {"area": "min_area_percentile", "center": "max_center_distance", "centre": "max_center_distance",
-                "edge": "min_edge_distance"}
+_PREFER_KEYS = {
+    "area": "min_area_percentile",
+    "center": "max_center_distance",
+    "centre": "max_center_distance",
+    "edge": "min_edge_distance",
+}
 
 
 @dataclass(frozen=True)
@@ -352,8 +356,11 @@ class ReferencePreference:
     min_edge_distance: float | None = None
 
     def __post_init__(self):
-        checks = (("min_area_percentile", 0.0, 100.0, True), ("max_center_distance", 0.0, 1.0, True),
-                  ("min_edge_distance", 0.0, 0.5, False))
+        checks = (
+            ("min_area_percentile", 0.0, 100.0, True),
+            ("max_center_distance", 0.0, 1.0, True),
+            ("min_edge_distance", 0.0, 0.5, False),
+        )
         for name, lo, hi, hi_inclusive in checks:
             v = getattr(self, name)
             if v is None:
@@ -394,11 +401,14 @@ class ReferencePreference:
         if isinstance(value, Mapping):
             unknown = sorted(set(value) - set(cls.__dataclass_fields__))
             if unknown:
-                raise ValueError(f"unknown reference preference key(s) {unknown}; "
-                                 f"known: {sorted(cls.__dataclass_fields__)}")
+                raise ValueError(
+                    f"unknown reference preference key(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}"
+                )
             return cls(**value)
         if not isinstance(value, str):
-            raise TypeError(f"prefer must be a ReferencePreference, a dict, a string or None, got {type(value).__name__}")
+            raise TypeError(
+                f"prefer must be a ReferencePreference, a dict, a string or None, got {type(value).__name__}"
+            )
         text = value.strip()
         if text.lower() in ("", "off", "none"):
             return None
@@ -410,8 +420,10 @@ class ReferencePreference:
             key = key.strip().lower().replace("-", "_")
             field_name = _PREFER_KEYS.get(key, key if key in cls.__dataclass_fields__ else None)
             if not sep or field_name is None:
-                raise ValueError(f"bad reference preference {part.strip()!r} in {value!r}: use e.g. "
-                                 "'area=50,center=0.6,edge=0.05' (keys area, center, edge)")
+                raise ValueError(
+                    f"bad reference preference {part.strip()!r} in {value!r}: use e.g. "
+                    "'area=50,center=0.6,edge=0.05' (keys area, center, edge)"
+                )
             try:
                 kwargs[field_name] = float(num)
             except ValueError as e:
@@ -549,12 +561,15 @@ def sample_references(
             for img_id, ann_id in pairs:
                 image = images.get(img_id)
                 if image is None:
-                    raise ValueError(
-                        f"annotation {ann_id} refers to image id {img_id}, which is not in 'images'"
-                    )
+                    raise ValueError(f"annotation {ann_id} refers to image id {img_id}, which is not in 'images'")
                 ann = annotations[ann_id]
-                if is_valid_reference(ann, int(image["width"]), int(image["height"]),
-                                      min_box_side=min_box_side, border_margin=border_margin):
+                if is_valid_reference(
+                    ann,
+                    int(image["width"]),
+                    int(image["height"]),
+                    min_box_side=min_box_side,
+                    border_margin=border_margin,
+                ):
                     cands.append((ann_id, ann, image))
             keep, removed, area_thr = _preference_filter(preference, [(a, im) for _, a, im in cands])
             rejected.update(ann_id for (ann_id, _, _), k in zip(cands, keep) if not k)
@@ -577,9 +592,7 @@ def sample_references(
         for img_id, ann_id in pairs:
             image = images.get(img_id)
             if image is None:
-                raise ValueError(
-                    f"annotation {ann_id} refers to image id {img_id}, which is not in 'images'"
-                )
+                raise ValueError(f"annotation {ann_id} refers to image id {img_id}, which is not in 'images'")
             if not is_valid_reference(
                 annotations[ann_id],
                 int(image["width"]),
@@ -608,8 +621,10 @@ def sample_references(
             st = prefer_stats.get(c["name"])
             if st is not None and st["kept"] < st["candidates"]:
                 why = ", ".join(f"{_PREFER_TEXT[k]}: {v}" for k, v in st["rejected_by"].items() if v)
-                problem += (f" after the reference preference rejected {st['candidates'] - st['kept']} of its "
-                            f"{st['candidates']} candidate(s) that pass the filters ({why})")
+                problem += (
+                    f" after the reference preference rejected {st['candidates'] - st['kept']} of its "
+                    f"{st['candidates']} candidate(s) that pass the filters ({why})"
+                )
             problems.append(problem)
     if problems:
         zero_only = all(": 0 valid" in p for p in problems)
@@ -620,14 +635,15 @@ def sample_references(
             " (classes with 0 references still fail)"
         )
         if preference is not None:
-            hint += (f". The reference preference ({preference.describe()}) is on: loosen it, or sample "
-                     "without it")
+            hint += f". The reference preference ({preference.describe()}) is on: loosen it, or sample without it"
         raise ValueError(
             f"not enough references for {shots}-shot sampling "
             f"(filters: non-crowd, box >= {min_box_side} px, >= {border_margin} px from the "
             f"borders, one instance per image"
             + (f"; preference: {preference.describe()}" if preference is not None else "")
-            + "): " + "; ".join(problems) + f". {hint}"
+            + "): "
+            + "; ".join(problems)
+            + f". {hint}"
         )
 
     references = []
@@ -651,8 +667,9 @@ def sample_references(
     }
     if preference is not None:  # absent when off: the authors' sampler's provenance, unchanged
         source["prefer"] = preference.to_dict()
-        source["prefer_stats"] = {c["name"]: prefer_stats.get(c["name"], {"candidates": 0, "kept": 0})
-                                  for c in categories}
+        source["prefer_stats"] = {
+            c["name"]: prefer_stats.get(c["name"], {"candidates": 0, "kept": 0}) for c in categories
+        }
     return {
         "format": REFERENCES_FORMAT,
         "version": REFERENCES_VERSION,
@@ -716,9 +733,7 @@ def validate_references(refs: Any, where: str = "<references>") -> dict[str, Any
     if missing:
         raise ValueError(f"{where}: missing key(s) {missing} (not an ntt-batch references file?)")
     if refs["format"] != REFERENCES_FORMAT:
-        raise ValueError(
-            f"{where}: format is {refs['format']!r}, expected {REFERENCES_FORMAT!r}"
-        )
+        raise ValueError(f"{where}: format is {refs['format']!r}, expected {REFERENCES_FORMAT!r}")
     if refs["version"] != REFERENCES_VERSION:
         raise ValueError(
             f"{where}: unsupported references version {refs['version']!r} "
@@ -776,9 +791,7 @@ def validate_references(refs: Any, where: str = "<references>") -> dict[str, Any
             s = r["segmentation"]
             if isinstance(s, dict):
                 if "size" not in s or "counts" not in s:
-                    raise ValueError(
-                        f"{where}: references[{i}].segmentation RLE needs 'size' and 'counts'"
-                    )
+                    raise ValueError(f"{where}: references[{i}].segmentation RLE needs 'size' and 'counts'")
                 if list(s["size"]) != [r["height"], r["width"]]:
                     raise ValueError(
                         f"{where}: references[{i}].segmentation size {s['size']} does not match "
@@ -786,15 +799,15 @@ def validate_references(refs: Any, where: str = "<references>") -> dict[str, Any
                     )
             elif not (isinstance(s, list) and s and all(isinstance(p, list) for p in s)):
                 raise ValueError(
-                    f"{where}: references[{i}].segmentation must be a non-empty list of "
-                    "polygons or an RLE object"
+                    f"{where}: references[{i}].segmentation must be a non-empty list of polygons or an RLE object"
                 )
         counts[r["category_id"]] += 1
         if r.get("image_root") is not None and (not isinstance(r["image_root"], str) or not r["image_root"]):
             raise ValueError(f"{where}: references[{i}].image_root must be a non-empty string")
     if refs.get("image_root") is not None and (not isinstance(refs["image_root"], str) or not refs["image_root"]):
-        raise ValueError(f"{where}: 'image_root' must be a non-empty string (the folder or URI the file names are "
-                         "relative to)")
+        raise ValueError(
+            f"{where}: 'image_root' must be a non-empty string (the folder or URI the file names are relative to)"
+        )
     empty = [c for c in cats if counts[c["id"]] == 0]
     if empty:
         names = ", ".join(f"{c['name']!r} (id {c['id']})" for c in empty)
@@ -911,21 +924,25 @@ def merge_references(
             if name in id_of:
                 remap[cid] = id_of[name]
                 if id_of[name] != cid:
-                    notices.append(f"{where}: class {name!r} (id {cid}) merged into {name!r} of "
-                                   f"{first_where[name]} (id {id_of[name]})")
+                    notices.append(
+                        f"{where}: class {name!r} (id {cid}) merged into {name!r} of "
+                        f"{first_where[name]} (id {id_of[name]})"
+                    )
                 continue
             new = cid
             if cid in name_of:
                 new = max(name_of) + 1
-                notices.append(f"{where}: class {name!r} has id {cid}, already used by {name_of[cid]!r} of "
-                               f"{first_where[name_of[cid]]}: renumbered to {new}")
+                notices.append(
+                    f"{where}: class {name!r} has id {cid}, already used by {name_of[cid]!r} of "
+                    f"{first_where[name_of[cid]]}: renumbered to {new}"
+                )
             id_of[name], name_of[new], first_where[name] = new, name, where
             remap[cid] = new
         mapped.append((refs, where, remap))
     roots = {r.get("image_root") for r, _, _ in mapped}
     one_root = roots.pop() if len(roots) == 1 else None
     references: list[dict[str, Any]] = []
-    for refs, where, remap in mapped:
+    for refs, _where, remap in mapped:
         for r in refs["references"]:
             e = dict(r)
             e["category_id"] = remap[int(r["category_id"])]
@@ -996,9 +1013,16 @@ def coco_annotation_problem(ann: Mapping[str, Any], image: Mapping[str, Any]) ->
         xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
         if not np.isfinite(xy).all():
             return f"segmentation polygon {k} has a NaN or infinite coordinate"
-        if (xy[:, 0] < -tol).any() or (xy[:, 0] > width + tol).any() or (xy[:, 1] < -tol).any() or (xy[:, 1] > height + tol).any():
-            return (f"segmentation polygon {k} has points outside the {width}x{height} image "
-                    f"(x in [{xy[:, 0].min():g}, {xy[:, 0].max():g}], y in [{xy[:, 1].min():g}, {xy[:, 1].max():g}])")
+        if (
+            (xy[:, 0] < -tol).any()
+            or (xy[:, 0] > width + tol).any()
+            or (xy[:, 1] < -tol).any()
+            or (xy[:, 1] > height + tol).any()
+        ):
+            return (
+                f"segmentation polygon {k} has points outside the {width}x{height} image "
+                f"(x in [{xy[:, 0].min():g}, {xy[:, 0].max():g}], y in [{xy[:, 1].min():g}, {xy[:, 1].max():g}])"
+            )
     return None
 
 
@@ -1041,13 +1065,13 @@ def references_from_coco_annotations(
         image = images.get(int(ann["image_id"]))
         if image is None:
             raise ValueError(
-                f"annotation {ann.get('id')} refers to image id {ann['image_id']}, "
-                "which is not in 'images'"
+                f"annotation {ann.get('id')} refers to image id {ann['image_id']}, which is not in 'images'"
             )
         problem = coco_annotation_problem(ann, image)
         if problem:
-            raise ValueError(f"annotation id {ann.get('id')} (image id {ann['image_id']}): {problem}; "
-                             "fix or remove that annotation")
+            raise ValueError(
+                f"annotation id {ann.get('id')} (image id {ann['image_id']}): {problem}; fix or remove that annotation"
+            )
         per_cat[cid].append(_reference_entry(ann, image))
 
     dropped = [c for c in categories if not per_cat[c["id"]]]
@@ -1102,8 +1126,11 @@ def _csv_columns(header: list[str], csv_path: Path) -> dict[str, int]:
     box = [c for c in _CSV_BOX_COLUMNS if c in cols]
     problem = None
     if unknown or repeated:
-        problem = (f"unknown column(s) {', '.join(map(repr, unknown))}" if unknown
-                   else f"repeated column(s) {', '.join(map(repr, repeated))}")
+        problem = (
+            f"unknown column(s) {', '.join(map(repr, unknown))}"
+            if unknown
+            else f"repeated column(s) {', '.join(map(repr, repeated))}"
+        )
     elif "image" not in cols or "category" not in cols:
         problem = "columns 'image' and 'category' are required"
     elif box and len(box) != 4:
@@ -1118,9 +1145,7 @@ def _csv_columns(header: list[str], csv_path: Path) -> dict[str, int]:
     return cols
 
 
-def references_from_csv(
-    csv_path: str | os.PathLike[str], image_root: str | os.PathLike[str] | None
-) -> dict[str, Any]:
+def references_from_csv(csv_path: str | os.PathLike[str], image_root: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Build references from a CSV file of mask rows and/or box rows.
 
     Columns (header line, any order): ``image``, ``category``, then ``mask``, or ``x,y,w,h``, or
@@ -1219,8 +1244,7 @@ def references_from_csv(
                     candidates.append(root / mask_cell)
                 mask_path = next((c for c in candidates if c.is_file()), None)
                 if mask_path is None:
-                    raise ValueError(f"{where}: mask not found: looked for "
-                                     + " and ".join(str(c) for c in candidates))
+                    raise ValueError(f"{where}: mask not found: looked for " + " and ".join(str(c) for c in candidates))
                 try:
                     mask = _png_mask(mask_path)
                 except OSError as e:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -172,7 +172,7 @@ class TargetImage:
     source: np.ndarray | None = None
 
     @classmethod
-    def from_image(cls, image: np.ndarray, config: SegmenterConfig) -> "TargetImage":
+    def from_image(cls, image: np.ndarray, config: SegmenterConfig) -> TargetImage:
         hw = (int(image.shape[0]), int(image.shape[1]))
         if needs_tiling(hw, config):
             return cls(None, None, hw, source=image)
@@ -222,8 +222,14 @@ class Segmenter:
         matcher: how candidates are scored against the bank (default: the method's, §4.3-4.4).
     """
 
-    def __init__(self, proposer: MaskProposer, encoder: ImageEncoder, bank: MemoryBank, config: SegmenterConfig,
-                 matcher: Matcher | None = None):
+    def __init__(
+        self,
+        proposer: MaskProposer,
+        encoder: ImageEncoder,
+        bank: MemoryBank,
+        config: SegmenterConfig,
+        matcher: Matcher | None = None,
+    ):
         self.config = config.validate().for_encoder(encoder.patch_size, encoder.native_image_size)
         self.device = resolve_device(config.device)
         self.proposer = proposer.to(self.device)
@@ -326,16 +332,24 @@ class Segmenter:
                     col, start, end = runs_from_dense(inst.binary_mask())  # decoded, not kept
                     if col.size == 0:
                         continue
-                    pieces.append(Piece.from_runs(col, start, end, inst.score, inst.category_id, inst.category_name,
-                                                  b0 + k, origin=(y0, x0)))
+                    pieces.append(
+                        Piece.from_runs(
+                            col, start, end, inst.score, inst.category_id, inst.category_name, b0 + k, origin=(y0, x0)
+                        )
+                    )
             del results, targets
         budget = cfg.merge_memory_mb * 2**20
         merged = merge_pieces(pieces, cfg.tile_merge_threshold, budget)[: cfg.max_detections]
         dense = self.dense_masks and len(merged) * h * w <= budget
         return [
-            Instance(mask=dense_from_runs((h, w), *p.runs) if dense else None,
-                     bbox=xyxy_to_coco_xywh([float(v) for v in p.box]), score=p.score, category_id=p.category_id,
-                     category_name=p.category_name, rle=rle_from_runs((h, w), *p.runs))
+            Instance(
+                mask=dense_from_runs((h, w), *p.runs) if dense else None,
+                bbox=xyxy_to_coco_xywh([float(v) for v in p.box]),
+                score=p.score,
+                category_id=p.category_id,
+                category_name=p.category_name,
+                rle=rle_from_runs((h, w), *p.runs),
+            )
             for p in merged
         ]
 
@@ -390,8 +404,9 @@ class Segmenter:
                 hs, keys, iou, best = front(state, pts)
                 if m < pts.shape[0]:
                     hs, keys, iou, best = hs[:m], keys[:m], iou[:m], best[:m]
-                _, lg, iou = dec.select_and_upscale(state, hs, keys, iou, best, self.config.pred_iou_threshold,
-                                                    upscale_batch=upscale)
+                _, lg, iou = dec.select_and_upscale(
+                    state, hs, keys, iou, best, self.config.pred_iou_threshold, upscale_batch=upscale
+                )
                 logits.append(lg.float())
                 ious.append(iou.float())
         return torch.cat(logits), torch.cat(ious)

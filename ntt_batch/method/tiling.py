@@ -31,14 +31,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-
 if TYPE_CHECKING:
     from .config import SegmenterConfig
 
 TILE_BATCH = 4  # tiles per segment_targets call (the encoders run on the batch)
 
 
-def needs_tiling(orig_hw: tuple[int, int], config: "SegmenterConfig") -> bool:
+def needs_tiling(orig_hw: tuple[int, int], config: SegmenterConfig) -> bool:
     """Whether an image of this size is tiled under ``config`` (a side over ``tile_size``)."""
     return bool(config.tile_size) and (orig_hw[0] > config.tile_size or orig_hw[1] > config.tile_size)
 
@@ -57,8 +56,11 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 def tile_grid(orig_hw: tuple[int, int], tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
     """Tiles as (y0, x0, y1, x1), row by row."""
     h, w = orig_hw
-    return [(y, x, min(h, y + tile), min(w, x + tile))
-            for y in tile_starts(h, tile, overlap) for x in tile_starts(w, tile, overlap)]
+    return [
+        (y, x, min(h, y + tile), min(w, x + tile))
+        for y in tile_starts(h, tile, overlap)
+        for x in tile_starts(w, tile, overlap)
+    ]
 
 
 # ----------------------------------------------------------------------------- runs (numpy)
@@ -106,15 +108,24 @@ class Piece:
     tile: int
 
     @classmethod
-    def from_runs(cls, col, start, end, score, category_id, category_name, tile, origin=(0, 0)) -> "Piece":
+    def from_runs(cls, col, start, end, score, category_id, category_name, tile, origin=(0, 0)) -> Piece:
         """From column-major runs in the frame whose top-left corner is ``origin`` (y, x) in the image."""
         x0, y0 = int(col.min()), int(start.min())
         x1, y1 = int(col.max()), int(end.max()) - 1
         small = np.int16 if max(x1 - x0, y1 - y0 + 1) < 2**15 else np.int32
         oy, ox = int(origin[0]) + y0, int(origin[1]) + x0
-        return cls((col - x0).astype(small), (start - y0).astype(small), (end - y0).astype(small), (oy, ox),
-                   (ox, oy, ox + x1 - x0, oy + y1 - y0), int((end - start).sum()), float(score), int(category_id),
-                   category_name, tile)
+        return cls(
+            (col - x0).astype(small),
+            (start - y0).astype(small),
+            (end - y0).astype(small),
+            (oy, ox),
+            (ox, oy, ox + x1 - x0, oy + y1 - y0),
+            int((end - start).sum()),
+            float(score),
+            int(category_id),
+            category_name,
+            tile,
+        )
 
     @property
     def runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -169,8 +180,15 @@ def cross_tile_intersections(pieces: list[Piece], budget: int = 256 * 2**20) -> 
     by_tile: dict[int, list[int]] = {}
     for k, p in enumerate(pieces):
         by_tile.setdefault(p.tile, []).append(k)
-    extent = {t: (min(pieces[k].box[0] for k in ks), min(pieces[k].box[1] for k in ks),
-                  max(pieces[k].box[2] for k in ks), max(pieces[k].box[3] for k in ks)) for t, ks in by_tile.items()}
+    extent = {
+        t: (
+            min(pieces[k].box[0] for k in ks),
+            min(pieces[k].box[1] for k in ks),
+            max(pieces[k].box[2] for k in ks),
+            max(pieces[k].box[3] for k in ks),
+        )
+        for t, ks in by_tile.items()
+    }
     tiles = sorted(by_tile)
     out: dict[tuple[int, int], int] = {}
     for a_i, ta in enumerate(tiles):
@@ -193,8 +211,11 @@ def cross_tile_intersections(pieces: list[Piece], budget: int = 256 * 2**20) -> 
             counts = torch.zeros(len(ka), len(kb), dtype=torch.int64)
             for c0 in range(x0, x1, cw):
                 sub = (y0, c0, y1, min(x1, c0 + cw))
-                counts += (_paint_stack([pieces[k] for k in ka], sub) @ _paint_stack([pieces[k] for k in kb], sub).T
-                           ).round().to(torch.int64)
+                counts += (
+                    (_paint_stack([pieces[k] for k in ka], sub) @ _paint_stack([pieces[k] for k in kb], sub).T)
+                    .round()
+                    .to(torch.int64)
+                )
             for r, c in torch.nonzero(counts).tolist():
                 i, j = ka[r], kb[c]
                 if pieces[i].category_id == pieces[j].category_id:
@@ -241,5 +262,14 @@ def merge_pieces(pieces: list[Piece], threshold: float, budget: int = 256 * 2**2
     return out
 
 
-__all__ = ["TILE_BATCH", "Piece", "cross_tile_intersections", "merge_pieces", "needs_tiling", "paint", "runs_from_dense",
-           "tile_grid", "tile_starts"]
+__all__ = [
+    "TILE_BATCH",
+    "Piece",
+    "cross_tile_intersections",
+    "merge_pieces",
+    "needs_tiling",
+    "paint",
+    "runs_from_dense",
+    "tile_grid",
+    "tile_starts",
+]

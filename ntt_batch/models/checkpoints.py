@@ -90,7 +90,8 @@ def cached_file_sha256(path: Path) -> str:
 
 
 def checkpoint_search_dirs(checkpoint_dir: str | os.PathLike | None, cache_dir: Path) -> list[Path]:
-    """Where checkpoint files are looked for, in order: ``checkpoint_dir`` (else ``NTT_CHECKPOINT_DIR``), then the cache."""
+    """Where checkpoint files are looked for, in order: ``checkpoint_dir`` (else ``NTT_CHECKPOINT_DIR``),
+    then the cache."""
     dirs: list[Path] = []
     explicit = checkpoint_dir or os.environ.get(ENV_CHECKPOINT_DIR)
     if explicit:
@@ -146,7 +147,9 @@ def resolve_checkpoint(
     if not download:
         raise CheckpointNotFoundError(_missing_message(spec, looked, "downloads are disabled"))
     if spec.url is None:
-        raise CheckpointNotFoundError(_missing_message(spec, looked, "its downloads are gated, there is no public address"))
+        raise CheckpointNotFoundError(
+            _missing_message(spec, looked, "its downloads are gated, there is no public address")
+        )
     try:
         log.info("downloading %s from %s into %s", spec.filename, spec.url, cache)
         _download(spec, cache / spec.filename, timeout_s)
@@ -164,7 +167,10 @@ def _verified(spec: CheckpointSpec, path: Path) -> ResolvedCheckpoint:
             "CHECKPOINT NOT OFFICIAL: %s has sha256 %s but the official %s is %s. Results from these "
             "weights are not the paper's; this is recorded in every output (expected only for "
             "random-weight smoke checkpoints from `ntt-batch checkpoints random`).",
-            path, digest, spec.filename, spec.official_digest,
+            path,
+            digest,
+            spec.filename,
+            spec.official_digest,
         )
     return ResolvedCheckpoint(spec.name, str(path), digest, official)
 
@@ -173,8 +179,10 @@ def _missing_message(spec: CheckpointSpec, looked: str, why: str) -> str:
     if spec.url is None:
         from .registry import DINOV3_ACCESS
 
-        where = (f"request access at {DINOV3_ACCESS} (licence: {spec.license}), download {spec.filename} "
-                 f"(sha256 starts with {spec.sha256_prefix})")
+        where = (
+            f"request access at {DINOV3_ACCESS} (licence: {spec.license}), download {spec.filename} "
+            f"(sha256 starts with {spec.sha256_prefix})"
+        )
     else:
         where = f"download {spec.url} (sha256 {spec.sha256})"
     return (
@@ -243,8 +251,11 @@ def _unreadable_reason(path: str, error: Exception) -> str:
         return "not a checkpoint: the file is empty"
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if isinstance(error, pickle.UnpicklingError) and found:
-        return (f"not a plain weights file: it holds Python objects ({found.group(1)}), which torch.load(weights_only=True) "
-                "refuses to run")
+        return (
+            f"not a plain weights file: it holds Python objects ({found.group(1)}), which "
+            "torch.load(weights_only=True) "
+            "refuses to run"
+        )
     if head.startswith(b"PK\x03\x04"):
         return "a damaged PyTorch checkpoint (incomplete or corrupt zip archive: an interrupted download or copy?)"
     if head[:1] == b"\x80":
@@ -260,5 +271,7 @@ def _fix_hint(path: str) -> str:
     name = next((s.name for s in CHECKPOINTS.values() if s.filename == Path(path).name), None)
     if name is None:
         return "use the official checkpoint file (`ntt-batch checkpoints list` shows names, URLs and sha256)"
-    return (f"delete it and run `ntt-batch checkpoints download --model {name}` (the official file, sha256-verified), "
-            f"or for a smoke run `ntt-batch checkpoints random --model {name} --out DIR`")
+    return (
+        f"delete it and run `ntt-batch checkpoints download --model {name}` (the official file, sha256-verified), "
+        f"or for a smoke run `ntt-batch checkpoints random --model {name} --out DIR`"
+    )

@@ -38,8 +38,9 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -110,9 +111,7 @@ def _arch(name: str) -> DinoV2Arch:
     try:
         return DINOV2_MODELS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown DINOv2 model {name!r}; valid names: {', '.join(DINOV2_MODELS)}"
-        ) from None
+        raise ValueError(f"unknown DINOv2 model {name!r}; valid names: {', '.join(DINOV2_MODELS)}") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -303,7 +302,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
             break
     sd = dict(obj)
     if any(k.startswith("backbone.") for k in sd):
-        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
     bad = [k for k, v in sd.items() if not isinstance(v, Tensor)]
     if bad:
         raise ValueError(f"{path}: not a state dict of tensors (non-tensor entries: {bad[:5]})")
@@ -387,13 +386,9 @@ class DinoV2Encoder(nn.Module):
             # timm no_embed_class layout: pos_embed holds patch entries only; the CLS token already
             # carries the official CLS positional embedding (folded at load time).
             pos = _official_patch_pos_embed(vit.pos_embed, gh, gw)
-            tokens = torch.cat(
-                [vit.cls_token.expand(b, -1, -1), vit.reg_token.expand(b, -1, -1), patches + pos], dim=1
-            )
+            tokens = torch.cat([vit.cls_token.expand(b, -1, -1), vit.reg_token.expand(b, -1, -1), patches + pos], dim=1)
         else:
-            pos = torch.cat(
-                [vit.pos_embed[:, :1], _official_patch_pos_embed(vit.pos_embed[:, 1:], gh, gw)], dim=1
-            )
+            pos = torch.cat([vit.pos_embed[:, :1], _official_patch_pos_embed(vit.pos_embed[:, 1:], gh, gw)], dim=1)
             tokens = torch.cat([vit.cls_token.expand(b, -1, -1), patches], dim=1) + pos
         return tokens, gh, gw
 
@@ -410,7 +405,7 @@ class DinoV2Encoder(nn.Module):
         x = vit.norm_pre(x)
         x = vit.blocks(x)
         x = vit.norm(x)
-        x = x[:, vit.num_prefix_tokens:]
+        x = x[:, vit.num_prefix_tokens :]
         return x.reshape(x.shape[0], gh, gw, x.shape[-1])
 
 

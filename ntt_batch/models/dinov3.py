@@ -97,6 +97,7 @@ NUM_STORAGE_TOKENS = 4
 LAYER_NORM_EPS = 1e-5  # official norm_layer="layernormbf16" = nn.LayerNorm(eps=1e-5)
 ROPE_BASE = 100.0
 
+
 @dataclass(frozen=True)
 class DinoV3Arch:
     """Architecture of one official DINOv3 ViT backbone and the timm model that represents it."""
@@ -137,9 +138,7 @@ def _arch(name: str) -> DinoV3Arch:
     try:
         return DINOV3_MODELS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown DINOv3 model {name!r}; valid names: {', '.join(DINOV3_MODELS)}"
-        ) from None
+        raise ValueError(f"unknown DINOv3 model {name!r}; valid names: {', '.join(DINOV3_MODELS)}") from None
 
 
 # --------------------------------------------------------------------------------------
@@ -220,7 +219,7 @@ def random_official_state_dict(name: str, seed: int = 0, depth: int | None = Non
         elif key.endswith("bias_mask"):
             value = torch.ones(shape, dtype=torch.float32)
             o = shape[0]
-            value[o // 3: 2 * o // 3] = 0.0  # init_weights_vit: bias_mask[o // 3 : 2 * o // 3] = 0
+            value[o // 3 : 2 * o // 3] = 0.0  # init_weights_vit: bias_mask[o // 3 : 2 * o // 3] = 0
         elif key in ("cls_token", "storage_tokens"):
             value = normal(shape, 0.5)
         elif key.endswith("gamma"):
@@ -370,7 +369,9 @@ class DinoV3Encoder(nn.Module):
         self.num_register_tokens = self.arch.num_register_tokens
         self.depth = self.arch.depth if depth is None else int(depth)
         self.vit = _create_timm_eva(self.arch, depth)
-        bad_eps = {n: m.eps for n, m in self.vit.named_modules() if isinstance(m, nn.LayerNorm) and m.eps != LAYER_NORM_EPS}
+        bad_eps = {
+            n: m.eps for n, m in self.vit.named_modules() if isinstance(m, nn.LayerNorm) and m.eps != LAYER_NORM_EPS
+        }
         if bad_eps:  # guard against a timm change: the official norm is LayerNorm(eps=1e-5)
             raise RuntimeError(f"{self.arch.timm_name}: LayerNorm eps {bad_eps} != official {LAYER_NORM_EPS}")
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -411,7 +412,7 @@ class DinoV3Encoder(nn.Module):
         for blk in vit.blocks:
             x = blk(x, rope=rope)
         x = vit.norm(x)
-        x = x[:, vit.num_prefix_tokens:]
+        x = x[:, vit.num_prefix_tokens :]
         return x.reshape(b, gh, gw, d)
 
 

@@ -26,9 +26,10 @@ The module is imported on first use, so ``import ntt_batch.models.encoders`` sta
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Mapping, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .registry import ENCODER_NAMES, get_spec
 
@@ -113,5 +114,14 @@ def load_encoder_state_dict(name: str, path) -> dict[str, Tensor]:
     return encoder_family(name).implementation().load_state_dict_file(path)
 
 
-__all__ = ["ENCODER_FAMILIES", "EncoderFamily", "ImageEncoder", "build_encoder", "encoder_embed_dim", "encoder_family", "encoder_models",
-           "load_encoder_state_dict", "random_encoder_state_dict"]
+__all__ = [
+    "ENCODER_FAMILIES",
+    "EncoderFamily",
+    "ImageEncoder",
+    "build_encoder",
+    "encoder_embed_dim",
+    "encoder_family",
+    "encoder_models",
+    "load_encoder_state_dict",
+    "random_encoder_state_dict",
+]

@@ -24,7 +24,9 @@ def load_sam2(
     return proposer, ckpt
 
 
-def load_encoder(name: str, *, checkpoint_dir: str | None = None, download: bool = True) -> tuple[torch.nn.Module, ResolvedCheckpoint]:
+def load_encoder(
+    name: str, *, checkpoint_dir: str | None = None, download: bool = True
+) -> tuple[torch.nn.Module, ResolvedCheckpoint]:
     """The image encoder ``name`` (any family in ``models.encoders``) from its (verified) checkpoint file."""
     get_spec(name, "encoder")
     ckpt = resolve_checkpoint(name, checkpoint_dir=checkpoint_dir, download=download)

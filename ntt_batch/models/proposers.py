@@ -29,7 +29,7 @@ from torch import Tensor
 class ProposerFeatures(Protocol):
     """A batch of encoded images."""
 
-    def select(self, i: int) -> "ProposerFeatures":
+    def select(self, i: int) -> ProposerFeatures:
         """Image ``i``'s features (batch dimension kept, size 1)."""
         ...
 
@@ -39,7 +39,7 @@ class MaskProposer(Protocol):
 
     image_size: int
 
-    def to(self, device: Any) -> "MaskProposer": ...
+    def to(self, device: Any) -> MaskProposer: ...
 
     def encode(self, images: Tensor) -> ProposerFeatures: ...
 

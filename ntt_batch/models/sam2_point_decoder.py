@@ -119,8 +119,10 @@ class PointGridDecoder:
         # feat_s1 [c1, 2gh, 2gw] → [(y, x), (i, j), c1]: pixel (2y+i, 2x+j) of the stride-8 grid.
         skip1 = feat_s1[0].reshape(c1, gh, 2, gw, 2).permute(1, 3, 2, 4, 0).reshape(gh * gw, 4, c1) + dc1.bias
         # feat_s0 [c0, 4gh, 4gw] → [(y, x), (i, j), (i2, j2), c0]: pixel (4y+2i+i2, 4x+2j+j2).
-        skip0 = (feat_s0[0].reshape(c0, gh, 2, 2, gw, 2, 2).permute(1, 4, 2, 5, 3, 6, 0)
-                 .reshape(gh * gw, 4, 4, c0) + dc2.bias)
+        skip0 = (
+            feat_s0[0].reshape(c0, gh, 2, 2, gw, 2, 2).permute(1, 4, 2, 5, 3, 6, 0).reshape(gh * gw, 4, 4, c0)
+            + dc2.bias
+        )
         return _ImageState(src, pe, k1, v1, q1, skip1.contiguous(), skip0.contiguous(), (gh, gw))
 
     # ------------------------------------------------------------------ per prompt batch
@@ -162,7 +164,13 @@ class PointGridDecoder:
 
     @torch.no_grad()
     def select_and_upscale(
-        self, state: _ImageState, hs: Tensor, keys: Tensor, iou: Tensor, best: Tensor, iou_threshold: float,
+        self,
+        state: _ImageState,
+        hs: Tensor,
+        keys: Tensor,
+        iou: Tensor,
+        best: Tensor,
+        iou_threshold: float,
         upscale_batch: int | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Strict IoU filter on :meth:`front`'s outputs, then the selected token's mask for the survivors.
@@ -181,10 +189,9 @@ class PointGridDecoder:
         )  # [K, 4, C/8]
         hyper = hyper[torch.arange(kept.numel(), device=hyper.device), sel]  # [K, C/8]
         ub = upscale_batch or self.upscale_batch
-        logits = torch.cat([
-            self._upscale(state, keys[kept[i : i + ub]], hyper[i : i + ub])
-            for i in range(0, kept.numel(), ub)
-        ])
+        logits = torch.cat(
+            [self._upscale(state, keys[kept[i : i + ub]], hyper[i : i + ub]) for i in range(0, kept.numel(), ub)]
+        )
         return kept, logits, iou[kept]
 
     def _transformer(self, state: _ImageState, points: Tensor) -> tuple[Tensor, Tensor]:
@@ -288,7 +295,7 @@ class PointGridDecoder:
     @staticmethod
     def _apply_image_attention(a: nn.Module, attn: Tensor, vh: Tensor, residual: Tensor) -> Tensor:
         """residual + out_proj(attention output): attn [N, L, H, T], vh [N, H, T, d] → [N, L, C]."""
-        n, l, h, tk = attn.shape
+        n, l, h, tk = attn.shape  # noqa: E741 (L: tokens, as in the docstring)
         dh = vh.shape[-1]
         wo = a.out_proj.weight.reshape(-1, h, dh)  # [C, H, d]
         vw = torch.einsum("nhtd,chd->nhtc", vh, wo)  # [N, H, T, C]
@@ -311,7 +318,7 @@ class PointGridDecoder:
     def _upscale_in(self, state: _ImageState, keys: Tensor, hyper: Tensor) -> Tensor:
         dc1, ln1, act1, dc2, act2 = self.decoder.output_upscaling
         dt = keys.dtype
-        k, l, c = keys.shape
+        k, l, c = keys.shape  # noqa: E741 (L: tokens)
         gh, gw = state.hw
         w1 = dc1.weight.permute(0, 2, 3, 1).reshape(c, -1).to(dt)  # [C, (i, j, c1)]
         c1 = w1.shape[1] // 4

@@ -17,7 +17,6 @@ from .normalize import IMAGENET_MEAN, IMAGENET_STD
 from .registry import get_spec
 
 
-
 def _build_sam2_module(config_name: str) -> nn.Module:
     """Instantiate a randomly initialised SAM2 model from a config inside the ``sam2`` package.
 
@@ -37,8 +36,7 @@ def load_sam2_state_dict(path: str) -> dict[str, Tensor]:
     obj = load_checkpoint_file(path)  # torch.load(weights_only=True); one-line error naming a bad file
     if not isinstance(obj, dict) or "model" not in obj or not isinstance(obj["model"], dict):
         raise ValueError(
-            f"{path}: not an official SAM2 checkpoint (expected a dict with key 'model' holding the "
-            "state dict)"
+            f"{path}: not an official SAM2 checkpoint (expected a dict with key 'model' holding the state dict)"
         )
     return obj["model"]
 
@@ -64,7 +62,7 @@ class Sam2Features:
     image_embed: Tensor
     high_res: tuple[Tensor, Tensor]
 
-    def select(self, i: int) -> "Sam2Features":
+    def select(self, i: int) -> Sam2Features:
         """Features of image ``i`` only (batch dim kept, size 1)."""
         return Sam2Features(self.image_embed[i : i + 1], tuple(h[i : i + 1] for h in self.high_res))
 

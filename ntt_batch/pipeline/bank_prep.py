@@ -28,10 +28,10 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
 
 from ..io.names import safe_join
 from ..io.storage import absolute_uri, filesystem, is_local, read_bytes
@@ -60,26 +60,35 @@ class ReferencesSpec:
     sam2: str | None = None  # SAM2 model that makes masks for box-only references
     context_ratio: float = 0.2  # reference crop side = (1 + ratio) x max(box w, h)
 
-    def validate(self) -> "ReferencesSpec":
+    def validate(self) -> ReferencesSpec:
         from ..method.config import check_config_types
 
         where = "references"
         check_config_types(self, path=where)  # every field's type, strictly (a job file's references: block)
         if not self.image_root:
-            raise ConfigError(f"{where}.image_root: required (the URI the reference images' file names are relative to)")
+            raise ConfigError(
+                f"{where}.image_root: required (the URI the reference images' file names are relative to)"
+            )
         if bool(self.annotations) == bool(self.file):
-            raise ConfigError(f"{where}: give exactly one of annotations (a COCO file to sample `shots` per class from) "
-                              f"or file (a ready references JSON); got {'both' if self.annotations else 'neither'}")
+            raise ConfigError(
+                f"{where}: give exactly one of annotations (a COCO file to sample `shots` per class from) "
+                f"or file (a ready references JSON); got {'both' if self.annotations else 'neither'}"
+            )
         if self.annotations:
             if self.shots is None:
-                raise ConfigError(f"{where}.shots: required with {where}.annotations (references per class, e.g. 1, 10 or 30)")
+                raise ConfigError(
+                    f"{where}.shots: required with {where}.annotations (references per class, e.g. 1, 10 or 30)"
+                )
             if not isinstance(self.shots, int) or self.shots < 1:
                 raise ConfigError(f"{where}.shots: must be an integer >= 1, got {self.shots!r}")
         elif self.shots is not None:
-            raise ConfigError(f"{where}.shots: only applies when sampling from {where}.annotations; "
-                              f"{where}.file is used as it is")
+            raise ConfigError(
+                f"{where}.shots: only applies when sampling from {where}.annotations; {where}.file is used as it is"
+            )
         if not isinstance(self.split, str) or not self.split.strip():
-            raise ConfigError(f"{where}.split: must be 'few_shot', 'all' or comma-separated class names/ids, got {self.split!r}")
+            raise ConfigError(
+                f"{where}.split: must be 'few_shot', 'all' or comma-separated class names/ids, got {self.split!r}"
+            )
         for name in ("seed", "min_box_side", "border_margin"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"{where}.{name}: must be an integer >= 0, got {getattr(self, name)!r}")
@@ -103,14 +112,18 @@ def bank_exists(memory: str) -> bool:
 def memory_folder_problem(memory: str) -> str | None:
     """Why ``memory`` cannot hold a bank built by the job (None if it can)."""
     if not is_local(memory):
-        return (f"memory: {memory} must be a local folder on the machine that runs the driver "
-                "(the bank is small; the driver broadcasts it to the workers)")
+        return (
+            f"memory: {memory} must be a local folder on the machine that runs the driver "
+            "(the bank is small; the driver broadcasts it to the workers)"
+        )
     path = Path(memory)
     if path.exists() and not path.is_dir():
         return f"memory: {memory} is a file, not a folder for the memory bank"
     if path.is_dir() and any(path.iterdir()) and not bank_exists(memory):
-        return (f"memory: {memory} is a non-empty folder without a memory bank ({BANK_META_FILE} missing); "
-                "empty it or point memory: at a new folder, and the run builds the bank there")
+        return (
+            f"memory: {memory} is a non-empty folder without a memory bank ({BANK_META_FILE} missing); "
+            "empty it or point memory: at a new folder, and the run builds the bank there"
+        )
     return None
 
 
@@ -124,9 +137,14 @@ def bank_mismatches(spec: ReferencesSpec, bank_meta: dict) -> list[str]:
         problems += _memory_config_mismatches(spec, bank_meta.get("config") or {})
     source = (bank_meta.get("references") or {}).get("source") or {}
     if spec.annotations and source.get("kind") == "coco-sample":
-        for key, want in (("split", spec.split), ("shots", spec.shots), ("seed", spec.seed),
-                          ("allow_fewer_shots", spec.allow_fewer_shots), ("min_box_side", spec.min_box_side),
-                          ("border_margin", spec.border_margin)):
+        for key, want in (
+            ("split", spec.split),
+            ("shots", spec.shots),
+            ("seed", spec.seed),
+            ("allow_fewer_shots", spec.allow_fewer_shots),
+            ("min_box_side", spec.min_box_side),
+            ("border_margin", spec.border_margin),
+        ):
             have = source.get(key)
             if have is not None and have != want:
                 problems.append(f"{key}={have!r} (references: asks for {want!r})")
@@ -158,8 +176,11 @@ def _memory_config_mismatches(spec: ReferencesSpec, recorded: dict) -> list[str]
         have, wanted = recorded[f.name], getattr(want, f.name)
         if have is None and getattr(unresolved, f.name) is None:  # recorded unresolved: the encoder's default
             have = getattr(MemoryConfig().for_encoder(fam.patch_size, fam.native_image_size), f.name)
-        same = (abs(float(have) - float(wanted)) <= 1e-9 if isinstance(wanted, float) and isinstance(have, (int, float))
-                else have == wanted)
+        same = (
+            abs(float(have) - float(wanted)) <= 1e-9
+            if isinstance(wanted, float) and isinstance(have, (int, float))
+            else have == wanted
+        )
         if not same:
             problems.append(f"{f.name}={have!r} (references: asks for {wanted!r})")
     return problems
@@ -169,8 +190,9 @@ def read_bank_meta(memory: str) -> dict:
     return json.loads((Path(memory) / BANK_META_FILE).read_text())
 
 
-def prepare_memory_bank(cfg, *, dry_run: bool = False, echo: Callable[[str], None] = print,
-                        verbose: bool = True) -> dict | None:
+def prepare_memory_bank(
+    cfg, *, dry_run: bool = False, echo: Callable[[str], None] = print, verbose: bool = True
+) -> dict | None:
     """Make sure ``cfg.memory`` holds a bank: build it from ``cfg.references`` if it does not.
     ``verbose``: Ray's own output, as for the job (see ``cluster.init_ray``).
 
@@ -190,15 +212,21 @@ def prepare_memory_bank(cfg, *, dry_run: bool = False, echo: Callable[[str], Non
         if problems:
             raise ConfigError(
                 f"memory: the bank in {cfg.memory} was built with {', '.join(problems)}. Point memory: at another "
-                "folder (one bank per reference setting) or delete this one to rebuild it")
+                "folder (one bank per reference setting) or delete this one to rebuild it"
+            )
         echo(f"memory bank: {cfg.memory} (exists; built with the same reference settings)")
         return None
     source = spec.annotations or spec.file
-    how = (f"sampling {spec.shots} shot(s) per class of split {spec.split!r} with seed {spec.seed} from {source}"
-           if spec.annotations else f"the references in {source}")
+    how = (
+        f"sampling {spec.shots} shot(s) per class of split {spec.split!r} with seed {spec.seed} from {source}"
+        if spec.annotations
+        else f"the references in {source}"
+    )
     if dry_run:
-        echo(f"memory bank: {cfg.memory} does not exist; the run would build it first from {how} "
-             f"(images under {spec.image_root}, encoder {spec.encoder})")
+        echo(
+            f"memory bank: {cfg.memory} does not exist; the run would build it first from {how} "
+            f"(images under {spec.image_root}, encoder {spec.encoder})"
+        )
         return None
 
     import ray
@@ -206,23 +234,42 @@ def prepare_memory_bank(cfg, *, dry_run: bool = False, echo: Callable[[str], Non
     init_ray(cfg.ray_address, verbose=verbose)
     gpus = ray.cluster_resources().get("GPU", 0)
     num_cpus = max(1.0, float(getattr(cfg, "actor_num_cpus", 1.0)))
-    echo(f"memory bank: {cfg.memory} does not exist; building it from {how} "
-         f"(images under {spec.image_root}, encoder {spec.encoder}, {'1 GPU' if gpus >= 1 else 'CPU'})")
+    echo(
+        f"memory bank: {cfg.memory} does not exist; building it from {how} "
+        f"(images under {spec.image_root}, encoder {spec.encoder}, {'1 GPU' if gpus >= 1 else 'CPU'})"
+    )
     t0 = time.perf_counter()
     task = ray.remote(num_gpus=1 if gpus >= 1 else 0, num_cpus=num_cpus, max_retries=2)(build_bank_task)
-    bank, refs, info = ray.get(task.remote(asdict(spec), storage_options=cfg.storage_options,
-                                           checkpoint_dir=cfg.checkpoint_dir, download=cfg.download,
-                                           num_threads=int(num_cpus)))
+    bank, refs, info = ray.get(
+        task.remote(
+            asdict(spec),
+            storage_options=cfg.storage_options,
+            checkpoint_dir=cfg.checkpoint_dir,
+            download=cfg.download,
+            num_threads=int(num_cpus),
+        )
+    )
     _save_bank(bank, refs, cfg.memory)
     seconds = round(time.perf_counter() - t0, 3)
-    echo(f"memory bank: built {cfg.memory} in {seconds} s: {len(bank.categories)} classes, "
-         f"{int(bank.instance_labels.numel())} references, hash {bank.content_hash[:16]}")
-    return {"path": cfg.memory, "references": asdict(spec), "seconds": seconds, "content_hash": bank.content_hash,
-            "classes": len(bank.categories), "instances": int(bank.instance_labels.numel()), **info}
+    echo(
+        f"memory bank: built {cfg.memory} in {seconds} s: {len(bank.categories)} classes, "
+        f"{int(bank.instance_labels.numel())} references, hash {bank.content_hash[:16]}"
+    )
+    return {
+        "path": cfg.memory,
+        "references": asdict(spec),
+        "seconds": seconds,
+        "content_hash": bank.content_hash,
+        "classes": len(bank.categories),
+        "instances": int(bank.instance_labels.numel()),
+        **info,
+    }
 
 
 def _save_bank(bank, refs: dict, memory: str) -> None:
-    """Save into a temporary sibling folder, then rename it into place (a concurrent build loses the race harmlessly)."""
+    """Save into a temporary sibling folder, then rename it into place.
+
+    A concurrent build loses the race harmlessly."""
     target = Path(memory)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -240,8 +287,9 @@ def _save_bank(bank, refs: dict, memory: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_bank_task(spec: dict, *, storage_options: dict, checkpoint_dir: str | None, download: bool,
-                    num_threads: int = 1):
+def build_bank_task(
+    spec: dict, *, storage_options: dict, checkpoint_dir: str | None, download: bool, num_threads: int = 1
+):
     """Ray task: references (sampled or read) → reference images staged locally → ``workflows.build_bank``.
 
     Returns (MemoryBank, references dict, info about where it ran).
@@ -259,10 +307,17 @@ def build_bank_task(spec: dict, *, storage_options: dict, checkpoint_dir: str | 
             data = read_bytes(spec.annotations, storage_options)
             import hashlib
 
-            refs = sample_references(json.loads(data), spec.split, spec.shots, spec.seed,
-                                     min_box_side=spec.min_box_side, border_margin=spec.border_margin,
-                                     allow_fewer=spec.allow_fewer_shots, annotations_path=spec.annotations,
-                                     annotations_sha256=hashlib.sha256(data).hexdigest())
+            refs = sample_references(
+                json.loads(data),
+                spec.split,
+                spec.shots,
+                spec.seed,
+                min_box_side=spec.min_box_side,
+                border_margin=spec.border_margin,
+                allow_fewer=spec.allow_fewer_shots,
+                annotations_path=spec.annotations,
+                annotations_sha256=hashlib.sha256(data).hexdigest(),
+            )
             del data
         else:
             refs = validate_references(json.loads(read_bytes(spec.file, storage_options)), where=spec.file)
@@ -276,18 +331,31 @@ def build_bank_task(spec: dict, *, storage_options: dict, checkpoint_dir: str | 
             if n == total or n % step == 0:
                 print(f"memory bank: encoded {n}/{total} references", flush=True)
 
-        bank = build_bank(str(refs_path), image_root, str(work / "bank"), encoder_name=spec.encoder,
-                          checkpoint_dir=checkpoint_dir, download=download, device="auto", sam2_name=spec.sam2,
-                          config=bank_memory_config(spec), progress=progress)
-        info = {"node": platform.node(), "device": "cuda" if torch.cuda.is_available() else "cpu",
-                "encode_seconds": round(time.perf_counter() - t0, 3)}
+        bank = build_bank(
+            str(refs_path),
+            image_root,
+            str(work / "bank"),
+            encoder_name=spec.encoder,
+            checkpoint_dir=checkpoint_dir,
+            download=download,
+            device="auto",
+            sam2_name=spec.sam2,
+            config=bank_memory_config(spec),
+            progress=progress,
+        )
+        info = {
+            "node": platform.node(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "encode_seconds": round(time.perf_counter() - t0, 3),
+        }
         return bank, refs, info
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _stage_reference_images(refs: dict, image_root: str, storage_options: dict, dest: Path) -> str:
-    """A local folder holding the reference images: ``image_root`` itself when local, else a copy of just those files."""
+    """A local folder holding the reference images: ``image_root`` itself when local, else a copy of
+    just those files."""
     fs, root = filesystem(image_root, storage_options)
     if is_local(fs):
         return root

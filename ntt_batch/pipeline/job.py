@@ -33,8 +33,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -113,7 +114,7 @@ class JobConfig:
     target_file_mb: int = 512  # size of committed part files (MB)
     lease_ttl_s: float = 120.0  # object stores: a dead run's lock expires after this (renewed every ttl/4)
 
-    def validate(self) -> "JobConfig":
+    def validate(self) -> JobConfig:
         check_config_types(self)  # also for configs built in Python: types first, then values
         if not self.memory:
             raise ConfigError("memory: required (a memory-bank folder from `ntt-batch memory build`)")
@@ -121,7 +122,9 @@ class JobConfig:
             raise ConfigError("out: required (output URI for the shards)")
         sources = [k for k in ("images", "manifest", "annotations") if getattr(self, k)]
         if len(sources) != 1:
-            raise ConfigError(f"give exactly one input: images, manifest or annotations (+ image_root); got {sources or 'none'}")
+            raise ConfigError(
+                f"give exactly one input: images, manifest or annotations (+ image_root); got {sources or 'none'}"
+            )
         if self.annotations and not self.image_root:
             raise ConfigError("image_root: required with annotations (the URI holding the images it lists)")
         get_spec(self.sam2, "sam2")
@@ -147,14 +150,16 @@ class JobConfig:
 
     def uris(self) -> dict[str, str]:
         """Every URI of the job, by the key that holds it (``references.<key>`` for the references block)."""
-        out = {k: getattr(self, k) for k in ("images", "manifest", "annotations", "image_root", "out", "memory",
-                                             "checkpoint_dir")}
+        out = {
+            k: getattr(self, k)
+            for k in ("images", "manifest", "annotations", "image_root", "out", "memory", "checkpoint_dir")
+        }
         if self.references is not None:
             out.update({f"references.{k}": getattr(self.references, k) for k in ("annotations", "file", "image_root")})
         return {k: v for k, v in out.items() if v}
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "job config") -> "JobConfig":
+    def from_dict(cls, data: dict, where: str = "job config") -> JobConfig:
         """Settings from a job file or the flags, every value type-checked against the annotations above
         (``limit: three`` is an error naming key, value and type; see ``config_from_dict``). An empty
         ``segmenter:`` or ``storage_options:`` block means the defaults. Call :meth:`validate` next."""
@@ -177,8 +182,14 @@ class JobConfig:
 
 def input_spec(cfg: JobConfig) -> InputSpec:
     """Where the job's inputs come from (the job's own output is never an input)."""
-    return InputSpec(images=cfg.images, manifest=cfg.manifest, annotations=cfg.annotations, image_root=cfg.image_root,
-                     extensions=normalise_extensions(cfg.extensions), exclude_prefix=cfg.out)
+    return InputSpec(
+        images=cfg.images,
+        manifest=cfg.manifest,
+        annotations=cfg.annotations,
+        image_root=cfg.image_root,
+        extensions=normalise_extensions(cfg.extensions),
+        exclude_prefix=cfg.out,
+    )
 
 
 def resolve_inputs(cfg: JobConfig) -> list[InputImage]:
@@ -190,8 +201,9 @@ def resolve_inputs(cfg: JobConfig) -> list[InputImage]:
 EXIT_OK, EXIT_IMAGE_ERRORS, EXIT_USAGE, EXIT_INTEGRITY, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 # Segmenter settings that change speed only, never the rows: left out of the job fingerprint.
-PERFORMANCE_ONLY_SETTINGS = frozenset({"device", "points_batch_size", "implementation", "compile", "merge_memory_mb",
-                                       "memory_limit_mb"})
+PERFORMANCE_ONLY_SETTINGS = frozenset(
+    {"device", "points_batch_size", "implementation", "compile", "merge_memory_mb", "memory_limit_mb"}
+)
 
 
 class JobMismatchError(ConfigError):
@@ -209,8 +221,10 @@ def job_fingerprint(cfg: JobConfig, bank_hash: str, sam_ckpt, enc_ckpt) -> dict:
         "inputs": input_spec(cfg).describe(),
         "memory_bank": bank_hash,
         "segmenter": _fingerprinted_settings(_resolved_segmenter(cfg.segmenter, enc_ckpt.name)),
-        "models": {"sam2": {"name": sam_ckpt.name, "sha256": sam_ckpt.sha256},
-                   "encoder": {"name": enc_ckpt.name, "sha256": enc_ckpt.sha256}},
+        "models": {
+            "sam2": {"name": sam_ckpt.name, "sha256": sam_ckpt.sha256},
+            "encoder": {"name": enc_ckpt.name, "sha256": enc_ckpt.sha256},
+        },
         "max_pixels": cfg.max_pixels,
     }
 
@@ -320,8 +334,17 @@ class StagingCommitter(BackgroundLoop):
 
     thread_name = "ntt-committer"
 
-    def __init__(self, folder: OutputFolder, run_id: str, seen: HashAccumulator, record: RunRecord, *,
-                 target_bytes: int, lease, interval_s: float = 20.0):
+    def __init__(
+        self,
+        folder: OutputFolder,
+        run_id: str,
+        seen: HashAccumulator,
+        record: RunRecord,
+        *,
+        target_bytes: int,
+        lease,
+        interval_s: float = 20.0,
+    ):
         super().__init__(interval_s)
         self.folder, self.run_id, self.seen, self.record = folder, run_id, seen, record
         self.target_bytes, self.lease = target_bytes, lease
@@ -340,8 +363,16 @@ class StagingCommitter(BackgroundLoop):
             files = self._files()
             if not files or sum(f.size for f in files) < min_bytes:
                 return
-            res = commit_staging(self.folder, files, run_id=self.run_id, seen=self.seen, update_run=self.record.update,
-                                 final=final, target_bytes=self.target_bytes, before_publish=self.lease.check)
+            res = commit_staging(
+                self.folder,
+                files,
+                run_id=self.run_id,
+                seen=self.seen,
+                update_run=self.record.update,
+                final=final,
+                target_bytes=self.target_bytes,
+                before_publish=self.lease.check,
+            )
             self.stats.add(res.stats)
             self.error_examples = (self.error_examples + res.error_examples)[:5]
             self.duplicates_dropped += res.duplicates_dropped
@@ -376,7 +407,9 @@ class ProgressLine(BackgroundLoop):
 
     thread_name = "ntt-progress"
 
-    def __init__(self, committer: StagingCommitter, total: int, echo: Callable[[str], None], *, tty: bool | None = None):
+    def __init__(
+        self, committer: StagingCommitter, total: int, echo: Callable[[str], None], *, tty: bool | None = None
+    ):
         self.tty = sys.stderr.isatty() if tty is None else tty
         super().__init__(2.0 if self.tty else 30.0)
         self.committer, self.total, self.echo = committer, total, echo
@@ -388,7 +421,11 @@ class ProgressLine(BackgroundLoop):
         elapsed = time.perf_counter() - self._t0
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - done) / rate if rate > 0 else None
-        eta_text = "?" if eta is None else (f"{eta / 3600:.1f} h" if eta > 5400 else f"{eta / 60:.1f} min" if eta > 90 else f"{eta:.0f} s")
+        eta_text = (
+            "?"
+            if eta is None
+            else (f"{eta / 3600:.1f} h" if eta > 5400 else f"{eta / 60:.1f} min" if eta > 90 else f"{eta:.0f} s")
+        )
         pct = 100.0 * done / self.total if self.total else 100.0
         return f"progress: {done:,}/{self.total:,} images ({pct:.1f}%), {rate:.2f} images/s, ETA {eta_text}"
 
@@ -416,8 +453,14 @@ class JobResult:
     exit_code: int
 
 
-def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None] = print,
-            model_stage: type | None = None, verbose: bool = True) -> JobResult:
+def run_job(
+    cfg: JobConfig,
+    *,
+    dry_run: bool = False,
+    echo: Callable[[str], None] = print,
+    model_stage: type | None = None,
+    verbose: bool = True,
+) -> JobResult:
     """Run (or resume) a batch job; returns the summary over the whole output and an exit code.
 
     Raises :class:`LeaseHeldError` when another run writes the output, :class:`JobMismatchError`
@@ -431,7 +474,10 @@ def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None
         return _dry_run(cfg, folder, echo)
     from ..method.memory_bank import MemoryBank, check_encoder_weights  # torch: not needed for a dry run
     from ..models.checkpoints import resolve_checkpoint
-    bank_build = prepare_memory_bank(cfg, dry_run=False, echo=echo, verbose=verbose)  # only with `references:` and no bank yet
+
+    bank_build = prepare_memory_bank(
+        cfg, dry_run=False, echo=echo, verbose=verbose
+    )  # only with `references:` and no bank yet
     bank = MemoryBank.load(cfg.memory)
     sam_ckpt = resolve_checkpoint(cfg.sam2, checkpoint_dir=cfg.checkpoint_dir, download=cfg.download)
     enc_ckpt = resolve_checkpoint(bank.encoder["name"], checkpoint_dir=cfg.checkpoint_dir, download=cfg.download)
@@ -441,11 +487,19 @@ def run_job(cfg: JobConfig, *, dry_run: bool = False, echo: Callable[[str], None
     lease = folder.lease({"run_id": run_id}, ttl_s=cfg.lease_ttl_s).acquire()
     try:
         provenance = {
-            "format": "ntt-batch/run", "layout": 2, "ntt_batch_version": __version__, "fingerprint": fingerprint,
-            "config": cfg.to_dict(), "models": {"sam2": sam_ckpt.to_json(), "encoder": enc_ckpt.to_json()},
+            "format": "ntt-batch/run",
+            "layout": 2,
+            "ntt_batch_version": __version__,
+            "fingerprint": fingerprint,
+            "config": cfg.to_dict(),
+            "models": {"sam2": sam_ckpt.to_json(), "encoder": enc_ckpt.to_json()},
             "official_weights": sam_ckpt.official and enc_ckpt.official,
-            "memory_bank": {"path": cfg.memory, "content_hash": bank.content_hash, "categories": bank.categories,
-                            "shots": bank.shots},
+            "memory_bank": {
+                "path": cfg.memory,
+                "content_hash": bank.content_hash,
+                "categories": bank.categories,
+                "shots": bank.shots,
+            },
         }
         return _attempt(cfg, folder, lease, run_id, provenance, bank, bank_build, echo, model_stage, verbose)
     finally:
@@ -457,11 +511,23 @@ def _dry_run(cfg: JobConfig, folder: OutputFolder, echo: Callable[[str], None]) 
     prepare_memory_bank(cfg, dry_run=True, echo=echo)  # says how a `references:` block would build the bank
     run = folder.read_run() if folder.exists() else {}
     scan = scan_output(folder, run.get("parts", {}), read_only=True) if folder.exists() else OutputScan()
-    plan = plan_inputs(input_spec(cfg), cfg.storage_options, scan, folder=None, run_id="dry-run", limit=cfg.limit,
-                       retry_errors=cfg.retry_errors, block_rows=cfg.block_rows, echo=echo)
+    plan = plan_inputs(
+        input_spec(cfg),
+        cfg.storage_options,
+        scan,
+        folder=None,
+        run_id="dry-run",
+        limit=cfg.limit,
+        retry_errors=cfg.retry_errors,
+        block_rows=cfg.block_rows,
+        echo=echo,
+    )
     _echo_plan(plan, echo)
     if scan.corrupt:
-        echo(f"  {len(scan.corrupt)} committed file(s) are corrupt and would be quarantined: {', '.join(scan.corrupt[:5])}")
+        echo(
+            f"  {len(scan.corrupt)} committed file(s) are corrupt and would be quarantined: "
+            f"{', '.join(scan.corrupt[:5])}"
+        )
     for image_id, uri in plan.sample:
         echo(f"  would process image_id={image_id} {uri}")
     if plan.to_process > len(plan.sample):
@@ -472,11 +538,23 @@ def _dry_run(cfg: JobConfig, folder: OutputFolder, echo: Callable[[str], None]) 
 def _echo_plan(plan: Plan, echo: Callable[[str], None]) -> None:
     extra = f" ({plan.skipped_by_extension} skipped by --extensions)" if plan.skipped_by_extension else ""
     retry = f" ({plan.retry_errors} error rows to redo)" if plan.retry_errors else ""
-    echo(f"inputs: {plan.inputs} images{extra}; already done: {plan.already_done}; to process: {plan.to_process}{retry}")
+    echo(
+        f"inputs: {plan.inputs} images{extra}; already done: {plan.already_done}; to process: {plan.to_process}{retry}"
+    )
 
 
-def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenance: dict, bank, bank_build,
-             echo: Callable[[str], None], model_stage, verbose: bool) -> JobResult:
+def _attempt(
+    cfg: JobConfig,
+    folder: OutputFolder,
+    lease,
+    run_id: str,
+    provenance: dict,
+    bank,
+    bank_build,
+    echo: Callable[[str], None],
+    model_stage,
+    verbose: bool,
+) -> JobResult:
     run = folder.read_run()
     legacy = folder.has_legacy_run()
     old_fp = run.get("fingerprint")
@@ -485,15 +563,24 @@ def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenanc
     if changes and not cfg.allow_job_change:
         raise JobMismatchError(
             f"output {cfg.out} belongs to another job: {'; '.join(changes)}. Write to a new output (--out), or pass "
-            "--allow-job-change to add this run's rows to it anyway (run.json then records both settings)")
+            "--allow-job-change to add this run's rows to it anyway (run.json then records both settings)"
+        )
     for a in run.get("attempts", []):
         if a.get("status") == "running":  # we hold the lease: that attempt cannot be alive
             a.update(status="died", died_noticed_at=utc_now_iso(), died_noticed_by=run_id)
     if changes:
-        run.setdefault("fingerprint_history", []).append({"until_run": run_id, "fingerprint": old_fp, "changes": changes})
+        run.setdefault("fingerprint_history", []).append(
+            {"until_run": run_id, "fingerprint": old_fp, "changes": changes}
+        )
     run.update(provenance)
-    attempt: dict[str, Any] = {"run_id": run_id, "started_at": utc_now_iso(), "status": "running", "host": socket.gethostname(),
-                               "pid": os.getpid(), "retry_errors_requested": cfg.retry_errors}
+    attempt: dict[str, Any] = {
+        "run_id": run_id,
+        "started_at": utc_now_iso(),
+        "status": "running",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "retry_errors_requested": cfg.retry_errors,
+    }
     if bank_build:
         attempt["memory_bank_build"] = bank_build
     run.setdefault("attempts", []).append(attempt)
@@ -510,11 +597,21 @@ def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenanc
     seen.add(scan.done.hi, scan.done.lo)
     leftovers = [f for f in folder.files_under(STAGING, ".parquet") if f"/{STAGING}/{run_id}/" not in f.path]
     if leftovers:
-        res = commit_staging(folder, leftovers, run_id=run_id, seen=seen, update_run=record.update, final=True,
-                             target_bytes=cfg.target_file_bytes, before_publish=lease.check)
-        notes.append(f"committed {res.stats.rows} row(s) that interrupted attempts had staged "
-                     f"({res.files} file(s); {res.duplicates_dropped} duplicate(s) dropped, "
-                     f"{len(res.quarantined)} incomplete file(s) quarantined)")
+        res = commit_staging(
+            folder,
+            leftovers,
+            run_id=run_id,
+            seen=seen,
+            update_run=record.update,
+            final=True,
+            target_bytes=cfg.target_file_bytes,
+            before_publish=lease.check,
+        )
+        notes.append(
+            f"committed {res.stats.rows} row(s) that interrupted attempts had staged "
+            f"({res.files} file(s); {res.duplicates_dropped} duplicate(s) dropped, "
+            f"{len(res.quarantined)} incomplete file(s) quarantined)"
+        )
         scan = _scan(folder, record, echo)
     folder.rmdir_tree(STAGING)
     folder.rmdir_tree(TODO)
@@ -523,8 +620,17 @@ def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenanc
     for n in notes:
         echo(f"note: {n}")
 
-    plan = plan_inputs(input_spec(cfg), cfg.storage_options, scan, folder=folder, run_id=run_id, limit=cfg.limit,
-                       retry_errors=cfg.retry_errors, block_rows=cfg.block_rows, echo=echo)
+    plan = plan_inputs(
+        input_spec(cfg),
+        cfg.storage_options,
+        scan,
+        folder=folder,
+        run_id=run_id,
+        limit=cfg.limit,
+        retry_errors=cfg.retry_errors,
+        block_rows=cfg.block_rows,
+        echo=echo,
+    )
     _echo_plan(plan, echo)
     attempt.update(plan.to_record())
     if notes:
@@ -532,9 +638,16 @@ def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenanc
     if plan.retry_errors:
         withdrawn = 0
         for name, part in scan.error_parts.items():
-            withdrawn += withdraw_rows(folder, part, plan.retry, run_id=run_id, update_run=record.update,
-                                       retried_path=folder.path(f"{RETRIED}/{run_id}-{name}"),
-                                       target_bytes=cfg.target_file_bytes, before_publish=lease.check)
+            withdrawn += withdraw_rows(
+                folder,
+                part,
+                plan.retry,
+                run_id=run_id,
+                update_run=record.update,
+                retried_path=folder.path(f"{RETRIED}/{run_id}-{name}"),
+                target_bytes=cfg.target_file_bytes,
+                before_publish=lease.check,
+            )
         attempt["errors_withdrawn"] = withdrawn
     record.write()
 
@@ -553,8 +666,14 @@ def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenanc
             if committer.error:
                 raise committer.error
         committer.commit(final=True)
-        merged = compact(folder, folder.parts(), run_id=run_id, update_run=record.update,
-                         target_bytes=cfg.target_file_bytes, before_publish=lease.check)
+        merged = compact(
+            folder,
+            folder.parts(),
+            run_id=run_id,
+            update_run=record.update,
+            target_bytes=cfg.target_file_bytes,
+            before_publish=lease.check,
+        )
         if merged:
             attempt["compacted_into"] = merged
         attempt["status"] = "completed"
@@ -567,16 +686,21 @@ def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenanc
         raise
     finally:
         elapsed = time.perf_counter() - t0
-        attempt.update(finished_at=utc_now_iso(), seconds=round(elapsed, 3),
-                       committed=committer.stats.to_dict() | {"duplicates_dropped": committer.duplicates_dropped},
-                       images_per_s=round(committer.stats.rows / elapsed, 4) if elapsed > 0 and committer.stats.rows else None)
+        attempt.update(
+            finished_at=utc_now_iso(),
+            seconds=round(elapsed, 3),
+            committed=committer.stats.to_dict() | {"duplicates_dropped": committer.duplicates_dropped},
+            images_per_s=round(committer.stats.rows / elapsed, 4) if elapsed > 0 and committer.stats.rows else None,
+        )
         for k in ("bytes", "version", "run_id"):
             attempt["committed"].pop(k, None)
         try:
             import ray
 
             if ray.is_initialized():
-                run["cluster_resources"] = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+                run["cluster_resources"] = {
+                    k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")
+                }
         except Exception:  # pragma: no cover
             pass
         record.write()
@@ -585,20 +709,37 @@ def _attempt(cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenanc
             folder.remove_empty_dir(rel)
 
     missing = plan.to_process - committer.stats.rows
-    summary = {**record.run["summary"], "missing": missing, "duplicate_uris": 0, "processed_this_run": committer.stats.rows,
-               "to_process": plan.to_process, "seconds": attempt["seconds"], "images_per_s": attempt["images_per_s"]}
-    echo(f"summary: {summary['ok']} ok, {summary['empty']} empty, {summary['error']} error "
-         f"({summary['rows']} rows in {summary['files']} file(s), {summary['instances']} instances); this run: "
-         f"{committer.stats.rows} images in {attempt['seconds']} s ({attempt['images_per_s']} images/s); output {cfg.out}")
+    summary = {
+        **record.run["summary"],
+        "missing": missing,
+        "duplicate_uris": 0,
+        "processed_this_run": committer.stats.rows,
+        "to_process": plan.to_process,
+        "seconds": attempt["seconds"],
+        "images_per_s": attempt["images_per_s"],
+    }
+    echo(
+        f"summary: {summary['ok']} ok, {summary['empty']} empty, {summary['error']} error "
+        f"({summary['rows']} rows in {summary['files']} file(s), {summary['instances']} instances); this run: "
+        f"{committer.stats.rows} images in {attempt['seconds']} s ({attempt['images_per_s']} images/s); output "
+        f"{cfg.out}"
+    )
     if committer.error_examples:
         echo(f"{committer.stats.error} image(s) of this run failed, e.g.:")
         for uri, err in committer.error_examples:
             echo(f"  {uri}: {err}")
-        echo("  all of them: duckdb -c \"select image_uri, error from '" + cfg.out.rstrip("/") + "/*.parquet' where status = 'error'\"; "
-             "to redo them (e.g. after fixing the files): the same command with --retry-errors")
+        echo(
+            "  all of them: duckdb -c \"select image_uri, error from '"
+            + cfg.out.rstrip("/")
+            + "/*.parquet' where status = 'error'\"; "
+            "to redo them (e.g. after fixing the files): the same command with --retry-errors"
+        )
     code = EXIT_OK
     if missing:
-        echo(f"ERROR: {missing} image(s) of this run got no row; run the same command again, then `ntt-batch verify {cfg.out}`")
+        echo(
+            f"ERROR: {missing} image(s) of this run got no row; run the same command again, then `ntt-batch "
+            f"verify {cfg.out}`"
+        )
         code = EXIT_INTEGRITY
     elif summary["error"] and not cfg.allow_errors:
         code = EXIT_IMAGE_ERRORS
@@ -649,8 +790,9 @@ def read_todo_file(batch: dict, *, out: str, storage_options: dict):
     return pa.concat_tables(tables)
 
 
-def _execute(cfg: JobConfig, plan: Plan, bank, run_id: str, folder: OutputFolder, model_stage=None, *,
-             verbose: bool = True) -> None:
+def _execute(
+    cfg: JobConfig, plan: Plan, bank, run_id: str, folder: OutputFolder, model_stage=None, *, verbose: bool = True
+) -> None:
     """The Ray Data pipeline over the plan's todo files; rows land in ``_ntt/staging/<run_id>/``."""
     import ray
     import ray.data
@@ -664,21 +806,40 @@ def _execute(cfg: JobConfig, plan: Plan, bank, run_id: str, folder: OutputFolder
     # small task of its own: decoding starts at once and fans out, no per-file metadata pass on the
     # driver (read_parquet's) and no repartition stage competing with decoding for CPUs.
     ds = ray.data.from_items([{"todo": p} for p in plan.todo_paths], override_num_blocks=len(plan.todo_paths))
-    ds = ds.map_batches(read_todo_file, batch_size=1, batch_format="numpy", num_cpus=0.25,
-                        fn_kwargs={"out": cfg.out, "storage_options": cfg.storage_options})
+    ds = ds.map_batches(
+        read_todo_file,
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=0.25,
+        fn_kwargs={"out": cfg.out, "storage_options": cfg.storage_options},
+    )
     # Decode tasks reserve memory for a full-size decode; that remote arg also differs from the
     # actors', so Ray does not fuse decoding into the actors: CPU decoding overlaps with model work.
-    ds = ds.map_batches(decode_batch, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1,
-                        memory=_decode_memory_bytes(cfg, ray.cluster_resources().get("memory")),
-                        fn_kwargs={"storage_options": cfg.storage_options, "max_pixels": cfg.max_pixels})
     ds = ds.map_batches(
-        model_stage, batch_size=cfg.batch_size, batch_format="pyarrow",
+        decode_batch,
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        num_cpus=1,
+        memory=_decode_memory_bytes(cfg, ray.cluster_resources().get("memory")),
+        fn_kwargs={"storage_options": cfg.storage_options, "max_pixels": cfg.max_pixels},
+    )
+    ds = ds.map_batches(
+        model_stage,
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
         # up to 4 batches queued per actor: decoded images wait at the GPU instead of the GPU waiting for them
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors, max_tasks_in_flight_per_actor=4),
-        num_gpus=1 if gpus >= 1 else 0, num_cpus=cfg.actor_num_cpus,
-        fn_constructor_kwargs={"bank_holder": [bank_ref], "sam2_name": cfg.sam2, "segmenter": asdict(cfg.segmenter),
-                               "checkpoint_dir": cfg.checkpoint_dir, "download": cfg.download, "run_id": run_id,
-                               "num_threads": max(1, int(cfg.actor_num_cpus))},
+        num_gpus=1 if gpus >= 1 else 0,
+        num_cpus=cfg.actor_num_cpus,
+        fn_constructor_kwargs={
+            "bank_holder": [bank_ref],
+            "sam2_name": cfg.sam2,
+            "segmenter": asdict(cfg.segmenter),
+            "checkpoint_dir": cfg.checkpoint_dir,
+            "download": cfg.download,
+            "run_id": run_id,
+            "num_threads": max(1, int(cfg.actor_num_cpus)),
+        },
     )
     # Workers write small staging files as blocks finish; the driver commits them into large parts.
     ds.write_parquet(folder.staging(run_id), filesystem=pafs, max_rows_per_file=cfg.block_rows)

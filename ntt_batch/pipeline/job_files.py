@@ -6,8 +6,9 @@ A job file holds the same settings as the ``run`` flags (see ``JobConfig``); nes
 without running anything: it parses it into a ``JobConfig`` (unknown keys, values of the wrong
 type and bad values are errors that name the key; every value is type-checked against the
 settings' annotations, booleans strictly, see ``method.config.config_from_dict``; s3fs options
-against s3fs's own defaults, see ``io.storage.check_storage_options``), then does the checks that are cheap on this machine (local paths,
-the memory bank's metadata, checkpoint files, S3 bucket names). Remote objects are not opened.
+against s3fs's own defaults, see ``io.storage.check_storage_options``), then does the checks that
+are cheap on this machine (local paths, the memory bank's metadata, checkpoint files, S3 bucket
+names). Remote objects are not opened.
 A YAML syntax error is reported by line and column only: PyYAML's message quotes the text
 around the error, which may be a credential.
 """
@@ -83,8 +84,11 @@ def yaml_error_summary(error: yaml.YAMLError) -> str:
     text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
     context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
     if context:
-        text += f" ({context}" + (f" started at line {context_mark.line + 1}, column {context_mark.column + 1})"
-                                  if context_mark is not None else ")")
+        text += f" ({context}" + (
+            f" started at line {context_mark.line + 1}, column {context_mark.column + 1})"
+            if context_mark is not None
+            else ")"
+        )
     return " ".join(text.split())
 
 
@@ -114,8 +118,10 @@ class CheckReport:
         return not self.errors
 
     def format(self) -> str:
-        lines = [f"{self.path}: {'valid job config' if self.ok else 'INVALID job config'}",
-                 "resolved settings (credentials redacted; defaults filled in):"]
+        lines = [
+            f"{self.path}: {'valid job config' if self.ok else 'INVALID job config'}",
+            "resolved settings (credentials redacted; defaults filled in):",
+        ]
         dumped = yaml.safe_dump(self.config.to_dict(), sort_keys=False, default_flow_style=False)
         lines += ["  " + ln for ln in dumped.rstrip().splitlines()]
         for title, items in (("notes", self.notes), ("warnings", self.warnings), ("errors", self.errors)):
@@ -147,7 +153,9 @@ def _check_locations(cfg: JobConfig, report: CheckReport) -> None:
             if key in ("out", "memory"):
                 continue  # created by the run (memory: see _check_bank)
             if not Path(uri).exists():
-                report.warnings.append(f"{key}: {uri} does not exist on this machine (it must exist where the job runs)")
+                report.warnings.append(
+                    f"{key}: {uri} does not exist on this machine (it must exist where the job runs)"
+                )
             continue
         if protocol in _S3:
             bucket = uri.split("://", 1)[1].split("/", 1)[0]
@@ -157,8 +165,10 @@ def _check_locations(cfg: JobConfig, report: CheckReport) -> None:
         report.notes.append(f"{key}: {uri} (remote; not opened by the check)")
     for bucket, keys in bad_buckets.items():
         report.warnings.append(
-            f"{', '.join(keys)}: {bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens); "
-            f"if it is the placeholder of a shipped job file, replace it with your bucket before running")
+            f"{', '.join(keys)}: {bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, "
+            "dots, hyphens); "
+            f"if it is the placeholder of a shipped job file, replace it with your bucket before running"
+        )
     problem = memory_folder_problem(cfg.memory)
     if problem and (cfg.references is not None or not is_local(cfg.memory)):
         report.errors.append(problem)
@@ -183,23 +193,34 @@ def _check_bank(cfg: JobConfig, report: CheckReport) -> str | None:
         report.notes.append(
             f"memory: bank with {len(names)} classes ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}), "
             f"shots per class {shots[0] if len(shots) == 1 else shots}, encoder {encoder}, "
-            f"hash {str(meta.get('content_hash'))[:16]}")
+            f"hash {str(meta.get('content_hash'))[:16]}"
+        )
         if spec is not None:
             problems = bank_mismatches(spec, meta)
             if problems:
-                report.errors.append(f"memory: the bank in {cfg.memory} was built with {', '.join(problems)}; point memory: "
-                                     "at another folder or delete it to rebuild")
+                report.errors.append(
+                    f"memory: the bank in {cfg.memory} was built with {', '.join(problems)}; point memory: "
+                    "at another folder or delete it to rebuild"
+                )
         return encoder
     if spec is not None:
-        how = (f"sampling {spec.shots} shot(s) per class of split {spec.split!r} (seed {spec.seed}) from {spec.annotations}"
-               if spec.annotations else f"the references in {spec.file}")
-        report.notes.append(f"memory: {cfg.memory} holds no bank yet; the first run builds it from {how} "
-                            f"with {spec.encoder} (images under {spec.image_root})")
+        how = (
+            f"sampling {spec.shots} shot(s) per class of split {spec.split!r} (seed {spec.seed}) from "
+            f"{spec.annotations}"
+            if spec.annotations
+            else f"the references in {spec.file}"
+        )
+        report.notes.append(
+            f"memory: {cfg.memory} holds no bank yet; the first run builds it from {how} "
+            f"with {spec.encoder} (images under {spec.image_root})"
+        )
         return spec.encoder
     report.warnings.append(
         f"memory: {cfg.memory} holds no memory bank on this machine. Build it first: `ntt-batch references sample "
         f"--annotations ANN.json --split few_shot --shots K --seed 33 --out refs.json` then `ntt-batch memory build "
-        f"--references refs.json --image-root IMAGES/ --out {cfg.memory}`; or add a references: block so the job builds it")
+        f"--references refs.json --image-root IMAGES/ --out {cfg.memory}`; or add a references: block so the "
+        "job builds it"
+    )
     return None
 
 
@@ -222,8 +243,12 @@ def _check_checkpoints(cfg: JobConfig, encoder: str | None, report: CheckReport)
         if found:
             report.notes.append(f"checkpoint {name}: {found}")
         elif cfg.download:
-            report.notes.append(f"checkpoint {name}: not on this machine; downloaded on first use "
-                                f"({spec.size_bytes / 1e6:.0f} MB from {spec.url})")
+            report.notes.append(
+                f"checkpoint {name}: not on this machine; downloaded on first use "
+                f"({spec.size_bytes / 1e6:.0f} MB from {spec.url})"
+            )
         else:
-            report.warnings.append(f"checkpoint {name}: {spec.filename} not found in {', '.join(map(str, dirs))} "
-                                   "and download is false: place it there on every node, or set download: true")
+            report.warnings.append(
+                f"checkpoint {name}: {spec.filename} not found in {', '.join(map(str, dirs))} "
+                "and download is false: place it there on every node, or set download: true"
+            )

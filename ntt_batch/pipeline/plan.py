@@ -24,8 +24,8 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -51,8 +51,15 @@ log = logging.getLogger(__name__)
 
 TODO = f"{META}/todo"
 TODO_SCHEMA = pa.schema([("image_id", pa.int64()), ("image_uri", pa.string())])
-_PASS1_SCHEMA = pa.schema([("image_id", pa.int64()), ("image_uri", pa.string()), ("number", pa.int64()),
-                           ("hi", pa.uint64()), ("lo", pa.uint64())])
+_PASS1_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("image_uri", pa.string()),
+        ("number", pa.int64()),
+        ("hi", pa.uint64()),
+        ("lo", pa.uint64()),
+    ]
+)
 
 
 @dataclass
@@ -69,8 +76,13 @@ class OutputScan:
     rows: int = 0
 
 
-def scan_output(folder: OutputFolder, recorded_parts: dict[str, dict], *, read_only: bool = False,
-                echo: Callable[[str], None] | None = None) -> OutputScan:
+def scan_output(
+    folder: OutputFolder,
+    recorded_parts: dict[str, dict],
+    *,
+    read_only: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> OutputScan:
     """Scan the committed parts (module docstring). ``read_only``: never move anything."""
     scan = OutputScan()
     done, errors = HashAccumulator(), HashAccumulator()
@@ -119,9 +131,15 @@ class Plan:
     retry: UriHashes = field(default_factory=UriHashes)
 
     def to_record(self) -> dict:
-        return {"inputs": self.inputs, "already_done": self.already_done, "to_process": self.to_process,
-                "retry_errors": self.retry_errors, "listed": self.listed,
-                "skipped_by_extension": self.skipped_by_extension, "ids_from": self.ids_from}
+        return {
+            "inputs": self.inputs,
+            "already_done": self.already_done,
+            "to_process": self.to_process,
+            "retry_errors": self.retry_errors,
+            "listed": self.listed,
+            "skipped_by_extension": self.skipped_by_extension,
+            "ids_from": self.ids_from,
+        }
 
 
 class DuplicateInputError(ValueError):
@@ -135,15 +153,27 @@ def list_inputs(spec: InputSpec, options: dict | None = None, *, limit: int | No
     duplicate checks and the same image ids as the batch job (the source's, else unique file-name
     numbers, else URI hashes). An empty source gives [].
     """
-    plan = plan_inputs(spec, options, OutputScan(), folder=None, run_id="list", limit=limit, sample=sys.maxsize,
-                       allow_empty=True)
+    plan = plan_inputs(
+        spec, options, OutputScan(), folder=None, run_id="list", limit=limit, sample=sys.maxsize, allow_empty=True
+    )
     return [InputImage(int(i), u) for i, u in plan.sample]
 
 
-def plan_inputs(spec: InputSpec, options: dict | None, scan: OutputScan, *, folder: OutputFolder | None,
-                run_id: str, limit: int | None = None, retry_errors: bool = False, block_rows: int = 16,
-                max_todo_files: int = 256, sample: int = 50, echo: Callable[[str], None] | None = None,
-                allow_empty: bool = False) -> Plan:
+def plan_inputs(
+    spec: InputSpec,
+    options: dict | None,
+    scan: OutputScan,
+    *,
+    folder: OutputFolder | None,
+    run_id: str,
+    limit: int | None = None,
+    retry_errors: bool = False,
+    block_rows: int = 16,
+    max_todo_files: int = 256,
+    sample: int = 50,
+    echo: Callable[[str], None] | None = None,
+    allow_empty: bool = False,
+) -> Plan:
     """Passes 1 and 2 (module docstring). ``folder=None`` is a dry run: nothing is written.
     ``allow_empty``: a source without inputs gives an empty plan instead of an error.
 
@@ -167,8 +197,9 @@ def plan_inputs(spec: InputSpec, options: dict | None, scan: OutputScan, *, fold
                 any_missing_id |= ids.null_count > 0
                 nums = name_numbers(uris)
                 all_numbered &= nums.null_count == 0
-                writer.write_batch(pa.RecordBatch.from_arrays([ids, uris, nums, pa.array(hi), pa.array(lo)],
-                                                              schema=_PASS1_SCHEMA))
+                writer.write_batch(
+                    pa.RecordBatch.from_arrays([ids, uris, nums, pa.array(hi), pa.array(lo)], schema=_PASS1_SCHEMA)
+                )
                 plan.inputs += batch.num_rows
                 if echo and plan.inputs % 1_000_000 < batch.num_rows:
                     echo(f"  listed {plan.inputs:,} inputs ...")
@@ -179,7 +210,9 @@ def plan_inputs(spec: InputSpec, options: dict | None, scan: OutputScan, *, fold
             if allow_empty:
                 return plan
             where = spec.images or spec.manifest or spec.annotations
-            extra = f" ({stats.skipped_by_extension} skipped by the extension filter)" if stats.skipped_by_extension else ""
+            extra = (
+                f" ({stats.skipped_by_extension} skipped by the extension filter)" if stats.skipped_by_extension else ""
+            )
             raise FileNotFoundError(f"no inputs found at {where!r}{extra}")
         dups = _repeated_digests(pass1)
         if len(dups):
@@ -190,8 +223,10 @@ def plan_inputs(spec: InputSpec, options: dict | None, scan: OutputScan, *, fold
         if not any_missing_id:
             repeated = _repeated_values(pass1, "image_id")
             if repeated:
-                raise DuplicateInputError(f"{spec.manifest or spec.annotations}: image_id values are not unique "
-                                          f"(e.g. {', '.join(map(str, repeated))}); each input needs its own id")
+                raise DuplicateInputError(
+                    f"{spec.manifest or spec.annotations}: image_id values are not unique "
+                    f"(e.g. {', '.join(map(str, repeated))}); each input needs its own id"
+                )
             mode = "source"
         elif all_numbered and not _repeated_values(pass1, "number"):
             mode = "file names"
@@ -293,5 +328,7 @@ def _duplicate_message(pass1: str, dups: UriHashes, spec: InputSpec, show: int =
         if len(found) >= show:
             break
     where = spec.manifest or spec.annotations or spec.images
-    return (f"{where}: {len(dups)} input URI(s) are listed more than once, e.g. {', '.join(map(repr, found[:show]))}. "
-            "Every input gets exactly one row: remove the repeated entries and run again")
+    return (
+        f"{where}: {len(dups)} input URI(s) are listed more than once, e.g. {', '.join(map(repr, found[:show]))}. "
+        "Every input gets exactly one row: remove the repeated entries and run again"
+    )

@@ -41,10 +41,18 @@ def decode_batch(batch: dict[str, np.ndarray], *, storage_options: dict, max_pix
             error = f"missing: {uri} does not exist ({e})"
         except Exception as e:  # ImageDecodeError, permissions, network, ...
             error = f"{type(e).__name__}: {e}"
-        for k, v in (("image_id", int(image_id)), ("image_uri", uri), ("width", width), ("height", height),
-                     ("error", error), ("pixels", pixels)):
+        for k, v in (
+            ("image_id", int(image_id)),
+            ("image_uri", uri),
+            ("width", width),
+            ("height", height),
+            ("error", error),
+            ("pixels", pixels),
+        ):
             out[k].append(v)
-    return {k: np.array(v, dtype=object) if k in ("pixels", "image_uri", "error") else np.array(v) for k, v in out.items()}
+    return {
+        k: np.array(v, dtype=object) if k in ("pixels", "image_uri", "error") else np.array(v) for k, v in out.items()
+    }
 
 
 def batch_columns(batch) -> dict[str, list]:
@@ -77,8 +85,17 @@ class SegmentActor:
     goes on. (The kernel's OOM killer cannot be caught: the estimate is there to stay clear of it.)
     """
 
-    def __init__(self, *, bank_holder: list, sam2_name: str, segmenter: dict, checkpoint_dir: str | None,
-                 download: bool, run_id: str, num_threads: int | None = None):
+    def __init__(
+        self,
+        *,
+        bank_holder: list,
+        sam2_name: str,
+        segmenter: dict,
+        checkpoint_dir: str | None,
+        download: bool,
+        run_id: str,
+        num_threads: int | None = None,
+    ):
         import ray
         import torch
 
@@ -90,8 +107,9 @@ class SegmentActor:
         bank = ray.get(bank_holder[0])  # broadcast: one object-store copy shared by all actors on a node
         config = SegmenterConfig(**segmenter)
         encoder, _ = load_encoder(bank.encoder["name"], checkpoint_dir=checkpoint_dir, download=download)
-        proposer, _ = load_sam2(sam2_name, checkpoint_dir=checkpoint_dir, download=download,
-                                add_no_mem_embed=config.add_no_mem_embed)
+        proposer, _ = load_sam2(
+            sam2_name, checkpoint_dir=checkpoint_dir, download=download, add_no_mem_embed=config.add_no_mem_embed
+        )
         self.segmenter = Segmenter(proposer, encoder, bank, config)
         self.segmenter.dense_masks = False  # rows carry RLE only: no dense masks are built
         self.run_id = run_id
@@ -122,11 +140,15 @@ def segment_rows(segmenter, batch: dict[str, list], rows: list[dict]) -> list[di
         need = image_memory_estimate(image.shape[:2], config)
         if need > limit:
             h, w = image.shape[:2]
-            rows[i].update(status=STATUS_ERROR, error=(
-                f"out of memory (estimated): a {w}x{h} image needs about {need / 2**30:.1f} GiB here "
-                f"({config.implementation} path{', tiled' if _is_tiled(image.shape[:2], config) else ''}), "
-                f"over the limit of {limit / 2**30:.1f} GiB (segmenter memory_limit_mb; "
-                "the fast implementation or tile_size need less)"))
+            rows[i].update(
+                status=STATUS_ERROR,
+                error=(
+                    f"out of memory (estimated): a {w}x{h} image needs about {need / 2**30:.1f} GiB here "
+                    f"({config.implementation} path{', tiled' if _is_tiled(image.shape[:2], config) else ''}), "
+                    f"over the limit of {limit / 2**30:.1f} GiB (segmenter memory_limit_mb; "
+                    "the fast implementation or tile_size need less)"
+                ),
+            )
             continue
         try:
             targets.append(TargetImage.from_image(image, config))
@@ -139,8 +161,12 @@ def segment_rows(segmenter, batch: dict[str, list], rows: list[dict]) -> list[di
     try:
         results = segmenter.segment_targets(targets)
     except Exception as e:  # isolate the failing image: retry one by one
-        log.warning("a batch of %d images failed (%s: %s); retrying them one by one", len(targets),
-                    type(e).__name__, str(e)[:200])
+        log.warning(
+            "a batch of %d images failed (%s: %s); retrying them one by one",
+            len(targets),
+            type(e).__name__,
+            str(e)[:200],
+        )
     if results is None:
         _free_memory()
         results = []

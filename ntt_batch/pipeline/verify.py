@@ -14,8 +14,8 @@ Exit codes: 0 consistent; 1 consistent but some rows have status error; 3 integr
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -60,7 +60,9 @@ class VerifyReport:
 
     @property
     def integrity_ok(self) -> bool:
-        return not (self.corrupt or self.duplicate_uris or self.missing_inputs or self.record_mismatches or self.leftovers)
+        return not (
+            self.corrupt or self.duplicate_uris or self.missing_inputs or self.record_mismatches or self.leftovers
+        )
 
     @property
     def exit_code(self) -> int:
@@ -69,45 +71,80 @@ class VerifyReport:
         return EXIT_HAS_ERROR_ROWS if self.stats.error else EXIT_CONSISTENT
 
     def to_dict(self) -> dict:
-        return {"output": self.output, "files": self.files, "rows": self.rows, "ok": self.stats.ok,
-                "empty": self.stats.empty, "error": self.stats.error, "instances": self.stats.instances,
-                "corrupt_files": self.corrupt, "duplicate_uris": self.duplicate_uris,
-                "duplicate_examples": self.duplicate_examples, "inputs": self.inputs,
-                "missing_inputs": self.missing_inputs, "missing_examples": self.missing_examples,
-                "record_mismatches": self.record_mismatches, "leftovers": self.leftovers,
-                "attempts": self.attempts, "lock": self.lock, "repaired": self.repaired,
-                "integrity_ok": self.integrity_ok, "exit_code": self.exit_code}
+        return {
+            "output": self.output,
+            "files": self.files,
+            "rows": self.rows,
+            "ok": self.stats.ok,
+            "empty": self.stats.empty,
+            "error": self.stats.error,
+            "instances": self.stats.instances,
+            "corrupt_files": self.corrupt,
+            "duplicate_uris": self.duplicate_uris,
+            "duplicate_examples": self.duplicate_examples,
+            "inputs": self.inputs,
+            "missing_inputs": self.missing_inputs,
+            "missing_examples": self.missing_examples,
+            "record_mismatches": self.record_mismatches,
+            "leftovers": self.leftovers,
+            "attempts": self.attempts,
+            "lock": self.lock,
+            "repaired": self.repaired,
+            "integrity_ok": self.integrity_ok,
+            "exit_code": self.exit_code,
+        }
 
     def format(self) -> str:
         s = self.stats
-        lines = [f"{self.output}: {self.files} file(s), {self.rows} rows ({s.ok} ok, {s.empty} empty, {s.error} error), "
-                 f"{s.instances} instances"]
+        lines = [
+            f"{self.output}: {self.files} file(s), {self.rows} rows ({s.ok} ok, {s.empty} empty, {s.error} error), "
+            f"{s.instances} instances"
+        ]
         if self.inputs is not None:
-            lines.append(f"  inputs: {self.inputs}; without a row: {self.missing_inputs}"
-                         + (f" (e.g. {', '.join(self.missing_examples)})" if self.missing_examples else ""))
-        lines.append(f"  URIs with more than one row: {self.duplicate_uris}"
-                     + (f" (e.g. {', '.join(self.duplicate_examples)})" if self.duplicate_examples else ""))
-        lines.append(f"  corrupt files: {len(self.corrupt)}" + (f" ({', '.join(self.corrupt[:5])})" if self.corrupt else ""))
+            lines.append(
+                f"  inputs: {self.inputs}; without a row: {self.missing_inputs}"
+                + (f" (e.g. {', '.join(self.missing_examples)})" if self.missing_examples else "")
+            )
+        lines.append(
+            f"  URIs with more than one row: {self.duplicate_uris}"
+            + (f" (e.g. {', '.join(self.duplicate_examples)})" if self.duplicate_examples else "")
+        )
+        lines.append(
+            f"  corrupt files: {len(self.corrupt)}" + (f" ({', '.join(self.corrupt[:5])})" if self.corrupt else "")
+        )
         for m in self.record_mismatches:
             lines.append(f"  run.json record: {m}")
         for m in self.leftovers:
             lines.append(f"  left behind: {m}")
         if self.lock:
-            lines.append(f"  locked by run {self.lock.get('run_id')} (host {self.lock.get('host')}, pid {self.lock.get('pid')})")
+            lines.append(
+                f"  locked by run {self.lock.get('run_id')} (host {self.lock.get('host')}, pid {self.lock.get('pid')})"
+            )
         for a in self.attempts:
-            lines.append(f"  attempt {a.get('run_id')}: {a.get('status')} (started {a.get('started_at')}, "
-                         f"{(a.get('committed') or {}).get('rows', 0)} rows committed)")
+            lines.append(
+                f"  attempt {a.get('run_id')}: {a.get('status')} (started {a.get('started_at')}, "
+                f"{(a.get('committed') or {}).get('rows', 0)} rows committed)"
+            )
         for r in self.repaired:
             lines.append(f"  repaired: {r}")
-        verdict = {EXIT_CONSISTENT: "consistent", EXIT_HAS_ERROR_ROWS: "consistent; some images have status error "
-                   "(rerun with --retry-errors to redo them)", EXIT_INTEGRITY: "INTEGRITY PROBLEM (see above; "
-                   "`ntt-batch verify --repair` fixes corrupt files and duplicates, `ntt-batch run` redoes missing images)"}
+        verdict = {
+            EXIT_CONSISTENT: "consistent",
+            EXIT_HAS_ERROR_ROWS: "consistent; some images have status error (rerun with --retry-errors to redo them)",
+            EXIT_INTEGRITY: "INTEGRITY PROBLEM (see above; "
+            "`ntt-batch verify --repair` fixes corrupt files and duplicates, `ntt-batch run` redoes missing images)",
+        }
         lines.append(f"verdict: {verdict[self.exit_code]}")
         return "\n".join(lines)
 
 
-def verify_output(out: str, options: dict | None = None, *, inputs: InputSpec | None | bool = True,
-                  repair: bool = False, echo: Callable[[str], None] | None = None) -> VerifyReport:
+def verify_output(
+    out: str,
+    options: dict | None = None,
+    *,
+    inputs: InputSpec | None | bool = True,
+    repair: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> VerifyReport:
     """Check an output completely (module docstring). ``inputs``: True = the job's inputs from
     run.json's fingerprint, an :class:`InputSpec` = those, False/None = skip the inputs check."""
     folder = OutputFolder(out, options)
@@ -115,8 +152,10 @@ def verify_output(out: str, options: dict | None = None, *, inputs: InputSpec | 
     if not folder.exists():
         raise FileNotFoundError(f"{out!r} does not exist: pass the --out of an `ntt-batch run`")
     run = folder.read_run()
-    report.attempts = [{k: a.get(k) for k in ("run_id", "status", "started_at", "finished_at", "committed")}
-                       for a in run.get("attempts", [])]
+    report.attempts = [
+        {k: a.get(k) for k in ("run_id", "status", "started_at", "finished_at", "committed")}
+        for a in run.get("attempts", [])
+    ]
     report.lock = folder.read_json(LOCK_JSON)
     lease = None
     if repair:
@@ -163,7 +202,9 @@ def _verify(folder: OutputFolder, run: dict, report: VerifyReport, inputs, repai
         if rec is None:
             report.record_mismatches.append(f"{part.name} is not in run.json (written by another tool?)")
         elif int(rec.get("rows", -1)) != st.rows:
-            report.record_mismatches.append(f"{part.name}: run.json says {rec.get('rows')} rows, the file has {st.rows}")
+            report.record_mismatches.append(
+                f"{part.name}: run.json says {rec.get('rows')} rows, the file has {st.rows}"
+            )
         if echo and (k + 1) % 10 == 0:
             echo(f"  checked {k + 1}/{len(parts)} files")
     for name in recorded:
@@ -208,10 +249,14 @@ def _input_spec(run: dict, inputs) -> InputSpec | None:
     described = (run.get("fingerprint") or {}).get("inputs")
     if not described:
         return None
-    return InputSpec(images=described.get("images"), manifest=described.get("manifest"),
-                     annotations=described.get("annotations"), image_root=described.get("image_root"),
-                     extensions=tuple(described["extensions"]) if described.get("extensions") else None,
-                     exclude_prefix=(run.get("config") or {}).get("out"))
+    return InputSpec(
+        images=described.get("images"),
+        manifest=described.get("manifest"),
+        annotations=described.get("annotations"),
+        image_root=described.get("image_root"),
+        extensions=tuple(described["extensions"]) if described.get("extensions") else None,
+        exclude_prefix=(run.get("config") or {}).get("out"),
+    )
 
 
 def _uris_with(folder: OutputFolder, parts, wanted: UriHashes, limit: int) -> list[str]:
@@ -238,8 +283,16 @@ def _remove_duplicates(folder: OutputFolder, parts, dups: UriHashes, run: dict) 
         hi, lo = uri_digests(t.column("image_uri").to_pylist())
         hit = np.nonzero(dups.contains(hi, lo))[0]
         for i in hit:
-            rows.append((int(hi[i]), int(lo[i]), t.column("status")[i].as_py() != STATUS_ERROR,
-                         t.column("run_id")[i].as_py() or "", k, int(i)))
+            rows.append(
+                (
+                    int(hi[i]),
+                    int(lo[i]),
+                    t.column("status")[i].as_py() != STATUS_ERROR,
+                    t.column("run_id")[i].as_py() or "",
+                    k,
+                    int(i),
+                )
+            )
     best: dict[tuple[int, int], tuple] = {}
     for r in rows:
         key = (r[0], r[1])
@@ -277,8 +330,9 @@ def _resync_parts(folder: OutputFolder, run: dict) -> None:
     run["summary"] = summary_of(parts)
 
 
-def compact_output(out: str, options: dict | None = None, *, target_file_mb: int = 512,
-                   echo: Callable[[str], None] = print) -> dict:
+def compact_output(
+    out: str, options: dict | None = None, *, target_file_mb: int = 512, echo: Callable[[str], None] = print
+) -> dict:
     """Merge small committed files into files of about ``target_file_mb`` (takes the lease; rows unchanged)."""
     folder = OutputFolder(out, options)
     run = folder.read_run()
@@ -288,11 +342,24 @@ def compact_output(out: str, options: dict | None = None, *, target_file_mb: int
         record = RunRecord(folder, run)
         notes = recover_commits(folder, record.update)
         before = folder.parts()
-        new = compact(folder, before, run_id=f"compact-{new_run_id()}",
-                      update_run=record.update, target_bytes=int(target_file_mb) << 20, before_publish=lease.check)
+        new = compact(
+            folder,
+            before,
+            run_id=f"compact-{new_run_id()}",
+            update_run=record.update,
+            target_bytes=int(target_file_mb) << 20,
+            before_publish=lease.check,
+        )
         after = folder.parts()
-    result = {"files_before": len(before), "files_after": len(after), "new_files": new, "notes": notes,
-              "bytes": sum(p.size for p in after)}
-    echo(f"{out}: {len(before)} file(s) → {len(after)} file(s)" + (f" ({len(new)} written)" if new else " (nothing to merge)"))
+    result = {
+        "files_before": len(before),
+        "files_after": len(after),
+        "new_files": new,
+        "notes": notes,
+        "bytes": sum(p.size for p in after),
+    }
+    echo(
+        f"{out}: {len(before)} file(s) → {len(after)} file(s)"
+        + (f" ({len(new)} written)" if new else " (nothing to merge)")
+    )
     return result
-

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -26,7 +27,7 @@ from ..io.images import load_image
 from ..io.masks import segmentation_to_mask
 from ..io.names import safe_join
 from ..method.references import reference_image_root
-from .overlay import DrawnInstance, label_font, resize_mask, class_color, render_panel
+from .overlay import DrawnInstance, class_color, label_font, render_panel, resize_mask
 
 GAP = 6  # px between cells
 CAPTION_PX = 30  # caption strip under each cell (two lines)
@@ -74,8 +75,16 @@ def _crop_box(bbox, w: int, h: int, context_ratio: float) -> tuple[int, int, int
     return x0, x1, y0, y1
 
 
-def _cell(image: np.ndarray, mask: np.ndarray | None, bbox, category_id: int, name: str, title: str,
-          cell: int, context_ratio: float) -> Image.Image:
+def _cell(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    bbox,
+    category_id: int,
+    name: str,
+    title: str,
+    cell: int,
+    context_ratio: float,
+) -> Image.Image:
     """The drawn crop of one reference, scaled so its longer side is ``cell`` px."""
     h, w = image.shape[:2]
     x0, x1, y0, y1 = _crop_box(bbox, w, h, context_ratio)
@@ -156,8 +165,9 @@ def reference_sheet(
 
                         if echo:
                             echo(f"making masks for box-only references with {sam2_name}")
-                        prompter, _ = load_sam2(sam2_name, checkpoint_dir=checkpoint_dir, download=download,
-                                                add_no_mem_embed=True)
+                        prompter, _ = load_sam2(
+                            sam2_name, checkpoint_dir=checkpoint_dir, download=download, add_no_mem_embed=True
+                        )
                         prompter = prompter.to(resolve_device(device))
                     mask = sam2_box_masks(prompter, image, [bbox])[0]
                     source = "SAM2 mask from box"

@@ -67,10 +67,20 @@ MAX_LABELLED_CLASSES = 80  # above this, the heatmap is drawn without class name
 LABEL_CHARS = 18  # class names longer than this are shortened with "…"
 
 # viridis, 9 anchors (dark blue = low similarity, yellow = high); interpolated linearly
-_VIRIDIS = np.array([
-    [68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
-    [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37],
-], dtype=np.float64)
+_VIRIDIS = np.array(
+    [
+        [68, 1, 84],
+        [71, 44, 122],
+        [59, 81, 139],
+        [44, 113, 142],
+        [33, 144, 141],
+        [39, 173, 129],
+        [92, 200, 99],
+        [170, 220, 50],
+        [253, 231, 37],
+    ],
+    dtype=np.float64,
+)
 _DUPLICATE_FRAME = (230, 30, 30)
 _BACKGROUND = (255, 255, 255)
 _INK = (30, 30, 30)
@@ -99,8 +109,9 @@ def _check_threshold(threshold: float) -> float:
     return t
 
 
-def near_duplicate_classes(sim: Tensor, names: Sequence[str], threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD
-                           ) -> list[tuple[str, str, float]]:
+def near_duplicate_classes(
+    sim: Tensor, names: Sequence[str], threshold: float = DEFAULT_NEAR_DUPLICATE_THRESHOLD
+) -> list[tuple[str, str, float]]:
     """Pairs of distinct classes whose prototypes have cosine similarity >= ``threshold``.
 
     Args:
@@ -170,8 +181,15 @@ def misplaced_references(bank: MemoryBank) -> list[dict]:
     names = bank.category_names
     out = []
     for r in torch.nonzero(best != labels).flatten().tolist():
-        out.append({"row": r, "class": names[int(labels[r])], "closer_to": names[int(best[r])],
-                    "own": float(own[r]), "other": float(cos[r, best[r]])})
+        out.append(
+            {
+                "row": r,
+                "class": names[int(labels[r])],
+                "closer_to": names[int(best[r])],
+                "own": float(own[r]),
+                "other": float(cos[r, best[r]]),
+            }
+        )
     out.sort(key=lambda d: d["own"] - d["other"])
     return out
 
@@ -256,9 +274,11 @@ def render_similarity_heatmap(
     pad = 10
     left = pad + label_w
     top = pad + title_h + (label_w if labelled else 0)
-    width = max(left + grid + bar_gap + bar_w + tick_w + pad,
-                pad + int(scratch.textlength(title, font=small)) + pad,
-                pad + int(scratch.textlength("; ".join(notes), font=small)) + pad)
+    width = max(
+        left + grid + bar_gap + bar_w + tick_w + pad,
+        pad + int(scratch.textlength(title, font=small)) + pad,
+        pad + int(scratch.textlength("; ".join(notes), font=small)) + pad,
+    )
     height = top + grid + pad
     img = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(img)
@@ -359,8 +379,10 @@ def memory_bank_report(
         enc_txt += " (official weights)" if official else " (not the official weights)"
     c = len(names)
     r = int(bank.instance_labels.numel())
-    head = (f"{name or 'memory bank'}: {c} class{'es' if c != 1 else ''}, {r} reference instance{'s' if r != 1 else ''}, "
-            f"feature dim {int(bank.instance_prototypes.shape[1])}, encoder {enc_txt}, hash {bank.content_hash[:16]}")
+    head = (
+        f"{name or 'memory bank'}: {c} class{'es' if c != 1 else ''}, {r} reference instance{'s' if r != 1 else ''}, "
+        f"feature dim {int(bank.instance_prototypes.shape[1])}, encoder {enc_txt}, hash {bank.content_hash[:16]}"
+    )
     lines = [head, _shots_line(bank.shots)]
     src = (bank.references or {}).get("source") or {}
     if src.get("kind") == "coco-sample":
@@ -376,14 +398,20 @@ def memory_bank_report(
     if c >= 2:
         off = sim.to(torch.float64)[~torch.eye(c, dtype=torch.bool)]
         i, j = divmod(int(torch.argmax(torch.where(torch.eye(c, dtype=torch.bool), -2.0, sim.to(torch.float64)))), c)
-        lines.append(f"class prototype similarity (cosine, between classes): median {float(off.median()):.2f}, "
-                     f"max {float(sim[i, j]):.2f} ({names[i]} ~ {names[j]})")
+        lines.append(
+            f"class prototype similarity (cosine, between classes): median {float(off.median()):.2f}, "
+            f"max {float(sim[i, j]):.2f} ({names[i]} ~ {names[j]})"
+        )
         pairs = near_duplicate_classes(sim, names, threshold)
         if pairs:
-            lines.append(f"near-duplicate classes (cosine >= {threshold:g}): {len(pairs)} pair{'s' if len(pairs) != 1 else ''}")
+            lines.append(
+                f"near-duplicate classes (cosine >= {threshold:g}): {len(pairs)} pair{'s' if len(pairs) != 1 else ''}"
+            )
             for a, b, v in pairs[:20]:
-                lines.append(f"  {a} ~ {b}: {v:.2f} — their references look alike to the encoder; detections between "
-                             "them will be confused. Add more distinctive references or merge the classes")
+                lines.append(
+                    f"  {a} ~ {b}: {v:.2f} — their references look alike to the encoder; detections between "
+                    "them will be confused. Add more distinctive references or merge the classes"
+                )
             if len(pairs) > 20:
                 lines.append(f"  ... and {len(pairs) - 20} more pair(s)")
         else:
@@ -395,20 +423,28 @@ def memory_bank_report(
     multi = sorted((x for x in cons if x.shots > 1), key=lambda x: (x.mean, x.index))
     one = [x.name for x in cons if x.shots == 1]
     if multi and lowest > 0:
-        lines.append("reference consistency (mean cosine of each reference to its class prototype; 1 = all alike, "
-                     "low = the references disagree), lowest first:")
+        lines.append(
+            "reference consistency (mean cosine of each reference to its class prototype; 1 = all alike, "
+            "low = the references disagree), lowest first:"
+        )
         for x in multi[:lowest]:
-            lines.append(f"  {x.name}: {x.mean:.2f} over {x.shots} references; least typical "
-                         f"{_instance_label(bank, x.worst)}: {x.min:.2f}")
+            lines.append(
+                f"  {x.name}: {x.mean:.2f} over {x.shots} references; least typical "
+                f"{_instance_label(bank, x.worst)}: {x.min:.2f}"
+            )
     if one:
-        lines.append(f"1-shot classes (consistency 1 by definition): {len(one)}"
-                     + (f" ({', '.join(one[:8])}{', ...' if len(one) > 8 else ''})" if len(one) < c else ""))
+        lines.append(
+            f"1-shot classes (consistency 1 by definition): {len(one)}"
+            + (f" ({', '.join(one[:8])}{', ...' if len(one) > 8 else ''})" if len(one) < c else "")
+        )
     mis = misplaced_references(bank)
     if mis:
         lines.append(f"references closer to another class's prototype than to their own: {len(mis)}")
         for m in mis[:lowest]:
-            lines.append(f"  {m['class']} {_instance_label(bank, m['row'])}: {m['own']:.2f} to {m['class']}, "
-                         f"{m['other']:.2f} to {m['closer_to']} — check its label and mask")
+            lines.append(
+                f"  {m['class']} {_instance_label(bank, m['row'])}: {m['own']:.2f} to {m['class']}, "
+                f"{m['other']:.2f} to {m['closer_to']} — check its label and mask"
+            )
     return "\n".join(lines)
 
 
@@ -448,8 +484,13 @@ def show_memory_bank(
     if png:
         path = Path(out_png) if out_png is not None else default_heatmap_path(bank_dir)
         enc = (bank.encoder or {}).get("name", "?")
-        render_similarity_heatmap(sim, names, path, threshold=threshold,
-                                  title=f"class prototype cosine similarity: {bank_name} ({len(names)} classes, {enc})")
+        render_similarity_heatmap(
+            sim,
+            names,
+            path,
+            threshold=threshold,
+            title=f"class prototype cosine similarity: {bank_name} ({len(names)} classes, {enc})",
+        )
     return {
         "report": memory_bank_report(bank, threshold, name=f"memory bank {bank_name}", lowest=lowest, sim=sim),
         "pairs": near_duplicate_classes(sim, names, threshold),

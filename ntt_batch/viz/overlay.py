@@ -20,9 +20,9 @@ import logging
 import os
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -108,18 +108,36 @@ def render_panel(image: np.ndarray, instances: Sequence[DrawnInstance], title: s
         inst = instances[k]
         if inst.bbox is not None:
             x, y, bw, bh = (float(v) for v in inst.bbox)
-            draw.rectangle([x, y, x + max(bw, 1.0), y + max(bh, 1.0)], outline=class_color(inst.category_id), width=line)
+            draw.rectangle(
+                [x, y, x + max(bw, 1.0), y + max(bh, 1.0)], outline=class_color(inst.category_id), width=line
+            )
     for k in reversed(order):  # best scores choose their tag position first
         inst = instances[k]
         if inst.bbox is not None:
-            _tag(draw, (float(inst.bbox[0]), float(inst.bbox[1])), inst.label, class_color(inst.category_id), font,
-                 (w, h), line, taken)
+            _tag(
+                draw,
+                (float(inst.bbox[0]), float(inst.bbox[1])),
+                inst.label,
+                class_color(inst.category_id),
+                font,
+                (w, h),
+                line,
+                taken,
+            )
     _tag(draw, (0, h), title, (32, 32, 32), font, (w, h), 0)  # bottom-left: instance labels sit near the tops
     return img
 
 
-def _tag(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, color, font, size, line: int,
-         taken: list | None = None) -> None:
+def _tag(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[float, float],
+    text: str,
+    color,
+    font,
+    size,
+    line: int,
+    taken: list | None = None,
+) -> None:
     """A filled label tag at the top-left corner ``xy``, kept inside the image.
 
     With ``taken`` (rectangles of tags already drawn), the tag moves down until it overlaps none
@@ -154,7 +172,9 @@ def compose(panels: Sequence[Image.Image]) -> Image.Image:
     return out
 
 
-def overlay_size(width: int, height: int, *, with_ground_truth: bool, max_side: int | None = DEFAULT_MAX_SIDE) -> tuple[int, int]:
+def overlay_size(
+    width: int, height: int, *, with_ground_truth: bool, max_side: int | None = DEFAULT_MAX_SIDE
+) -> tuple[int, int]:
     """The (width, height) of the PNG :func:`render_overlay` makes for a ``width`` x ``height`` image."""
     s = _scale(width, height, max_side)
     w, h = max(1, round(width * s)), max(1, round(height * s))
@@ -212,8 +232,11 @@ def render_overlay(
         return None if not b else [float(v) * s for v in b]
 
     th = ScoreThresholds.load(score_threshold)
-    preds = [p for p in predictions
-             if th.keep(int(p["category_id"]), p.get("category_name") or names.get(int(p["category_id"])), float(p["score"]))]
+    preds = [
+        p
+        for p in predictions
+        if th.keep(int(p["category_id"]), p.get("category_name") or names.get(int(p["category_id"])), float(p["score"]))
+    ]
     n_pass = len(preds)
     preds = sorted(preds, key=lambda p: -float(p["score"]))[: max_instances if max_instances else None]
     pred_inst = []
@@ -221,13 +244,26 @@ def render_overlay(
         seg = p.get("segmentation")
         mask = None
         if seg:
-            mask = decode_rle(seg) if isinstance(seg, dict) and not isinstance(seg.get("counts"), list) else segmentation_to_mask(seg, H, W)
+            mask = (
+                decode_rle(seg)
+                if isinstance(seg, dict) and not isinstance(seg.get("counts"), list)
+                else segmentation_to_mask(seg, H, W)
+            )
             if mask.shape != (H, W):
-                raise ValueError(f"a mask is {mask.shape[1]}x{mask.shape[0]} but the image is {W}x{H}: wrong image for "
-                                 "these predictions (check --images / the image id)")
+                raise ValueError(
+                    f"a mask is {mask.shape[1]}x{mask.shape[0]} but the image is {W}x{H}: wrong image for "
+                    "these predictions (check --images / the image id)"
+                )
             mask = resize_mask(mask, size)
-        pred_inst.append(DrawnInstance(int(p["category_id"]), f"{name(p)} {float(p['score']):.2f}", mask, scaled(p.get("bbox")),
-                                  float(p["score"])))
+        pred_inst.append(
+            DrawnInstance(
+                int(p["category_id"]),
+                f"{name(p)} {float(p['score']):.2f}",
+                mask,
+                scaled(p.get("bbox")),
+                float(p["score"]),
+            )
+        )
     title = f"prediction: {len(preds)}"
     if n_pass > len(preds):
         title += f" of {n_pass} (top scores)"
@@ -263,8 +299,9 @@ class _Target:
     predictions: list[dict]
 
 
-def _targets_from_shards(source: str, options, ids: set[int] | None, limit: int | None,
-                         skipped: list[dict]) -> list[_Target]:
+def _targets_from_shards(
+    source: str, options, ids: set[int] | None, limit: int | None, skipped: list[dict]
+) -> list[_Target]:
     out: list[_Target] = []
     for b in iter_image_batches(source, options, batch_rows=64):
         for i in range(len(b)):
@@ -406,8 +443,13 @@ def visualize(
         gt_im = gt_images.get(t.image_id)
         uri = finder.find(t.image_id, t.image_uri, gt_im.get("file_name") if gt_im else None)
         if uri is None:
-            summary.skipped.append({"image_id": t.image_id, "reason": "image file not found (looked for the shard URI, "
-                                    "the ground-truth file_name and a file numbered like the id under --images)"})
+            summary.skipped.append(
+                {
+                    "image_id": t.image_id,
+                    "reason": "image file not found (looked for the shard URI, "
+                    "the ground-truth file_name and a file numbered like the id under --images)",
+                }
+            )
             continue
         try:
             fs, path = filesystem(uri, options)
@@ -417,8 +459,15 @@ def visualize(
             if gt is not None and gt_im is None:
                 log.warning("image %s is not in %s: drawing predictions only", t.image_id, annotations)
                 gt_list = None
-            png = render_overlay(image, t.predictions, gt_list, names=names, score_threshold=score_threshold,
-                                 max_instances=max_instances, max_side=max_side)
+            png = render_overlay(
+                image,
+                t.predictions,
+                gt_list,
+                names=names,
+                score_threshold=score_threshold,
+                max_instances=max_instances,
+                max_side=max_side,
+            )
         except (OSError, ImageDecodeError, ValueError) as e:
             summary.skipped.append({"image_id": t.image_id, "reason": f"{uri}: {e}"})
             continue

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -74,7 +75,9 @@ def _scale(w: int, h: int, side: int) -> float:
     return min(1.0, side / max(w, h))
 
 
-def _mask_layers(image_hw: tuple[int, int], size: tuple[int, int], instances: list[dict]) -> tuple[Image.Image | None, list]:
+def _mask_layers(
+    image_hw: tuple[int, int], size: tuple[int, int], instances: list[dict]
+) -> tuple[Image.Image | None, list]:
     """One RGBA crop per instance at thumbnail ``size`` (w, h), stacked vertically.
 
     Returns (sprite or None, per instance [x, y, w, h] of its crop on the thumbnail and its y in
@@ -85,8 +88,10 @@ def _mask_layers(image_hw: tuple[int, int], size: tuple[int, int], instances: li
     for inst in instances:
         mask = decode_rle(inst["segmentation"])
         if mask.shape != tuple(image_hw):
-            raise ValueError(f"a mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image_hw[1]}x{image_hw[0]}: "
-                             "wrong image for these predictions")
+            raise ValueError(
+                f"a mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image_hw[1]}x{image_hw[0]}: "
+                "wrong image for these predictions"
+            )
         m = _resize_mask(mask, size)
         ys, xs = np.nonzero(m)
         if not len(xs):
@@ -120,7 +125,7 @@ def _image_href(uri: str, out_dir: str) -> str | None:
     if uri.startswith(("http://", "https://")):
         return uri
     if uri.startswith("file://"):
-        uri = uri[len("file://"):]
+        uri = uri[len("file://") :]
     if "://" in uri:
         return None
     from urllib.parse import quote
@@ -158,8 +163,10 @@ def write_review(
         max_instances: at most this many instances per image (highest scores).
     """
     if is_results_file(shards, options):
-        raise ValueError(f"{shards} is a JSON file; `review` reads the shards folder/URI of `ntt-batch run` "
-                         "(the rows say which image each result belongs to)")
+        raise ValueError(
+            f"{shards} is a JSON file; `review` reads the shards folder/URI of `ntt-batch run` "
+            "(the rows say which image each result belongs to)"
+        )
     if thumb_side < 32 or full_side < 32:
         raise ValueError(f"thumb_side and full_side must be >= 32 px, got {thumb_side} and {full_side}")
     th = ScoreThresholds.load(thresholds)
@@ -190,8 +197,9 @@ def write_review(
             for p in preds:
                 if p.get("category_name"):
                     names.setdefault(int(p["category_id"]), str(p["category_name"]))
-            tile = _tile(len(tiles), iid, uri, preds, finder, out, th, names, thumb_side, full_side, options,
-                         summary.skipped)
+            tile = _tile(
+                len(tiles), iid, uri, preds, finder, out, th, names, thumb_side, full_side, options, summary.skipped
+            )
             if tile is not None:
                 tiles.append(tile)
                 summary.instances += len(tile["inst"])
@@ -214,10 +222,19 @@ def write_review(
         "shards": str(shards),
         "run": {k: manifest.get(k) for k in ("ntt_batch_version", "official_weights") if k in manifest},
         "summary": manifest.get("summary"),
-        "thresholds": {"source": th.source, "global": th.default if th.is_global else None,
-                       "per_class": not th.is_global, "describe": th.describe()},
-        "limit": limit, "more_rows": summary.more_rows, "rows_read": summary.rows_read,
-        "categories": categories, "images": tiles, "errors": errors, "error_count": summary.errors,
+        "thresholds": {
+            "source": th.source,
+            "global": th.default if th.is_global else None,
+            "per_class": not th.is_global,
+            "describe": th.describe(),
+        },
+        "limit": limit,
+        "more_rows": summary.more_rows,
+        "rows_read": summary.rows_read,
+        "categories": categories,
+        "images": tiles,
+        "errors": errors,
+        "error_count": summary.errors,
         "skipped": summary.skipped[:MAX_ERRORS_LISTED],
     }
     from .review_template import render_page
@@ -226,12 +243,29 @@ def write_review(
     return summary
 
 
-def _tile(k: int, iid: int, uri: str, preds: list[dict], finder: _ImageFinder, out: Path, th: ScoreThresholds,
-          names: dict[int, str], thumb_side: int, full_side: int, options, skipped: list[dict]) -> dict | None:
+def _tile(
+    k: int,
+    iid: int,
+    uri: str,
+    preds: list[dict],
+    finder: _ImageFinder,
+    out: Path,
+    th: ScoreThresholds,
+    names: dict[int, str],
+    thumb_side: int,
+    full_side: int,
+    options,
+    skipped: list[dict],
+) -> dict | None:
     found = finder.find(iid, uri, None)
     if found is None:
-        skipped.append({"image_id": iid, "image_uri": uri, "reason": "image file not found (pass --images ROOT "
-                        "if the images moved)"})
+        skipped.append(
+            {
+                "image_id": iid,
+                "image_uri": uri,
+                "reason": "image file not found (pass --images ROOT if the images moved)",
+            }
+        )
         return None
     try:
         fs, path = filesystem(found, options)
@@ -254,10 +288,24 @@ def _tile(k: int, iid: int, uri: str, preds: list[dict], finder: _ImageFinder, o
     inst = []
     for p, place in zip(preds, places):
         bx, by, bw, bh = (float(v) * s for v in p["bbox"])
-        inst.append({"c": int(p["category_id"]), "s": round(float(p["score"]), 4),
-                     "b": [round(bx, 1), round(by, 1), round(max(bw, 1.0), 1), round(max(bh, 1.0), 1)],
-                     "m": place})
-    return {"id": iid, "uri": uri, "href": _image_href(found, str(out)), "w": size[0], "h": size[1],
-            "W": w, "H": h, "thumb": f"thumbs/{stem}.jpg", "masks": f"masks/{stem}.png" if sprite is not None else None,
-            "full": f"full/{stem}.jpg", "inst": inst}
-
+        inst.append(
+            {
+                "c": int(p["category_id"]),
+                "s": round(float(p["score"]), 4),
+                "b": [round(bx, 1), round(by, 1), round(max(bw, 1.0), 1), round(max(bh, 1.0), 1)],
+                "m": place,
+            }
+        )
+    return {
+        "id": iid,
+        "uri": uri,
+        "href": _image_href(found, str(out)),
+        "w": size[0],
+        "h": size[1],
+        "W": w,
+        "H": h,
+        "thumb": f"thumbs/{stem}.jpg",
+        "masks": f"masks/{stem}.png" if sprite is not None else None,
+        "full": f"full/{stem}.jpg",
+        "inst": inst,
+    }

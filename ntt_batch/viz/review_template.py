@@ -306,4 +306,6 @@ def render_page(data: dict) -> str:
     """The page with ``data`` embedded (``</`` escaped so no string can close the script element)."""
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     payload = payload.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    return PAGE.replace("__TITLE__", html.escape(str(data.get("title", "ntt-batch review")))).replace("__DATA__", payload, 1)
+    return PAGE.replace("__TITLE__", html.escape(str(data.get("title", "ntt-batch review")))).replace(
+        "__DATA__", payload, 1
+    )

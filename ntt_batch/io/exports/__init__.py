@@ -19,7 +19,8 @@ score thresholds (:class:`~ntt_batch.io.thresholds.ScoreThresholds`). See :mod:`
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..merge import MergeStats
 from .base import ExportContext, ExportRow, Writer, run_export
@@ -27,11 +28,24 @@ from .coco import CocoDatasetWriter, CocoResultsWriter
 from .label_studio import LabelStudioWriter
 from .yolo import YoloSegmentationWriter
 
-WRITERS: dict[str, type[Writer]] = {w.format: w for w in (CocoResultsWriter, CocoDatasetWriter,
-                                                          YoloSegmentationWriter, LabelStudioWriter)}
+WRITERS: dict[str, type[Writer]] = {
+    w.format: w for w in (CocoResultsWriter, CocoDatasetWriter, YoloSegmentationWriter, LabelStudioWriter)
+}
 
-__all__ = ["WRITERS", "CocoDatasetWriter", "CocoResultsWriter", "ExportContext", "ExportRow", "LabelStudioWriter",
-           "Writer", "YoloSegmentationWriter", "export", "merge", "merge_dataset", "merge_results"]
+__all__ = [
+    "WRITERS",
+    "CocoDatasetWriter",
+    "CocoResultsWriter",
+    "ExportContext",
+    "ExportRow",
+    "LabelStudioWriter",
+    "Writer",
+    "YoloSegmentationWriter",
+    "export",
+    "merge",
+    "merge_dataset",
+    "merge_results",
+]
 
 
 def export(shards: str, out: str, *, format: str, **kwargs: Any) -> MergeStats:
@@ -64,8 +78,15 @@ def merge(shards: str, out: str, *, format: str, **kwargs) -> MergeStats:
     return export(shards, out, format=format, **kwargs)
 
 
-def merge_results(shards: str, out: str, *, options: dict | None = None, score_threshold: Any = None,
-                  batch_rows: int = 64, progress: Callable[[int, int], None] | None = None) -> MergeStats:
+def merge_results(
+    shards: str,
+    out: str,
+    *,
+    options: dict | None = None,
+    score_threshold: Any = None,
+    batch_rows: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> MergeStats:
     """Shards → one COCO results JSON array (``COCO.loadRes`` format), streamed to ``out``.
 
     Keeps instances with ``score >= threshold`` of their class (all when None); ``score_threshold``
@@ -73,13 +94,28 @@ def merge_results(shards: str, out: str, *, options: dict | None = None, score_t
     number, a per-class map or a YAML/JSON path). ``error`` rows contribute nothing and are
     counted. Raises ValueError on duplicate image ids (nothing is written then).
     """
-    return merge(shards, out, format="results", options=options, score_threshold=score_threshold,
-                 batch_rows=batch_rows, progress=progress)
+    return merge(
+        shards,
+        out,
+        format="results",
+        options=options,
+        score_threshold=score_threshold,
+        batch_rows=batch_rows,
+        progress=progress,
+    )
 
 
-def merge_dataset(shards: str, out: str, *, options: dict | None = None, score_threshold: Any = None,
-                  image_root: str | None = None, categories: list[dict] | None = None, batch_rows: int = 64,
-                  progress: Callable[[int, int], None] | None = None) -> MergeStats:
+def merge_dataset(
+    shards: str,
+    out: str,
+    *,
+    options: dict | None = None,
+    score_threshold: Any = None,
+    image_root: str | None = None,
+    categories: list[dict] | None = None,
+    batch_rows: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> MergeStats:
     """Shards → a complete COCO annotation file (auto-labels), streamed to ``out`` in one pass.
 
     ``categories``: the category list to write; default: the memory bank's, from ``run.json``;
@@ -88,5 +124,14 @@ def merge_dataset(shards: str, out: str, *, options: dict | None = None, score_t
     become annotations with ids 1..N in shard order. Images with status ``ok``/``empty`` are all
     listed; ``error`` rows are skipped and counted.
     """
-    return merge(shards, out, format="dataset", options=options, score_threshold=score_threshold,
-                 image_root=image_root, categories=categories, batch_rows=batch_rows, progress=progress)
+    return merge(
+        shards,
+        out,
+        format="dataset",
+        options=options,
+        score_threshold=score_threshold,
+        image_root=image_root,
+        categories=categories,
+        batch_rows=batch_rows,
+        progress=progress,
+    )

@@ -88,9 +88,18 @@ class ExportRow:
     def instances(self) -> list[dict[str, Any]]:
         """The kept instances as shard-schema dicts (``segmentation`` = {size, counts})."""
         b = self.batch
-        return [{"category_id": int(b.category_id[j]), "category_name": b.category_name[j], "score": b.score[j],
-                 "score_text": b.score_text[j], "bbox": b.bbox[j], "area": b.area[j],
-                 "segmentation": {"size": b.size[j], "counts": b.counts[j]}} for j in self.kept]
+        return [
+            {
+                "category_id": int(b.category_id[j]),
+                "category_name": b.category_name[j],
+                "score": b.score[j],
+                "score_text": b.score_text[j],
+                "bbox": b.bbox[j],
+                "area": b.area[j],
+                "segmentation": {"size": b.size[j], "counts": b.counts[j]},
+            }
+            for j in self.kept
+        ]
 
     def mask(self, j: int) -> np.ndarray:
         """Instance ``j``'s (an index from ``kept``) mask, bool [h, w]."""
@@ -127,16 +136,22 @@ class ExportContext:
         if not known:
             cats = [{"id": c, "name": self.seen[c]} for c in sorted(self.seen)]
             if stats.instances_written:
-                stats.notices.append("categories taken from the instances (no run.json with the memory bank beside the "
-                                     "shards): classes that were never predicted are absent")
+                stats.notices.append(
+                    "categories taken from the instances (no run.json with the memory bank beside the "
+                    "shards): classes that were never predicted are absent"
+                )
         else:
             cats = [dict(c) for c in sorted(known.values(), key=lambda c: int(c["id"]))]
             extra = sorted(set(self.seen) - set(known))
             if extra:
-                stats.notices.append(f"instances use category id(s) {extra} absent from the category list; added them "
-                                     "with the names found in the shards")
+                stats.notices.append(
+                    f"instances use category id(s) {extra} absent from the category list; added them "
+                    "with the names found in the shards"
+                )
                 cats = sorted(cats + [{"id": c, "name": self.seen[c]} for c in extra], key=lambda c: int(c["id"]))
-        cats = [{"id": int(c["id"]), "name": str(c["name"]), "supercategory": str(c.get("supercategory", ""))} for c in cats]
+        cats = [
+            {"id": int(c["id"]), "name": str(c["name"]), "supercategory": str(c.get("supercategory", ""))} for c in cats
+        ]
         stats.categories = [{"id": c["id"], "name": c["name"]} for c in cats]
         return cats
 
@@ -170,10 +185,19 @@ def threshold_summary(th: ScoreThresholds) -> float | dict | None:
     return th.default if th.is_global else th.to_dict()
 
 
-def run_export(shards: str, writer_cls: type[Writer], out: str, *, options: dict | None = None,
-               score_threshold: Any = None, categories: list[dict] | None = None, image_root: str | None = None,
-               batch_rows: int = 64, progress: Callable[[int, int], None] | None = None,
-               **writer_options: Any) -> MergeStats:
+def run_export(
+    shards: str,
+    writer_cls: type[Writer],
+    out: str,
+    *,
+    options: dict | None = None,
+    score_threshold: Any = None,
+    categories: list[dict] | None = None,
+    image_root: str | None = None,
+    batch_rows: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+    **writer_options: Any,
+) -> MergeStats:
     """Stream the shards through ``writer_cls`` into ``out``; returns the statistics.
 
     ``score_threshold``: anything :meth:`ScoreThresholds.load` takes (None, a number, a
@@ -191,9 +215,16 @@ def run_export(shards: str, writer_cls: type[Writer], out: str, *, options: dict
         stats.categories_source = "given"
     if categories and not th.is_global:
         _unknown_notice(th, [(int(c["id"]), str(c["name"])) for c in categories], stats)
-    ctx = ExportContext(shards=shards, out=out, options=options, stats=stats, thresholds=th, manifest=manifest,
-                        known_categories=categories or None,
-                        image_root=absolute_uri(image_root) if image_root else None)  # the job records absolute paths
+    ctx = ExportContext(
+        shards=shards,
+        out=out,
+        options=options,
+        stats=stats,
+        thresholds=th,
+        manifest=manifest,
+        known_categories=categories or None,
+        image_root=absolute_uri(image_root) if image_root else None,
+    )  # the job records absolute paths
     writer = writer_cls(out, ctx, **writer_options)
     ids = _IdChecker()
     shard_names: set[str] = set()
@@ -238,5 +269,7 @@ def run_export(shards: str, writer_cls: type[Writer], out: str, *, options: dict
 def _unknown_notice(th: ScoreThresholds, cats: list[tuple[int, str | None]], stats: MergeStats) -> None:
     unknown = th.warn_unknown(cats)
     if unknown:
-        stats.notices.append(f"score thresholds for {', '.join(map(repr, unknown))} match no class of this run and were "
-                             "ignored (check the spelling against the class names)")
+        stats.notices.append(
+            f"score thresholds for {', '.join(map(repr, unknown))} match no class of this run and were "
+            "ignored (check the spelling against the class names)"
+        )

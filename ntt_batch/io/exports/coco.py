@@ -49,8 +49,10 @@ class CocoResultsWriter(Writer):
         parts = []
         for j in row.kept:
             h, w = b.size[j]
-            parts.append(f'{prefix}{int(b.category_id[j])}, "bbox": {_bbox_json(b.bbox[j])}, "score": {b.score_text[j]}, '
-                         f'"segmentation": {{"size": [{h}, {w}], "counts": {_json_str(b.counts[j])}}}}}')
+            parts.append(
+                f'{prefix}{int(b.category_id[j])}, "bbox": {_bbox_json(b.bbox[j])}, "score": {b.score_text[j]}, '
+                f'"segmentation": {{"size": [{h}, {w}], "counts": {_json_str(b.counts[j])}}}}}'
+            )
         self.f.write(("\n" if self.first else ",\n") + ",\n".join(parts))
         self.first = False
         return len(parts)
@@ -79,9 +81,11 @@ class CocoDatasetWriter(Writer):
 
     def write(self, row: ExportRow) -> int:
         b, image_id, uri = row.batch, row.image_id, row.image_uri
-        self.fi.write(("\n" if self.first_image else ",\n") +
-                      f'{{"id": {image_id}, "file_name": {_json_str(relative_file_name(uri, self.ctx.image_root))}, '
-                      f'"width": {row.width}, "height": {row.height}, "image_uri": {_json_str(uri)}}}')
+        self.fi.write(
+            ("\n" if self.first_image else ",\n")
+            + f'{{"id": {image_id}, "file_name": {_json_str(relative_file_name(uri, self.ctx.image_root))}, '
+            f'"width": {row.width}, "height": {row.height}, "image_uri": {_json_str(uri)}}}'
+        )
         self.first_image = False
         if not row.kept:
             return 0
@@ -89,10 +93,12 @@ class CocoDatasetWriter(Writer):
         for j in row.kept:
             self.ann_id += 1
             h, w = b.size[j]
-            parts.append(f'{{"id": {self.ann_id}, "image_id": {image_id}, "category_id": {int(b.category_id[j])}, '
-                         f'"segmentation": {{"size": [{h}, {w}], "counts": {_json_str(b.counts[j])}}}, '
-                         f'"bbox": {_bbox_json(b.bbox[j])}, "area": {int(b.area[j])}, "iscrowd": 0, '
-                         f'"score": {b.score_text[j]}}}')
+            parts.append(
+                f'{{"id": {self.ann_id}, "image_id": {image_id}, "category_id": {int(b.category_id[j])}, '
+                f'"segmentation": {{"size": [{h}, {w}], "counts": {_json_str(b.counts[j])}}}, '
+                f'"bbox": {_bbox_json(b.bbox[j])}, "area": {int(b.area[j])}, "iscrowd": 0, '
+                f'"score": {b.score_text[j]}}}'
+            )
         self.fa.write(("\n" if self.first_ann else ",\n") + ",\n".join(parts))
         self.first_ann = False
         return len(parts)

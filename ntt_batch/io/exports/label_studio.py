@@ -43,9 +43,11 @@ from .polygons import mask_polygons
 def label_config(names: list[str], from_name: str = "label", to_name: str = "image") -> str:
     """A Label Studio labeling config (XML) for polygon tasks with these class names."""
     labels = "\n".join(f"    <Label value={quoteattr(n)}/>" for n in names)
-    return (f"<View>\n  <Image name={quoteattr(to_name)} value=\"$image\" zoom=\"true\"/>\n"
-            f"  <PolygonLabels name={quoteattr(from_name)} toName={quoteattr(to_name)} strokeWidth=\"2\">\n"
-            f"{labels}\n  </PolygonLabels>\n</View>\n")
+    return (
+        f'<View>\n  <Image name={quoteattr(to_name)} value="$image" zoom="true"/>\n'
+        f'  <PolygonLabels name={quoteattr(from_name)} toName={quoteattr(to_name)} strokeWidth="2">\n'
+        f"{labels}\n  </PolygonLabels>\n</View>\n"
+    )
 
 
 def config_path(out: str) -> str:
@@ -60,8 +62,17 @@ class LabelStudioWriter(Writer):
     format = "label-studio"
     option_names = ("image_url_prefix", "from_name", "to_name", "model_version", "simplify")
 
-    def __init__(self, out: str, ctx: ExportContext, *, image_url_prefix: str | None = None, from_name: str = "label",
-                 to_name: str = "image", model_version: str | None = None, simplify: float = 1.0) -> None:
+    def __init__(
+        self,
+        out: str,
+        ctx: ExportContext,
+        *,
+        image_url_prefix: str | None = None,
+        from_name: str = "label",
+        to_name: str = "image",
+        model_version: str | None = None,
+        simplify: float = 1.0,
+    ) -> None:
         super().__init__(out, ctx)
         self.prefix = image_url_prefix or ""
         self.from_name, self.to_name, self.simplify = from_name, to_name, float(simplify)
@@ -87,19 +98,29 @@ class LabelStudioWriter(Writer):
             scores.append(b.score[j])
             for p, poly in enumerate(polys):
                 pts = np.round(np.clip(poly * scale, 0.0, 100.0), 4).tolist()
-                results.append({"id": f"{row.image_id}_{k}" + (f"_{p}" if p else ""), "from_name": self.from_name,
-                                "to_name": self.to_name, "type": "polygonlabels", "original_width": w,
-                                "original_height": h, "image_rotation": 0, "score": float(b.score_text[j]),
-                                "value": {"points": pts, "closed": True, "polygonlabels": [name]}})
+                results.append(
+                    {
+                        "id": f"{row.image_id}_{k}" + (f"_{p}" if p else ""),
+                        "from_name": self.from_name,
+                        "to_name": self.to_name,
+                        "type": "polygonlabels",
+                        "original_width": w,
+                        "original_height": h,
+                        "image_rotation": 0,
+                        "score": float(b.score_text[j]),
+                        "value": {"points": pts, "closed": True, "polygonlabels": [name]},
+                    }
+                )
         prediction = {"model_version": self.model_version}
         if scores:
             prediction["score"] = round(float(np.mean(scores)), 6)
         prediction["result"] = results
         uri = row.image_uri
         image = self.prefix + relative_file_name(uri, self.ctx.image_root)
-        self.f.write(("\n" if self.first else ",\n") +
-                     f'{{"data": {{"image": {_json_str(image)}, "image_id": {row.image_id}, '
-                     f'"image_uri": {_json_str(uri)}}}, "predictions": [{dumps(prediction)}]}}')
+        self.f.write(
+            ("\n" if self.first else ",\n") + f'{{"data": {{"image": {_json_str(image)}, "image_id": {row.image_id}, '
+            f'"image_uri": {_json_str(uri)}}}, "predictions": [{dumps(prediction)}]}}'
+        )
         self.first = False
         return len(scores)
 
@@ -118,8 +139,10 @@ class LabelStudioWriter(Writer):
             raise
         self.file.commit()
         cfg.commit()
-        ctx.stats.notices.append(f"labeling config for these tasks: {config_path(self.out)} "
-                                 f"(PolygonLabels name={self.from_name!r}, Image name={self.to_name!r})")
+        ctx.stats.notices.append(
+            f"labeling config for these tasks: {config_path(self.out)} "
+            f"(PolygonLabels name={self.from_name!r}, Image name={self.to_name!r})"
+        )
 
     def abort(self) -> None:
         self.file.abort()

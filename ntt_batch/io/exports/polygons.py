@@ -94,7 +94,7 @@ def _rdp(points: np.ndarray, tol: float) -> np.ndarray:
             continue
         p, q = points[a], points[b]
         seg = q - p
-        rel = points[a + 1:b] - p
+        rel = points[a + 1 : b] - p
         norm = float(np.hypot(*seg))
         if norm == 0.0:
             dist = np.hypot(rel[:, 0], rel[:, 1])

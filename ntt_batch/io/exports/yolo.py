@@ -65,8 +65,10 @@ class YoloSegmentationWriter(Writer):
         if not os.path.isdir(parent):
             raise FileNotFoundError(f"output folder {parent!r} does not exist: create it first")
         if os.path.exists(self.final) and not self._replaceable(self.final):
-            raise ValueError(f"{self.final} exists and is not an earlier YOLO export (no data.yaml): "
-                                  "choose another --out or remove it")
+            raise ValueError(
+                f"{self.final} exists and is not an earlier YOLO export (no data.yaml): "
+                "choose another --out or remove it"
+            )
         self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.final)}.", suffix=".tmp", dir=parent)
         os.makedirs(os.path.join(self.tmp, "labels"))
         if images != "uri":
@@ -121,8 +123,10 @@ class YoloSegmentationWriter(Writer):
     def _place_image(self, uri: str, dest: str) -> None:
         if self.images == "link":
             if not is_local(uri):
-                raise ValueError(f"yolo: cannot symlink the remote image {uri!r}: use images='copy' "
-                                 "(--yolo-images copy) to download the images into the dataset")
+                raise ValueError(
+                    f"yolo: cannot symlink the remote image {uri!r}: use images='copy' "
+                    "(--yolo-images copy) to download the images into the dataset"
+                )
             os.symlink(os.path.abspath(uri.removeprefix("file://")), dest)
         else:
             fs, path = filesystem(uri, self.ctx.options)
@@ -137,10 +141,12 @@ class YoloSegmentationWriter(Writer):
         for cid in sorted(names):
             self._class_index(cid)
         by_index = {k: names.get(cid, f"class_{cid}") for cid, k in sorted(self.index.items(), key=lambda kv: kv[1])}
-        header = (f"# Ultralytics YOLO segmentation dataset written by ntt-batch merge --format yolo\n"
-                  f"# from {ctx.shards} on {utc_now_iso()}; "
-                  f"score threshold: {ctx.thresholds.describe()}\n"
-                  f"# class index -> category id: {dict(sorted((k, cid) for cid, k in self.index.items()))}\n")
+        header = (
+            f"# Ultralytics YOLO segmentation dataset written by ntt-batch merge --format yolo\n"
+            f"# from {ctx.shards} on {utc_now_iso()}; "
+            f"score threshold: {ctx.thresholds.describe()}\n"
+            f"# class index -> category id: {dict(sorted((k, cid) for cid, k in self.index.items()))}\n"
+        )
         data = {"path": self.final, "train": "images.txt", "val": "images.txt", "nc": len(by_index), "names": by_index}
         with open(os.path.join(self.tmp, "data.yaml"), "w", encoding="utf-8") as f:
             f.write(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
