@@ -21,7 +21,8 @@ import click
 from .cli_settings import flag_names, settings_from_flags, settings_given, settings_options
 from .io.storage import StorageOptionsError, storage_options_from
 from .method.config import MemoryConfig, SegmenterConfig
-from .models.registry import CHECKPOINTS, DEFAULT_ENCODER, DEFAULT_SAM2, DINOV3_ACCESS, ENCODER_NAMES, SAM2_NAMES
+from .models.registry import CHECKPOINTS, DEFAULT_ENCODER, DINOV3_ACCESS, ENCODER_NAMES, SAM2_NAMES
+from .pipeline.job import JobConfig
 
 log = logging.getLogger("ntt_batch")
 
@@ -565,21 +566,35 @@ def memory_info(bank):
 # ----------------------------------------------------------------------------- segment
 
 
+def storage_flags(f):
+    """Object-store flags for commands that read shards/files by URI (same meaning as for `run`)."""
+    opts = [
+        click.option("--endpoint-url", default=None, help="S3-compatible endpoint (MinIO, Ceph, ...)."),
+        click.option("--anon", is_flag=True, default=False, help="Anonymous object-store access."),
+        click.option("--profile", default=None, help="AWS profile for s3:// URIs."),
+        click.option(
+            "--storage-option", "storage_option", multiple=True, help="Extra fsspec option KEY=VALUE (repeatable)."
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 def segmenter_options(f):
-    """Model, threshold and device flags shared by `segment` and `run`: `--sam2`, one flag per
-    ``SegmenterConfig`` field marked as a flag (generated from the dataclass: name, type, default
-    and help; see ``cli_settings``), and where the checkpoints come from."""
+    """Model, threshold and device flags shared by `segment` and `run`: `--sam2` (``JobConfig.sam2``),
+    one flag per ``SegmenterConfig`` field marked as a flag (generated from the dataclass: name, type,
+    default and help; see ``cli_settings``), and where the checkpoints come from."""
     f = _no_download_opt(f)
     f = _ckpt_dir_opt(f)
     f = settings_options(SegmenterConfig)(f)
-    return click.option(
-        "--sam2",
-        "sam2_name",
-        default=DEFAULT_SAM2,
-        show_default=True,
-        type=click.Choice(SAM2_NAMES),
-        help="SAM2 proposer.",
-    )(f)
+    return settings_options(JobConfig, only=("sam2",))(f)
+
+
+def job_options(f):
+    """`run`'s job flags, one per ``JobConfig`` field marked as a flag (generated like the segmenter's;
+    `--sam2` comes with :func:`segmenter_options`)."""
+    return settings_options(JobConfig, only=tuple(n for n in flag_names(JobConfig) if n != "sam2"))(f)
 
 
 # The SegmenterConfig fields that are flags of `segment` and `run` (`run`: given ones override the job file).
@@ -622,7 +637,7 @@ def segment(memory, images, annotations, image_root, limit, batch_size, out, **k
     entries = resolve_targets(images, annotations, image_root, limit)
     segmenter, provenance = load_segmenter(
         memory,
-        sam2_name=kw["sam2_name"],
+        sam2_name=kw["sam2"],
         config=config,
         checkpoint_dir=kw["checkpoint_dir"],
         download=not kw["no_download"],
@@ -655,70 +670,13 @@ def segment(memory, images, annotations, image_root, limit, batch_size, out, **k
     help="Job YAML with the same keys as these flags (segmenter settings under 'segmenter:'); flags given on "
     "the command line override it.",
 )
-@click.option(
-    "--images",
-    default=None,
-    help="Input images: fsspec URI of a prefix/folder, a glob, or one file (s3://bucket/prefix/, gs://..., "
-    "/data/imgs).",
-)
-@click.option(
-    "--manifest", default=None, help="Parquet/CSV/JSONL listing image URIs (column image_uri, optional image_id)."
-)
-@click.option("--annotations", default=None, help="COCO JSON listing the images (ids from it); needs --image-root.")
-@click.option("--image-root", default=None, help="URI the COCO file names are relative to.")
-@click.option("--memory", default=None, type=click.Path(file_okay=False), help="Memory bank folder.")
-@click.option("--out", default=None, help="Output URI for the Parquet shards and run.json (local folder or s3://...).")
-@click.option("--endpoint-url", default=None, help="S3-compatible endpoint (MinIO, Ceph, ...).")
-@click.option("--anon", is_flag=True, default=None, help="Anonymous object-store access.")
-@click.option("--profile", default=None, help="AWS profile for s3:// URIs.")
-@click.option("--storage-option", "storage_option", multiple=True, help="Extra fsspec option KEY=VALUE (repeatable).")
-@click.option(
-    "--num-actors",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Segment actors (one GPU each where GPUs exist). [default: 1]",
-)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per actor call. [default: 2]")
-@click.option(
-    "--max-pixels",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Refuse images with more pixels (decompression bombs). [default: 100M]",
-)
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N inputs.")
-@click.option("--allow-errors", is_flag=True, default=None, help="Exit 0 even if some images got status error.")
-@click.option("--ray-address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local instance).")
+@job_options
+@storage_flags
 @click.option(
     "--extensions",
     default=None,
     help="Only list objects with these extensions, e.g. 'jpg,png' (default: every object is an input; "
     "non-images get error rows). The skipped count is printed and recorded.",
-)
-@click.option(
-    "--retry-errors",
-    is_flag=True,
-    default=None,
-    help="Also redo inputs whose row has status error (e.g. a file that arrived late); their old rows are "
-    "replaced (kept under _ntt/retried/), never duplicated.",
-)
-@click.option(
-    "--allow-job-change",
-    is_flag=True,
-    default=None,
-    help="Write into an output whose job fingerprint (inputs, bank, segmenter settings, weights) differs; "
-    "without it such a run is refused with the differences named.",
-)
-@click.option(
-    "--block-rows",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Rows per Ray Data block and staging file (what a crash can lose; progress granularity). [default: 16]",
-)
-@click.option(
-    "--target-file-mb",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Size of the committed part files (MB). [default: 512]",
 )
 @click.option(
     "--dry-run", is_flag=True, help="Say what would be processed (counts and the first 50) and exit; writes nothing."
@@ -751,7 +709,7 @@ def run(ctx, config_file, dry_run, verbose, **kw):
       130 interrupted (Ctrl-C); finished rows are committed, rerun to continue
     """
     from .io.output_folder import LeaseHeldError
-    from .pipeline.job import EXIT_INTERRUPTED, EXIT_LOCKED, JobConfig, run_job
+    from .pipeline.job import EXIT_INTERRUPTED, EXIT_LOCKED, run_job
 
     data: dict = {}
     if config_file:
@@ -765,31 +723,11 @@ def run(ctx, config_file, dry_run, verbose, **kw):
         data["storage_options"] = storage_options_from(kw, data.pop("storage_options", None))
     except StorageOptionsError as e:
         raise click.BadParameter(str(e), param_hint="--storage-option") from None
-    mapping = {
-        "images": "images",
-        "manifest": "manifest",
-        "annotations": "annotations",
-        "image_root": "image_root",
-        "memory": "memory",
-        "out": "out",
-        "num_actors": "num_actors",
-        "batch_size": "batch_size",
-        "max_pixels": "max_pixels",
-        "limit": "limit",
-        "allow_errors": "allow_errors",
-        "ray_address": "ray_address",
-        "sam2_name": "sam2",
-        "checkpoint_dir": "checkpoint_dir",
-        "retry_errors": "retry_errors",
-        "allow_job_change": "allow_job_change",
-        "block_rows": "block_rows",
-        "target_file_mb": "target_file_mb",
-    }
     if "extensions" in given:
         data["extensions"] = [e for e in kw["extensions"].replace(",", " ").split() if e]
-    for flag, key in mapping.items():
-        if flag in given or (flag == "checkpoint_dir" and kw[flag] and key not in data):
-            data[key] = kw[flag]
+    data.update(settings_given(ctx, JobConfig, kw))  # job flags given on the command line override the file
+    if kw["checkpoint_dir"] and "checkpoint_dir" not in data:  # the flag, or NTT_CHECKPOINT_DIR
+        data["checkpoint_dir"] = kw["checkpoint_dir"]
     if "no_download" in given:
         data["download"] = not kw["no_download"]
     data["segmenter"] = seg
@@ -808,21 +746,6 @@ def run(ctx, config_file, dry_run, verbose, **kw):
 
 
 # ----------------------------------------------------------------------------- merge / eval / visualize
-
-
-def storage_flags(f):
-    """Object-store flags for commands that read shards/files by URI (same meaning as for `run`)."""
-    opts = [
-        click.option("--endpoint-url", default=None, help="S3-compatible endpoint (MinIO, Ceph, ...)."),
-        click.option("--anon", is_flag=True, default=False, help="Anonymous object-store access."),
-        click.option("--profile", default=None, help="AWS profile for s3:// URIs."),
-        click.option(
-            "--storage-option", "storage_option", multiple=True, help="Extra fsspec option KEY=VALUE (repeatable)."
-        ),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
 
 
 def storage_options_from_flags(kw: dict) -> dict:

@@ -78,6 +78,8 @@ def _option(f: dataclasses.Field, tp: Any) -> Callable:
         kwargs["type"] = click.Choice(list(typing.get_args(base)))
     elif base is str:
         choices = meta.get("choices")
+        if f.default == "" and not choices:
+            kwargs["default"] = None  # a required text setting: unset on the command line
         kwargs["type"] = click.Choice(list(choices)) if choices else str
     elif base is int:
         kwargs["type"] = click.IntRange(min=meta["min"]) if meta.get("min") is not None else int
@@ -85,8 +87,10 @@ def _option(f: dataclasses.Field, tp: Any) -> Callable:
         kwargs["type"] = click.FloatRange(min=meta["min"]) if meta.get("min") is not None else float
     else:
         raise TypeError(f"setting {f.name!r}: no command-line flag for the annotation {tp!r}")
-    if f.default is None:
-        kwargs["show_default"] = meta.get("default_text", "unset")
+    if "default_text" in meta:
+        kwargs["show_default"] = meta["default_text"]
+    elif f.default is None:
+        kwargs["show_default"] = "unset"
     return click.option(decl, f.name, **kwargs)
 
 

@@ -184,13 +184,59 @@ def job(tmp_path, monkeypatch):
         )
     )
 
-    def invoke(args):
+    def invoke(args, whole=False):
         seen.clear()
         res = _invoke(["run", "--config", str(path), "--dry-run", *args])
         assert res.exit_code == 0, res.output
-        return seen["cfg"].segmenter
+        return seen["cfg"] if whole else seen["cfg"].segmenter
 
     return invoke, path
+
+
+def test_every_job_flag_field_is_a_run_flag_with_the_dataclass_default_and_help():
+    from ntt_batch.pipeline.job import JobConfig
+
+    params, defaults = _params("run"), JobConfig()
+    names = {f.name for f in flag_fields(JobConfig)}
+    assert names >= {
+        "memory",
+        "out",
+        "images",
+        "manifest",
+        "annotations",
+        "image_root",
+        "sam2",
+        "num_actors",
+        "batch_size",
+        "max_pixels",
+        "limit",
+        "allow_errors",
+        "ray_address",
+        "retry_errors",
+        "allow_job_change",
+        "block_rows",
+        "target_file_mb",
+    }  # today's job flags, all generated
+    for f in flag_fields(JobConfig):
+        p = params[f.name]
+        assert flag_name(f.name) in p.opts and p.help == f.metadata["help"], f.name
+        want = getattr(defaults, f.name)
+        assert p.default == (None if want == "" else want), f.name  # required text settings: unset
+    assert "--sam2" in _params("segment")["sam2"].opts  # one declaration for both commands
+
+
+def test_run_job_flags_override_the_job_file_only_when_given(job):
+    invoke, path = job
+    cfg = invoke([], whole=True)
+    assert (cfg.num_actors, cfg.batch_size, cfg.block_rows, cfg.allow_errors) == (1, 2, 16, False)
+    cfg = invoke(
+        ["--num-actors", "3", "--block-rows", "4", "--allow-errors", "--sam2", "sam2.1_hiera_tiny"], whole=True
+    )
+    assert (cfg.num_actors, cfg.block_rows, cfg.allow_errors, cfg.sam2) == (3, 4, True, "sam2.1_hiera_tiny")
+    data = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**data, "batch_size": 5, "target_file_mb": 64}))
+    cfg = invoke(["--num-actors", "2"], whole=True)
+    assert (cfg.batch_size, cfg.target_file_mb, cfg.num_actors) == (5, 64, 2)  # the file's, and the flag given
 
 
 def test_run_yaml_values_are_overridden_only_by_flags_given(job):

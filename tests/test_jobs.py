@@ -170,7 +170,7 @@ def _write(tmp_path, text: str) -> Path:
         ),
         (
             "references:\n  image_root: /x\n  file: /r.json\n  encoder: dinov2_vitx14\n",
-            "unknown dinov2 model 'dinov2_vitx14'",
+            "unknown encoder model 'dinov2_vitx14'",
         ),
         ("sam2: sam2_hiera_huge\n", "unknown sam2 model 'sam2_hiera_huge'"),
         ("storage_options:\n  anno: true\n", "'storage_options.anno'"),

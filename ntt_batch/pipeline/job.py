@@ -73,8 +73,9 @@ from ..method.config import (
     SegmenterConfig,
     check_config_types,
     config_from_dict,
+    setting,
 )
-from ..models.registry import DEFAULT_SAM2, get_spec
+from ..models.registry import DEFAULT_SAM2, SAM2_NAMES, get_spec
 from .bank_prep import ReferencesSpec, prepare_memory_bank
 from .cluster import init_ray
 from .plan import TODO, OutputScan, Plan, list_inputs, plan_inputs, scan_output
@@ -87,31 +88,77 @@ log = logging.getLogger(__name__)
 class JobConfig:
     """All settings of a batch job. YAML files (``--config``) hold the same keys as the CLI flags."""
 
-    memory: str = ""  # memory-bank folder
-    out: str = ""  # output URI (local folder, s3://bucket/prefix, ...)
-    images: str | None = None  # URI of images: prefix/folder, glob or one file
-    manifest: str | None = None  # Parquet/CSV/JSONL of image URIs (+ optional image_id)
-    annotations: str | None = None  # COCO JSON listing the images (with image_root)
-    image_root: str | None = None
-    storage_options: dict = field(default_factory=dict)  # fsspec options: endpoint_url, anon, profile, key/secret
-    sam2: str = DEFAULT_SAM2
-    checkpoint_dir: str | None = None
-    download: bool = True
+    memory: str = setting(
+        "",
+        flag=True,
+        default_text="required (here or in --config)",
+        help="Memory bank folder (`ntt-batch memory build`; or built by the job from a references: block).",
+    )
+    out: str = setting(
+        "",
+        flag=True,
+        default_text="required (here or in --config)",
+        help="Output URI for the Parquet part files and _ntt/ (local folder or s3://...).",
+    )
+    images: str | None = setting(
+        None,
+        flag=True,
+        default_text="unset",
+        help="Input images: fsspec URI of a prefix/folder, a glob, or one file (s3://bucket/prefix/, gs://..., "
+        "/data/imgs). Give exactly one of --images, --manifest, --annotations.",
+    )
+    manifest: str | None = setting(
+        None,
+        flag=True,
+        default_text="unset",
+        help="Parquet/CSV/JSONL listing image URIs (column image_uri, optional image_id).",
+    )
+    annotations: str | None = setting(
+        None, flag=True, default_text="unset", help="COCO JSON listing the images (ids from it); needs --image-root."
+    )
+    image_root: str | None = setting(
+        None, flag=True, default_text="unset", help="URI the COCO file names are relative to."
+    )
+    # fsspec options: endpoint_url, anon, profile, key/secret
+    # (flags: --endpoint-url, --anon, --profile, --storage-option)
+    storage_options: dict = field(default_factory=dict)
+    sam2: str = setting(DEFAULT_SAM2, flag=True, choices=tuple(SAM2_NAMES), help="SAM 2 proposer (method.md §6).")
+    checkpoint_dir: str | None = None  # flag --checkpoint-dir (shared with the other commands, env NTT_CHECKPOINT_DIR)
+    download: bool = True  # flag --no-download
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
-    num_actors: int = 1  # segment actors (one GPU each where GPUs exist)
-    batch_size: int = 2  # images per actor call
+    num_actors: int = setting(1, flag=True, min=1, help="Segment actors (one GPU each where GPUs exist).")
+    batch_size: int = setting(2, flag=True, min=1, help="Images per actor call.")
     actor_num_cpus: float = 1.0  # CPUs reserved per actor (and torch threads on CPU)
-    max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb limit
-    limit: int | None = None
-    allow_errors: bool = False  # exit 0 even if some images errored
-    ray_address: str | None = None  # None: RAY_ADDRESS or a local instance
+    max_pixels: int = setting(
+        DEFAULT_MAX_PIXELS, flag=True, min=1, help="Refuse images with more pixels (decompression bombs)."
+    )
+    limit: int | None = setting(None, flag=True, min=1, default_text="all", help="Only the first N inputs.")
+    allow_errors: bool = setting(False, flag=True, help="Exit 0 even if some images got status error.")
+    ray_address: str | None = setting(
+        None, flag=True, default_text="RAY_ADDRESS, else a local Ray instance", help="Ray cluster address."
+    )
     references: ReferencesSpec | None = None  # build the bank from these when `memory` holds none (see bank_prep)
-    extensions: list[str] | None = None  # opt-in filter for listings (e.g. [jpg, png]); default: every object
-    retry_errors: bool = False  # redo inputs whose row has status error (their old rows are replaced)
-    allow_job_change: bool = False  # write into an output whose job fingerprint differs (recorded)
-    # rows per Ray Data block (todo file; more for jobs over 256 blocks): what a crash can lose, progress granularity
-    block_rows: int = 16
-    target_file_mb: int = 512  # size of committed part files (MB)
+    extensions: list[str] | None = None  # opt-in filter for listings (e.g. [jpg, png]); flag --extensions 'jpg,png'
+    retry_errors: bool = setting(
+        False,
+        flag=True,
+        help="Also redo inputs whose row has status error (e.g. a file that arrived late); their old rows are "
+        "replaced (kept under _ntt/retried/), never duplicated.",
+    )
+    allow_job_change: bool = setting(
+        False,
+        flag=True,
+        help="Write into an output whose job fingerprint (inputs, bank, segmenter settings, weights) differs; "
+        "without it such a run is refused with the differences named.",
+    )
+    block_rows: int = setting(
+        16,
+        flag=True,
+        min=1,
+        help="Rows per Ray Data block and staging file (more for jobs over 256 blocks): what a crash can lose; "
+        "progress granularity.",
+    )
+    target_file_mb: int = setting(512, flag=True, min=1, help="Size of the committed part files (MB).")
     lease_ttl_s: float = 120.0  # object stores: a dead run's lock expires after this (renewed every ttl/4)
 
     def validate(self) -> JobConfig:
