@@ -195,7 +195,7 @@ def load_segmenter(
         "ntt_batch_version": __version__,
         "torch_version": torch.__version__,
         "device": str(segmenter.device),
-        "config": config_to_dict(config),
+        "config": config_to_dict(segmenter.config),  # resolved for the encoder (encoder_image_size)
         "models": {"sam2": sam_ckpt.to_json(), "encoder": enc_ckpt.to_json()},
         "memory_bank": {
             "path": str(memory),

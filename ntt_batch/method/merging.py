@@ -75,6 +75,11 @@ class Merger(Protocol):
 
     name: str
 
+    @classmethod
+    def from_config(cls, config: Any) -> Merger:
+        """The merger with its parameters from a ``SegmenterConfig``-like object."""
+        ...
+
     def merge_scores(
         self, inter: Tensor, areas: Tensor, mask_features: Tensor, labels: Tensor, semantic_scores: Tensor
     ) -> Tensor:
@@ -111,6 +116,11 @@ class SoftMerger:
         """See :meth:`Merger.merge_scores`."""
         return soft_merge_scores_from_counts(inter, areas, mask_features, labels, semantic_scores, self.exponent)
 
+    @classmethod
+    def from_config(cls, config: Any) -> SoftMerger:
+        """From a ``SegmenterConfig``-like object (``merge_exponent``; the default when absent)."""
+        return cls(exponent=getattr(config, "merge_exponent", cls.exponent))
+
 
 @dataclass(frozen=True)
 class GraphDiffusionMerger:
@@ -141,6 +151,17 @@ class GraphDiffusionMerger:
         # FSOD-VFM: score_decay = 1 − ios, set to 0 if negative; score · score_decay^lamb.
         return semantic_scores.to(torch.float32) * (1.0 - pi).clamp(min=0) ** self.exponent
 
+    @classmethod
+    def from_config(cls, config: Any) -> GraphDiffusionMerger:
+        """From a ``SegmenterConfig``-like object (``merge_exponent``, ``graph_diffusion_alpha``,
+        ``graph_diffusion_steps``, ``graph_diffusion_transition``; each the default when absent)."""
+        return cls(
+            alpha=getattr(config, "graph_diffusion_alpha", cls.alpha),
+            steps=getattr(config, "graph_diffusion_steps", cls.steps),
+            exponent=getattr(config, "merge_exponent", cls.exponent),
+            transition=getattr(config, "graph_diffusion_transition", cls.transition),
+        )
+
 
 MERGERS: dict[str, type] = {
     SoftMerger.name: SoftMerger,
@@ -162,15 +183,7 @@ def build_merger(config: Any) -> Merger:
     name = getattr(config, "merger", SoftMerger.name)
     if name not in MERGERS:
         raise ValueError(f"unknown merger {name!r}; valid: {', '.join(repr(k) for k in MERGERS)}")
-    exponent = getattr(config, "merge_exponent", 0.5)
-    if name == SoftMerger.name:
-        return SoftMerger(exponent=exponent)
-    return GraphDiffusionMerger(
-        alpha=getattr(config, "graph_diffusion_alpha", GraphDiffusionMerger.alpha),
-        steps=getattr(config, "graph_diffusion_steps", GraphDiffusionMerger.steps),
-        exponent=exponent,
-        transition=getattr(config, "graph_diffusion_transition", GraphDiffusionMerger.transition),
-    )
+    return MERGERS[name].from_config(config)
 
 
 def _check_diffusion_args(alpha: float, steps: int, transition: str, tol: float) -> None:
