@@ -44,9 +44,9 @@ from .overlay import (
     FILL_ALPHA,
     _edges,
     _ImageFinder,
-    _resize_mask,
     class_color,
     render_overlay,
+    resize_mask,
 )
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _mask_layers(
                 f"a mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image_hw[1]}x{image_hw[0]}: "
                 "wrong image for these predictions"
             )
-        m = _resize_mask(mask, size)
+        m = resize_mask(mask, size)
         ys, xs = np.nonzero(m)
         if not len(xs):
             places.append(None)
