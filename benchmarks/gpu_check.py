@@ -198,7 +198,8 @@ def bf16_candidates(proposer, encoder, target, pps: int, device, iou_threshold: 
     import torch
     import torch.nn.functional as F
 
-    from ntt_batch.method.segmenter import point_grid, pool_mask_features_separable
+    from ntt_batch.method.matching import pool_mask_features_separable
+    from ntt_batch.method.segmenter import point_grid
 
     x = torch.from_numpy(target.resized).to(device).permute(2, 0, 1)[None].float() / 255.0
     pts = point_grid(pps, proposer.image_size).to(device)

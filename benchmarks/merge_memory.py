@@ -154,7 +154,7 @@ def shards_to_coco_results(shards: str) -> list[dict]:
 
 def child(mode: str, shards: str, out: str) -> None:
     """Run one merge in this (fresh) process; print a JSON line with its figures."""
-    from ntt_batch.io import merge as merge_mod
+    from ntt_batch.io import exports as merge_mod
 
     before = _status_mb("VmRSS")
     t0 = time.perf_counter()
