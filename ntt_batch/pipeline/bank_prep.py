@@ -37,6 +37,7 @@ from ..io.names import safe_join
 from ..io.storage import absolute_uri, filesystem, is_local, read_bytes
 from ..method.config import ConfigError, MemoryConfig
 from ..method.references import REFERENCES_FILE, sample_references, save_references, validate_references
+from ..models.encoders import encoder_family
 from ..models.registry import DEFAULT_ENCODER, get_spec
 from .cluster import init_ray
 
@@ -162,10 +163,6 @@ def _memory_config_mismatches(spec: ReferencesSpec, recorded: dict) -> list[str]
     """Settings of the bank's recorded ``config`` that differ from what ``spec`` would build, compared
     resolved for the encoder (``crop_size: null`` is the encoder's native side, e.g. 518 for DINOv2).
     A setting the bank does not record (it predates it) is not a difference."""
-    from ..models.encoders import (
-        encoder_family,  # imports torch: not at module level (dry runs, config check)
-    )
-
     fam = encoder_family(spec.encoder)
     want = bank_memory_config(spec).for_encoder(fam.patch_size, fam.native_image_size)
     unresolved = MemoryConfig()

@@ -75,6 +75,7 @@ from ..method.config import (
     config_from_dict,
     setting,
 )
+from ..models.encoders import encoder_family  # torch-free at import (dry runs, config check)
 from ..models.registry import DEFAULT_SAM2, SAM2_NAMES, get_spec
 from .bank_prep import ReferencesSpec, prepare_memory_bank
 from .cluster import init_ray
@@ -278,10 +279,6 @@ def job_fingerprint(cfg: JobConfig, bank_hash: str, sam_ckpt, enc_ckpt) -> dict:
 
 def _resolved_segmenter(seg: SegmenterConfig, encoder_name: str | None) -> SegmenterConfig:
     """``seg`` with its encoder-dependent settings resolved for ``encoder_name`` (unchanged for an unknown name)."""
-    from ..models.encoders import (
-        encoder_family,  # imports torch: not at module level (dry runs, config check)
-    )
-
     try:
         fam = encoder_family(encoder_name)
     except (ValueError, KeyError):
