@@ -19,10 +19,8 @@ def test_registry_names_urls_and_defaults():
     expected = {f"sam2_hiera_{s}" for s in ("tiny", "small", "base_plus", "large")}
     expected |= {f"sam2.1_hiera_{s}" for s in ("tiny", "small", "base_plus", "large")}
     expected |= {f"dinov2_vit{s}14{r}" for s in "sblg" for r in ("", "_reg4")}
-    expected |= {f"dinov3_vit{s}16" for s in ("s", "splus", "b", "l", "hplus")}
-    assert set(CHECKPOINTS) == {
-        n.replace("vitsplus16", "vits16plus").replace("vithplus16", "vith16plus") for n in expected
-    }
+    expected |= {"dinov3_vits16", "dinov3_vits16plus", "dinov3_vitb16", "dinov3_vitl16", "dinov3_vith16plus"}
+    assert set(CHECKPOINTS) == expected
     assert (DEFAULT_SAM2, DEFAULT_ENCODER) == ("sam2_hiera_large", "dinov2_vitl14")  # the paper's (method.md §6)
     assert (
         get_spec("sam2_hiera_large").url
