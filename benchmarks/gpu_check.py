@@ -375,7 +375,6 @@ def main(argv=None) -> int:
         random_bank,
         run_benchmark,
     )
-    from ntt_batch.io.storage import InputImage
     from ntt_batch.method.config import SegmenterConfig
     from ntt_batch.method.segmenter import Segmenter, TargetImage, resolve_device
     from ntt_batch.models.loading import (
@@ -383,6 +382,7 @@ def main(argv=None) -> int:
         load_sam2,
         write_random_checkpoint,
     )
+    from ntt_batch.storage.fs import InputImage
 
     pulled = sorted({m.split(".")[0] for m in set(sys.modules) - before} & {"ray", "pycocotools"})
     device = resolve_device(args.device)

@@ -48,7 +48,7 @@ def make_rle_pool(n: int = 512, seed: int = 0, h: int = 480, w: int = 640) -> li
     """``n`` COCO compressed-RLE strings of blob-like masks of various sizes (realistic lengths)."""
     from PIL import Image, ImageDraw
 
-    from ntt_batch.io.masks import encode_rle
+    from ntt_batch.storage.masks import encode_rle
 
     rng = np.random.default_rng(seed)
     pool = []
@@ -77,7 +77,7 @@ def write_shard_set(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from ntt_batch.io.shards import INSTANCE_TYPE, SEGMENTATION_TYPE, SHARD_SCHEMA
+    from ntt_batch.output.shards import INSTANCE_TYPE, SEGMENTATION_TYPE, SHARD_SCHEMA
 
     os.makedirs(root, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -134,7 +134,7 @@ def write_shard_set(
 
 def shards_to_coco_results(shards: str) -> list[dict]:
     """The load-everything baseline: every shard read whole, every result built in memory."""
-    from ntt_batch.io.shards import read_shards
+    from ntt_batch.output.shards import read_shards
 
     t = read_shards(shards, columns=["image_id", "instances"])
     results = []
@@ -154,7 +154,7 @@ def shards_to_coco_results(shards: str) -> list[dict]:
 
 def child(mode: str, shards: str, out: str) -> None:
     """Run one merge in this (fresh) process; print a JSON line with its figures."""
-    from ntt_batch.io import exports as merge_mod
+    from ntt_batch import exports as merge_mod
 
     before = _status_mb("VmRSS")
     t0 = time.perf_counter()

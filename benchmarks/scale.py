@@ -94,7 +94,7 @@ def synth_rows(uris: list[str], seed: int, run_id: str = "bench"):
     import numpy as np
     import pyarrow as pa
 
-    from ntt_batch.io.shards import INSTANCE_TYPE, SEGMENTATION_TYPE, SHARD_SCHEMA
+    from ntt_batch.output.shards import INSTANCE_TYPE, SEGMENTATION_TYPE, SHARD_SCHEMA
 
     rng = np.random.default_rng(seed)
     n = len(uris)
@@ -273,10 +273,10 @@ def child_build_new_output(a: dict) -> dict:
     """A committed output through the new commit path (staging files → commit_staging → parts)."""
     import pyarrow.parquet as pq
 
-    from ntt_batch.io.inputs import HashAccumulator
-    from ntt_batch.io.output_folder import STAGING, OutputFolder
-    from ntt_batch.io.parts import commit_staging
+    from ntt_batch.output.folder import STAGING, OutputFolder
+    from ntt_batch.output.parts import commit_staging
     from ntt_batch.pipeline.job import JobConfig, RunRecord
+    from ntt_batch.sources.inputs import HashAccumulator
 
     folder = OutputFolder(a["out"])
     run_id = "20261130T000000Z-bench000"

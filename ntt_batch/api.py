@@ -30,7 +30,7 @@ from typing import Any, Union
 import numpy as np
 
 from ._public import PUBLIC_NAMES
-from .method.references import (  # noqa: F401 (re-exported)
+from .references.core import (  # noqa: F401 (re-exported)
     load_references,
     references_from_coco_annotations,
     references_from_csv,
@@ -69,8 +69,8 @@ def sample_references(
     ``split``: ``few_shot`` (the 20 COCO-FSOD classes), ``all``, or class names/ids (``"person,dog"``).
     ``image_root`` (the folder the file's images are in) is remembered in the result.
     """
-    from .method.references import sample_references as _sample
-    from .method.references import sample_references_from_file
+    from .references.core import sample_references as _sample
+    from .references.core import sample_references_from_file
 
     kw = dict(allow_fewer=allow_fewer, min_box_side=min_box_side, border_margin=border_margin)
     if isinstance(annotations, Mapping):
@@ -91,7 +91,7 @@ def references_from_coco(
 
     ``image_root`` (the folder its ``file_name`` values are relative to) is remembered in the result.
     """
-    from .method.references import load_coco
+    from .references.core import load_coco
 
     coco = load_coco(annotations) if not isinstance(annotations, Mapping) else annotations
     refs = references_from_coco_annotations(coco, split=split, max_per_class=max_per_class)
@@ -133,9 +133,9 @@ def build_bank(
     Returns:
         the :class:`ntt_batch.method.memory_bank.MemoryBank`.
     """
+    from .bank.build import build_bank_folder as _build
     from .method.config import MemoryConfig
     from .models.registry import DEFAULT_ENCODER
-    from .workflows import build_bank as _build
 
     return _build(
         references,
@@ -177,9 +177,9 @@ def show_references(
     """
     import json
 
-    from .method.references import REFERENCES_FILE
+    from .bank.build import load_reference_sets
+    from .references.core import REFERENCES_FILE
     from .viz.contact_sheet import bank_box_masks, reference_sheet
-    from .workflows import load_reference_sets
 
     if references is None:
         if memory is None:
@@ -216,10 +216,10 @@ def to_rgb_array(image: ImageLike, *, storage_options: dict | None = None) -> np
     * a numpy array: uint8 [H, W, 3] RGB as is; [H, W] or [H, W, 1] greyscale and [H, W, 4] RGBA
       (alpha dropped) are converted. Other dtypes are refused: convert to uint8 0-255 first.
     """
-    from .io.images import decode_image
+    from .storage.images import decode_image
 
     if isinstance(image, (str, os.PathLike)):
-        from .io.storage import read_bytes
+        from .storage.fs import read_bytes
 
         uri = os.fspath(image)
         if "://" not in uri and not os.path.isfile(uri):
@@ -248,7 +248,7 @@ def to_rgb_array(image: ImageLike, *, storage_options: dict | None = None) -> np
     except ImportError:  # pragma: no cover - PIL is a dependency
         Image = None
     if Image is not None and isinstance(image, Image.Image):
-        from .io.images import to_rgb
+        from .storage.images import to_rgb
 
         return np.asarray(to_rgb(ImageOps.exif_transpose(image)), dtype=np.uint8)
     raise TypeError(
@@ -353,9 +353,9 @@ def load_segmenter(
         **settings: any :class:`ntt_batch.method.config.SegmenterConfig` field, e.g.
             ``points_per_side=16``, ``max_detections=50``, ``pred_iou_threshold=0.5``, ``bf16=True``.
     """
+    from .bank.load import segmenter_from_bank as _load
     from .method.config import SegmenterConfig, config_from_dict
     from .models.registry import DEFAULT_SAM2
-    from .workflows import load_segmenter as _load
 
     config = config_from_dict(SegmenterConfig, {**settings, "device": device}, "load_segmenter")
     model, provenance = _load(

@@ -29,15 +29,15 @@ from pathlib import Path
 import torch
 
 from ._version import __version__
-from .io.images import decode_image
-from .io.output_folder import utc_now_iso
-from .io.shards import STATUS_EMPTY, STATUS_OK, rows_to_table
-from .io.storage import InputImage, read_bytes
 from .method.memory_bank import MemoryBank
-from .method.references import FEW_SHOT_CLASS_NAMES
 from .method.segmenter import Instance, Segmenter, StageTimer, TargetImage
 from .models.encoders import encoder_embed_dim
+from .output.folder import utc_now_iso
+from .output.shards import STATUS_EMPTY, STATUS_OK, rows_to_table
 from .pipeline.stages import instance_record
+from .references.core import FEW_SHOT_CLASS_NAMES
+from .storage.fs import InputImage, read_bytes
+from .storage.images import decode_image
 
 STAGES = ["decode", "sam2_encoder", "mask_decoder", "encoder", "matching_nms", "upsample_merge", "rle", "write"]
 

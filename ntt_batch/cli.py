@@ -19,10 +19,10 @@ from pathlib import Path
 import click
 
 from .cli_settings import flag_names, settings_from_flags, settings_given, settings_options
-from .io.storage import StorageOptionsError, storage_options_from
 from .method.config import MemoryConfig, SegmenterConfig
 from .models.registry import CHECKPOINTS, DEFAULT_ENCODER, DINOV3_ACCESS, ENCODER_NAMES, SAM2_NAMES
 from .pipeline.job import JobConfig
+from .storage.fs import StorageOptionsError, storage_options_from
 
 log = logging.getLogger("ntt_batch")
 
@@ -236,7 +236,7 @@ def references_sample(
     \b
       ntt-batch references sample --annotations train.json --shots 5 --prefer area=50,center=0.6 --out refs.json
     """
-    from .method.references import sample_references_from_file, save_references
+    from .references.core import sample_references_from_file, save_references
 
     refs = sample_references_from_file(
         annotations,
@@ -257,7 +257,7 @@ def _parse_prefer(value: str | None):
     """--prefer's text as a ReferencePreference (None when off); a bad value is a usage error naming the flag."""
     if value is None:
         return None
-    from .method.references import ReferencePreference
+    from .references.core import ReferencePreference
 
     try:
         return ReferencePreference.parse(value)
@@ -278,7 +278,7 @@ def _parse_prefer(value: str | None):
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def references_from_coco(annotations, split, max_per_class, image_root, out):
     """Use your own annotated images (COCO format) as references. Box-only ones get SAM2 masks at `memory build`."""
-    from .method.references import load_coco, references_from_coco_annotations, save_references
+    from .references.core import load_coco, references_from_coco_annotations, save_references
 
     refs = references_from_coco_annotations(load_coco(annotations), split=split, max_per_class=max_per_class)
     refs.setdefault("source", {})["annotations"] = str(annotations)
@@ -316,7 +316,7 @@ def references_from_csv_cmd(csv_path, image_root, out):
                 `memory build --sam2 NAME` makes with SAM2
     With columns image,category,mask,x,y,w,h each row fills either mask or the box.
     """
-    from .method.references import references_from_csv, save_references
+    from .references.core import references_from_csv, save_references
 
     refs = references_from_csv(csv_path, image_root)
     save_references(refs, out)
@@ -336,7 +336,7 @@ def _echo_reference_summary(refs: dict, out: str) -> None:
     click.echo("  " + ", ".join(f"{names[c]}={n}" for c, n in counts.items()))
     prefer = (refs.get("source") or {}).get("prefer")
     if prefer:
-        from .method.references import ReferencePreference
+        from .references.core import ReferencePreference
 
         stats = refs["source"].get("prefer_stats") or {}
         kept = ", ".join(f"{name} {st.get('kept', 0)}/{st.get('candidates', 0)}" for name, st in stats.items())
@@ -403,9 +403,9 @@ def references_show(
     \b
       ntt-batch references show --references refs.json --memory bank/ --out references.png
     """
-    from .method.references import REFERENCES_FILE
+    from .bank.build import load_reference_sets
+    from .references.core import REFERENCES_FILE
     from .viz.contact_sheet import bank_box_masks, reference_sheet
-    from .workflows import load_reference_sets
 
     paths = list(references_paths)
     if not paths:
@@ -489,10 +489,10 @@ def memory_build(references_path, image_root, encoder, sam2_name, device, checkp
     The (merged) references are saved in the bank folder as references.json; masks SAM2 made for
     box-only references are recorded in the bank (`references show --memory BANK` draws them).
     """
-    from .workflows import build_bank
+    from .bank.build import build_bank_folder
 
     config = MemoryConfig(**settings_from_flags(MemoryConfig, kw)).validate()
-    bank = build_bank(
+    bank = build_bank_folder(
         list(references_path),
         image_root,
         out,
@@ -631,7 +631,8 @@ def segment(memory, images, annotations, image_root, limit, batch_size, out, **k
     The DINOv2 encoder is the one recorded in the bank. The batch job (`ntt-batch run`)
     scales the same segmenter out over Ray.
     """
-    from .workflows import load_segmenter, meta_path_for, resolve_targets, segment_to_coco_results
+    from .bank.load import segmenter_from_bank as load_segmenter
+    from .workflows import meta_path_for, resolve_targets, segment_to_coco_results
 
     config = segmenter_config_from_flags(kw)
     entries = resolve_targets(images, annotations, image_root, limit)
@@ -708,7 +709,7 @@ def run(ctx, config_file, dry_run, verbose, **kw):
       4  another run holds the output's lock
       130 interrupted (Ctrl-C); finished rows are committed, rerun to continue
     """
-    from .io.output_folder import LeaseHeldError
+    from .output.folder import LeaseHeldError
     from .pipeline.job import EXIT_INTERRUPTED, EXIT_LOCKED, run_job
 
     data: dict = {}
@@ -847,7 +848,7 @@ def merge(shards, out, fmt, score_threshold, image_root, image_url_prefix, yolo_
       ntt-batch merge --shards s3://bucket/run1/ --out labels.json --format dataset --score-threshold 0.5
       ntt-batch merge --shards out/ --out yolo_ds/ --format yolo --score-threshold thresholds.yaml
     """
-    from .io.exports import merge as merge_shards
+    from .exports import merge as merge_shards
 
     options = storage_options_from_flags(kw)
     extra = {
@@ -1056,7 +1057,7 @@ def thresholds_cmd(annotations, shards, target, iou_threshold, iou_type, default
       ntt-batch thresholds --annotations val_small.json --shards out_val/ --out thresholds.yaml
       ntt-batch merge --shards out/ --out labels.json --format dataset --score-threshold thresholds.yaml
     """
-    from .eval.thresholds import format_table, tune_thresholds, write_thresholds
+    from .eval.threshold_fit import format_table, tune_thresholds, write_thresholds
 
     options = storage_options_from_flags(kw)
     rep = tune_thresholds(
@@ -1338,13 +1339,13 @@ def bench(
     import tempfile
 
     from .benchmark import BF16_TOLERANCE, FP32_TOLERANCE, format_report, random_bank, run_benchmark, run_pipeline_noop
-    from .io.inputs import InputSpec
     from .method.config import SegmenterConfig
     from .method.memory_bank import MemoryBank
     from .method.segmenter import Segmenter
     from .models.checkpoints import CheckpointNotFoundError
     from .models.loading import load_encoder, load_sam2, write_random_checkpoint
     from .pipeline.plan import list_inputs
+    from .sources.inputs import InputSpec
 
     if random_weights:
         checkpoint_dir = checkpoint_dir or tempfile.mkdtemp(prefix="ntt-bench-ckpt-")
@@ -1444,7 +1445,7 @@ def verify(ctx, out, check_inputs, repair, json_out, **kw):
     \b
     Example:  ntt-batch verify s3://bucket/ntt-out/run1/ --json verify.json
     """
-    from .io.output_folder import LeaseHeldError
+    from .output.folder import LeaseHeldError
     from .pipeline.verify import EXIT_LOCKED, verify_output
 
     options = storage_options_from_flags(kw)
@@ -1476,7 +1477,7 @@ def compact(ctx, out, target_file_mb, **kw):
     `run` already compacts at the end of every attempt; use this after changing --target-file-mb,
     or on outputs written by older versions.
     """
-    from .io.output_folder import LeaseHeldError
+    from .output.folder import LeaseHeldError
     from .pipeline.verify import EXIT_LOCKED, compact_output
 
     options = storage_options_from_flags(kw)

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .method.config import SegmenterConfig
-from .method.references import sample_references_from_file, save_references
 from .models.checkpoints import CheckpointNotFoundError, resolve_checkpoint
 from .models.loading import write_random_checkpoint
 from .models.registry import get_spec
+from .references.core import sample_references_from_file, save_references
 
 
 def default_data_dir() -> Path:
@@ -42,13 +42,13 @@ def run_demo(
     checkpoint_dir,
     echo: Callable[[str], None] = print,
 ) -> dict:
+    from .bank.build import build_bank_folder, load_reference_sets
     from .eval.coco_eval import evaluate_coco, write_report
-    from .io.exports import merge_results
-    from .method.references import REFERENCES_FILE
+    from .exports import merge_results
     from .pipeline.job import JobConfig, run_job
+    from .references.core import REFERENCES_FILE
     from .viz.contact_sheet import bank_box_masks, reference_sheet
     from .viz.review import write_review
-    from .workflows import build_bank, load_reference_sets
 
     data = Path(data) if data else default_data_dir()
     out = Path(out)
@@ -83,7 +83,7 @@ def run_demo(
         echo(f"[demo] 2/4 memory bank unchanged (same references, {encoder_name} weights): reusing {bank_dir}")
     else:
         echo(f"[demo] 2/4 building the memory bank with {encoder_name}")
-        bank = build_bank(
+        bank = build_bank_folder(
             str(refs_path), None, str(bank_dir), encoder_name=encoder_name, checkpoint_dir=checkpoint_dir, device=device
         )
     echo(
@@ -152,7 +152,7 @@ def _unchanged_bank(bank_dir: Path, refs: dict, encoder_name: str, checkpoint_di
     Makes a repeated demo fast: the job resumes (nothing left to do) and the bank is not rebuilt.
     """
     from .method.memory_bank import MemoryBank
-    from .method.references import REFERENCES_FILE, load_references
+    from .references.core import REFERENCES_FILE, load_references
 
     try:
         bank = MemoryBank.load(bank_dir)

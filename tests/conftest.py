@@ -37,8 +37,8 @@ def random_checkpoints(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_bank(tmp_path_factory, random_checkpoints, coco_mini) -> Path:
     """A 2-class (person, car) 1-shot bank from coco_mini train, built by the real builder."""
-    from ntt_batch.method.references import sample_references_from_file, save_references
-    from ntt_batch.workflows import build_bank
+    from ntt_batch.bank.build import build_bank_folder as build_bank
+    from ntt_batch.references.core import sample_references_from_file, save_references
 
     d = tmp_path_factory.mktemp("bank")
     refs = sample_references_from_file(str(coco_mini / "annotations/instances_train2017.json"), "person,car", 1, 33)
@@ -106,7 +106,7 @@ def job_config(random_checkpoints: Path, small_bank: Path, **kw):
 
 def rows_by_uri(out, options=None, columns=None) -> dict[str, dict]:
     """An output's rows by image URI (``columns``: those only), checking that no image has two rows."""
-    from ntt_batch.io.shards import read_shards
+    from ntt_batch.output.shards import read_shards
 
     rows = read_shards(str(out), options, columns=columns).to_pylist()
     assert len({r["image_uri"] for r in rows}) == len(rows), "an image has two rows"

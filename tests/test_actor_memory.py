@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ntt_batch.io.shards import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 from ntt_batch.method.config import SegmenterConfig
 from ntt_batch.method.fullres import image_memory_estimate
 from ntt_batch.method.segmenter import Instance
+from ntt_batch.output.shards import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 from ntt_batch.pipeline.stages import _base_row, segment_rows
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from ntt_batch.io.shards import read_shards, summarize
+from ntt_batch.output.shards import read_shards, summarize
 
 pytestmark = pytest.mark.slow
 

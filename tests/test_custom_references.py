@@ -12,16 +12,16 @@ from click.testing import CliRunner
 from PIL import Image
 from test_merge_eval_viz import _instance, _row, write_shards
 
+from ntt_batch.bank.build import load_reference_sets
 from ntt_batch.cli import main
 from ntt_batch.eval.coco_eval import evaluate_coco, format_report
-from ntt_batch.io.masks import decode_rle, segmentation_to_rle
-from ntt_batch.method.references import (
+from ntt_batch.references.core import (
     load_references,
     merge_references,
     references_from_csv,
     save_references,
 )
-from ntt_batch.workflows import load_reference_sets
+from ntt_batch.storage.masks import decode_rle, segmentation_to_rle
 
 
 def _image(path: Path, w: int, h: int, value: int = 128) -> None:

@@ -29,9 +29,9 @@ from pycocotools import mask as mask_utils
 from test_merge_eval_viz import _box_rle, _instance, _row, gt_rows, write_shards
 
 from ntt_batch.cli import main
-from ntt_batch.io.exports import export, merge, merge_dataset, merge_results
-from ntt_batch.io.exports.polygons import bridge_polygons, mask_polygons, polygon_area
-from ntt_batch.io.masks import decode_rle
+from ntt_batch.exports import export, merge, merge_dataset, merge_results
+from ntt_batch.exports.polygons import bridge_polygons, mask_polygons, polygon_area
+from ntt_batch.storage.masks import decode_rle
 
 IMG_FORMATS = {"bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp", "pfm", "heic"}
 
@@ -186,7 +186,7 @@ def test_yolo_multi_part_masks_and_name_collisions(tmp_path):
     m = np.zeros((40, 60), dtype=bool)
     m[2:12, 2:20] = True
     m[25:38, 40:58] = True  # two parts, one instance
-    from ntt_batch.io.masks import encode_rle
+    from ntt_batch.storage.masks import encode_rle
 
     inst = _instance(3, "car", 0.9, [2, 2, 56, 36], encode_rle(m))
     rows = [

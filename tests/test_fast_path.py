@@ -75,10 +75,10 @@ def test_point_decoder_equals_sam2_mask_decoder(tiny_sam2):
 @pytest.mark.slow
 def test_fast_and_reference_segmenters_agree_on_real_models(random_checkpoints, coco_mini):
     from ntt_batch.benchmark import match_detections, random_bank
-    from ntt_batch.io.images import load_image
     from ntt_batch.method.config import SegmenterConfig
     from ntt_batch.method.segmenter import Segmenter
     from ntt_batch.models.loading import load_encoder, load_sam2
+    from ntt_batch.storage.images import load_image
 
     proposer, _ = load_sam2("sam2.1_hiera_tiny", checkpoint_dir=str(random_checkpoints), download=False)
     encoder, _ = load_encoder("dinov2_vits14", checkpoint_dir=str(random_checkpoints), download=False)

@@ -11,16 +11,23 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ntt_batch"
 
-# layer -> the layers it may import (besides itself and the package's leaf modules _version, _public, hashing)
-ALLOWED = {
-    "io": set(),
-    "models": {"io"},
-    "method": {"io", "models"},
-    "eval": {"io", "method", "models"},
-    "viz": {"io", "method", "models", "eval"},
-    "pipeline": {"io", "method", "models", "workflows"},
-    "workflows": {"io", "method", "models", "pipeline"},
-}
+# The packages from the bottom up: each may import only the ones before it (and the package's leaf
+# modules _version, _public, hashing). No exceptions; function-level imports count.
+ORDER = [
+    "storage",
+    "references",
+    "models",
+    "method",
+    "bank",
+    "sources",
+    "output",
+    "exports",
+    "eval",
+    "viz",
+    "pipeline",
+    "workflows",
+]
+ALLOWED = {layer: set(ORDER[:i]) for i, layer in enumerate(ORDER)}
 LEAVES = {"_version", "_public", "hashing"}
 
 

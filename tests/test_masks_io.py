@@ -1,4 +1,4 @@
-"""Tests for ntt_batch.io.masks (RLE, COCO segmentation rasterisation, boxes, areas).
+"""Tests for ntt_batch.storage.masks (RLE, COCO segmentation rasterisation, boxes, areas).
 
 Expected values are worked out by hand in the comments, not by calling the code under test.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ntt_batch.io.masks import (
+from ntt_batch.storage.masks import (
     decode_rle,
     encode_rle,
     mask_area,

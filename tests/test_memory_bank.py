@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from ntt_batch.io.masks import encode_rle
 from ntt_batch.method.config import MemoryConfig
 from ntt_batch.method.memory_bank import (
     META_FILE,
@@ -28,7 +27,8 @@ from ntt_batch.method.memory_bank import (
     instance_prototype,
     mask_to_patch_weights,
 )
-from ntt_batch.method.references import validate_references
+from ntt_batch.references.core import validate_references
+from ntt_batch.storage.masks import encode_rle
 
 # ============================================================================ context_crop_box (§2.1)
 

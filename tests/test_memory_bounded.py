@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ntt_batch.io.masks import encode_rle, xyxy_to_coco_xywh
 from ntt_batch.method.config import SegmenterConfig
 from ntt_batch.method.segmenter import Instance, Segmenter, TargetImage, masks_to_boxes_inclusive
+from ntt_batch.storage.masks import encode_rle, xyxy_to_coco_xywh
 
 # ----------------------------------------------------------------------------- the pinned baseline
 
@@ -214,8 +214,8 @@ def test_bounded_finalize_pinned_on_real_models(random_checkpoints, coco_mini, m
     (pred_iou 0, NMS 1.0), 2 classes: many overlapping candidates of one class. The fast path's
     §4.6-4.8 returns exactly what the full-resolution code returns on the same inputs."""
     from ntt_batch.benchmark import random_bank
-    from ntt_batch.io.images import load_image
     from ntt_batch.models.loading import load_encoder, load_sam2
+    from ntt_batch.storage.images import load_image
 
     proposer, _ = load_sam2("sam2.1_hiera_tiny", checkpoint_dir=str(random_checkpoints), download=False)
     encoder, _ = load_encoder("dinov2_vits14", checkpoint_dir=str(random_checkpoints), download=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ntt_batch.io.images import load_image
+from ntt_batch.storage.images import load_image
 
 pytestmark = pytest.mark.slow
 

@@ -24,15 +24,15 @@ import pytest
 from conftest import job_config, rows_by_uri
 from PIL import Image
 
-from ntt_batch.io.inputs import InputSpec, UriHashes, iter_manifest, uri_digests
-from ntt_batch.io.output_folder import RUN_JSON, LeaseHeldError, OutputFolder
-from ntt_batch.io.parts import PartAssembler, commit, recover_commits
-from ntt_batch.io.shards import SHARD_SCHEMA
 from ntt_batch.method.config import SegmenterConfig
+from ntt_batch.output.folder import RUN_JSON, LeaseHeldError, OutputFolder
+from ntt_batch.output.parts import PartAssembler, commit, recover_commits
+from ntt_batch.output.shards import SHARD_SCHEMA
 from ntt_batch.pipeline.job import JobConfig, JobMismatchError, run_job
 from ntt_batch.pipeline.plan import DuplicateInputError, OutputScan, plan_inputs
 from ntt_batch.pipeline.stages import NoopModelActor
 from ntt_batch.pipeline.verify import verify_output
+from ntt_batch.sources.inputs import InputSpec, UriHashes, iter_manifest, uri_digests
 
 
 def _job(random_checkpoints, small_bank, **kw) -> JobConfig:
@@ -174,8 +174,8 @@ print(len(df), t.num_rows, n)
 def test_another_bank_or_settings_is_refused_naming_the_difference(
     mixed_run, mixed_folder, random_checkpoints, small_bank, tmp_path, coco_mini
 ):
-    from ntt_batch.method.references import sample_references_from_file, save_references
-    from ntt_batch.workflows import build_bank
+    from ntt_batch.bank.build import build_bank_folder as build_bank
+    from ntt_batch.references.core import sample_references_from_file, save_references
 
     out = _copy(mixed_run[0], tmp_path / "out")
     with pytest.raises(
@@ -461,7 +461,7 @@ class _Run:
 def test_interrupted_commit_is_finished_or_undone(tmp_path, crash_after, monkeypatch):
     """A crash after the intent is written is finished by the next run when the new parts are complete
     (under _ntt/tmp or already published); if they are gone, it is undone and the sources stay."""
-    import ntt_batch.io.parts as parts_mod
+    import ntt_batch.output.parts as parts_mod
 
     folder = OutputFolder(str(tmp_path / "out"))
     src = folder.path("_ntt/staging/r/a.parquet")

@@ -36,7 +36,7 @@ CASES = {
 
 
 def _detections(seg, coco_mini) -> list[list[dict]]:
-    from ntt_batch.io.images import load_image
+    from ntt_batch.storage.images import load_image
 
     out = []
     for name in IMAGES:
@@ -83,12 +83,12 @@ def test_paper_default_outputs_are_pinned(random_checkpoints, coco_mini, tmp_pat
 
 def _pinned_outputs(random_checkpoints, coco_mini, tmp_path) -> dict:
     """The bank (built here, at this thread count, as conftest's small_bank) and the detections."""
+    from ntt_batch.bank.build import build_bank_folder as build_bank
     from ntt_batch.method.config import SegmenterConfig
     from ntt_batch.method.memory_bank import MemoryBank
-    from ntt_batch.method.references import sample_references_from_file, save_references
     from ntt_batch.method.segmenter import Segmenter
     from ntt_batch.models.loading import load_encoder, load_sam2
-    from ntt_batch.workflows import build_bank
+    from ntt_batch.references.core import sample_references_from_file, save_references
 
     refs = sample_references_from_file(str(coco_mini / "annotations/instances_train2017.json"), "person,car", 1, 33)
     save_references(refs, tmp_path / "refs.json")

@@ -20,9 +20,9 @@ import pytest
 from conftest import SEG, job_config, rows_by_uri
 from PIL import Image
 
-from ntt_batch.io.masks import decode_rle
 from ntt_batch.method.config import SegmenterConfig
 from ntt_batch.pipeline.job import JobConfig, run_job
+from ntt_batch.storage.masks import decode_rle
 
 pytestmark = pytest.mark.slow
 
@@ -153,8 +153,8 @@ def test_shards_readable_without_this_package(corpus_run):
 
 def test_ray_equals_single_process_segment(corpus, corpus_run, random_checkpoints, small_bank):
     """The actor runs the same Segmenter as `ntt-batch segment`: same instances on the same images."""
-    from ntt_batch.io.images import load_image
-    from ntt_batch.workflows import load_segmenter
+    from ntt_batch.bank.load import segmenter_from_bank as load_segmenter
+    from ntt_batch.storage.images import load_image
 
     d, _, _ = corpus
     rows = _rows(corpus_run[0])
@@ -195,7 +195,7 @@ def test_killed_driver_resumes_without_loss_or_duplicates(
 ):
     """SIGKILL mid-run: readers see no partial file, a second run is refused while the first holds the
     output, and the rerun commits what the dead run staged, redoes the rest, and equals an uninterrupted run."""
-    from ntt_batch.io.output_folder import LeaseHeldError
+    from ntt_batch.output.folder import LeaseHeldError
 
     images = tmp_path / "in"
     images.mkdir()

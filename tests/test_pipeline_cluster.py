@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 
-from ntt_batch.io.shards import read_shards
 from ntt_batch.method.config import SegmenterConfig
+from ntt_batch.output.shards import read_shards
 from ntt_batch.pipeline.job import JobConfig, run_job
 
 pytestmark = pytest.mark.slow

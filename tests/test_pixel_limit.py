@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from ntt_batch.io.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from ntt_batch.storage.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 
 
 @pytest.fixture(scope="module")

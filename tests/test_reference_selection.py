@@ -38,7 +38,7 @@ import torch
 
 from ntt_batch.method.config import MemoryConfig
 from ntt_batch.method.memory_bank import build_memory_bank
-from ntt_batch.method.references import (
+from ntt_batch.references.core import (
     ReferencePreference,
     load_references,
     sample_references,

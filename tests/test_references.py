@@ -1,4 +1,4 @@
-"""Tests for ntt_batch.method.references (method.md §1 sampler, references.json, custom refs).
+"""Tests for ntt_batch.references.core (method.md §1 sampler, references.json, custom refs).
 
 Filter checks use independent inline arithmetic on the raw annotations; expected samples on a
 hand-built COCO dict come from Python's own RNG (a separate random.Random instance).
@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ntt_batch.io.masks import decode_rle
-from ntt_batch.method.references import (
+from ntt_batch.references.core import (
     FEW_SHOT_CLASS_NAMES,
     file_sha256,
     is_valid_reference,
@@ -31,6 +30,7 @@ from ntt_batch.method.references import (
     sample_references_from_file,
     save_references,
 )
+from ntt_batch.storage.masks import decode_rle
 
 # method.md §5.1 table: COCO ids of the 20 few-shot classes in class-index order.
 FEW_SHOT_IDS = [1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72]

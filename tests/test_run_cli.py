@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from ntt_batch.cli import main
-from ntt_batch.io.storage import StorageOptionsError, redact_options, storage_options_from
 from ntt_batch.pipeline.job import JobConfig
+from ntt_batch.storage.fs import StorageOptionsError, redact_options, storage_options_from
 
 
 def _invoke(args):

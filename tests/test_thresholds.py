@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from test_merge_eval_viz import _box_rle, _instance, _row, write_shards
 
 from ntt_batch.cli import main
-from ntt_batch.eval.thresholds import choose_threshold, parse_target, tune_thresholds
-from ntt_batch.io.exports import merge_results
-from ntt_batch.io.thresholds import ScoreThresholds
+from ntt_batch.eval.threshold_fit import choose_threshold, parse_target, tune_thresholds
+from ntt_batch.exports import merge_results
+from ntt_batch.exports.score_filter import ScoreThresholds
 
 
 def test_none_and_float():
@@ -233,7 +233,7 @@ def test_thresholds_end_to_end_on_synthetic_shards(tmp_path, coco_mini):
     rng = np.random.default_rng(3)
     images = sorted(gt["images"], key=lambda im: im["id"])[:40]
     names = {c["id"]: c["name"] for c in gt["categories"]}
-    from ntt_batch.io.masks import segmentation_to_rle
+    from ntt_batch.storage.masks import segmentation_to_rle
 
     rows = []
     for im in images:

@@ -133,7 +133,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError("blocked " + name)
 sys.meta_path.insert(0, Block())
 import ntt_batch.benchmark, ntt_batch.method.segmenter, ntt_batch.models.loading, ntt_batch.method.rle
-import ntt_batch.method.config, ntt_batch.io.masks
+import ntt_batch.method.config, ntt_batch.storage.masks
 sys.path.insert(0, "benchmarks")
 import gpu_check
 assert not {"ray", "pycocotools"} & {m.split(".")[0] for m in sys.modules}, sorted(sys.modules)
@@ -221,9 +221,9 @@ def test_bf16_decoder_candidates_close_to_fp32(tiny_models, tiny_features):
 @pytest.mark.slow
 def test_bf16_segmenter_agrees_with_fp32(tiny_models, coco_mini):
     from ntt_batch.benchmark import BF16_TOLERANCE, match_detections, random_bank
-    from ntt_batch.io.images import load_image
     from ntt_batch.method.config import SegmenterConfig
     from ntt_batch.method.segmenter import Segmenter
+    from ntt_batch.storage.images import load_image
 
     proposer, encoder = tiny_models
     bank = random_bank("dinov2_vits14", 384, num_classes=5)
@@ -249,9 +249,9 @@ def test_compiled_decoder_gives_the_same_detections(tiny_models, coco_mini):
     prompts: the short last batch is padded, so one compiled shape serves all.
     """
     from ntt_batch.benchmark import FP32_TOLERANCE, match_detections, random_bank
-    from ntt_batch.io.images import load_image
     from ntt_batch.method.config import SegmenterConfig
     from ntt_batch.method.segmenter import Segmenter
+    from ntt_batch.storage.images import load_image
 
     proposer, encoder = tiny_models
     bank = random_bank("dinov2_vits14", 384, num_classes=5)
@@ -274,9 +274,9 @@ def test_compiled_decoder_gives_the_same_detections(tiny_models, coco_mini):
 )
 def test_compiled_segmenter_all_models(tiny_models, coco_mini):
     from ntt_batch.benchmark import FP32_TOLERANCE, match_detections, random_bank
-    from ntt_batch.io.images import load_image
     from ntt_batch.method.config import SegmenterConfig
     from ntt_batch.method.segmenter import Segmenter
+    from ntt_batch.storage.images import load_image
 
     proposer, encoder = tiny_models
     bank = random_bank("dinov2_vits14", 384, num_classes=5)

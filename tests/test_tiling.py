@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ntt_batch.io.masks import decode_rle, encode_rle
 from ntt_batch.method.config import ConfigError, SegmenterConfig
 from ntt_batch.method.tiling import (
     TILE_BATCH,
@@ -17,6 +16,7 @@ from ntt_batch.method.tiling import (
     tile_grid,
     tile_starts,
 )
+from ntt_batch.storage.masks import decode_rle, encode_rle
 
 
 def test_tile_starts_cover_and_end_flush():

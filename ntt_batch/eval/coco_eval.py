@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io.merge import is_results_file, read_json
-from ..method.references import resolve_categories
+from ..output.reader import is_results_file, read_json
+from ..references.core import resolve_categories
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 IOU_TYPES = ("bbox", "segm")
@@ -197,7 +197,7 @@ def evaluate_coco(
         if is_results_file(results, options):
             dets = read_json(results, options)
         else:
-            from ..io.merge import coco_results_from_shards
+            from ..output.reader import coco_results_from_shards
 
             sr = coco_results_from_shards(results, options)
             dets, processed = sr.results, sr.processed_image_ids
@@ -358,7 +358,7 @@ def _result_categories(results, given, options) -> tuple[list[dict] | None, str]
     if not isinstance(results, str):
         return None, ""
     if not is_results_file(results, options):
-        from ..io.merge import dataset_categories, iter_image_batches
+        from ..output.reader import dataset_categories, iter_image_batches
 
         cats = dataset_categories(results, options)
         if cats:
@@ -520,7 +520,7 @@ def format_report(report: dict) -> str:
 
 def write_report(report: dict, path: str, options: dict | None = None) -> None:
     """Write the report JSON atomically (local path or fsspec URI)."""
-    from ..io.merge import atomic_output
+    from ..output.reader import atomic_output
 
     with atomic_output(path, options) as f:
         json.dump(report, f, indent=2)

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._version import __version__
-from ..io.atomic import atomic_write_text
-from ..io.masks import segmentation_to_mask
+from ..storage.atomic import atomic_write_text
+from ..storage.masks import segmentation_to_mask
 from .config import MemoryConfig, config_to_dict
 from .preprocess import image_to_tensor, prepare_target
 

@@ -88,7 +88,7 @@ def encode_rle_torch(masks: Tensor) -> list[dict]:
     """[M, H, W] masks (any device) → M COCO compressed RLEs ``{"size": [H, W], "counts": str}``.
 
     Byte-identical to ``pycocotools.mask.encode(np.asfortranarray(mask.astype(np.uint8)))`` with
-    ``counts`` decoded to str (what ``ntt_batch.io.masks.encode_rle`` returns).
+    ``counts`` decoded to str (what ``ntt_batch.storage.masks.encode_rle`` returns).
     """
     h, w = int(masks.shape[-2]), int(masks.shape[-1])
     return [{"size": [h, w], "counts": counts_to_string(c)} for c in rle_counts(masks)]

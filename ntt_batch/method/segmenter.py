@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from ..io.masks import decode_rle, encode_rle, xyxy_to_coco_xywh
 from ..models.encoders import ImageEncoder
 from ..models.proposers import MaskProposer, ProposerFeatures
+from ..storage.masks import decode_rle, encode_rle, xyxy_to_coco_xywh
 from .config import SegmenterConfig
 from .fullres import dense_from_runs, rle_from_runs, same_class_intersections, upsample_to_runs
 from .matching import Matcher, PrototypeMatcher

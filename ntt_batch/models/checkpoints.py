@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..hashing import file_sha256
-from ..io.atomic import atomic_local_file
+from ..storage.atomic import atomic_local_file
 from .registry import CheckpointSpec, get_spec
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..io.atomic import atomic_local_file
+from ..storage.atomic import atomic_local_file
 from .checkpoints import ResolvedCheckpoint, resolve_checkpoint
 from .encoders import build_encoder, load_encoder_state_dict, random_encoder_state_dict
 from .registry import get_spec

@@ -33,12 +33,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from ..io.names import safe_join
-from ..io.storage import absolute_uri, filesystem, is_local, read_bytes
 from ..method.config import ConfigError, MemoryConfig
-from ..method.references import REFERENCES_FILE, sample_references, save_references, validate_references
 from ..models.encoders import encoder_family
 from ..models.registry import DEFAULT_ENCODER, get_spec
+from ..references.core import REFERENCES_FILE, sample_references, save_references, validate_references
+from ..storage.fs import absolute_uri, filesystem, is_local, read_bytes
+from ..storage.names import safe_join
 from .cluster import init_ray
 
 BANK_META_FILE = "memory_bank.json"  # the file whose presence makes a folder a bank (method.memory_bank.META_FILE)
@@ -287,13 +287,13 @@ def _save_bank(bank, refs: dict, memory: str) -> None:
 def build_bank_task(
     spec: dict, *, storage_options: dict, checkpoint_dir: str | None, download: bool, num_threads: int = 1
 ):
-    """Ray task: references (sampled or read) → reference images staged locally → ``workflows.build_bank``.
+    """Ray task: references (sampled or read) → reference images staged locally → ``bank.build.build_bank_folder``.
 
     Returns (MemoryBank, references dict, info about where it ran).
     """
     import torch
 
-    from ..workflows import build_bank  # torch and the models: only inside the Ray task
+    from ..bank.build import build_bank_folder  # torch and the models: only inside the Ray task
 
     spec = ReferencesSpec(**spec)
     if not torch.cuda.is_available():
@@ -328,7 +328,7 @@ def build_bank_task(
             if n == total or n % step == 0:
                 print(f"memory bank: encoded {n}/{total} references", flush=True)
 
-        bank = build_bank(
+        bank = build_bank_folder(
             str(refs_path),
             image_root,
             str(work / "bank"),

@@ -41,33 +41,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .._version import __version__
-from ..io.images import DEFAULT_MAX_PIXELS
-from ..io.inputs import HashAccumulator, InputSpec, normalise_extensions
-from ..io.output_folder import (
-    COMMITS,
-    LEGACY_RUN_JSON,
-    RETRIED,
-    STAGING,
-    TMP,
-    OutputFolder,
-    new_run_id,
-    utc_now_iso,
-)
-from ..io.parts import (
-    PartStats,
-    RunRecord,
-    commit_staging,
-    compact,
-    recover_commits,
-    withdraw_rows,
-)
-from ..io.storage import (
-    InputImage,
-    StorageOptionsError,
-    absolute_uri,
-    check_storage_options,
-    redact_options,
-)
 from ..method.config import (
     ConfigError,
     SegmenterConfig,
@@ -77,6 +50,33 @@ from ..method.config import (
 )
 from ..models.encoders import encoder_family  # torch-free at import (dry runs, config check)
 from ..models.registry import DEFAULT_SAM2, SAM2_NAMES, get_spec
+from ..output.folder import (
+    COMMITS,
+    LEGACY_RUN_JSON,
+    RETRIED,
+    STAGING,
+    TMP,
+    OutputFolder,
+    new_run_id,
+    utc_now_iso,
+)
+from ..output.parts import (
+    PartStats,
+    RunRecord,
+    commit_staging,
+    compact,
+    recover_commits,
+    withdraw_rows,
+)
+from ..sources.inputs import HashAccumulator, InputSpec, normalise_extensions
+from ..storage.fs import (
+    InputImage,
+    StorageOptionsError,
+    absolute_uri,
+    check_storage_options,
+    redact_options,
+)
+from ..storage.images import DEFAULT_MAX_PIXELS
 from .bank_prep import ReferencesSpec, prepare_memory_bank
 from .cluster import init_ray
 from .plan import TODO, OutputScan, Plan, list_inputs, plan_inputs, scan_output

@@ -22,8 +22,8 @@ from pathlib import Path
 import fsspec
 import yaml
 
-from ..io.storage import is_local
 from ..method.config import ConfigError
+from ..storage.fs import is_local
 from .bank_prep import (
     bank_exists,
     bank_mismatches,

@@ -3,7 +3,7 @@
 Two streamed passes over the inputs and one over the committed parts:
 
 * **scan** (:func:`scan_output`): the ``image_uri`` and ``status`` columns of every committed part,
-  hashed into a :class:`~ntt_batch.io.inputs.UriHashes` (16 bytes per row). A part that run.json
+  hashed into a :class:`~ntt_batch.sources.inputs.UriHashes` (16 bytes per row). A part that run.json
   does not know, or whose size or version (mtime / ETag) changed since it was committed, is
   decoded completely first (every page, with checksums): a corrupt one is quarantined and its
   images are redone; unchanged parts are trusted without being re-read.
@@ -32,7 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..io.inputs import (
+from ..output.folder import META, FileInfo, OutputFolder
+from ..output.parts import PartStats, stats_of_file
+from ..output.shards import STATUS_ERROR
+from ..sources.inputs import (
     HashAccumulator,
     InputSpec,
     SourceStats,
@@ -42,10 +45,7 @@ from ..io.inputs import (
     stable_image_id,
     uri_digests,
 )
-from ..io.output_folder import META, FileInfo, OutputFolder
-from ..io.parts import PartStats, stats_of_file
-from ..io.shards import STATUS_ERROR
-from ..io.storage import InputImage
+from ..storage.fs import InputImage
 
 log = logging.getLogger(__name__)
 

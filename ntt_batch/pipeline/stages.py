@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..io.images import decode_image
-from ..io.masks import encode_rle, mask_area
-from ..io.shards import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, rows_to_table
-from ..io.storage import read_bytes
 from ..method.config import SegmenterConfig
+from ..output.shards import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, rows_to_table
+from ..storage.fs import read_bytes
+from ..storage.images import decode_image
+from ..storage.masks import encode_rle, mask_area
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..io.inputs import HashAccumulator, InputSpec, UriHashes, iter_inputs, uri_digests
-from ..io.output_folder import COMMITS, LOCK_JSON, STAGING, OutputFolder, new_run_id
-from ..io.parts import (
+from ..output.folder import COMMITS, LOCK_JSON, STAGING, OutputFolder, new_run_id
+from ..output.parts import (
     PartAssembler,
     PartStats,
     RunRecord,
@@ -33,7 +32,8 @@ from ..io.parts import (
     stats_of_file,
     summary_of,
 )
-from ..io.shards import STATUS_ERROR
+from ..output.shards import STATUS_ERROR
+from ..sources.inputs import HashAccumulator, InputSpec, UriHashes, iter_inputs, uri_digests
 
 log = logging.getLogger(__name__)
 

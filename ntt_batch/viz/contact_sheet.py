@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..io.images import load_image
-from ..io.masks import segmentation_to_mask
-from ..io.names import safe_join
-from ..method.references import reference_image_root
+from ..references.core import reference_image_root
+from ..storage.images import load_image
+from ..storage.masks import segmentation_to_mask
+from ..storage.names import safe_join
 from .overlay import DrawnInstance, class_color, label_font, render_panel, resize_mask
 
 GAP = 6  # px between cells
@@ -123,7 +123,7 @@ def reference_sheet(
     """Draw ``refs`` (a references dict) as a contact sheet PNG/JPEG at ``out``.
 
     Args:
-        refs: a validated references dict (``load_references`` / ``workflows.load_reference_sets``).
+        refs: a validated references dict (``load_references`` / ``bank.build.load_reference_sets``).
         image_root: overrides the image root the references remember.
         box_masks: from :func:`bank_box_masks`: the masks a bank made for box-only references.
         sam2_name: SAM2 model to make masks now for box-only references that ``box_masks`` lacks.

@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from ..io.atomic import atomic_local_file
 from ..method.memory_bank import MemoryBank
-from ..method.references import ReferencePreference
+from ..references.core import ReferencePreference
+from ..storage.atomic import atomic_local_file
 from .overlay import label_font
 
 __all__ = [

@@ -27,13 +27,13 @@ from pathlib import PurePosixPath
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..io.images import ImageDecodeError, decode_image
-from ..io.masks import decode_rle, segmentation_to_mask
-from ..io.merge import is_results_file, iter_image_batches, read_json
-from ..io.names import IMAGE_EXTENSIONS
-from ..io.shards import STATUS_ERROR
-from ..io.storage import filesystem, is_local
-from ..io.thresholds import ScoreThresholds
+from ..exports.score_filter import ScoreThresholds
+from ..output.reader import is_results_file, iter_image_batches, read_json
+from ..output.shards import STATUS_ERROR
+from ..storage.fs import filesystem, is_local
+from ..storage.images import ImageDecodeError, decode_image
+from ..storage.masks import decode_rle, segmentation_to_mask
+from ..storage.names import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

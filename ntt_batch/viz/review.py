@@ -32,14 +32,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..io.atomic import atomic_write_text
-from ..io.images import ImageDecodeError, decode_image
-from ..io.masks import decode_rle
-from ..io.merge import dataset_categories, is_results_file, iter_image_batches
-from ..io.output_folder import OutputFolder
-from ..io.shards import STATUS_ERROR
-from ..io.storage import filesystem
-from ..io.thresholds import ScoreThresholds
+from ..exports.score_filter import ScoreThresholds
+from ..output.folder import OutputFolder
+from ..output.reader import dataset_categories, is_results_file, iter_image_batches
+from ..output.shards import STATUS_ERROR
+from ..storage.atomic import atomic_write_text
+from ..storage.fs import filesystem
+from ..storage.images import ImageDecodeError, decode_image
+from ..storage.masks import decode_rle
 from .overlay import (
     FILL_ALPHA,
     _edges,
@@ -156,7 +156,7 @@ def write_review(
         images_root: where to look for images the rows' URIs do not reach (e.g. the shards were
             copied from another machine): by the URI's file name, then by the number in it.
         thresholds: default score thresholds (a number, a YAML/JSON map file, a dict or a
-            :class:`~ntt_batch.io.thresholds.ScoreThresholds`): they set the slider (global) or the
+            :class:`~ntt_batch.exports.score_filter.ScoreThresholds`): they set the slider (global) or the
             per-class filter (a map), and which instances the full overlays draw.
         limit: the first ``limit`` image rows get a tile (None: all; mind the size).
         thumb_side, full_side: longer side of the thumbnails and of the full overlays, px.

@@ -38,8 +38,8 @@ from pathlib import PurePosixPath
 import numpy as np
 import yaml
 
-from ..output_folder import utc_now_iso
-from ..storage import filesystem, is_local
+from ..output.folder import utc_now_iso
+from ..storage.fs import filesystem, is_local
 from .base import ExportContext, ExportRow, Writer
 from .polygons import bridge_polygons, mask_polygons
 

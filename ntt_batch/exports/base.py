@@ -4,12 +4,12 @@ In the spirit of img2dataset's ``writer.py``: a format is a small class with one
 ``write(row)`` and ``close()`` (plus ``abort()``); everything else lives once, in
 :func:`run_export`:
 
-* shards are read through :func:`ntt_batch.io.merge.iter_image_batches` only (one record batch
+* shards are read through :func:`ntt_batch.output.reader.iter_image_batches` only (one record batch
   at a time, bounded in rows and instances);
 * rows are counted (ok / empty / error; error rows are skipped, with the first few kept as
   examples), image ids are collected compactly and duplicates refused before anything appears
   under the output name;
-* per-class score thresholds (:class:`~ntt_batch.io.thresholds.ScoreThresholds`) are applied, so a
+* per-class score thresholds (:class:`~ntt_batch.exports.score_filter.ScoreThresholds`) are applied, so a
   writer only ever sees the instances to export (``row.kept``);
 * categories come from the run's ``run.json`` (the memory bank), else from the caller, else from
   the instances; :meth:`ExportContext.final_categories` gives the list to write at the end;
@@ -34,8 +34,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..masks import decode_rle
-from ..merge import (
+from ..output.folder import OutputFolder
+from ..output.reader import (
     ImageBatch,
     MergeStats,
     _finish_stats,
@@ -43,9 +43,9 @@ from ..merge import (
     iter_image_batches,
     run_categories,
 )
-from ..output_folder import OutputFolder
-from ..storage import absolute_uri
-from ..thresholds import ScoreThresholds
+from ..storage.fs import absolute_uri
+from ..storage.masks import decode_rle
+from .score_filter import ScoreThresholds
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .output_folder import OutputFolder
-from .storage import filesystem
+from ..storage.fs import filesystem
+from .folder import OutputFolder
 
 STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
 

@@ -2,8 +2,8 @@
 
 This module is the one place that reads shard files (:func:`list_shards`,
 :func:`iter_image_batches`; the run record is ``OutputFolder.read_run``); the writers of every export format live
-in :mod:`ntt_batch.io.exports` (``yolo`` and ``label-studio`` besides the two below) and are fed
-by one loop, :func:`ntt_batch.io.exports.base.run_export`.
+in :mod:`ntt_batch.exports` (``yolo`` and ``label-studio`` besides the two below) and are fed
+by one loop, :func:`ntt_batch.exports.base.run_export`.
 
 Two COCO products (``ntt-batch merge --format ...``):
 
@@ -29,7 +29,7 @@ Bounded memory: shards are read one record batch at a time (``ParquetFile.iter_b
 entry is written to disk as soon as it is formatted, and nothing per instance is kept. What stays
 in memory is one Parquet row group plus one batch of rows, the category list, and 8 bytes per
 image (the image ids, to refuse duplicates at the end). Score thresholds may be per class
-(:class:`~ntt_batch.io.thresholds.ScoreThresholds`). ``dataset`` writes its ``images`` and
+(:class:`~ntt_batch.exports.score_filter.ScoreThresholds`). ``dataset`` writes its ``images`` and
 ``annotations`` arrays to two temporary files in the same single pass and concatenates them at the
 end. The output appears atomically (temporary file + rename, or one upload for object stores):
 a crash or an error never leaves a half-written file under the final name.
@@ -55,14 +55,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .atomic import AtomicLocalFile, commit_on_success
-from .output_folder import OutputFolder
+from ..storage.atomic import AtomicLocalFile, commit_on_success
+from ..storage.fs import filesystem, is_local
+from .folder import OutputFolder
 from .shards import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, shard_paths
-from .storage import filesystem, is_local
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("results", "dataset", "yolo", "label-studio")  # ntt_batch.io.exports.WRITERS
+FORMATS = ("results", "dataset", "yolo", "label-studio")  # ntt_batch.exports.WRITERS
 DATASET_FORMAT = "ntt-batch/auto-labels"
 _COLUMNS = ["image_id", "image_uri", "width", "height", "status", "error", "instances"]
 _MAX_EXAMPLES = 5
@@ -327,7 +327,7 @@ class _IdChecker:
 class AtomicFile:
     """A temporary local file that becomes ``out`` on :meth:`commit` and vanishes on :meth:`abort`.
 
-    Local ``out``: :class:`~ntt_batch.io.atomic.AtomicLocalFile` (a hidden temporary file in the
+    Local ``out``: :class:`~ntt_batch.storage.atomic.AtomicLocalFile` (a hidden temporary file in the
     same folder, then ``os.replace``). Object stores: a local temporary file, then one upload (an
     object appears whole or not at all). ``file`` is the open text (or binary, ``mode="wb"``) file
     to write to.

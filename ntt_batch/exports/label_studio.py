@@ -35,7 +35,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from ..merge import AtomicFile, relative_file_name
+from ..output.reader import AtomicFile, relative_file_name
 from .base import ExportContext, ExportRow, Writer
 from .polygons import mask_polygons
 

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ..io.masks import segmentation_to_rle
-from ..io.merge import iter_image_batches, read_json
-from ..io.shards import STATUS_ERROR
+from ..output.reader import iter_image_batches, read_json
+from ..output.shards import STATUS_ERROR
+from ..storage.masks import segmentation_to_rle
 
 log = logging.getLogger(__name__)
 
@@ -356,8 +356,8 @@ def write_thresholds(
 
     import yaml
 
-    from ..io.merge import atomic_output
-    from ..io.thresholds import ScoreThresholds
+    from ..exports.score_filter import ScoreThresholds
+    from ..output.reader import atomic_output
 
     data = report.to_map(default)
     ScoreThresholds.load(data)  # the file must load back

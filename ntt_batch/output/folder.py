@@ -36,8 +36,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_write_bytes
-from .storage import filesystem, is_local
+from ..storage.atomic import atomic_write_bytes
+from ..storage.fs import filesystem, is_local
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class OutputFolder:
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write a whole file atomically: readers see the old file or the new one, never a part.
 
-        Local: :func:`ntt_batch.io.atomic.atomic_write_bytes` (temporary name, fsync, rename).
+        Local: :func:`ntt_batch.storage.atomic.atomic_write_bytes` (temporary name, fsync, rename).
         Object stores: one PUT, which is atomic.
         """
         if self.is_local:

@@ -32,8 +32,8 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from .names import safe_join
-from .storage import filesystem, is_local
+from ..storage.fs import filesystem, is_local
+from ..storage.names import safe_join
 
 INPUT_SCHEMA = pa.schema([("image_id", pa.int64()), ("image_uri", pa.string())])
 URI_COLUMNS = ("image_uri", "uri", "path")

@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .inputs import HashAccumulator, UriHashes, uri_digests
-from .output_folder import (
+from ..sources.inputs import HashAccumulator, UriHashes, uri_digests
+from .folder import (
     COMMITS,
     PART_PREFIX,
     TMP,

@@ -32,7 +32,7 @@ Three ways to build one:
 
 :func:`merge_references` joins several reference sets (classes merged by name).
 
-Pure Python + numpy + :mod:`ntt_batch.io.masks` (PIL only, lazily, for CSV references); no torch.
+Pure Python + numpy + :mod:`ntt_batch.storage.masks` (PIL only, lazily, for CSV references); no torch.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ from typing import Any
 import numpy as np
 
 from ..hashing import file_sha256
-from ..io.atomic import atomic_write_text
-from ..io.masks import encode_rle, segmentation_bbox_xywh
-from ..io.names import safe_join
+from ..storage.atomic import atomic_write_text
+from ..storage.masks import encode_rle, segmentation_bbox_xywh
+from ..storage.names import safe_join
 
 REFERENCES_FILE = "references.json"  # the (merged) references, saved beside the bank they built (memory build, the job)
 

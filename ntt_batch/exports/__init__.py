@@ -14,7 +14,7 @@
 
 All formats share: bounded memory (streamed record batches), atomic outputs, refusal of
 duplicate image ids, error rows skipped and counted, categories from ``run.json`` and per-class
-score thresholds (:class:`~ntt_batch.io.thresholds.ScoreThresholds`). See :mod:`.base`.
+score thresholds (:class:`~ntt_batch.exports.score_filter.ScoreThresholds`). See :mod:`.base`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..merge import MergeStats
+from ..output.reader import MergeStats
 from .base import ExportContext, ExportRow, Writer, run_export
 from .coco import CocoDatasetWriter, CocoResultsWriter
 from .label_studio import LabelStudioWriter
@@ -74,7 +74,7 @@ def export(shards: str, out: str, *, format: str, **kwargs: Any) -> MergeStats:
 
 
 def merge(shards: str, out: str, *, format: str, **kwargs) -> MergeStats:
-    """Export the shards in ``format`` (one of ``ntt_batch.io.merge.FORMATS``): :func:`export`."""
+    """Export the shards in ``format`` (one of ``ntt_batch.output.reader.FORMATS``): :func:`export`."""
     return export(shards, out, format=format, **kwargs)
 
 
@@ -90,7 +90,7 @@ def merge_results(
     """Shards → one COCO results JSON array (``COCO.loadRes`` format), streamed to ``out``.
 
     Keeps instances with ``score >= threshold`` of their class (all when None); ``score_threshold``
-    is anything :meth:`ScoreThresholds.load <ntt_batch.io.thresholds.ScoreThresholds.load>` takes (a
+    is anything :meth:`ScoreThresholds.load <ntt_batch.exports.score_filter.ScoreThresholds.load>` takes (a
     number, a per-class map or a YAML/JSON path). ``error`` rows contribute nothing and are
     counted. Raises ValueError on duplicate image ids (nothing is written then).
     """

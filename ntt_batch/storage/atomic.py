@@ -6,8 +6,8 @@ and fsynced, and the file is renamed into place with ``os.replace`` (atomic with
 system); on any failure the temporary file is removed and the target is left as it was.
 Temporary files get the mode the umask gives (like ``open``), not ``mkstemp``'s 0600.
 
-Object stores have no rename: :meth:`ntt_batch.io.output_folder.OutputFolder.write_bytes` (one
-PUT) and :class:`ntt_batch.io.merge.AtomicFile` (one upload, built on :class:`AtomicLocalFile`
+Object stores have no rename: :meth:`ntt_batch.output.folder.OutputFolder.write_bytes` (one
+PUT) and :class:`ntt_batch.output.reader.AtomicFile` (one upload, built on :class:`AtomicLocalFile`
 for local targets) cover them.
 """
 
@@ -71,7 +71,7 @@ class AtomicLocalFile:
 @contextmanager
 def commit_on_success(target) -> Iterator[IO]:
     """Yield ``target.file``; then ``target.commit()`` when the block succeeds, ``target.abort()`` when it
-    raises (``target``: an :class:`AtomicLocalFile`, or :class:`ntt_batch.io.merge.AtomicFile`)."""
+    raises (``target``: an :class:`AtomicLocalFile`, or :class:`ntt_batch.output.reader.AtomicFile`)."""
     try:
         yield target.file
     except BaseException:

@@ -1,6 +1,6 @@
 """Binary-mask helpers: COCO RLE encode/decode, COCO segmentation rasterisation, boxes, areas.
 
-Dependencies: numpy and pycocotools only (this module lives in ``ntt_batch.io`` and must not
+Dependencies: numpy and pycocotools only (this module lives in ``ntt_batch.storage`` and must not
 import torch, ray or click).
 
 Conventions

@@ -3,7 +3,7 @@
 Entries are formatted as text straight from the shard columns and written as they come; the
 dataset writer keeps its ``images`` and ``annotations`` arrays in two temporary files (beside a
 local output) and concatenates them at the end. Scores are the shortest decimal that round-trips
-the stored float32. See :mod:`ntt_batch.io.merge` for the two products.
+the stored float32. See :mod:`ntt_batch.output.reader` for the two products.
 
 The dataset file is also what FiftyOne's COCO importer reads (``fo.types.COCODetectionDataset``:
 ``file_name`` absolute, or relative to ``data_path`` = ``--image-root``; RLE masks; ``score`` →
@@ -18,14 +18,14 @@ import shutil
 import tempfile
 from json.encoder import encode_basestring_ascii as _json_str
 
-from ..merge import (
+from ..output.folder import utc_now_iso
+from ..output.reader import (
     DATASET_FORMAT,
     AtomicFile,
     _bbox_json,
     _spill_dir,
     relative_file_name,
 )
-from ..output_folder import utc_now_iso
 from .base import ExportContext, ExportRow, Writer
 
 
