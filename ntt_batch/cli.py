@@ -1075,7 +1075,12 @@ def thresholds_cmd(annotations, shards, target, iou_threshold, iou_type, default
 
 
 @main.command()
-@click.option("--shards", required=True, help="Output folder/URI of `ntt-batch run` (holds *.parquet and run.json).")
+@click.option(
+    "--shards",
+    default=None,
+    help="Output folder/URI of `ntt-batch run` (holds *.parquet and run.json). "
+    "Leave out with --serve to serve a page written before.",
+)
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False), help="Local folder for index.html and its images."
 )
@@ -1092,7 +1097,29 @@ def thresholds_cmd(annotations, shards, target, iou_threshold, iou_type, default
     "(`ntt-batch thresholds` writes one). Sets the page's slider / per-class filter.",
 )
 @click.option(
-    "--limit", default=200, show_default=True, type=click.IntRange(min=1), help="Image rows on the page (the first N)."
+    "--limit",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Review budget: images in the random sample, in lowest-confidence-first and in each class's sample.",
+)
+@click.option(
+    "--page-size", default=48, show_default=True, type=click.IntRange(min=1), help="Images per page of the review page."
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random samples.")
+@click.option(
+    "--max-rows",
+    default=None,
+    type=click.IntRange(min=1),
+    help="The file-order listing holds the first N rows (default: every row; each is drawn, so this bounds the time).",
+)
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Then serve OUT on 127.0.0.1 (Ctrl-C stops): the page saves its decisions to OUT/decisions.json.",
+)
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(min=0, max=65535), help="Port for --serve."
 )
 @click.option(
     "--thumb-side",
@@ -1110,17 +1137,40 @@ def thresholds_cmd(annotations, shards, target, iou_threshold, iou_type, default
 )
 @click.option("--title", default=None, help="Page title (default: the shards URI).")
 @storage_flags
-def review(shards, out, images_root, thresholds, limit, thumb_side, full_side, title, **kw):
-    """Write a static HTML review page: a grid of overlays with class filter, score slider and counts.
+def review(
+    shards,
+    out,
+    images_root,
+    thresholds,
+    limit,
+    page_size,
+    seed,
+    max_rows,
+    serve,
+    port,
+    thumb_side,
+    full_side,
+    title,
+    **kw,
+):
+    """Write a static HTML review page: every row in pages, a random sample, lowest confidence first,
+    per class; filters; keyboard review (accept, reject, change class) and a decisions file.
 
-    No server needed: open OUT/index.html from disk, or copy OUT to a bucket and open it there.
-    Each tile links to a full-size overlay and to the original image (local files, http(s)).
+    No server needed: open OUT/index.html from disk, or copy OUT to a bucket and open it there;
+    "Download decisions" saves decisions.json (docs/review_decisions.md). With --serve, the page
+    is served on 127.0.0.1 and saves its decisions to OUT/decisions.json itself.
 
     \b
       ntt-batch review --shards out/ --out review/ --thresholds thresholds.yaml
+      ntt-batch review --shards out/ --out review/ --serve --port 8000
     """
     from .viz.review import write_review
 
+    if shards is None:
+        if not serve:
+            raise click.UsageError("--shards is required (or --serve, to serve a page written before)")
+        _serve_review(out, port)
+        return
     options = storage_options_from_flags(kw)
     s = write_review(
         shards,
@@ -1128,6 +1178,9 @@ def review(shards, out, images_root, thresholds, limit, thumb_side, full_side, t
         images_root=images_root,
         thresholds=thresholds,
         limit=limit,
+        page_size=page_size,
+        seed=seed,
+        max_rows=max_rows,
         thumb_side=thumb_side,
         full_side=full_side,
         title=title,
@@ -1136,13 +1189,26 @@ def review(shards, out, images_root, thresholds, limit, thumb_side, full_side, t
     )
     for sk in s.skipped[:10]:
         click.echo(f"not drawn: image {sk['image_id']} ({sk['image_uri']}): {sk['reason']}", err=True)
-    more = f" (the first {s.rows_read} rows; --limit for more)" if s.more_rows else ""
+    more = f" (file order: the first {max_rows} of {s.rows_read} rows)" if s.more_rows else ""
     click.echo(
-        f"wrote {s.index}: {s.images} images, {s.instances} instances, {len(s.categories)} classes{more}"
+        f"wrote {s.index}: {s.rows_read} rows, {s.images} images drawn, {s.instances} instances, "
+        f"{len(s.categories)} classes, {s.pages} pages{more}"
         + (f"; {s.errors} error rows listed" if s.errors else "")
         + (f"; {len(s.skipped)} not drawn" if s.skipped else "")
     )
-    click.echo(f"  open it: file://{Path(s.index).resolve()}")
+    if serve:
+        _serve_review(out, port)
+    else:
+        click.echo(f"  open it: file://{Path(s.index).resolve()}")
+
+
+def _serve_review(out: str, port: int) -> None:
+    from .viz.review_server import serve
+
+    try:
+        serve(out, port, echo=click.echo)
+    except (OSError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- config

@@ -9,6 +9,12 @@ package and no TCP port. Chromium itself comes from the system's packages
         page = b.open("file:///.../index.html")      # waits for the load event
         page.eval("document.title")
         page.errors                                  # console errors, uncaught exceptions, failed loads
+        page.press("j"); page.press("?"); page.press("Tab", shift=True)   # real key events
+        page.click("#download")                      # a real mouse click at the element's centre
+        page.screenshot("shot.png")
+
+Input goes through ``Input.dispatchKeyEvent`` / ``Input.dispatchMouseEvent``: the browser's own
+event path (focus, default actions, trusted events), not ``element.dispatchEvent`` from script.
 """
 
 from __future__ import annotations
@@ -146,6 +152,10 @@ class Browser:
                     return m
             self.events.append(self._read_message(deadline))
 
+    def allow_downloads(self, folder: str) -> None:
+        """Save downloads into ``folder`` (``Browser.downloadProgress`` events are reported)."""
+        self.send("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": folder, "eventsEnabled": True})
+
     def open(self, url: str) -> Page:
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
@@ -157,9 +167,53 @@ class Browser:
             {"width": self.size[0], "height": self.size[1], "deviceScaleFactor": 1, "mobile": False},
             session=session,
         )
+        self.send("Emulation.setFocusEmulationEnabled", {"enabled": True}, session=session)
         self.send("Page.navigate", {"url": url}, session=session)
         self.wait_event("Page.loadEventFired", session=session)
         return page
+
+
+# key name -> (code, Windows virtual key code, text typed); letters, digits and "shift" come from _key()
+_KEYS = {
+    "Enter": ("Enter", 13, "\r"),
+    "Tab": ("Tab", 9, ""),
+    "Escape": ("Escape", 27, ""),
+    "Backspace": ("Backspace", 8, ""),
+    "ArrowLeft": ("ArrowLeft", 37, ""),
+    "ArrowUp": ("ArrowUp", 38, ""),
+    "ArrowRight": ("ArrowRight", 39, ""),
+    "ArrowDown": ("ArrowDown", 40, ""),
+    "PageUp": ("PageUp", 33, ""),
+    "PageDown": ("PageDown", 34, ""),
+    "Home": ("Home", 36, ""),
+    "End": ("End", 35, ""),
+    " ": ("Space", 32, " "),
+    "[": ("BracketLeft", 219, "["),
+    "]": ("BracketRight", 221, "]"),
+    "/": ("Slash", 191, "/"),
+    "?": ("Slash", 191, "?"),
+}
+SHIFT = 8
+
+
+def _key(key: str, shift: bool) -> dict:
+    """The ``Input.dispatchKeyEvent`` fields of one key as a US keyboard types it."""
+    if len(key) == 1 and key.isalpha():
+        code, vk, text = f"Key{key.upper()}", ord(key.upper()), key
+        shift = shift or key.isupper()
+    elif len(key) == 1 and key.isdigit():
+        code, vk, text = f"Digit{key}", ord(key), key
+    elif key in _KEYS:
+        code, vk, text = _KEYS[key]
+        shift = shift or key == "?"
+    else:
+        raise ValueError(f"no key mapping for {key!r}: add it to browser._KEYS")
+    fields = {"key": key, "code": code, "windowsVirtualKeyCode": vk, "nativeVirtualKeyCode": vk}
+    if shift:
+        fields["modifiers"] = SHIFT
+    if text:
+        fields.update(text=text, unmodifiedText=text)
+    return fields
 
 
 class Page:
@@ -179,6 +233,59 @@ class Page:
                 f"{r['exceptionDetails'].get('exception', {}).get('description') or r['exceptionDetails']}"
             )
         return r["result"].get("value")
+
+    def press(self, key: str, *, shift: bool = False) -> None:
+        """Press and release ``key`` ("j", "A", "?", "Tab", "ArrowRight", ...) as the user would."""
+        fields = _key(key, shift)
+        down = dict(fields, type="keyDown" if "text" in fields else "rawKeyDown")
+        self.browser.send("Input.dispatchKeyEvent", down, session=self.session)
+        up = {k: v for k, v in fields.items() if k not in ("text", "unmodifiedText")}
+        self.browser.send("Input.dispatchKeyEvent", dict(up, type="keyUp"), session=self.session)
+
+    def type(self, text: str) -> None:
+        for ch in text:
+            self.press(ch)
+
+    def click(self, selector: str, *, count: int = 1, at: tuple[float, float] = (0.5, 0.5)) -> None:
+        """A real left click (``count`` 2: a double click) on the first element ``selector`` matches,
+        scrolled into view first, at ``at`` (fractions of its width and height; the centre by default);
+        error if there is none or it has no size."""
+        box = self.eval(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null; "
+            "e.scrollIntoView({block: 'nearest', inline: 'nearest'}); const r = e.getBoundingClientRect(); "
+            f"return [r.left + r.width * {float(at[0])}, r.top + r.height * {float(at[1])}, r.width, r.height]; }})()"
+        )
+        if not box:
+            raise BrowserError(f"click: nothing matches {selector!r}")
+        if box[2] <= 0 or box[3] <= 0:
+            raise BrowserError(f"click: {selector!r} is not displayed (size {box[2]}x{box[3]})")
+        x, y = box[0], box[1]
+        send = self.browser.send
+        send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y}, session=self.session)
+        for n in range(1, count + 1):
+            for kind in ("mousePressed", "mouseReleased"):
+                send(
+                    "Input.dispatchMouseEvent",
+                    {"type": kind, "x": x, "y": y, "button": "left", "buttons": 1, "clickCount": n},
+                    session=self.session,
+                )
+
+    def wait_for(self, expression: str, timeout: float = 10.0) -> Any:
+        """Poll ``expression`` until it is truthy; its value (BrowserError on timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.eval(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise BrowserError(f"timed out waiting for {expression!r}")
+            time.sleep(0.05)
+
+    def reload(self) -> None:
+        """Reload the page and wait for its load event."""
+        self.browser.events = [m for m in self.browser.events if m.get("method") != "Page.loadEventFired"]
+        self.browser.send("Page.reload", {"ignoreCache": True}, session=self.session)
+        self.browser.wait_event("Page.loadEventFired", session=self.session)
 
     def settle(self, seconds: float = 0.3) -> None:
         """Let pending events (image loads, console messages) arrive."""
