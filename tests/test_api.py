@@ -245,13 +245,11 @@ def test_run_job_from_python_then_review(tmp_path, coco_mini, small_bank, random
     assert summary["rows"] == 1 and summary["error"] == 0
     page = ntt_batch.review(tmp_path / "out", tmp_path / "review")
     assert page.images == 1 and Path(page.index).is_file()
-    data = _page_data(Path(page.index))
+    data = _first_page(Path(page.index).parent)
     assert data["images"][0]["uri"].endswith(".jpg") and len(data["images"][0]["inst"]) == page.instances
 
 
-def _page_data(index: Path) -> dict:
-    text = index.read_text()
-    start = text.index('<script type="application/json" id="review-data">') + len(
-        '<script type="application/json" id="review-data">'
-    )
-    return json.loads(text[start : text.index("</script>", start)])
+def _first_page(review: Path) -> dict:
+    """The review page's first data page in file order (a script calling ``__nttReviewPage``)."""
+    text = (review / "data" / "file" / "page-00000.js").read_text()
+    return json.loads(text[text.index("(") + 1 : text.rindex(")")])

@@ -215,7 +215,8 @@ def _visible_insts(entry: dict, cls: int | None, score: float, person_threshold:
 def test_review_work_in_headless_chromium(review_shards, review_rows, tmp_path):
     _require_chromium()
     rv = tmp_path / "rv"
-    write_review(str(review_shards), str(rv), thresholds={"person": 0.6}, page_size=3, limit=4, seed=1)
+    title = "ntt-batch review: coco_mini (ground-truth masks, random scores)"
+    write_review(str(review_shards), str(rv), thresholds={"person": 0.6}, page_size=3, limit=4, seed=1, title=title)
     file_entries = _pages(rv, "file")
     uris = [r["image_uri"] for r in review_rows]
     with Browser(width=1400, height=1000) as b:
