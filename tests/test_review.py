@@ -172,6 +172,34 @@ def test_review_pages_and_orderings(review_shards, review_rows, tmp_path):
     assert res.exit_code == 2 and "--shards is required" in res.output
 
 
+def test_review_many_rows_bounded(tmp_path, review_rows):
+    """400 rows (images absent: listed, not drawn): every row paged, the sampled orderings hold K,
+    equal to brute force, and an image with many instances keeps the top ``max_instances``."""
+    base = [r for r in review_rows if r["instances"]]
+    rnd = random.Random(5)
+    rows = []
+    for n in range(400):
+        src = base[n % len(base)]
+        insts = [dict(p, score=round(rnd.uniform(0.01, 0.99), 4)) for p in src["instances"]]
+        rows.append(_row(10_000 + n, f"/nowhere/img-{n:04d}.jpg", src["width"], src["height"], insts))
+    shards = write_shards(tmp_path / "out", rows, per_file=64, row_group=16)
+    s = write_review(str(shards), str(tmp_path / "rv"), page_size=50, limit=10, seed=3, max_instances=3)
+    assert s.rows_read == 400 and s.images == 0 and len(s.skipped) == 400
+    entries = _pages(tmp_path / "rv", "file")
+    assert [e["uri"] for e in entries] == [r["image_uri"] for r in rows] and s.orderings["file"] == 400
+    assert all("not found" in e["problem"] for e in entries)
+    top3 = {r["image_uri"]: sorted(r["instances"], key=lambda p: -p["score"])[:3] for r in rows}
+    for e in entries[:20]:
+        assert [_f32(p["s"]) for p in e["inst"]] == [_f32(p["score"]) for p in top3[e["uri"]]]
+    sample = [e["uri"] for e in _pages(tmp_path / "rv", "sample")]
+    assert sample == sorted(top3, key=lambda u: sample_key(3, u))[:10]
+    conf = {u: min(p["score"] for p in ps) for u, ps in top3.items()}
+    assert [e["uri"] for e in _pages(tmp_path / "rv", "low")] == sorted(conf, key=lambda u: (conf[u], u))[:10]
+    assert all(
+        o["images"] <= 10 for o in json.loads((tmp_path / "rv" / "data" / "index.json").read_text())["orderings"][1:]
+    )
+
+
 # ----------------------------------------------------------------------------- in the browser
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..exports.score_filter import ScoreThresholds
@@ -90,13 +90,17 @@ class Selection:
         key = sample_key(self.seed, b.image_uri[i])
         self._push(self._sample, (-key, row))
         low, seen = None, set()
-        for _, p in row_instances(b, i, max_instances):
-            cid, score = int(p["category_id"]), float(p["score"])
-            if p.get("category_name"):
-                self.names.setdefault(cid, str(p["category_name"]))
+        lo, hi = int(b.offsets[i]), int(b.offsets[i + 1])
+        js: Iterable[int] = range(lo, hi)  # columnar: no per-instance dict (this pass sees every row)
+        if max_instances and hi - lo > max_instances:  # the instances the page shows: as row_instances()
+            js = sorted(js, key=lambda j: (-b.score[j], j))[:max_instances]
+        for j in js:
+            cid, score, name = int(b.category_id[j]), b.score[j], b.category_name[j]
+            if name:
+                self.names.setdefault(cid, str(name))
             counts = self.per_class.setdefault(cid, [0, 0, 0])
             counts[0] += 1
-            if not th.keep(cid, p.get("category_name"), score):
+            if not th.keep(cid, name, score):
                 continue
             counts[1] += 1
             low = score if low is None else min(low, score)

@@ -705,6 +705,8 @@ JS = r"""
   $("full-next").addEventListener("click", nextImage);
   $("full-close").addEventListener("click", closeFull);
   $("download").addEventListener("click", download);
+  $("picker").addEventListener("click", function (ev) { if (ev.target === $("picker")) closePicker(); });
+  $("help").addEventListener("click", function (ev) { if (ev.target === $("help")) $("help").hidden = true; });
   $("reviewer").addEventListener("change", save);
   window.addEventListener("resize", function () { if (S.full) renderFull(); });
   window.__review = { state: S, decisions: decisionList, document: decisionDoc };
