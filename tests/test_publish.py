@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -298,6 +299,19 @@ def test_publish_command_line(tmp_path):
 # ----------------------------------------------------------------------------- the real job, --publish
 
 
+def _corrupt_a_data_page(path: Path) -> None:
+    """Flip bytes inside the image_uri dictionary page's payload, footer intact (as test_output_layout does)."""
+    import pyarrow.parquet as pq
+
+    col = pq.read_metadata(path).row_group(0).column(1)
+    assert col.path_in_schema == "image_uri" and col.dictionary_page_offset is not None
+    start = col.dictionary_page_offset + (col.data_page_offset - col.dictionary_page_offset) * 2 // 3
+    data = bytearray(path.read_bytes())
+    for i in range(start, start + 8):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 @pytest.fixture(scope="module")
 def late_manifest(tmp_path_factory, coco_mini):
     """Three images and one that does not exist yet (an error row until it arrives)."""
@@ -310,7 +324,7 @@ def late_manifest(tmp_path_factory, coco_mini):
     return manifest, late, sorted((coco_mini / "val2017").glob("*.jpg"))[4]
 
 
-def test_run_publish_keeps_the_tables_in_step_through_reruns_compaction_and_retry_errors(
+def test_run_publish_keeps_the_tables_in_step_through_reruns_compaction_retry_errors_and_quarantine(
     ray_local, late_manifest, random_checkpoints, small_bank, tmp_path
 ):
     manifest, late, late_source = late_manifest
@@ -351,6 +365,15 @@ def test_run_publish_keeps_the_tables_in_step_through_reruns_compaction_and_retr
     assert _assert_table_is_the_output(out, delta_root=out) == 4
     rows = {r["image_uri"]: r for r in _delta(out).to_pyarrow_table().to_pylist()}
     assert rows[str(late)]["status"] == "empty"  # decoded now (no-op model: no instances)
+
+    (part,) = out.glob("part-*.parquet")  # a part turns out corrupt: the next run quarantines it and redoes its rows
+    _corrupt_a_data_page(part)
+    redone = run()
+    assert redone.attempt["to_process"] == 4 and (out / "_ntt" / "quarantine" / part.name).exists()
+    (ice, dlt) = redone.attempt["published"]
+    assert (ice["added"], ice["removed"], dlt["added"], dlt["removed"]) == (1, 1, 1, 1)
+    assert len(_snapshots(out)) == snaps + 3 and _delta(out).version() == version + 3
+    assert _assert_table_is_the_output(out, delta_root=out) == 4
     run_json = json.loads((out / "_ntt" / "run.json").read_text())
     assert run_json["config"]["publish"] == {
         "iceberg": None,
