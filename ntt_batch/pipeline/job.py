@@ -15,6 +15,7 @@ Attempt, start to end (the output's layout is described in ``io.output_folder``)
       └─ write_parquet(_ntt/staging/<run_id>/)
     the committer (a driver thread) turns staging files into large part-*.parquet files as they
     accumulate and at the end (io.parts), then small parts are compacted
+    with --publish: the committed parts are registered in the Iceberg/Delta table(s) (io.publish)
 
 Resume: a row means "done". A rerun reads the ``image_uri``/``status`` columns of the committed
 parts once, drops those inputs, and processes the rest: cost proportional to the output's rows
