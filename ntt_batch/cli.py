@@ -680,6 +680,15 @@ def segment(memory, images, annotations, image_root, limit, batch_size, out, **k
     "non-images get error rows). The skipped count is printed and recorded.",
 )
 @click.option(
+    "--publish",
+    "publish_items",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="At the end of each completed attempt, register the committed files in a table, like `ntt-batch publish` "
+    "(repeatable; the keys of a job file's publish: block): table=NS.NAME [iceberg=CATALOG] [warehouse=URI] "
+    "for Iceberg, delta=true for Delta Lake. Not part of the job's fingerprint.",
+)
+@click.option(
     "--dry-run", is_flag=True, help="Say what would be processed (counts and the first 50) and exit; writes nothing."
 )
 @click.option(
@@ -690,7 +699,7 @@ def segment(memory, images, annotations, image_root, limit, batch_size, out, **k
 )
 @segmenter_options
 @click.pass_context
-def run(ctx, config_file, dry_run, verbose, **kw):
+def run(ctx, config_file, publish_items, dry_run, verbose, **kw):
     """The batch job: stream images through Ray actors into Parquet/RLE rows (resumable).
 
     Every listed input gets exactly one row (status ok / empty / error + message), committed
@@ -732,6 +741,8 @@ def run(ctx, config_file, dry_run, verbose, **kw):
     if "no_download" in given:
         data["download"] = not kw["no_download"]
     data["segmenter"] = seg
+    if publish_items:
+        data["publish"] = {**(data.get("publish") or {}), **_key_values(publish_items, "--publish")}
     cfg = JobConfig.from_dict(data, where=config_file or "flags")
     try:
         result = run_job(
@@ -1552,6 +1563,99 @@ def compact(ctx, out, target_file_mb, **kw):
     except LeaseHeldError as e:
         click.echo(f"Error: {e}", err=True)
         ctx.exit(EXIT_LOCKED)
+
+
+def _key_values(items, flag: str) -> dict:
+    """``KEY=VALUE`` flag items → a dict (values read as YAML scalars: ``delta=true`` is a boolean)."""
+    from .storage.fs import yaml_scalar
+
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=flag)
+        out[key.strip()] = yaml_scalar(value)
+    return out
+
+
+_DELTA_AT_OUT = "\0out"  # --delta without a value
+
+
+@main.command()
+@click.argument("out")
+@click.option(
+    "--iceberg",
+    default=None,
+    is_flag=False,
+    flag_value="embedded",
+    metavar="[CATALOG]",
+    help="Iceberg catalog: sqlite:///path/catalog.db (a SQL catalog in a SQLite file, no service), "
+    "http(s)://... (REST catalog), glue or glue://REGION (AWS Glue), or a catalog name from ~/.pyiceberg.yaml. "
+    "Without a value (or with --table alone): the embedded catalog OUT/_ntt/iceberg/catalog.db (local outputs).",
+)
+@click.option("--table", default=None, metavar="NAMESPACE.NAME", help="Iceberg table (created when missing).")
+@click.option(
+    "--warehouse",
+    default=None,
+    metavar="URI",
+    help="Where a new Iceberg table keeps its metadata (default for a SQLite catalog: 'warehouse' beside its file).",
+)
+@click.option(
+    "--catalog-property",
+    "catalog_property",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Extra pyiceberg catalog property (repeatable), e.g. token=... or credential=... for a REST catalog.",
+)
+@click.option(
+    "--delta",
+    default=None,
+    is_flag=False,
+    flag_value=_DELTA_AT_OUT,
+    metavar="[PATH]",
+    help="Delta Lake table (delta-rs): without a value at OUT itself (its log in OUT/_delta_log/); a PATH must be "
+    "OUT or a folder above it (the part files must lie under the table's root).",
+)
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the result here.")
+@storage_flags
+@click.pass_context
+def publish(ctx, out, iceberg, table, warehouse, catalog_property, delta, json_out, **kw):
+    """Register OUT's committed part files in an Iceberg and/or Delta Lake table, without rewriting them.
+
+    Idempotent and in step with the output: new part files are added, files that `compact`,
+    `run --retry-errors`, `verify --repair` or quarantine replaced are removed, in ONE table commit
+    (one Iceberg snapshot, one Delta version), so the table's rows are exactly `verify`'s rows. With
+    nothing to do, no commit is made ("up to date"). Takes OUT's lock while it runs (exit 4 if a run
+    holds it). `run --publish KEY=VALUE` does the same at the end of each completed attempt.
+
+    \b
+    Examples:
+      ntt-batch publish out/ --table labels.masks     # embedded SQLite catalog: out/_ntt/iceberg/
+      ntt-batch publish s3://b/run1/ --table labels.masks --iceberg sqlite:///$PWD/catalog.db
+      ntt-batch publish s3://b/run1/ --table labels.masks --iceberg https://catalog:8181 --catalog-property token=T
+      ntt-batch publish s3://b/run1/ --delta          # a Delta table at s3://b/run1/ (log in _delta_log/)
+    """
+    from .output.folder import LeaseHeldError
+    from .output.publish import publish as publish_output
+    from .pipeline.verify import EXIT_LOCKED
+
+    options = storage_options_from_flags(kw)
+    try:
+        result = publish_output(
+            out,
+            iceberg=iceberg,
+            table=table,
+            warehouse=warehouse,
+            delta=True if delta == _DELTA_AT_OUT else delta,
+            catalog_properties=_key_values(catalog_property, "--catalog-property"),
+            storage_options=options,
+            echo=click.echo,
+        )
+    except LeaseHeldError as e:
+        click.echo(f"Error: {e}", err=True)
+        ctx.exit(EXIT_LOCKED)
+    if json_out:
+        Path(json_out).write_text(json.dumps(result.to_dict(), indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover

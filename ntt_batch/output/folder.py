@@ -7,7 +7,7 @@ Layout (any fsspec store: a local folder, ``s3://bucket/prefix``, ...)::
     <out>/_ntt/lock, _ntt/lock.json     the lease: one run at a time (flock locally, conditional writes on S3)
     <out>/_ntt/staging/<run_id>/        files the running attempt's workers write (not yet committed)
     <out>/_ntt/tmp/                     committed files being assembled (not visible to readers)
-    <out>/_ntt/commits/<id>.json        commit intents (crash recovery; see io.parts)
+    <out>/_ntt/commits/<id>.json        commit intents (crash recovery; see output.parts)
     <out>/_ntt/quarantine/              unreadable files moved aside (never deleted)
     <out>/_ntt/retried/                 error rows replaced by ``--retry-errors`` (kept for the record)
 

@@ -1,4 +1,4 @@
-"""The row schema of the batch job's output: one row per input image (layout: ``io.output_folder``).
+"""The row schema of the batch job's output: one row per input image (layout: ``output.folder``).
 
 Row schema (``SHARD_SCHEMA``), readable by pyarrow / pandas / DuckDB without this package:
 
@@ -66,7 +66,7 @@ def shard_paths(out_uri: str, options: dict | None = None) -> tuple[Any, list[st
     """(filesystem, committed shard paths) of an output URI, or of one ``.parquet`` file.
 
     Only the committed ``*.parquet`` files directly under the output count (see
-    ``io.output_folder``); staging, temporary and quarantined files live under ``_ntt/``.
+    ``output.folder``); staging, temporary and quarantined files live under ``_ntt/``.
     """
     if out_uri.lower().endswith(".parquet"):
         fs, path = filesystem(out_uri, options)

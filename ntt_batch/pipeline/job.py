@@ -1,8 +1,8 @@
 """`ntt-batch run`: the Ray Data batch job, resumable, one job per output.
 
-Attempt, start to end (the output's layout is described in ``io.output_folder``)::
+Attempt, start to end (the output's layout is described in ``output.folder``)::
 
-    take the output's lease (one run at a time; io.output_folder.Lease)
+    take the output's lease (one run at a time; output.folder.Lease)
     check the job fingerprint against run.json (another job's output is refused)
     finish or undo half-done commits; check new/changed parts; commit what dead attempts staged
     plan (pipeline.plan): stream the inputs, drop those with a row → todo files under _ntt/todo/
@@ -14,7 +14,8 @@ Attempt, start to end (the output's layout is described in ``io.output_folder``)
                                      broadcast once with ray.put; masks RLE-encoded in the actor
       └─ write_parquet(_ntt/staging/<run_id>/)
     the committer (a driver thread) turns staging files into large part-*.parquet files as they
-    accumulate and at the end (io.parts), then small parts are compacted
+    accumulate and at the end (output.parts), then small parts are compacted
+    with --publish: the committed parts are registered in the Iceberg/Delta table(s) (output.publish)
 
 Resume: a row means "done". A rerun reads the ``image_uri``/``status`` columns of the committed
 parts once, drops those inputs, and processes the rest: cost proportional to the output's rows
@@ -68,6 +69,7 @@ from ..output.parts import (
     recover_commits,
     withdraw_rows,
 )
+from ..output.publish import PublishError, PublishSpec, publish_folder
 from ..sources.inputs import HashAccumulator, InputSpec, normalise_extensions
 from ..storage.fs import (
     InputImage,
@@ -161,6 +163,9 @@ class JobConfig:
     )
     target_file_mb: int = setting(512, flag=True, min=1, help="Size of the committed part files (MB).")
     lease_ttl_s: float = 120.0  # object stores: a dead run's lock expires after this (renewed every ttl/4)
+    # publish the output to an Iceberg/Delta table at the end of each completed attempt (output.publish;
+    # flag --publish KEY=VALUE); not part of the job fingerprint
+    publish: PublishSpec | None = None
 
     def validate(self) -> JobConfig:
         check_config_types(self)  # also for configs built in Python: types first, then values
@@ -190,6 +195,11 @@ class JobConfig:
             if not isinstance(self.references, ReferencesSpec):
                 raise ConfigError("references: must be a mapping of reference settings (see jobs/*.yaml)")
             self.references.validate()
+        if self.publish is not None:
+            try:
+                self.publish.check()
+            except PublishError as e:
+                raise ConfigError(f"publish: {e}") from None
         try:
             check_storage_options(self.storage_options, self.uris().values())
         except StorageOptionsError as e:
@@ -222,6 +232,8 @@ class JobConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["storage_options"] = redact_options(self.storage_options)
+        if d.get("publish"):
+            d["publish"]["catalog_properties"] = redact_options(d["publish"]["catalog_properties"])
         return d
 
 
@@ -374,7 +386,7 @@ class BackgroundLoop:
 
 class StagingCommitter(BackgroundLoop):
     """Commits the attempt's staging files into large parts: in the background whenever a part's
-    worth (``target_bytes``) has accumulated, and once more at the end (see ``io.parts``)."""
+    worth (``target_bytes``) has accumulated, and once more at the end (see ``output.parts``)."""
 
     thread_name = "ntt-committer"
 
@@ -567,6 +579,10 @@ def _dry_run(cfg: JobConfig, folder: OutputFolder, echo: Callable[[str], None]) 
         echo=echo,
     )
     _echo_plan(plan, echo)
+    if cfg.publish is not None:
+        targets = [f"Iceberg table {cfg.publish.table}"] if cfg.publish.wants_iceberg else []
+        targets += ["a Delta table"] if cfg.publish.wants_delta else []
+        echo(f"  then would publish the output to {' and '.join(targets)}")
     if scan.corrupt:
         echo(
             f"  {len(scan.corrupt)} committed file(s) are corrupt and would be quarantined: "
@@ -778,6 +794,8 @@ def _attempt(
             + "/*.parquet' where status = 'error'\"; "
             "to redo them (e.g. after fixing the files): the same command with --retry-errors"
         )
+    if cfg.publish is not None:
+        _publish_attempt(cfg, folder, record, attempt, echo)
     code = EXIT_OK
     if missing:
         echo(
@@ -788,6 +806,25 @@ def _attempt(
     elif summary["error"] and not cfg.allow_errors:
         code = EXIT_IMAGE_ERRORS
     return JobResult(summary, attempt, code)
+
+
+def _publish_attempt(cfg: JobConfig, folder: OutputFolder, record: RunRecord, attempt: dict, echo) -> None:
+    """``--publish``: register the committed parts in the table(s), under this run's lease (output.publish)."""
+    try:
+        res = publish_folder(folder, cfg.publish, echo=echo)
+    except Exception as e:
+        attempt["publish_error"] = f"{type(e).__name__}: {e}"
+        record.write()
+        raise PublishError(
+            f"the run's rows are committed, but publishing them failed: {type(e).__name__}: {e}. "
+            f"Fix that, then `ntt-batch publish {cfg.out}` with the same table settings (or rerun the job)"
+        ) from e
+    attempt["published"] = [
+        {k: getattr(t, k) for k in ("format", "table", "snapshot", "table_rows", "up_to_date")}
+        | {"added": len(t.added), "removed": len(t.removed)}
+        for t in res.tables
+    ]
+    record.write()
 
 
 def _scan(folder: OutputFolder, record: RunRecord, echo) -> OutputScan:

@@ -6,7 +6,7 @@ A job file holds the same settings as the ``run`` flags (see ``JobConfig``); nes
 without running anything: it parses it into a ``JobConfig`` (unknown keys, values of the wrong
 type and bad values are errors that name the key; every value is type-checked against the
 settings' annotations, booleans strictly, see ``method.config.config_from_dict``; s3fs options
-against s3fs's own defaults, see ``io.storage.check_storage_options``), then does the checks that
+against s3fs's own defaults, see ``storage.fs.check_storage_options``), then does the checks that
 are cheap on this machine (local paths, the memory bank's metadata, checkpoint files, S3 bucket
 names). Remote objects are not opened.
 A YAML syntax error is reported by line and column only: PyYAML's message quotes the text
