@@ -6,10 +6,12 @@ Attempt, start to end (the output's layout is described in ``output.folder``)::
     check the job fingerprint against run.json (another job's output is refused)
     finish or undo half-done commits; check new/changed parts; commit what dead attempts staged
     plan (pipeline.plan): stream the inputs, drop those with a row → todo files under _ntt/todo/
+      (sharded inputs, pipeline.shard_plan: list the shards, skip the complete ones unopened)
     Ray Data:
-      read_parquet(todo) → repartition(block_rows)
-      └─ map_batches(decode_batch)   CPU tasks: read bytes (fsspec), decode, EXIF-orient, RGB,
-                                     pixel limit; bad inputs → error rows
+      read_parquet(todo) → repartition(block_rows)   (shards: one reading task per shard)
+      └─ map_batches(decode_batch)   CPU tasks: read bytes (fsspec, read_concurrency reads in
+                                     flight), decode, EXIF-orient, RGB, pixel limit; bad inputs
+                                     → error rows
       └─ map_batches(SegmentActor)   actor pool: models loaded once per actor, the memory bank
                                      broadcast once with ray.put; masks RLE-encoded in the actor
       └─ write_parquet(_ntt/staging/<run_id>/)
@@ -82,6 +84,7 @@ from ..storage.images import DEFAULT_MAX_PIXELS
 from .bank_prep import ReferencesSpec, prepare_memory_bank
 from .cluster import init_ray
 from .plan import TODO, OutputScan, Plan, list_inputs, plan_inputs, scan_output
+from .shard_plan import ShardPlan, check_shard_settings, finish_attempt, is_sharded, plan_shards, shard_dataset
 from .stages import NoopModelActor, SegmentActor, decode_batch, instance_record  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -108,7 +111,8 @@ class JobConfig:
         flag=True,
         default_text="unset",
         help="Input images: fsspec URI of a prefix/folder, a glob, or one file (s3://bucket/prefix/, gs://..., "
-        "/data/imgs). Give exactly one of --images, --manifest, --annotations.",
+        "/data/imgs); or WebDataset tar shards: a URI ending in .tar (shards/{00000..00999}.tar, shards/*.tar), each "
+        "sample one input keyed <shard>#<key>. Give exactly one of --images, --manifest, --annotations, --table.",
     )
     manifest: str | None = setting(
         None,
@@ -121,6 +125,26 @@ class JobConfig:
     )
     image_root: str | None = setting(
         None, flag=True, default_text="unset", help="URI the COCO file names are relative to."
+    )
+    table: str | None = setting(
+        None,
+        flag=True,
+        default_text="unset",
+        help="Table of images: Parquet or Arrow IPC file(s) (a file, folder, glob or brace pattern) with a column of "
+        "image bytes; each row one input, keyed <file>#<id> (--id-column) or <file>#<row number>.",
+    )
+    image_column: str | None = setting(
+        None,
+        flag=True,
+        default_text="the table's one bytes column; for tars the first image member",
+        help="With --table: the column holding the images (bytes, or a Hugging Face {bytes, path} struct). With "
+        "WebDataset shards: the image member's extension (jpg, png, seg.png, ...).",
+    )
+    id_column: str | None = setting(
+        None,
+        flag=True,
+        default_text="row numbers",
+        help="With --table: the column whose values (text or integers, unique per file) key the rows.",
     )
     # fsspec options: endpoint_url, anon, profile, key/secret
     # (flags: --endpoint-url, --anon, --profile, --storage-option)
@@ -162,6 +186,16 @@ class JobConfig:
         "progress granularity.",
     )
     target_file_mb: int = setting(512, flag=True, min=1, help="Size of the committed part files (MB).")
+    # Performance only (never part of the job fingerprint, like PERFORMANCE_ONLY_SETTINGS): how objects are read.
+    read_concurrency: int = setting(
+        16, flag=True, min=1, help="Object reads in flight per decode task (one object per image inputs)."
+    )
+    read_buffer_mb: int = setting(
+        64,
+        flag=True,
+        min=1,
+        help="Bytes of objects in flight per decode task at most (MB; a larger object is read alone).",
+    )
     lease_ttl_s: float = 120.0  # object stores: a dead run's lock expires after this (renewed every ttl/4)
     # publish the output to an Iceberg/Delta table at the end of each completed attempt (output.publish;
     # flag --publish KEY=VALUE); not part of the job fingerprint
@@ -173,17 +207,28 @@ class JobConfig:
             raise ConfigError("memory: required (a memory-bank folder from `ntt-batch memory build`)")
         if not self.out:
             raise ConfigError("out: required (output URI for the shards)")
-        sources = [k for k in ("images", "manifest", "annotations") if getattr(self, k)]
+        sources = [k for k in ("images", "manifest", "annotations", "table") if getattr(self, k)]
         if len(sources) != 1:
             raise ConfigError(
-                f"give exactly one input: images, manifest or annotations (+ image_root); got {sources or 'none'}"
+                f"give exactly one input: images, manifest, annotations (+ image_root) or table; "
+                f"got {sources or 'none'}"
             )
+        check_shard_settings(self)
         if self.annotations and not self.image_root:
             raise ConfigError("image_root: required with annotations (the URI holding the images it lists)")
         get_spec(self.sam2, "sam2")
-        for name in ("memory", "out", "images", "manifest", "annotations", "image_root", "checkpoint_dir"):
+        for name in ("memory", "out", "images", "manifest", "annotations", "image_root", "table", "checkpoint_dir"):
             setattr(self, name, absolute_uri(getattr(self, name)))
-        for name in ("num_actors", "batch_size", "max_pixels", "limit", "block_rows", "target_file_mb"):
+        for name in (
+            "num_actors",
+            "batch_size",
+            "max_pixels",
+            "limit",
+            "block_rows",
+            "target_file_mb",
+            "read_concurrency",
+            "read_buffer_mb",
+        ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.actor_num_cpus <= 0:
@@ -210,7 +255,7 @@ class JobConfig:
         """Every URI of the job, by the key that holds it (``references.<key>`` for the references block)."""
         out = {
             k: getattr(self, k)
-            for k in ("images", "manifest", "annotations", "image_root", "out", "memory", "checkpoint_dir")
+            for k in ("images", "manifest", "annotations", "image_root", "table", "out", "memory", "checkpoint_dir")
         }
         if self.references is not None:
             out.update({f"references.{k}": getattr(self.references, k) for k in ("annotations", "file", "image_root")})
@@ -249,6 +294,9 @@ def input_spec(cfg: JobConfig) -> InputSpec:
         image_root=cfg.image_root,
         extensions=normalise_extensions(cfg.extensions),
         exclude_prefix=cfg.out,
+        table=cfg.table,
+        image_column=cfg.image_column,
+        id_column=cfg.id_column,
     )
 
 
@@ -567,17 +615,7 @@ def _dry_run(cfg: JobConfig, folder: OutputFolder, echo: Callable[[str], None]) 
     prepare_memory_bank(cfg, dry_run=True, echo=echo)  # says how a `references:` block would build the bank
     run = folder.read_run() if folder.exists() else {}
     scan = scan_output(folder, run.get("parts", {}), read_only=True) if folder.exists() else OutputScan()
-    plan = plan_inputs(
-        input_spec(cfg),
-        cfg.storage_options,
-        scan,
-        folder=None,
-        run_id="dry-run",
-        limit=cfg.limit,
-        retry_errors=cfg.retry_errors,
-        block_rows=cfg.block_rows,
-        echo=echo,
-    )
+    plan = _plan(cfg, scan, folder=None, output=folder, run_id="dry-run", echo=echo)
     _echo_plan(plan, echo)
     if cfg.publish is not None:
         targets = [f"Iceberg table {cfg.publish.table}"] if cfg.publish.wants_iceberg else []
@@ -588,6 +626,13 @@ def _dry_run(cfg: JobConfig, folder: OutputFolder, echo: Callable[[str], None]) 
             f"  {len(scan.corrupt)} committed file(s) are corrupt and would be quarantined: "
             f"{', '.join(scan.corrupt[:5])}"
         )
+    if isinstance(plan, ShardPlan):
+        for t in plan.to_read[:50]:
+            skip = f" (skipping its {len(t['done_keys'])} done sample(s))" if t["done_keys"] else ""
+            echo(f"  would read {t['shard']}{skip}")
+        if len(plan.to_read) > 50:
+            echo(f"  ... and {len(plan.to_read) - 50} more shard(s)")
+        return JobResult({**plan.to_record()}, {}, EXIT_OK)
     for image_id, uri in plan.sample:
         echo(f"  would process image_id={image_id} {uri}")
     if plan.to_process > len(plan.sample):
@@ -595,7 +640,20 @@ def _dry_run(cfg: JobConfig, folder: OutputFolder, echo: Callable[[str], None]) 
     return JobResult({**plan.to_record()}, {}, EXIT_OK)
 
 
+def _plan(cfg: JobConfig, scan: OutputScan, *, folder: OutputFolder | None, output: OutputFolder, run_id: str, echo):
+    """The attempt's plan: objects (``plan.plan_inputs``) or shards (``shard_plan.plan_shards``).
+    ``folder=None``: a dry run (nothing written)."""
+    spec = input_spec(cfg)
+    kw = dict(limit=cfg.limit, retry_errors=cfg.retry_errors, block_rows=cfg.block_rows, echo=echo)
+    if is_sharded(spec):
+        return plan_shards(spec, cfg.storage_options, scan, folder=folder, output=output, run_id=run_id, **kw)
+    return plan_inputs(spec, cfg.storage_options, scan, folder=folder, run_id=run_id, **kw)
+
+
 def _echo_plan(plan: Plan, echo: Callable[[str], None]) -> None:
+    if isinstance(plan, ShardPlan):
+        echo(plan.describe())
+        return
     extra = f" ({plan.skipped_by_extension} skipped by --extensions)" if plan.skipped_by_extension else ""
     retry = f" ({plan.retry_errors} error rows to redo)" if plan.retry_errors else ""
     echo(
@@ -680,17 +738,7 @@ def _attempt(
     for n in notes:
         echo(f"note: {n}")
 
-    plan = plan_inputs(
-        input_spec(cfg),
-        cfg.storage_options,
-        scan,
-        folder=folder,
-        run_id=run_id,
-        limit=cfg.limit,
-        retry_errors=cfg.retry_errors,
-        block_rows=cfg.block_rows,
-        echo=echo,
-    )
+    plan = _plan(cfg, scan, folder=folder, output=folder, run_id=run_id, echo=echo)
     _echo_plan(plan, echo)
     attempt.update(plan.to_record())
     if notes:
@@ -726,6 +774,8 @@ def _attempt(
             if committer.error:
                 raise committer.error
         committer.commit(final=True)
+        if isinstance(plan, ShardPlan):
+            _finish_shards(folder, run_id, plan, attempt, echo)
         merged = compact(
             folder,
             folder.parts(),
@@ -808,6 +858,21 @@ def _attempt(
     return JobResult(summary, attempt, code)
 
 
+def _finish_shards(folder: OutputFolder, run_id: str, plan: ShardPlan, attempt: dict, echo) -> None:
+    """After a sharded attempt: the rows it had to commit (from the shards' census: exact, where the
+    plan could only estimate), what broke, and the census consolidated into ``_ntt/shards/``."""
+    res = finish_attempt(folder, run_id, plan)
+    plan.to_process = res.rows_expected + len(res.unread)  # an unread shard counts as (at least) one missing row
+    attempt.update(to_process=plan.to_process, shards_read=res.shards_read)
+    notes = [f"shard broken: {b}" for b in res.broken] + [f"repeated sample keys in {d}" for d in res.duplicates]
+    if res.unread:
+        notes.append(f"{len(res.unread)} planned shard(s) were not read to their end, e.g. {res.unread[0]}")
+    for n in notes[:10]:
+        echo(f"note: {n}")
+    if notes:
+        attempt.setdefault("notes", []).extend(notes[:100])
+
+
 def _publish_attempt(cfg: JobConfig, folder: OutputFolder, record: RunRecord, attempt: dict, echo) -> None:
     """``--publish``: register the committed parts in the table(s), under this run's lease (output.publish)."""
     try:
@@ -844,16 +909,22 @@ def _scan(folder: OutputFolder, record: RunRecord, echo) -> OutputScan:
     return scan
 
 
+def _decode_rows(cfg: JobConfig) -> int:
+    """Images per decode task call: enough to keep ``read_concurrency`` reads in flight, within a block."""
+    return max(cfg.batch_size, min(cfg.read_concurrency, cfg.block_rows))
+
+
 def _decode_memory_bytes(cfg: JobConfig, cluster_memory: float | None = None) -> int:
     """Memory to reserve per decode task.
 
     A task decodes its batch one image at a time: at most one image at the pixel limit (capped at
     50 MP) is in flight, twice over while PIL converts it, plus the batch's decoded outputs
-    (budgeted at 12 MP each). Capped at a quarter of the cluster's memory resource, so a large
-    batch can never ask for more than a node has (the task would wait forever).
+    (budgeted at 12 MP each) and the bytes of the reads in flight (``read_buffer_mb``). Capped at
+    a quarter of the cluster's memory resource, so a large batch can never ask for more than a
+    node has (the task would wait forever).
     """
     one = min(cfg.max_pixels, 50_000_000) * 3
-    need = 2 * one + cfg.batch_size * 12_000_000 * 3 + (64 << 20)
+    need = 2 * one + _decode_rows(cfg) * 12_000_000 * 3 + (cfg.read_buffer_mb << 20) + (64 << 20)
     if cluster_memory:
         need = min(need, int(cluster_memory / 4))
     return int(need)
@@ -886,23 +957,31 @@ def _execute(
     # One todo file is one block (plan sizes them: block_rows rows, or more for huge jobs), read by a
     # small task of its own: decoding starts at once and fans out, no per-file metadata pass on the
     # driver (read_parquet's) and no repartition stage competing with decoding for CPUs.
-    ds = ray.data.from_items([{"todo": p} for p in plan.todo_paths], override_num_blocks=len(plan.todo_paths))
-    ds = ds.map_batches(
-        read_todo_file,
-        batch_size=1,
-        batch_format="numpy",
-        num_cpus=0.25,
-        fn_kwargs={"out": cfg.out, "storage_options": cfg.storage_options},
-    )
+    if isinstance(plan, ShardPlan):  # one reading task per shard (pipeline.shard_plan)
+        ds = shard_dataset(cfg, plan, run_id)
+    else:
+        ds = ray.data.from_items([{"todo": p} for p in plan.todo_paths], override_num_blocks=len(plan.todo_paths))
+        ds = ds.map_batches(
+            read_todo_file,
+            batch_size=1,
+            batch_format="numpy",
+            num_cpus=0.25,
+            fn_kwargs={"out": cfg.out, "storage_options": cfg.storage_options},
+        )
     # Decode tasks reserve memory for a full-size decode; that remote arg also differs from the
     # actors', so Ray does not fuse decoding into the actors: CPU decoding overlaps with model work.
     ds = ds.map_batches(
         decode_batch,
-        batch_size=cfg.batch_size,
+        batch_size=_decode_rows(cfg),
         batch_format="numpy",
         num_cpus=1,
         memory=_decode_memory_bytes(cfg, ray.cluster_resources().get("memory")),
-        fn_kwargs={"storage_options": cfg.storage_options, "max_pixels": cfg.max_pixels},
+        fn_kwargs={
+            "storage_options": cfg.storage_options,
+            "max_pixels": cfg.max_pixels,
+            "read_concurrency": cfg.read_concurrency,
+            "read_buffer_mb": cfg.read_buffer_mb,
+        },
     )
     ds = ds.map_batches(
         model_stage,

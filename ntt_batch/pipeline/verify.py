@@ -34,6 +34,7 @@ from ..output.parts import (
 )
 from ..output.shards import STATUS_ERROR
 from ..sources.inputs import HashAccumulator, InputSpec, UriHashes, iter_inputs, uri_digests
+from .shard_plan import check_sharded_inputs, is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,11 @@ def _verify(folder: OutputFolder, run: dict, report: VerifyReport, inputs, repai
             removed = _remove_duplicates(folder, good, dups, run)
             report.repaired.append(f"removed {removed} duplicate row(s), keeping one row per URI")
     spec = _input_spec(run, inputs)
-    if spec is not None:
+    if spec is not None and is_sharded(spec):  # samples of shards: per-shard counts (pipeline.shard_plan)
+        report.inputs, report.missing_inputs, report.missing_examples = check_sharded_inputs(
+            folder, spec, all_digests, good, folder.options
+        )
+    elif spec is not None:
         n = 0
         missing = 0
         for batch in iter_inputs(spec, folder.options):
@@ -256,6 +261,9 @@ def _input_spec(run: dict, inputs) -> InputSpec | None:
         image_root=described.get("image_root"),
         extensions=tuple(described["extensions"]) if described.get("extensions") else None,
         exclude_prefix=(run.get("config") or {}).get("out"),
+        table=described.get("table"),
+        image_column=described.get("image_column"),
+        id_column=described.get("id_column"),
     )
 
 

@@ -147,7 +147,12 @@ def name_numbers(uris: pa.Array) -> pa.Array:
 
 @dataclass
 class InputSpec:
-    """Where a job's inputs come from (exactly one of images / manifest / annotations)."""
+    """Where a job's inputs come from (exactly one of images / manifest / annotations / table).
+
+    ``images`` naming ``.tar`` files and ``table`` are sharded sources (``sources.shards``):
+    ``image_column`` picks the image (a table column, or a WebDataset member extension), and
+    ``id_column`` a table's sample keys.
+    """
 
     images: str | None = None
     manifest: str | None = None
@@ -155,10 +160,13 @@ class InputSpec:
     image_root: str | None = None
     extensions: tuple[str, ...] | None = None  # opt-in filter for listings, lower-case with dot
     exclude_prefix: str | None = None  # never list files under this URI (the job's own output)
+    table: str | None = None
+    image_column: str | None = None
+    id_column: str | None = None
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
-        for k in ("images", "manifest", "annotations", "image_root"):
+        for k in ("images", "manifest", "annotations", "image_root", "table", "image_column", "id_column"):
             if getattr(self, k):
                 d[k] = getattr(self, k)
         if self.extensions:
@@ -189,6 +197,13 @@ def iter_inputs(
     """Record batches with columns ``image_uri`` (string) and ``image_id`` (int64, null when the
     source has none), at most ``chunk_rows`` rows each, in the source's order."""
     stats = stats if stats is not None else SourceStats()
+    from .shards import is_sharded
+
+    if is_sharded(spec):
+        raise ValueError(
+            f"{spec.table or spec.images}: a sharded input (WebDataset tars or a table) is planned by shard, not "
+            "listed image by image (pipeline.shard_plan)"
+        )
     if spec.images:
         yield from iter_listing(
             spec.images,
