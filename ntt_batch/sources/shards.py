@@ -108,11 +108,11 @@ def sample_uri(shard: str, key: str) -> str:
 
 def split_sample_uris(uris: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Row URIs → (shard URIs, escaped keys), vectorised; a URI without ``#`` gives itself and null."""
-    parts = pc.split_pattern(uris, "#", max_splits=1, reverse=True)
-    n = pc.list_value_length(parts)
-    two = pc.equal(n, 2)
-    shard = pc.if_else(two, pc.list_element(parts, 0), uris)
-    key = pc.if_else(two, pc.list_element(parts, 1), pa.nulls(len(uris), pa.string()))
+    has = pc.match_substring(uris, "#")
+    safe = pc.if_else(has, uris, pc.binary_join_element_wise(uris, pa.scalar("#"), ""))  # every list has 2 items
+    parts = pc.split_pattern(safe, "#", max_splits=1, reverse=True)
+    shard = pc.list_element(parts, 0)
+    key = pc.if_else(has, pc.list_element(parts, 1), pa.nulls(len(uris), pa.string()))
     return shard, key
 
 
