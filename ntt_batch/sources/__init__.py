@@ -67,10 +67,10 @@ def _top_level_keys() -> list[str]:
 class InputSpec:
     """Where a job's inputs come from, as data: a :data:`SOURCES` kind, its settings, and the listing filter.
 
-    ``InputSpec(images="s3://b/photos/")`` names the kind by its settings (the kind whose first key
-    is given); ``InputSpec("my-kind", {"my_list": ...})`` names it. Settings no kind takes are
-    errors; settings of another kind are kept (they are part of :meth:`describe`, as they always
-    were) but not given to the source.
+    ``InputSpec(images="s3://b/photos/")`` gives a built-in kind by its settings (the one whose first
+    key is given); ``InputSpec("my-kind", {"my_list": ...})`` names the kind (plug-ins' always are).
+    Settings no kind takes are errors; settings of another kind are kept (they are part of
+    :meth:`describe`, as they always were) but not given to the source.
 
     Args:
         extensions: opt-in filter for listings, lower-case with the dot (``(".jpg", ".png")``).
@@ -151,8 +151,8 @@ class InputSpec:
         return InputSpec(self.kind, settings, extensions=self.extensions, exclude_prefix=self.exclude_prefix)
 
     def describe(self) -> dict[str, Any]:
-        """What the job's fingerprint records: the settings (plus ``source: <kind>`` when they do not
-        name it, as for a plug-in's kind) and the extension filter."""
+        """What the job's fingerprint records: the settings (plus ``source: <kind>`` unless they name a
+        built-in kind, whose records stay as they always were) and the extension filter."""
         d: dict[str, Any] = {}
         try:
             named = _kind_of(self.settings) == self.kind
@@ -183,11 +183,13 @@ class InputSpec:
 
 
 def _kind_of(settings: Mapping[str, Any]) -> str:
-    """The kind whose first key is among ``settings``; exactly one must be."""
-    found = [name for name, cls in SOURCES.items() if cls.main_key() in settings]
+    """The built-in kind whose first key is among ``settings``; exactly one must be (a plug-in's kind is
+    always named: ``source: {kind: NAME, ...}``)."""
+    builtin = [(name, cls) for name, cls in SOURCES.items() if SOURCES.origin(name) == "built-in"]
+    found = [name for name, cls in builtin if cls.main_key() in settings]
     if len(found) == 1:
         return found[0]
-    kinds = [_usage(cls) for _, cls in SOURCES.items()]
+    kinds = [_usage(cls) for _, cls in builtin]
     options = ", ".join(kinds[:-1]) + f" or {kinds[-1]}" if len(kinds) > 1 else kinds[0]
     got = ", ".join(SOURCES.get(k).main_key() for k in found) if found else "none"
     raise ValueError(f"give exactly one input: {options}, or a source: block; got {got}")
