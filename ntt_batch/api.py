@@ -119,6 +119,7 @@ def build_bank(
     checkpoint_dir: str | os.PathLike | None = None,
     download: bool = True,
     notice: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ):
     """Build a memory bank in folder ``out`` from references (a file, a dict, or several: merged by class name).
 
@@ -129,6 +130,7 @@ def build_bank(
         encoder: DINOv2 model (default ``dinov2_vitl14``, the paper's).
         sam2: SAM2 model that makes masks for box-only references (needed only if there are some).
         notice: called with each merge notice (renumbered class ids).
+        overwrite: replace a bank already in ``out`` (default: refused with a ValueError).
 
     Returns:
         the :class:`ntt_batch.method.memory_bank.MemoryBank`.
@@ -148,6 +150,7 @@ def build_bank(
         sam2_name=sam2,
         config=MemoryConfig(context_ratio=context_ratio),
         notice=notice,
+        overwrite=overwrite,
     )
 
 

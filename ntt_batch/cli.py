@@ -483,7 +483,10 @@ def memory():
 @_ckpt_dir_opt
 @_no_download_opt
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output bank folder.")
-def memory_build(references_path, image_root, encoder, sam2_name, device, checkpoint_dir, no_download, out, **kw):
+@click.option("--overwrite", is_flag=True, help="Replace the memory bank already in --out (refused otherwise).")
+def memory_build(
+    references_path, image_root, encoder, sam2_name, device, checkpoint_dir, no_download, out, overwrite, **kw
+):
     """Encode the references with the image encoder and save per-instance/class prototypes (method.md §2-3).
 
     The (merged) references are saved in the bank folder as references.json; masks SAM2 made for
@@ -504,6 +507,7 @@ def memory_build(references_path, image_root, encoder, sam2_name, device, checkp
         config=config,
         progress=_progress("references"),
         notice=lambda n: click.echo(f"notice: {n}"),
+        overwrite=overwrite,
     )
     click.echo(
         f"wrote memory bank {out}: {len(bank.categories)} classes, {int(bank.instance_labels.numel())} instances, "
