@@ -379,6 +379,7 @@ def run(
     *,
     dry_run: bool = False,
     echo: Callable[[str], None] | None = print,
+    verbose: bool = False,
     **settings: Any,
 ) -> dict:
     """Run the batch job (``ntt-batch run``) from Python and return its summary.
@@ -391,6 +392,8 @@ def run(
             dict of segmenter settings (``{"points_per_side": 16}``), merged into the file's.
         dry_run: list what would be processed, run nothing.
         echo: where progress lines go (None: silent).
+        verbose: Ray's own start-up banner, INFO logging, worker logs and progress bars (default off,
+            as in ``ntt-batch run`` without ``--verbose``; errors still surface).
 
     Returns:
         the summary dict (``rows``, ``ok``, ``empty``, ``error``, ``instances``, ``missing``, ...),
@@ -420,7 +423,7 @@ def run(
         data.update({k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in settings.items()})
         data["segmenter"] = seg
         cfg = JobConfig.from_dict(data, where=where)
-    result = run_job(cfg, dry_run=dry_run, echo=echo or (lambda _line: None))
+    result = run_job(cfg, dry_run=dry_run, echo=echo or (lambda _line: None), verbose=verbose)
     summary = dict(result.summary or {})
     summary["exit_code"] = result.exit_code
     return summary
