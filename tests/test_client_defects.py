@@ -81,6 +81,7 @@ def _one_class_refs(coco_mini: Path, dest: Path) -> Path:
 # ----------------------------------------------------------------------------- memory build --overwrite
 
 
+@pytest.mark.slow
 def test_memory_build_refuses_an_existing_bank_unless_overwrite(
     tmp_path, small_bank, random_checkpoints, coco_mini, umask_022
 ):
@@ -114,6 +115,7 @@ def test_memory_build_refuses_an_existing_bank_unless_overwrite(
 # ----------------------------------------------------------------------------- the umask
 
 
+@pytest.mark.slow
 def test_banks_references_and_exports_respect_the_umask(tmp_path, random_checkpoints, coco_mini, umask_022):
     refs = _one_class_refs(coco_mini, tmp_path / "refs.json")
     bank = tmp_path / "bank"
@@ -143,6 +145,7 @@ def test_banks_references_and_exports_respect_the_umask(tmp_path, random_checkpo
 # ----------------------------------------------------------------------------- run() from Python: quiet, readable
 
 
+@pytest.mark.slow
 def test_run_from_python_prints_no_ray_info_and_writes_readable_files(
     tmp_path, small_bank, random_checkpoints, coco_mini
 ):

@@ -5,8 +5,8 @@
   ``tasks.json`` (``sdk_brush_check.py``: its ``Converter`` "BRUSH_TO_PNG" export, one PNG per
   region, and its ``mask2rle`` bytes of each decoded mask). The test rebuilds the tasks from the
   masks below, checks they are the committed ones, and compares the SDK's PNGs pixel for pixel with
-  the masks and its bytes with ours. With the SDK's virtualenv present (``LS_SDK_PYTHON`` or
-  ``/work/wt/ls-venv``), the script is rerun on the fresh export as well.
+  the masks and its bytes with ours. With ``LS_SDK_PYTHON`` naming the Python of a virtualenv that
+  has label-studio-sdk, the script is rerun on the fresh export as well.
 * A transcription of the SDK's ``decode_rle`` (``label_studio_sdk/converter/brush.py``, below) reads
   every region too, so CI needs no virtualenv.
 * 15 instances → 15 regions (the polygon mode gave one region per 4-connected part: a speckled
@@ -241,12 +241,12 @@ def _check_sdk_output(sdk_dir: Path, result: list[dict], masks: list[np.ndarray]
 
 
 def _sdk_python() -> str | None:
-    for p in (os.environ.get("LS_SDK_PYTHON"), "/work/wt/ls-venv/bin/python"):
-        if p and os.path.isfile(p):
-            ok = subprocess.run([p, "-c", "import label_studio_sdk.converter.brush"], capture_output=True).returncode
-            if ok == 0:
-                return p
-    return None
+    """The Python of a virtualenv with label-studio-sdk, from ``LS_SDK_PYTHON`` (None when unset or unusable)."""
+    p = os.environ.get("LS_SDK_PYTHON")
+    if not p or not os.path.isfile(p):
+        return None
+    ok = subprocess.run([p, "-c", "import label_studio_sdk.converter.brush"], capture_output=True).returncode == 0
+    return p if ok else None
 
 
 def test_real_label_studio_sdk_decodes_a_fresh_export(frame, tmp_path):

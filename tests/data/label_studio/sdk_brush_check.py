@@ -2,8 +2,8 @@
 
 Runs in its own virtualenv (label-studio-sdk is not a dependency of ntt-batch), e.g.::
 
-    python3 -m venv /work/wt/ls-venv && /work/wt/ls-venv/bin/pip install label-studio-sdk==2.1.2
-    /work/wt/ls-venv/bin/python tests/data/label_studio/sdk_brush_check.py \
+    python3 -m venv /tmp/ls-venv && /tmp/ls-venv/bin/pip install label-studio-sdk==2.1.2
+    /tmp/ls-venv/bin/python tests/data/label_studio/sdk_brush_check.py \
         tests/data/label_studio/tasks.json tests/data/label_studio/tasks.label_config.xml tests/data/label_studio/sdk
 
 Input: the tasks file ``ntt-batch merge --format label-studio`` wrote (brush predictions) and its
@@ -19,7 +19,8 @@ reviewer accepts a prediction) in a Label Studio JSON export; then:
 
 ``tests/test_label_studio_brush.py`` compares those PNGs pixel for pixel with the masks the tasks
 were made from, and our RLE bytes with the SDK's. The committed ``sdk/`` folder is this script's
-output for the committed ``tasks.json``; the test reruns the script when the venv exists.
+output for the committed ``tasks.json``; with ``LS_SDK_PYTHON=/tmp/ls-venv/bin/python`` the test
+also reruns the script on a fresh export.
 """
 
 from __future__ import annotations
