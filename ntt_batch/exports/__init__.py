@@ -8,9 +8,13 @@
                           importer reads it as is)
 ``yolo``                  Ultralytics YOLO segmentation dataset: ``data.yaml``,       folder
                           ``images.txt``, ``images/``, ``labels/<name>.txt``
-``label-studio``          Label Studio tasks with predictions (polygons), plus the    JSON file
-                          matching labeling config beside it
+``label-studio``          Label Studio tasks with predictions (one brush region per   JSON file
+                          instance, or polygons), plus the matching labeling config
 ========================  ==========================================================  ==========
+
+Label exports (``dataset``, ``yolo``, ``label-studio``) give each instance the box of its mask's
+extent (pycocotools ``toBbox``); ``results`` keeps the job's box, the reference code's, for
+evaluation (see :mod:`.coco`).
 
 All formats share: bounded memory (streamed record batches), atomic outputs, refusal of
 duplicate image ids, error rows skipped and counted, categories from ``run.json`` and per-class
@@ -71,7 +75,8 @@ def export(shards: str, out: str, *, format: str, **kwargs: Any) -> MergeStats:
     Keyword arguments: those of :func:`.base.run_export` (``options``, ``score_threshold``,
     ``categories``, ``image_root``, ``batch_rows``, ``progress``) plus the writer's own options
     (``yolo``: ``images``, ``simplify``; ``label-studio``: ``image_url_prefix``, ``from_name``,
-    ``to_name``, ``model_version``, ``simplify``). Options another format would use are ignored
+    ``to_name``, ``model_version``, ``mask`` (``"brush"`` or ``"polygons"``), ``simplify`` and
+    ``min_part_area`` (polygons only)). Options another format would use are ignored
     when None, and an error otherwise.
     """
     writer = WRITERS.get(format)  # an unknown name: ValueError listing the known ones
