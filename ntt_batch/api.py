@@ -119,6 +119,7 @@ def build_bank(
     checkpoint_dir: str | os.PathLike | None = None,
     download: bool = True,
     notice: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ):
     """Build a memory bank in folder ``out`` from references (a file, a dict, or several: merged by class name).
 
@@ -129,6 +130,7 @@ def build_bank(
         encoder: DINOv2 model (default ``dinov2_vitl14``, the paper's).
         sam2: SAM2 model that makes masks for box-only references (needed only if there are some).
         notice: called with each merge notice (renumbered class ids).
+        overwrite: replace a bank already in ``out`` (default: refused with a ValueError).
 
     Returns:
         the :class:`ntt_batch.method.memory_bank.MemoryBank`.
@@ -148,6 +150,7 @@ def build_bank(
         sam2_name=sam2,
         config=MemoryConfig(context_ratio=context_ratio),
         notice=notice,
+        overwrite=overwrite,
     )
 
 
@@ -376,6 +379,7 @@ def run(
     *,
     dry_run: bool = False,
     echo: Callable[[str], None] | None = print,
+    verbose: bool = False,
     **settings: Any,
 ) -> dict:
     """Run the batch job (``ntt-batch run``) from Python and return its summary.
@@ -388,6 +392,8 @@ def run(
             dict of segmenter settings (``{"points_per_side": 16}``), merged into the file's.
         dry_run: list what would be processed, run nothing.
         echo: where progress lines go (None: silent).
+        verbose: Ray's own start-up banner, INFO logging, worker logs and progress bars (default off,
+            as in ``ntt-batch run`` without ``--verbose``; errors still surface).
 
     Returns:
         the summary dict (``rows``, ``ok``, ``empty``, ``error``, ``instances``, ``missing``, ...),
@@ -417,7 +423,7 @@ def run(
         data.update({k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in settings.items()})
         data["segmenter"] = seg
         cfg = JobConfig.from_dict(data, where=where)
-    result = run_job(cfg, dry_run=dry_run, echo=echo or (lambda _line: None))
+    result = run_job(cfg, dry_run=dry_run, echo=echo or (lambda _line: None), verbose=verbose)
     summary = dict(result.summary or {})
     summary["exit_code"] = result.exit_code
     return summary

@@ -483,7 +483,10 @@ def memory():
 @_ckpt_dir_opt
 @_no_download_opt
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output bank folder.")
-def memory_build(references_path, image_root, encoder, sam2_name, device, checkpoint_dir, no_download, out, **kw):
+@click.option("--overwrite", is_flag=True, help="Replace the memory bank already in --out (refused otherwise).")
+def memory_build(
+    references_path, image_root, encoder, sam2_name, device, checkpoint_dir, no_download, out, overwrite, **kw
+):
     """Encode the references with the image encoder and save per-instance/class prototypes (method.md §2-3).
 
     The (merged) references are saved in the bank folder as references.json; masks SAM2 made for
@@ -504,6 +507,7 @@ def memory_build(references_path, image_root, encoder, sam2_name, device, checkp
         config=config,
         progress=_progress("references"),
         notice=lambda n: click.echo(f"notice: {n}"),
+        overwrite=overwrite,
     )
     click.echo(
         f"wrote memory bank {out}: {len(bank.categories)} classes, {int(bank.instance_labels.numel())} instances, "
@@ -796,7 +800,7 @@ _SCORE_THRESHOLD_HELP = (
     help="results: COCO results array for COCOeval/`ntt-batch eval`. dataset: a complete COCO annotation file "
     "(images, categories, annotations with RLE masks and scores) to train other models on; FiftyOne "
     "loads it with its COCO importer. yolo: an Ultralytics YOLO segmentation dataset folder. "
-    "label-studio: Label Studio tasks with polygon predictions (+ the labeling config beside it).",
+    "label-studio: Label Studio tasks with one brush region per instance (+ the labeling config beside it).",
 )
 @click.option("--score-threshold", default=None, metavar="T|FILE", help=_SCORE_THRESHOLD_HELP)
 @click.option(
@@ -815,14 +819,30 @@ _SCORE_THRESHOLD_HELP = (
     "--yolo-images",
     type=click.Choice(["link", "copy", "uri"]),
     default=None,
-    help="yolo: put the images in OUT/images/ as symlinks (default; local images), as copies (works for "
-    "s3:// images too), or not at all (images.txt lists the original URIs).",
+    help="yolo: put the images in OUT/images/ as symlinks (default; local images) or as copies (works for "
+    "s3:// images too). 'uri' was removed (Ultralytics finds no label for an original URI) and is refused.",
+)
+@click.option(
+    "--ls-mask",
+    type=click.Choice(["brush", "polygons"]),
+    default=None,
+    help="label-studio: one brush region per instance, the exact mask (default), or polygon regions, one per "
+    "part of a mask (holes filled).",
+)
+@click.option(
+    "--min-part-area",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="PX",
+    help="label-studio --ls-mask polygons: drop mask parts smaller than PX pixels (an instance's largest part "
+    "is always kept). Default 0: keep all.",
 )
 @click.option(
     "--simplify",
     type=click.FloatRange(min=0),
     default=None,
-    help="yolo, label-studio: polygon simplification tolerance in px (default 1; 0 = exact pixel outline).",
+    help="yolo, label-studio --ls-mask polygons: polygon simplification tolerance in px (default 1; 0 = exact "
+    "pixel outline).",
 )
 @click.option(
     "--batch-rows",
@@ -833,7 +853,20 @@ _SCORE_THRESHOLD_HELP = (
     "in slices of at most 2048 instances).",
 )
 @storage_flags
-def merge(shards, out, fmt, score_threshold, image_root, image_url_prefix, yolo_images, simplify, batch_rows, **kw):
+def merge(
+    shards,
+    out,
+    fmt,
+    score_threshold,
+    image_root,
+    image_url_prefix,
+    yolo_images,
+    ls_mask,
+    min_part_area,
+    simplify,
+    batch_rows,
+    **kw,
+):
     """Stream the batch job's shards into one export (COCO JSON, YOLO dataset, Label Studio tasks), in bounded memory.
 
     \b
@@ -848,8 +881,10 @@ def merge(shards, out, fmt, score_threshold, image_root, image_url_prefix, yolo_
                        data_path=IMAGE_ROOT, labels_path=OUT, label_types=["segmentations"])
     --format yolo      OUT/data.yaml, images.txt, images/, labels/<name>.txt: `yolo segment train
                        data=OUT/data.yaml`. Polygons from the masks (holes filled, parts joined).
-    --format label-studio  tasks [{"data": {"image"}, "predictions": [{"result": [polygonlabels]}]}]
+    --format label-studio  tasks [{"data": {"image"}, "predictions": [{"result": [brushlabels]}]}]
                        to import in Label Studio, and OUT's .label_config.xml to paste in the project.
+                       Local images: add Local Storage to the project and pass --image-root and
+                       --image-url-prefix "/data/local-files/?d=..." (see the README).
 
     Memory stays bounded however many instances there are: shards are read one record batch at a
     time and entries are written as they are formatted. Example:
@@ -864,11 +899,18 @@ def merge(shards, out, fmt, score_threshold, image_root, image_url_prefix, yolo_
     options = storage_options_from_flags(kw)
     extra = {
         "yolo": {"images": yolo_images, "simplify": simplify},
-        "label-studio": {"image_url_prefix": image_url_prefix, "simplify": simplify},
+        "label-studio": {
+            "image_url_prefix": image_url_prefix,
+            "simplify": simplify,
+            "mask": ls_mask,
+            "min_part_area": min_part_area,
+        },
     }.get(fmt, {})
     for flag, value, formats in (
         ("--image-url-prefix", image_url_prefix, ("label-studio",)),
         ("--yolo-images", yolo_images, ("yolo",)),
+        ("--ls-mask", ls_mask, ("label-studio",)),
+        ("--min-part-area", min_part_area, ("label-studio",)),
         ("--simplify", simplify, ("yolo", "label-studio")),
         ("--image-root", image_root, ("results", "dataset", "label-studio")),
     ):

@@ -84,7 +84,13 @@ def run_demo(
     else:
         echo(f"[demo] 2/4 building the memory bank with {encoder_name}")
         bank = build_bank_folder(
-            str(refs_path), None, str(bank_dir), encoder_name=encoder_name, checkpoint_dir=checkpoint_dir, device=device
+            str(refs_path),
+            None,
+            str(bank_dir),
+            encoder_name=encoder_name,
+            checkpoint_dir=checkpoint_dir,
+            device=device,
+            overwrite=True,  # the demo's own folder: rebuilt when its references or weights changed
         )
     echo(
         f"[demo]     {len(bank.categories)} classes, {int(bank.instance_labels.numel())} instances, hash "

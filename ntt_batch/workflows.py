@@ -11,13 +11,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from .method.segmenter import Segmenter, TargetImage
 from .output.folder import utc_now_iso
 from .pipeline.plan import list_inputs
-from .sources.inputs import InputSpec
+from .sources import InputSpec
 from .storage.atomic import atomic_local_file
 from .storage.fs import InputImage, read_bytes
 from .storage.images import ImageDecodeError, decode_image
@@ -26,13 +27,23 @@ log = logging.getLogger(__name__)
 
 
 def resolve_targets(
-    images: str | None, annotations: str | None, image_root: str | None, limit: int | None
+    images: str | None,
+    annotations: str | None,
+    image_root: str | None,
+    limit: int | None,
+    *,
+    source: Mapping[str, Any] | None = None,
 ) -> list[InputImage]:
-    """Target list from ``--images`` (folder/glob/file/URI) or ``--annotations`` + ``--image-root``.
+    """Target list from ``--images`` (folder/glob/file/URI), ``--annotations`` + ``--image-root``, or
+    ``source``: any kind of input, plug-ins included (``{"kind": <a SOURCES name>, <its settings>}``).
 
     The same resolution (and so the same image ids) as the batch job's.
     """
-    if annotations:
+    if source:
+        if images or annotations:
+            raise ValueError("give one input: --images, --annotations or a source, not several")
+        spec = InputSpec(source.get("kind"), {k: v for k, v in source.items() if k != "kind"})
+    elif annotations:
         if not image_root:
             raise ValueError("--annotations needs --image-root (the folder holding the images it lists)")
         spec = InputSpec(annotations=annotations, image_root=image_root)

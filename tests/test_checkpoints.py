@@ -204,6 +204,7 @@ def test_gated_checkpoint_found_by_digest_prefix_or_explained(tmp_path, monkeypa
         None,
         sha256_prefix=digest[:8],
         license="DINOv3 License",
+        access=DINOV3_ACCESS,  # where to request a gated model (the DINOv3 specs carry it)
     )
     monkeypatch.setitem(CHECKPOINTS, "fake_v3", spec)
     monkeypatch.setenv("NTT_CACHE_DIR", str(tmp_path / "cache"))

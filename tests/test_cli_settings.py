@@ -8,6 +8,8 @@ file; choices come from the annotations; `checkpoints list` shows licences and g
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import typing
 
 import pytest
@@ -16,7 +18,8 @@ from click.testing import CliRunner
 
 from ntt_batch.cli import _SEGMENTER_FLAGS, main, segmenter_config_from_flags
 from ntt_batch.cli_settings import flag_fields, flag_name
-from ntt_batch.method.config import MERGER_NAMES, MemoryConfig, SegmenterConfig
+from ntt_batch.method.config import MemoryConfig, SegmenterConfig
+from ntt_batch.method.mergers import MERGERS
 
 # The flags `segment` and `run` had before they were generated, and the ones added with the mergers.
 OLD_FLAGS = {
@@ -108,7 +111,7 @@ def test_flag_types_follow_the_annotations():
     params = _params("segment")
     assert list(params["graph_diffusion_transition"].type.choices) == ["code", "paper"]
     assert list(params["resize_mode"].type.choices) == ["squash", "letterbox"]
-    assert list(params["merger"].type.choices) == list(MERGER_NAMES)
+    assert list(params["merger"].type.choices) == list(MERGERS.names())  # the registry is the one list
     assert params["bf16"].is_flag and params["add_no_mem_embed"].is_flag
     assert params["tile_size"].type.min == 0 and params["tile_size"].default is None
     assert params["tile_overlap"].type.min == 0
@@ -117,9 +120,17 @@ def test_flag_types_follow_the_annotations():
     assert hints["encoder_image_size"] == int | None  # annotations still resolve (from __future__ import annotations)
 
 
-def test_merger_names_are_the_mergers_module():
+def test_merger_registry_is_torch_free_and_builds_the_mergers():
+    code = (
+        "import sys; from ntt_batch.method.config import SegmenterConfig; "
+        "from ntt_batch.method.mergers import MERGERS; "
+        "assert MERGERS.names()[:2] == ('soft', 'graph-diffusion'); "
+        "SegmenterConfig(merger='graph-diffusion').validate(); "
+        "assert 'torch' not in sys.modules, 'the merger names pulled in torch'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
     merging = pytest.importorskip("ntt_batch.method.merging")
-    assert tuple(merging.MERGERS) == MERGER_NAMES
+    assert type(MERGERS["graph-diffusion"](SegmenterConfig())) is merging.GraphDiffusionMerger
 
 
 def _flags_kw(command="segment", **overrides):

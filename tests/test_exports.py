@@ -111,7 +111,8 @@ def test_mask_polygons_outer_contours_parts_and_holes():
 
 
 def img2label_paths(img_paths):
-    """Ultralytics' rule: the last /images/ → /labels/, suffix → .txt."""
+    """Ultralytics' rule, ``img2label_paths`` in ``ultralytics/data/utils.py`` (8.x), transcribed: the last
+    /images/ → /labels/, suffix → .txt. The label path depends on the image path string only."""
     sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
     return [sb.join(x.rsplit(sa, 1)).rsplit(".", 1)[0] + ".txt" for x in img_paths]
 
@@ -178,6 +179,68 @@ def test_yolo_export_reads_back_like_ultralytics(small_shards, small_rows, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "yolo"]  # no temporary folder left
 
 
+def segments2boxes(segments) -> np.ndarray:
+    """Ultralytics' box of a segment (``segments2boxes`` in ``ultralytics/utils/ops.py``), as xyxy."""
+    return np.array([[s[:, 0].min(), s[:, 1].min(), s[:, 0].max(), s[:, 1].max()] for s in segments])
+
+
+def _extent_xyxy(rle) -> list[float]:
+    x, y, w, h = mask_utils.toBbox(rle).tolist()
+    return [x, y, x + w, y + h]
+
+
+def test_label_exports_take_the_mask_extent_and_results_keep_the_job_box(small_shards, small_rows, tmp_path):
+    """dataset, YOLO and Label Studio boxes are the mask's extent (pycocotools toBbox); results is unchanged."""
+    insts = [i for r in small_rows for i in r["instances"]]
+    results = json.loads(Path(merge_results(str(small_shards), str(tmp_path / "r.json")).out).read_text())
+    assert [d["bbox"] for d in results] == [i["bbox"] for i in insts]  # the box the job stored, for eval
+    merge_dataset(str(small_shards), str(tmp_path / "d.json"))
+    anns = json.loads((tmp_path / "d.json").read_text())["annotations"]
+    assert len(anns) == len(insts) > 50
+    for a, inst in zip(anns, insts):
+        assert a["bbox"] == mask_utils.toBbox(inst["segmentation"]).tolist()
+        assert a["area"] == int(mask_utils.area(inst["segmentation"]))
+    # YOLO, default simplification: the box Ultralytics derives from each polygon is the mask's extent
+    export(str(small_shards), str(tmp_path / "y"), format="yolo")
+    _, images = read_ultralytics_segment_dataset(tmp_path / "y" / "data.yaml")
+    for row, (_, segments) in zip(small_rows, images):
+        assert len(segments) == len(row["instances"])
+        if not segments:
+            continue
+        w, h = row["width"], row["height"]
+        got = segments2boxes([xy.astype(np.float64) for _, xy in segments]) * np.array([w, h, w, h])
+        want = [_extent_xyxy(i["segmentation"]) for i in row["instances"]]
+        assert np.allclose(got, want, atol=2e-3), row["image_id"]
+    # Label Studio polygons (all parts): the regions of an instance span the mask's extent
+    export(str(small_shards), str(tmp_path / "ls.json"), format="label-studio", mask="polygons")
+    for row, task in zip(small_rows, json.loads((tmp_path / "ls.json").read_text())):
+        parts: dict[str, list] = {}
+        for r in task["predictions"][0]["result"]:
+            parts.setdefault(r["id"].split("_")[1], []).extend(r["value"]["points"])
+        for k, inst in enumerate(row["instances"]):
+            pts = np.array(parts[str(k)]) * [row["width"] / 100, row["height"] / 100]
+            got = [*pts.min(0), *pts.max(0)]
+            assert np.allclose(got, _extent_xyxy(inst["segmentation"]), atol=2e-3), (row["image_id"], k)
+
+
+def test_yolo_uri_mode_is_refused_with_a_pointer_to_link_and_copy(small_shards, small_rows, tmp_path):
+    """Listing the original URIs cannot work: Ultralytics looks for each label at a path made from the image
+    path alone, beside the source images (the reason it read 0 instances and 10 backgrounds)."""
+    src = small_rows[0]["image_uri"]
+    (label,) = img2label_paths([src])
+    assert label == src.rsplit(".", 1)[0] + ".txt" and not label.startswith(str(tmp_path))
+    with pytest.raises(ValueError, match=r"images='link'.*images='copy'"):
+        export(str(small_shards), str(tmp_path / "y"), format="yolo", images="uri")
+    r = CliRunner().invoke(
+        main,
+        ["merge", "--shards", str(small_shards), "--out", str(tmp_path / "y"), "--format", "yolo"]
+        + ["--yolo-images", "uri"],
+    )
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and "--yolo-images uri" in lines[0] and "'copy'" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, no temporary folder
+
+
 def test_yolo_multi_part_masks_and_name_collisions(tmp_path):
     img_dir = tmp_path / "a" / "images"  # an /images/ folder in the source path must not confuse anything
     for sub in ("a", "b"):
@@ -215,6 +278,7 @@ def test_label_studio_tasks_match_the_predictions_format(small_shards, small_row
         score_threshold=0.3,
         image_root=root,
         image_url_prefix="/data/local-files/?d=val2017/",
+        mask="polygons",
     )
     tasks = json.loads(out.read_text())
     cfg = ET.fromstring((tmp_path / "tasks.label_config.xml").read_text())
@@ -323,10 +387,26 @@ def test_coco_dataset_is_what_fiftyone_imports(small_shards, small_rows, tmp_pat
                 assert det["label"] == inst["category_name"] and np.float32(det["confidence"]) == np.float32(
                     inst["score"]
                 )
-                x, y, w, h = inst["bbox"]
+                x, y, w, h = (int(v) for v in mask_utils.toBbox(inst["segmentation"]))  # the mask's extent
                 full = decode_rle(inst["segmentation"])
-                crop = full[round(y) : round(y + h), round(x) : round(x + w)]
-                assert np.array_equal(det["mask"], crop)
+                assert np.array_equal(det["mask"], full[y : y + h, x : x + w])
+                assert det["mask"].sum() == full.sum()  # cropping to the box loses no mask pixel
+
+
+def test_readme_fiftyone_line_names_the_field_predictions():
+    """The README's FiftyOne one-liner loads the masks into `predictions` (FiftyOne's default field is
+    `ground_truth`), with one label type so the field holds the detections themselves."""
+    import ast
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (line,) = [x for x in readme.splitlines() if "fo.Dataset.from_dir(" in x]
+    code = line.split("python -c ", 1)[1].strip().strip("'")
+    calls = [
+        n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "from_dir"
+    ]
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in calls[0].keywords if k.arg != "dataset_type"}
+    assert kwargs["label_field"] == "predictions" and kwargs["label_types"] == "segmentations"
+    assert kwargs["labels_path"] == "labels.json" and "--out labels.json --format dataset" in readme
 
 
 # ----------------------------------------------------------------------------- thresholds in merge / visualize

@@ -465,7 +465,10 @@ def test_concurrent_object_reads_keep_order_and_per_image_errors(s3, images, mon
         assert (int(out["height"][i]), int(out["width"][i])) == ref.shape[:2]
         assert out["pixels"][i] == ref.tobytes()
 
-    # the byte cap: objects of ~100-200 kB with a 1 MB cap never have more than a handful in flight
+    # the byte cap: ~100-200 kB objects under a 1 MB cap keep fewer reads in flight than the concurrency allows
     peak[0] = 0
-    list(reads.read_many(uris * 3, s3, concurrency=16, buffer_bytes=1 << 20))
-    assert 1 <= peak[0] <= 8
+    assert len(list(reads.read_many(uris * 3, s3, concurrency=16, buffer_bytes=64 << 20))) == 3 * len(uris)
+    uncapped, peak[0] = peak[0], 0
+    got = dict(reads.read_many(uris * 3, s3, concurrency=16, buffer_bytes=1 << 20))
+    assert uncapped == 16 and 1 <= peak[0] <= 10
+    assert got[0] == images[0].read_bytes() and isinstance(got[3], FileNotFoundError)

@@ -15,12 +15,11 @@ import pytest
 import torch
 
 from ntt_batch.method.fullres import soft_merge_scores_from_counts
+from ntt_batch.method.mergers import MERGERS, build_merger
 from ntt_batch.method.merging import (
-    MERGERS,
     GraphDiffusionMerger,
     Merger,
     SoftMerger,
-    build_merger,
     graph_diffusion_penalty,
     intersection_counts,
     soft_merge_scores,
@@ -366,10 +365,14 @@ def test_intersection_counts_matches_pixel_loop():
 
 
 def test_registry_and_protocol():
-    assert MERGERS == {"soft": SoftMerger, "graph-diffusion": GraphDiffusionMerger}
-    for name, cls in MERGERS.items():
+    assert MERGERS.names()[:2] == ("soft", "graph-diffusion")  # the built-ins first, then any plug-ins
+    for name, cls in (("soft", SoftMerger), ("graph-diffusion", GraphDiffusionMerger)):
         assert cls.name == name
         assert isinstance(cls(), Merger)
+        built = MERGERS[name](SimpleNamespace(merge_exponent=0.5))  # the registry holds factories: config -> Merger
+        assert type(built) is cls and built == cls() and isinstance(built, Merger)
+    with pytest.raises(ValueError, match="already registered"):
+        MERGERS.register("soft", MERGERS["soft"])
 
 
 def test_build_merger():

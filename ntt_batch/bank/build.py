@@ -6,13 +6,14 @@ step (:mod:`ntt_batch.pipeline.bank_prep`) all call :func:`build_bank_folder`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..method.config import MemoryConfig
-from ..method.memory_bank import MemoryBank, build_memory_bank, sam2_box_masks
+from ..method.memory_bank import META_FILE, MemoryBank, build_memory_bank, sam2_box_masks
 from ..method.segmenter import resolve_device
 from ..models.loading import load_encoder, load_sam2
 from ..references.core import (
@@ -81,6 +82,22 @@ def load_reference_sets(
     return merged, notices
 
 
+def _refuse_existing_bank(out: str) -> None:
+    """ValueError when the folder ``out`` already holds a memory bank (its metadata file)."""
+    meta_path = Path(out) / META_FILE
+    if not meta_path.is_file():
+        return
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        what = f" ({len(meta.get('categories') or [])} classes, encoder {(meta.get('encoder') or {}).get('name')})"
+    except (OSError, ValueError, AttributeError):
+        what = ""
+    raise ValueError(
+        f"{out} already holds a memory bank{what}: pass --overwrite (Python: overwrite=True) to replace it, "
+        "or choose another --out"
+    )
+
+
 def build_bank_folder(
     references_path: str | os.PathLike | Mapping | Sequence[str | os.PathLike | Mapping],
     image_root: str | os.PathLike | None,
@@ -94,6 +111,7 @@ def build_bank_folder(
     config: MemoryConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
     notice: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> MemoryBank:
     """`ntt-batch memory build`: references + images → memory bank directory ``out``.
 
@@ -106,7 +124,12 @@ def build_bank_folder(
     bank's metadata (``references.box_masks``, compressed RLE) so ``references show --memory``
     draws what the bank was built from. The (merged) references are saved beside the bank as
     ``references.json``.
+
+    A bank already in ``out`` is refused (ValueError naming the folder) unless ``overwrite``: a
+    build with other references or another encoder would otherwise replace it silently.
     """
+    if not overwrite:
+        _refuse_existing_bank(out)
     refs, notices = load_reference_sets(references_path, image_root)
     for n in notices:
         log.info("references: %s", n)

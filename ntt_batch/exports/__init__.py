@@ -8,13 +8,22 @@
                           importer reads it as is)
 ``yolo``                  Ultralytics YOLO segmentation dataset: ``data.yaml``,       folder
                           ``images.txt``, ``images/``, ``labels/<name>.txt``
-``label-studio``          Label Studio tasks with predictions (polygons), plus the    JSON file
-                          matching labeling config beside it
+``label-studio``          Label Studio tasks with predictions (one brush region per   JSON file
+                          instance, or polygons), plus the matching labeling config
 ========================  ==========================================================  ==========
+
+Label exports (``dataset``, ``yolo``, ``label-studio``) give each instance the box of its mask's
+extent (pycocotools ``toBbox``); ``results`` keeps the job's box, the reference code's, for
+evaluation (see :mod:`.coco`).
 
 All formats share: bounded memory (streamed record batches), atomic outputs, refusal of
 duplicate image ids, error rows skipped and counted, categories from ``run.json`` and per-class
 score thresholds (:class:`~ntt_batch.exports.score_filter.ScoreThresholds`). See :mod:`.base`.
+
+:data:`WRITERS` is the one list of formats (the command line's ``--format`` choices read
+``WRITERS.names()``). Adding a format: one module with a :class:`~.base.Writer` subclass and one
+``WRITERS.register`` line below; from a third-party package, an entry point in the group
+``ntt_batch.writers`` naming the class (``docs/extending.md``).
 """
 
 from __future__ import annotations
@@ -23,14 +32,26 @@ from collections.abc import Callable
 from typing import Any
 
 from ..output.reader import MergeStats
+from ..plugins import Registry
 from .base import ExportContext, ExportRow, Writer, run_export
 from .coco import CocoDatasetWriter, CocoResultsWriter
 from .label_studio import LabelStudioWriter
 from .yolo import YoloSegmentationWriter
 
-WRITERS: dict[str, type[Writer]] = {
-    w.format: w for w in (CocoResultsWriter, CocoDatasetWriter, YoloSegmentationWriter, LabelStudioWriter)
-}
+
+def _check_writer(name: str, writer: Any) -> None:
+    if not (isinstance(writer, type) and issubclass(writer, Writer)):
+        raise TypeError(f"export format {name!r}: expected a subclass of ntt_batch.exports.base.Writer, got {writer!r}")
+    if writer.format != name:
+        raise ValueError(f"export format registered as {name!r} but its writer's format is {writer.format!r}")
+
+
+#: Export formats by name: the built-ins, then the ``ntt_batch.writers`` plug-ins.
+WRITERS: Registry[type[Writer]] = Registry("ntt_batch.writers", "export format", check=_check_writer)
+WRITERS.register("results", CocoResultsWriter)
+WRITERS.register("dataset", CocoDatasetWriter)
+WRITERS.register("yolo", YoloSegmentationWriter)
+WRITERS.register("label-studio", LabelStudioWriter)
 
 __all__ = [
     "WRITERS",
@@ -49,17 +70,16 @@ __all__ = [
 
 
 def export(shards: str, out: str, *, format: str, **kwargs: Any) -> MergeStats:
-    """Stream the shards into ``out`` in ``format`` (a key of ``WRITERS``).
+    """Stream the shards into ``out`` in ``format`` (a :data:`WRITERS` name).
 
     Keyword arguments: those of :func:`.base.run_export` (``options``, ``score_threshold``,
     ``categories``, ``image_root``, ``batch_rows``, ``progress``) plus the writer's own options
     (``yolo``: ``images``, ``simplify``; ``label-studio``: ``image_url_prefix``, ``from_name``,
-    ``to_name``, ``model_version``, ``simplify``). Options another format would use are ignored
+    ``to_name``, ``model_version``, ``mask`` (``"brush"`` or ``"polygons"``), ``simplify`` and
+    ``min_part_area`` (polygons only)). Options another format would use are ignored
     when None, and an error otherwise.
     """
-    if format not in WRITERS:
-        raise ValueError(f"unknown export format {format!r}: use one of {', '.join(WRITERS)}")
-    writer = WRITERS[format]
+    writer = WRITERS.get(format)  # an unknown name: ValueError listing the known ones
     common = {"options", "score_threshold", "categories", "image_root", "batch_rows", "progress"}
     own = set(writer.option_names)
     extra = {k: v for k, v in kwargs.items() if k not in common}
@@ -74,7 +94,7 @@ def export(shards: str, out: str, *, format: str, **kwargs: Any) -> MergeStats:
 
 
 def merge(shards: str, out: str, *, format: str, **kwargs) -> MergeStats:
-    """Export the shards in ``format`` (one of ``ntt_batch.output.reader.FORMATS``): :func:`export`."""
+    """Export the shards in ``format`` (a :data:`WRITERS` name): :func:`export`."""
     return export(shards, out, format=format, **kwargs)
 
 

@@ -44,7 +44,7 @@ from ..output.reader import (
     run_categories,
 )
 from ..storage.fs import absolute_uri
-from ..storage.masks import decode_rle
+from ..storage.masks import decode_rle, mask_utils
 from .score_filter import ScoreThresholds
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,20 @@ class ExportRow:
             }
             for j in self.kept
         ]
+
+    def mask_boxes(self) -> list[list[float]]:
+        """The kept instances' boxes ``[x, y, w, h]`` taken from their masks' extent (pycocotools ``toBbox``).
+
+        A mask covering columns x1..x2 gives ``w = x2 - x1 + 1``: what a label export writes, so a
+        consumer that crops the mask to the box (FiftyOne) keeps every pixel. The shards' ``bbox``
+        is the reference code's box, one pixel smaller (method.md §4.8); ``results`` keeps that one
+        for evaluation. An empty mask gives ``[0, 0, 0, 0]``.
+        """
+        b = self.batch
+        if not self.kept:
+            return []
+        rles = [{"size": [int(v) for v in b.size[j]], "counts": b.counts[j].encode("ascii")} for j in self.kept]
+        return np.asarray(mask_utils.toBbox(rles), dtype=np.float64).reshape(-1, 4).tolist()
 
     def mask(self, j: int) -> np.ndarray:
         """Instance ``j``'s (an index from ``kept``) mask, bool [h, w]."""

@@ -8,6 +8,12 @@ the stored float32. See :mod:`ntt_batch.output.reader` for the two products.
 The dataset file is also what FiftyOne's COCO importer reads (``fo.types.COCODetectionDataset``:
 ``file_name`` absolute, or relative to ``data_path`` = ``--image-root``; RLE masks; ``score`` →
 ``confidence``).
+
+Boxes: the **dataset** file's ``bbox`` is the mask's extent (pycocotools ``toBbox``: a mask over
+columns x1..x2 is ``x2 - x1 + 1`` wide), so a consumer that crops the mask to the box (FiftyOne
+does) keeps every pixel. The **results** file keeps the box the job stored, the reference code's
+``[x1, y1, x2 - x1, y2 - y1]`` from inclusive corners (one pixel smaller; method.md §4.8), so that
+``bbox`` AP is computed exactly as the authors' evaluation does.
 """
 
 from __future__ import annotations
@@ -90,13 +96,13 @@ class CocoDatasetWriter(Writer):
         if not row.kept:
             return 0
         parts = []
-        for j in row.kept:
+        for j, box in zip(row.kept, row.mask_boxes()):
             self.ann_id += 1
             h, w = b.size[j]
             parts.append(
                 f'{{"id": {self.ann_id}, "image_id": {image_id}, "category_id": {int(b.category_id[j])}, '
                 f'"segmentation": {{"size": [{h}, {w}], "counts": {_json_str(b.counts[j])}}}, '
-                f'"bbox": {_bbox_json(b.bbox[j])}, "area": {int(b.area[j])}, "iscrowd": 0, '
+                f'"bbox": {_bbox_json(box)}, "area": {int(b.area[j])}, "iscrowd": 0, '
                 f'"score": {b.score_text[j]}}}'
             )
         self.fa.write(("\n" if self.first_ann else ",\n") + ",\n".join(parts))

@@ -4,8 +4,8 @@
 pixel edges (vertices on pixel corners, so a square pixel at column x, row y is the polygon
 (x, y) (x+1, y) (x+1, y+1) (x, y+1); the traced polygon's area equals the mask's pixel count
 before simplification). Then optional Douglas-Peucker simplification with a tolerance in pixels
-(default 1 px: removes pixel staircases, keeps real corners; a 300 x 180 px ellipse
-goes from 516 to 68 vertices at IoU 0.995 with the exact mask).
+(default 1 px: removes pixel staircases, keeps real corners; a 240 x 140 px ellipse
+goes from 404 to 51 vertices at IoU 0.995 with the exact mask).
 
 * **Holes are filled**: only outer boundaries are kept (polygon formats without holes would
   otherwise draw the hole as a second object). A ring-shaped mask becomes its filled disc.
@@ -13,7 +13,10 @@ goes from 516 to 68 vertices at IoU 0.995 with the exact mask).
   :func:`bridge_polygons` joins them into one polygon with zero-width "bridges" (each part is
   entered and left along the same segment), the way Ultralytics' own COCO→YOLO converter
   (``merge_multi_segment``) does, for formats with one polygon per instance (YOLO). Label
-  Studio gets one region per part instead.
+  Studio's polygon mode gets one region per part instead (its default is one brush region per
+  instance, :mod:`.brush_rle`), with ``min_area`` to drop specks.
+* **Extent kept**: simplification never drops the extreme vertices, so a polygon's box is the
+  mask's (pycocotools ``toBbox``: x_max - x_min + 1 pixels wide).
 
 Pure numpy; no OpenCV.
 """
@@ -108,24 +111,38 @@ def _rdp(points: np.ndarray, tol: float) -> np.ndarray:
 
 
 def simplify_polygon(poly: np.ndarray, tol: float) -> np.ndarray:
-    """Douglas-Peucker on a closed polygon; the polygon itself when fewer than 3 points would remain."""
+    """Douglas-Peucker on a closed polygon; the polygon itself when fewer than 3 points would remain.
+
+    The vertices with the least and greatest x and y are always kept, so the simplified polygon has
+    the extent of the exact one: the mask's box (pycocotools ``toBbox``), which is what Ultralytics
+    (``segments2boxes``) and Label Studio derive a polygon's box from.
+    """
     if tol <= 0 or len(poly) <= 4:
         return poly
+    n = len(poly)
     far = int(np.argmax(np.hypot(*(poly - poly[0]).T)))
-    a = _rdp(poly[: far + 1], tol)
-    b = _rdp(np.concatenate([poly[far:], poly[:1]]), tol)
-    out = np.concatenate([a, b[1:-1]])
+    extremes = {int(f(poly[:, k])) for f in (np.argmin, np.argmax) for k in (0, 1)}
+    anchors = sorted({0, far} | extremes)
+    pieces = []
+    for a, b in zip(anchors, anchors[1:] + [anchors[0] + n]):
+        seg = poly[a : b + 1] if b < n else np.concatenate([poly[a:], poly[: b - n + 1]])
+        pieces.append(_rdp(seg, tol)[:-1])
+    out = np.concatenate(pieces)
     return out if len(out) >= 3 and abs(polygon_area(out)) > 0 else poly
 
 
-def mask_polygons(mask: np.ndarray, simplify: float = 1.0) -> list[np.ndarray]:
+def mask_polygons(mask: np.ndarray, simplify: float = 1.0, min_area: float = 0.0) -> list[np.ndarray]:
     """Outer boundary polygons of ``mask`` (one per 4-connected part, largest first), holes filled.
 
     Each polygon is a float (n >= 3, 2) array of (x, y) pixel-corner coordinates in [0, W] x [0, H].
-    ``simplify``: Douglas-Peucker tolerance in px (0 = exact pixel outline).
+    ``simplify``: Douglas-Peucker tolerance in px (0 = exact pixel outline). ``min_area``: parts
+    whose filled area (px) is below it are dropped, except the largest part, which is always kept
+    (an instance never vanishes; its extent may then shrink to the parts kept).
     """
     outer = [c for c in _boundary_cycles(mask) if polygon_area(c) > 0]
     outer.sort(key=polygon_area, reverse=True)
+    if min_area > 0:
+        outer = outer[:1] + [c for c in outer[1:] if polygon_area(c) >= min_area]
     return [simplify_polygon(c, simplify) for c in outer]
 
 

@@ -20,9 +20,12 @@ ids only seen in the instances are appended). Polygons come from the masks as de
 zero-width bridges (as Ultralytics' own COCO converter does), simplified with a 1 px tolerance.
 Instances whose mask is empty are skipped (counted in a notice).
 
-``images="uri"`` writes no ``images/`` folder: ``images.txt`` lists the original paths/URIs,
-and Ultralytics will then look for each label file next to its image: use it only when you arrange
-the files yourself. Scores are not part of the format (filter with ``--score-threshold``).
+There is no mode that lists the original image URIs: Ultralytics derives each label path from the
+image path alone (``img2label_paths`` in ``ultralytics/data/utils.py``: the last ``/images/`` →
+``/labels/``, suffix → ``.txt``), so the labels of ``/data/photos/a.jpg`` or ``s3://b/a.jpg`` would
+have to sit beside the source images, and the dataset read as 0 instances, all backgrounds (an
+``images="uri"`` mode did that; it is now refused with a pointer to ``link`` / ``copy``). Scores
+are not part of the format (filter with ``--score-threshold``).
 
 The folder is built beside ``OUT`` under a temporary name and renamed into place at the end; an
 existing ``OUT`` is replaced only if it is empty or an earlier export (holds ``data.yaml``).
@@ -39,11 +42,18 @@ import numpy as np
 import yaml
 
 from ..output.folder import utc_now_iso
+from ..storage.atomic import make_unique_dir
 from ..storage.fs import filesystem, is_local
 from .base import ExportContext, ExportRow, Writer
 from .polygons import bridge_polygons, mask_polygons
 
-IMAGE_MODES = ("link", "copy", "uri")
+IMAGE_MODES = ("link", "copy")
+_URI_REMOVED = (
+    "yolo: images='uri' (--yolo-images uri) was removed: Ultralytics finds each label file by replacing "
+    "/images/ with /labels/ in the image's own path, so a list of the original image URIs gives 0 instances "
+    "(all backgrounds). Use images='link' (symlinks to local images, the default) or images='copy' "
+    "(copies, also from s3:// and other URIs)"
+)
 
 
 class YoloSegmentationWriter(Writer):
@@ -55,6 +65,8 @@ class YoloSegmentationWriter(Writer):
 
     def __init__(self, out: str, ctx: ExportContext, *, images: str = "link", simplify: float = 1.0) -> None:
         super().__init__(out, ctx)
+        if images == "uri":
+            raise ValueError(_URI_REMOVED)
         if images not in IMAGE_MODES:
             raise ValueError(f"yolo: images must be one of {', '.join(IMAGE_MODES)}, got {images!r}")
         if not is_local(out):
@@ -69,10 +81,10 @@ class YoloSegmentationWriter(Writer):
                 f"{self.final} exists and is not an earlier YOLO export (no data.yaml): "
                 "choose another --out or remove it"
             )
-        self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.final)}.", suffix=".tmp", dir=parent)
+        # not mkdtemp: its 0700 would survive the rename and lock teammates out of the dataset
+        self.tmp = make_unique_dir(parent, prefix=f".{os.path.basename(self.final)}.", suffix=".tmp")
         os.makedirs(os.path.join(self.tmp, "labels"))
-        if images != "uri":
-            os.makedirs(os.path.join(self.tmp, "images"))
+        os.makedirs(os.path.join(self.tmp, "images"))
         self.list = open(os.path.join(self.tmp, "images.txt"), "w", encoding="utf-8")  # noqa: SIM115 - closed in close/abort
         self.names: set[str] = set()
         self.index: dict[int, int] = {}
@@ -99,11 +111,8 @@ class YoloSegmentationWriter(Writer):
 
     def write(self, row: ExportRow) -> int:
         name, ext = self._name(row)
-        if self.images == "uri":
-            self.list.write(row.image_uri + "\n")
-        else:
-            self._place_image(row.image_uri, os.path.join(self.tmp, "images", name + ext))
-            self.list.write(f"./images/{name}{ext}\n")
+        self._place_image(row.image_uri, os.path.join(self.tmp, "images", name + ext))
+        self.list.write(f"./images/{name}{ext}\n")
         w, h = row.width, row.height
         lines = []
         b = row.batch

@@ -14,14 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .mergers import MERGERS
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
-
-
-# The mergers ``ntt_batch.method.merging.MERGERS`` offers (kept here so that the command line's
-# choices need no torch import; tests/test_cli_settings.py checks the two agree).
-MERGER_NAMES = ("soft", "graph-diffusion")
 
 
 def setting(default: Any, help: str, *, flag: bool = False, **cli: Any) -> Any:
@@ -169,10 +166,11 @@ class SegmenterConfig:
     merger: str = setting(
         "soft",
         flag=True,
-        choices=MERGER_NAMES,
-        help="How overlapping candidates of one class lower each other's scores (method/merging.py): 'soft' = the "
-        "method's semantic-aware soft merging (method.md §4.7); 'graph-diffusion' = FSOD-VFM's rescoring "
-        "(arXiv 2602.03137), a penalty diffused over the overlap graph (--graph-diffusion-*).",
+        choices=MERGERS,  # the registry (built-ins and plug-ins): read when the flags are made
+        help="How overlapping candidates of one class lower each other's scores (method/mergers.py MERGERS): "
+        "'soft' = the method's semantic-aware soft merging (method.md §4.7); 'graph-diffusion' = FSOD-VFM's "
+        "rescoring (arXiv 2602.03137), a penalty diffused over the overlap graph (--graph-diffusion-*); "
+        "plug-ins add theirs (entry point group ntt_batch.mergers).",
     )
     merge_exponent: float = setting(
         0.5,
@@ -277,7 +275,7 @@ class SegmenterConfig:
             self.encoder_image_size,
             "a positive multiple of the encoder's patch size, or null for its native size",
         )
-        _check(self.merger in MERGER_NAMES, "merger", self.merger, "one of " + ", ".join(map(repr, MERGER_NAMES)))
+        _check(self.merger in MERGERS, "merger", self.merger, "one of " + ", ".join(map(repr, MERGERS.names())))
         _check(
             0.0 <= self.graph_diffusion_alpha < 1.0, "graph_diffusion_alpha", self.graph_diffusion_alpha, "in [0, 1)"
         )
@@ -507,7 +505,6 @@ def config_to_dict(cfg) -> dict[str, Any]:
 
 __all__ = [
     "ConfigError",
-    "MERGER_NAMES",
     "MemoryConfig",
     "SegmenterConfig",
     "check_config_types",

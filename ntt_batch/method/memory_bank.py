@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._version import __version__
-from ..storage.atomic import atomic_write_text
+from ..storage.atomic import atomic_write_bytes, atomic_write_text
 from ..storage.masks import segmentation_to_mask
 from .config import MemoryConfig, config_to_dict
 from .preprocess import image_to_tensor, prepare_target
@@ -193,16 +193,17 @@ class MemoryBank:
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         meta = self.metadata()
-        save_file(
+        # safetensors' save_file creates its file 0600; the atomic writer gives the umask's mode
+        tensors = save(
             {"instance_prototypes": self.instance_prototypes, "instance_labels": self.instance_labels},
-            str(d / TENSORS_FILE),
             metadata={"format": BANK_FORMAT, "content_hash": meta["content_hash"]},
         )
+        atomic_write_bytes(d / TENSORS_FILE, tensors)
         atomic_write_text(d / META_FILE, json.dumps(meta, indent=2))
         return d
 

@@ -41,8 +41,9 @@ bit: ``tests/test_merging.py`` checks this on CPU against a transcription of it 
 where the same operations should agree as well). Cost: per class with ≥ 2 candidates, up to
 ``steps`` iterations of an n×n mat-vec, each with one host sync for the stopping test.
 
-Adding a merger: one class with ``name`` and ``merge_scores``, plus one entry in :data:`MERGERS`
-(and its config fields in :func:`build_merger`).
+Adding a merger: one class with ``name``, ``from_config`` and ``merge_scores``, plus one entry in
+:data:`ntt_batch.method.mergers.MERGERS` (the registry the ``merger`` setting, its validation and
+``--merger`` read; torch-free, so it lives beside this module).
 """
 
 from __future__ import annotations
@@ -56,12 +57,10 @@ from torch import Tensor
 from .fullres import soft_merge_scores_from_counts
 
 __all__ = [
-    "MERGERS",
     "soft_merge_scores",
     "GraphDiffusionMerger",
     "Merger",
     "SoftMerger",
-    "build_merger",
     "graph_diffusion_penalty",
     "intersection_counts",
 ]
@@ -161,29 +160,6 @@ class GraphDiffusionMerger:
             exponent=getattr(config, "merge_exponent", cls.exponent),
             transition=getattr(config, "graph_diffusion_transition", cls.transition),
         )
-
-
-MERGERS: dict[str, type] = {
-    SoftMerger.name: SoftMerger,
-    GraphDiffusionMerger.name: GraphDiffusionMerger,
-}
-
-
-def build_merger(config: Any) -> Merger:
-    """The merger a ``SegmenterConfig``-like object asks for.
-
-    Reads ``merger`` ("soft" | "graph-diffusion"; default "soft" when the object has no such
-    field), ``merge_exponent`` (both mergers) and, for graph diffusion,
-    ``graph_diffusion_alpha``, ``graph_diffusion_steps``, ``graph_diffusion_transition`` (each
-    defaulting to the merger's own default when absent).
-
-    Raises:
-        ValueError: unknown merger name (the message lists the valid ones), or a bad parameter.
-    """
-    name = getattr(config, "merger", SoftMerger.name)
-    if name not in MERGERS:
-        raise ValueError(f"unknown merger {name!r}; valid: {', '.join(repr(k) for k in MERGERS)}")
-    return MERGERS[name].from_config(config)
 
 
 def _check_diffusion_args(alpha: float, steps: int, transition: str, tol: float) -> None:

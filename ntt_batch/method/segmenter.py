@@ -6,7 +6,7 @@ strings them together around its parts, each behind an interface:
 * a *proposer* (``models.proposers.MaskProposer``: SAM 2 / 2.1 point-grid prompting, §4.2);
 * an *encoder* (``models.encoders.ImageEncoder``: DINOv2, DINOv3; patch features, §4.3);
 * a *matcher* (``method.matching``: pooled mask features against the class prototypes, §4.4);
-* a *merger* (``method.merging``: soft merging §4.7, or graph-diffusion rescoring).
+* a *merger* (``method.mergers.MERGERS``: soft merging §4.7, graph-diffusion rescoring, plug-ins).
 
 Shapes: N candidates, C classes, D feature channels, (h, w) = low-res mask grid (256²),
 (H, W) = original image size.
@@ -32,7 +32,8 @@ from .config import SegmenterConfig
 from .fullres import dense_from_runs, rle_from_runs, same_class_intersections, upsample_to_runs
 from .matching import Matcher, PrototypeMatcher
 from .memory_bank import MemoryBank
-from .merging import build_merger, intersection_counts, soft_merge_scores
+from .mergers import build_merger
+from .merging import intersection_counts, soft_merge_scores
 from .preprocess import prepare_target
 from .tiling import TILE_BATCH, Piece, merge_pieces, needs_tiling, runs_from_dense, tile_grid
 

@@ -27,18 +27,18 @@ tiles × max_detections × object perimeter), independent of the full image's pi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .config import SegmenterConfig
 
 TILE_BATCH = 4  # tiles per segment_targets call (the encoders run on the batch)
 
 
-def needs_tiling(orig_hw: tuple[int, int], config: SegmenterConfig) -> bool:
-    """Whether an image of this size is tiled under ``config`` (a side over ``tile_size``)."""
+def needs_tiling(orig_hw: tuple[int, int], config: Any) -> bool:
+    """Whether an image of this size is tiled under ``config`` (a ``SegmenterConfig``: a side over ``tile_size``).
+
+    ``config`` is not annotated with the class: ``method.config`` reads the merger registry, whose
+    built-ins import this module's users, so an import of ``config`` here would close a cycle."""
     return bool(config.tile_size) and (orig_hw[0] > config.tile_size or orig_hw[1] > config.tile_size)
 
 

@@ -1,6 +1,9 @@
 """Find, download and verify checkpoint files.
 
-Lookup order for a model ``name`` (file name from the registry):
+Which checkpoints exist: :func:`all_checkpoints` and :func:`checkpoint_spec` read every model
+family, built-in (``models/registry.py``) and plug-in (``ENCODERS``, ``PROPOSERS``).
+
+Lookup order for a model ``name`` (file name from its :class:`CheckpointSpec`):
 
 1. ``checkpoint_dir`` (CLI ``--checkpoint-dir`` or env ``NTT_CHECKPOINT_DIR``): pre-placed files,
    for offline clusters. Nothing is downloaded into it.
@@ -27,7 +30,10 @@ from pathlib import Path
 
 from ..hashing import file_sha256
 from ..storage.atomic import atomic_local_file
-from .registry import CheckpointSpec, get_spec
+from .checkpoint_files import CheckpointFileError, check_checkpoint_file, load_checkpoint_file  # noqa: F401 (re-exported)
+from .encoders import encoder_models, encoder_spec
+from .proposers import proposer_models, proposer_spec
+from .registry import CheckpointSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +50,6 @@ class ChecksumMismatchError(RuntimeError):
     """A downloaded file does not have the registry's SHA-256."""
 
 
-class CheckpointFileError(ValueError):
-    """A file that should hold model weights is not a readable PyTorch checkpoint (the message names it)."""
-
-
 @dataclass(frozen=True)
 class ResolvedCheckpoint:
     """A checkpoint file on local disk, with its provenance (recorded in every output)."""
@@ -59,6 +61,28 @@ class ResolvedCheckpoint:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def checkpoint_spec(name: str, kind: str | None = None) -> CheckpointSpec:
+    """The checkpoint of model ``name``, of any family (plug-ins included); an unknown name lists the valid ones.
+
+    ``kind``: ``"encoder"`` or ``"proposer"`` to accept only those.
+    """
+    finders = {None: (proposer_spec, encoder_spec), "encoder": (encoder_spec,), "proposer": (proposer_spec,)}
+    if kind not in finders:
+        raise ValueError(f"unknown model kind {kind!r}: use 'encoder' or 'proposer'")
+    for find in finders[kind]:
+        try:
+            return find(name)
+        except ValueError:
+            if kind is not None:
+                raise
+    raise ValueError(f"unknown model {name!r}; valid names: {', '.join(s.name for s in all_checkpoints())}")
+
+
+def all_checkpoints() -> list[CheckpointSpec]:
+    """Every known checkpoint: the built-in table's (in its order), then the plug-in families'."""
+    return [proposer_spec(n) for n in proposer_models()] + [encoder_spec(n) for n in encoder_models()]
 
 
 def default_cache_dir() -> Path:
@@ -135,7 +159,7 @@ def resolve_checkpoint(
     Raises:
         CheckpointNotFoundError: with the file name, the URL and every directory looked in.
     """
-    spec = get_spec(name)
+    spec = checkpoint_spec(name)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     dirs = checkpoint_search_dirs(checkpoint_dir, cache)
     for d in dirs:
@@ -177,11 +201,10 @@ def _verified(spec: CheckpointSpec, path: Path) -> ResolvedCheckpoint:
 
 def _missing_message(spec: CheckpointSpec, looked: str, why: str) -> str:
     if spec.url is None:
-        from .registry import DINOV3_ACCESS
-
+        digest = f"sha256 starts with {spec.sha256_prefix}" if spec.sha256_prefix else f"sha256 {spec.official_digest}"
         where = (
-            f"request access at {DINOV3_ACCESS} (licence: {spec.license}), download {spec.filename} "
-            f"(sha256 starts with {spec.sha256_prefix})"
+            f"request access at {spec.access or 'its publisher'} (licence: {spec.license}), download "
+            f"{spec.filename} ({digest})"
         )
     else:
         where = f"download {spec.url} (sha256 {spec.sha256})"
@@ -191,87 +214,4 @@ def _missing_message(spec: CheckpointSpec, looked: str, why: str) -> str:
         f"as <dir>/{spec.filename}, then pass --checkpoint-dir <dir> or set {ENV_CHECKPOINT_DIR}; "
         f"or, for a smoke run without real weights, write random-initialised checkpoints with "
         f"`ntt-batch checkpoints random --model {spec.name} --out <dir>`."
-    )
-
-
-_CHECKED: set[tuple[str, int, int]] = set()  # (path, size, mtime_ns) of files check_checkpoint_file accepted
-
-
-def check_checkpoint_file(path: str | os.PathLike) -> None:
-    """Raise :class:`CheckpointFileError` unless ``path`` loads as a weights-only checkpoint; cheap.
-
-    A zip-format checkpoint (what ``torch.save`` writes) is loaded memory-mapped: the pickle is
-    checked, the tensor data is not read. Official files need no check (their sha256 is known);
-    ``_verified`` calls this for the others, so a bad file stops a job on the driver, in one line.
-    """
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if key in _CHECKED:
-        return
-    with open(path, "rb") as f:
-        zipped = f.read(4) == b"PK\x03\x04"
-    load_checkpoint_file(path, mmap=zipped)
-    _CHECKED.add(key)
-
-
-def load_checkpoint_file(path: str | os.PathLike, *, mmap: bool = False):
-    """``torch.load(path, map_location="cpu", weights_only=True)``, failing with one line that names the file.
-
-    A file that is not a checkpoint (random bytes, a text or HTML page saved under the name, an
-    empty or truncated download, a pickle carrying Python objects) raises
-    :class:`CheckpointFileError` saying what the file is and how to get the right one, instead
-    of PyTorch's long advice to load it with ``weights_only=False`` (which would execute it).
-    """
-    import warnings
-
-    import torch
-
-    path = os.fspath(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except OSError:
-        raise  # missing file, permissions: the OS message names the path
-    except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on a non-checkpoint
-        raise CheckpointFileError(f"{path}: {_unreadable_reason(path, e)}; {_fix_hint(path)}") from None
-
-
-def _unreadable_reason(path: str, error: Exception) -> str:
-    import pickle
-    import re
-
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        head = b""
-    text = str(error)
-    if not head:
-        return "not a checkpoint: the file is empty"
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if isinstance(error, pickle.UnpicklingError) and found:
-        return (
-            f"not a plain weights file: it holds Python objects ({found.group(1)}), which "
-            "torch.load(weights_only=True) "
-            "refuses to run"
-        )
-    if head.startswith(b"PK\x03\x04"):
-        return "a damaged PyTorch checkpoint (incomplete or corrupt zip archive: an interrupted download or copy?)"
-    if head[:1] == b"\x80":
-        return "not a PyTorch checkpoint: a pickle that torch.load(weights_only=True) cannot read as tensors"
-    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
-        return "not a checkpoint: the file is text (an error page or a placeholder saved under this name?)"
-    return "not a PyTorch checkpoint (unrecognised content)"
-
-
-def _fix_hint(path: str) -> str:
-    from .registry import CHECKPOINTS
-
-    name = next((s.name for s in CHECKPOINTS.values() if s.filename == Path(path).name), None)
-    if name is None:
-        return "use the official checkpoint file (`ntt-batch checkpoints list` shows names, URLs and sha256)"
-    return (
-        f"delete it and run `ntt-batch checkpoints download --model {name}` (the official file, sha256-verified), "
-        f"or for a smoke run `ntt-batch checkpoints random --model {name} --out DIR`"
     )

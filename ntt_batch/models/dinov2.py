@@ -290,7 +290,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     ``"state_dict"``. A ``backbone.`` prefix (DINOv2 training checkpoints: ``teacher.backbone.*``
     next to ``dino_head.*``/``ibot_head.*``) is stripped and the other heads dropped.
     """
-    from .checkpoints import load_checkpoint_file
+    from .checkpoint_files import load_checkpoint_file
 
     obj: Any = load_checkpoint_file(path)  # torch.load(weights_only=True); one-line error naming a bad file
     if not isinstance(obj, Mapping):

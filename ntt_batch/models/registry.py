@@ -1,5 +1,10 @@
-"""Registry of the official SAM 2 / SAM 2.1, DINOv2 and DINOv3 checkpoints: the one place for
-checkpoint facts (file names, addresses, digests, licences).
+"""The official SAM 2 / SAM 2.1, DINOv2 and DINOv3 checkpoints, as data: the one place for the
+built-in models' checkpoint facts (file names, addresses, digests, licences).
+
+The model families that use them are entries of ``models.encoders.ENCODERS`` and
+``models.proposers.PROPOSERS`` (a plug-in family brings its own :class:`CheckpointSpec` list);
+``models.checkpoints.checkpoint_spec`` / ``all_checkpoints`` look names up across every family,
+plug-ins included. :func:`get_spec` here knows the built-in table only.
 
 Each entry names the file exactly as its publisher does, where to download it, and the SHA-256
 of the official file. The SAM 2 and DINOv2 digests were collected from independent public projects
@@ -16,7 +21,6 @@ file is checked against (``sha256_prefix``). Its licence is the DINOv3 License, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 SAM2_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2"
 DINOV2_BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -35,8 +39,8 @@ class CheckpointSpec:
 
     Attributes:
         name: the model name users pass (``sam2.1_hiera_tiny``, ``dinov2_vits14``).
-        family: ``"sam2"``, ``"dinov2"`` or ``"dinov3"`` (the encoder families: see
-            ``models.encoders``).
+        family: the model family, an ``ENCODERS`` or ``PROPOSERS`` name: ``"sam2"``, ``"dinov2"``,
+            ``"dinov3"`` or a plug-in's.
         filename: the official file name; pre-placed files are looked up by it.
         url: official download address; None where downloads are gated (DINOv3).
         sha256: hex digest of the official file; None where it is not published.
@@ -45,10 +49,11 @@ class CheckpointSpec:
         license: the weights' licence.
         sha256_prefix: the leading hex digits of the official digest when only those are
             published (DINOv3: 8, in the file name).
+        access: where to request access when downloads are gated (``url`` None), for messages.
     """
 
     name: str
-    family: Literal["sam2", "dinov2", "dinov3"]
+    family: str
     filename: str
     url: str | None
     sha256: str | None
@@ -56,6 +61,7 @@ class CheckpointSpec:
     sam2_config: str | None = None
     license: str = APACHE_2
     sha256_prefix: str | None = None
+    access: str | None = None
 
     def matches_official(self, digest: str) -> bool:
         """Whether a file with SHA-256 ``digest`` is the official file (by full digest, else by prefix)."""
@@ -66,7 +72,9 @@ class CheckpointSpec:
     @property
     def official_digest(self) -> str:
         """The published digest, for messages: the full one, else ``<prefix>…``."""
-        return self.sha256 or f"{self.sha256_prefix}… (only this prefix is published)"
+        if self.sha256:
+            return self.sha256
+        return f"{self.sha256_prefix}… (only this prefix is published)" if self.sha256_prefix else "not published"
 
 
 def _sam2(name: str, release: str, config: str, sha256: str, size: int) -> CheckpointSpec:
@@ -105,6 +113,7 @@ def _dinov3(name: str, filename_stem: str, sha256_prefix: str) -> CheckpointSpec
         size_bytes=None,
         license=DINOV3_LICENSE,
         sha256_prefix=sha256_prefix,
+        access=DINOV3_ACCESS,
     )
 
 
@@ -188,19 +197,27 @@ CHECKPOINTS: dict[str, CheckpointSpec] = {s.name: s for s in _SPECS}
 SAM2_NAMES = [s.name for s in _SPECS if s.family == "sam2"]
 DINOV2_NAMES = [s.name for s in _SPECS if s.family == "dinov2"]
 DINOV3_NAMES = [s.name for s in _SPECS if s.family == "dinov3"]
-ENCODER_FAMILIES = ("dinov2", "dinov3")
-ENCODER_NAMES = [s.name for s in _SPECS if s.family in ENCODER_FAMILIES]
+ENCODER_NAMES = DINOV2_NAMES + DINOV3_NAMES  # the built-in encoders (every one: models.encoders.encoder_models)
+
+
+def family_specs(family: str) -> tuple[CheckpointSpec, ...]:
+    """The built-in checkpoints of ``family``, in table order."""
+    return tuple(s for s in _SPECS if s.family == family)
 
 
 def get_spec(name: str, family: str | None = None) -> CheckpointSpec:
-    """Look up a checkpoint by model name; unknown names list the valid ones.
+    """Look up a built-in checkpoint by model name; unknown names list the valid ones.
 
-    ``family``: ``"sam2"``, ``"dinov2"``, ``"dinov3"``, or ``"encoder"`` for any image encoder.
+    ``family``: ``"sam2"``, ``"dinov2"``, ``"dinov3"``, or ``"encoder"`` for any built-in image
+    encoder. Plug-in models: ``models.checkpoints.checkpoint_spec``.
     """
-    families = ENCODER_FAMILIES if family == "encoder" else (family,)
     spec = CHECKPOINTS.get(name)
-    if spec is None or (family is not None and spec.family not in families):
-        valid = [n for n, s in CHECKPOINTS.items() if family is None or s.family in families]
+    if spec is None or (family is not None and not _in_family(spec, family)):
+        valid = [n for n, s in CHECKPOINTS.items() if family is None or _in_family(s, family)]
         kind = f"{family} model" if family else "model"
         raise ValueError(f"unknown {kind} {name!r}; valid names: {', '.join(valid)}")
     return spec
+
+
+def _in_family(spec: CheckpointSpec, family: str) -> bool:
+    return spec.name in ENCODER_NAMES if family == "encoder" else spec.family == family

@@ -31,7 +31,7 @@ def _build_sam2_module(config_name: str) -> nn.Module:
 
 def load_sam2_state_dict(path: str) -> dict[str, Tensor]:
     """Read an official SAM2 checkpoint file (``{"model": state_dict}``) safely."""
-    from .checkpoints import load_checkpoint_file
+    from .checkpoint_files import load_checkpoint_file
 
     obj = load_checkpoint_file(path)  # torch.load(weights_only=True); one-line error naming a bad file
     if not isinstance(obj, dict) or "model" not in obj or not isinstance(obj["model"], dict):

@@ -62,7 +62,6 @@ from .shards import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, shard_paths
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("results", "dataset", "yolo", "label-studio")  # ntt_batch.exports.WRITERS
 DATASET_FORMAT = "ntt-batch/auto-labels"
 _COLUMNS = ["image_id", "image_uri", "width", "height", "status", "error", "instances"]
 _MAX_EXAMPLES = 5

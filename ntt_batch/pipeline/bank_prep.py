@@ -96,7 +96,7 @@ class ReferencesSpec:
         if not isinstance(self.context_ratio, (int, float)) or self.context_ratio < 0:
             raise ConfigError(f"{where}.context_ratio: must be a number >= 0, got {self.context_ratio!r}")
         try:
-            get_spec(self.encoder, "encoder")
+            encoder_family(self.encoder)  # any ENCODERS family, plug-ins included
             if self.sam2:
                 get_spec(self.sam2, "sam2")
         except ValueError as e:

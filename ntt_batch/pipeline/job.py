@@ -146,6 +146,9 @@ class JobConfig:
         default_text="row numbers",
         help="With --table: the column whose values (text or integers, unique per file) key the rows.",
     )
+    # Any kind of input, plug-ins' included: {kind: <a ntt_batch.sources.SOURCES name>, <its settings>}
+    # (instead of images / manifest / annotations above, which name the built-in kinds).
+    source: dict | None = None
     # fsspec options: endpoint_url, anon, profile, key/secret
     # (flags: --endpoint-url, --anon, --profile, --storage-option)
     storage_options: dict = field(default_factory=dict)
@@ -207,17 +210,15 @@ class JobConfig:
             raise ConfigError("memory: required (a memory-bank folder from `ntt-batch memory build`)")
         if not self.out:
             raise ConfigError("out: required (output URI for the shards)")
-        sources = [k for k in ("images", "manifest", "annotations", "table") if getattr(self, k)]
-        if len(sources) != 1:
-            raise ConfigError(
-                f"give exactly one input: images, manifest, annotations (+ image_root) or table; "
-                f"got {sources or 'none'}"
-            )
-        check_shard_settings(self)
-        if self.annotations and not self.image_root:
-            raise ConfigError("image_root: required with annotations (the URI holding the images it lists)")
+        try:
+            spec = input_spec(self)  # exactly one input, of a known kind, with its required settings
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.source:
+            self.source = {"kind": spec.kind, **spec.absolute().settings}
+        check_shard_settings(self, spec)
         get_spec(self.sam2, "sam2")
-        for name in ("memory", "out", "images", "manifest", "annotations", "image_root", "table", "checkpoint_dir"):
+        for name in ("memory", "out", "images", "manifest", "annotations", "image_root", "checkpoint_dir", "table"):
             setattr(self, name, absolute_uri(getattr(self, name)))
         for name in (
             "num_actors",
@@ -253,10 +254,9 @@ class JobConfig:
 
     def uris(self) -> dict[str, str]:
         """Every URI of the job, by the key that holds it (``references.<key>`` for the references block)."""
-        out = {
-            k: getattr(self, k)
-            for k in ("images", "manifest", "annotations", "image_root", "table", "out", "memory", "checkpoint_dir")
-        }
+        inputs = input_spec(self).uris()
+        out = {f"source.{k}" if self.source else k: v for k, v in inputs.items()}
+        out.update({k: getattr(self, k) for k in ("out", "memory", "checkpoint_dir")})
         if self.references is not None:
             out.update({f"references.{k}": getattr(self.references, k) for k in ("annotations", "file", "image_root")})
         return {k: v for k, v in out.items() if v}
@@ -287,17 +287,7 @@ class JobConfig:
 
 def input_spec(cfg: JobConfig) -> InputSpec:
     """Where the job's inputs come from (the job's own output is never an input)."""
-    return InputSpec(
-        images=cfg.images,
-        manifest=cfg.manifest,
-        annotations=cfg.annotations,
-        image_root=cfg.image_root,
-        extensions=normalise_extensions(cfg.extensions),
-        exclude_prefix=cfg.out,
-        table=cfg.table,
-        image_column=cfg.image_column,
-        id_column=cfg.id_column,
-    )
+    return InputSpec.from_job(cfg, extensions=normalise_extensions(cfg.extensions), exclude_prefix=cfg.out)
 
 
 def resolve_inputs(cfg: JobConfig) -> list[InputImage]:

@@ -226,8 +226,7 @@ def _check_bank(cfg: JobConfig, report: CheckReport) -> str | None:
 
 def _check_checkpoints(cfg: JobConfig, encoder: str | None, report: CheckReport) -> None:
     """Where the model files would come from on this machine (no hashing, no download)."""
-    from ..models.checkpoints import checkpoint_search_dirs, default_cache_dir
-    from ..models.registry import get_spec
+    from ..models.checkpoints import checkpoint_search_dirs, checkpoint_spec, default_cache_dir
 
     names = [cfg.sam2] + ([encoder] if encoder else [])
     if cfg.references is not None and cfg.references.sam2:
@@ -235,17 +234,22 @@ def _check_checkpoints(cfg: JobConfig, encoder: str | None, report: CheckReport)
     dirs = checkpoint_search_dirs(cfg.checkpoint_dir, default_cache_dir())
     for name in dict.fromkeys(names):
         try:
-            spec = get_spec(name)
+            spec = checkpoint_spec(name)
         except ValueError as e:
             report.errors.append(str(e))
             continue
         found = next((d / spec.filename for d in dirs if (d / spec.filename).is_file()), None)
         if found:
             report.notes.append(f"checkpoint {name}: {found}")
+        elif spec.url is None:  # gated (DINOv3) or a plug-in without a public address
+            report.warnings.append(
+                f"checkpoint {name}: {spec.filename} not found in {', '.join(map(str, dirs))} and it has no public "
+                f"download: request it at {spec.access or 'its publisher'} and place it there on every node"
+            )
         elif cfg.download:
+            size = f"{spec.size_bytes / 1e6:.0f} MB" if spec.size_bytes else "size not published"
             report.notes.append(
-                f"checkpoint {name}: not on this machine; downloaded on first use "
-                f"({spec.size_bytes / 1e6:.0f} MB from {spec.url})"
+                f"checkpoint {name}: not on this machine; downloaded on first use ({size} from {spec.url})"
             )
         else:
             report.warnings.append(

@@ -209,7 +209,7 @@ def plan_inputs(
         if not plan.inputs:
             if allow_empty:
                 return plan
-            where = spec.images or spec.manifest or spec.annotations
+            where = spec.location
             extra = (
                 f" ({stats.skipped_by_extension} skipped by the extension filter)" if stats.skipped_by_extension else ""
             )
@@ -224,7 +224,7 @@ def plan_inputs(
             repeated = _repeated_values(pass1, "image_id")
             if repeated:
                 raise DuplicateInputError(
-                    f"{spec.manifest or spec.annotations}: image_id values are not unique "
+                    f"{spec.location}: image_id values are not unique "
                     f"(e.g. {', '.join(map(str, repeated))}); each input needs its own id"
                 )
             mode = "source"
@@ -327,7 +327,7 @@ def _duplicate_message(pass1: str, dups: UriHashes, spec: InputSpec, show: int =
                 found.append(u)
         if len(found) >= show:
             break
-    where = spec.manifest or spec.annotations or spec.images
+    where = spec.location
     return (
         f"{where}: {len(dups)} input URI(s) are listed more than once, e.g. {', '.join(map(repr, found[:show]))}. "
         "Every input gets exactly one row: remove the repeated entries and run again"

@@ -45,16 +45,7 @@ import pyarrow.parquet as pq
 from ..output.folder import META, OutputFolder, new_run_id, utc_now_iso
 from ..output.shards import STATUS_ERROR
 from ..sources.inputs import HashAccumulator, InputSpec, stable_image_id, uri_digests
-from ..sources.shard_read import read_shard
-from ..sources.shards import (
-    KIND_TABLE,
-    KIND_WEBDATASET,
-    ShardCensus,
-    is_sharded,
-    list_shards,
-    shard_kind,
-    split_sample_uris,
-)
+from ..sources.shards import ShardCensus, ShardedSource, is_sharded, split_sample_uris
 from .plan import OutputScan, Plan
 
 log = logging.getLogger(__name__)
@@ -185,6 +176,7 @@ class ShardPlan(Plan):
     """A plan over shards: which to read (with the keys already done), which are complete."""
 
     kind: str = ""
+    source_settings: dict = field(default_factory=dict)  # the input kind's settings (the reading tasks build it)
     shards: int = 0
     complete: int = 0  # skipped without being opened
     partial: int = 0  # read, their done samples skipped
@@ -236,10 +228,9 @@ def plan_shards(
     except, when some must be read, the first one's schema for a table (bad column names fail here,
     before any work starts).
     """
-    kind = shard_kind(spec)
-    uri = spec.table if kind == KIND_TABLE else spec.images
-    plan = ShardPlan(kind=kind, ids_from="uri hashes")
-    shards = list_shards(uri, options, kind)
+    source = spec.source()
+    plan = ShardPlan(kind=spec.kind, ids_from="uri hashes", source_settings=dict(spec.settings))
+    shards = source.shards(options)
     if limit is not None:
         shards = shards[:limit]
     plan.shards = plan.listed = len(shards)
@@ -305,28 +296,11 @@ def plan_shards(
         plan.retry = acc.freeze()
         plan.retry_errors = len(plan.retry)
     plan.sample = [(0, t["shard"]) for t in plan.to_read[:50]]
-    if plan.to_read and kind == KIND_TABLE:
-        _check_table_columns(plan.to_read[0]["shard"], options, spec)
+    if plan.to_read:
+        source.check(plan.to_read[0]["shard"], options)  # e.g. a table without the image column: fail now
     if echo and plan.complete:
         echo(f"  {plan.complete} complete shard(s) skipped without being opened (records in {SHARDS}/)")
     return plan
-
-
-def _check_table_columns(shard: str, options: dict | None, spec: InputSpec) -> None:
-    """Fail before any work when the first table to read lacks the image (or id) column."""
-    from ..sources.table import check_id_column, guess_image_column, image_column_type, open_table_schema
-
-    try:
-        schema = open_table_schema(shard, options)
-    except FileNotFoundError:
-        return  # the reading task gives it an error row
-    except Exception as e:  # noqa: BLE001 - a broken first shard: its reading task reports it as a row
-        log.warning("could not read the schema of %s (%s)", shard, e)
-        return
-    column = spec.image_column or guess_image_column(schema, shard)
-    image_column_type(schema, column, shard)
-    if spec.id_column:
-        check_id_column(schema, spec.id_column, shard)
 
 
 # ----------------------------------------------------------------------------- the reading stage
@@ -336,11 +310,10 @@ def read_shard_batch(
     batch: dict,
     *,
     kind: str,
+    settings: dict,
     out: str,
     storage_options: dict,
     run_id: str,
-    image_column: str | None,
-    id_column: str | None,
     chunk_rows: int = 32,
     chunk_bytes: int = 32 << 20,
 ) -> Iterator[dict]:
@@ -351,15 +324,14 @@ def read_shard_batch(
     written under ``_ntt/shards/census/<run_id>/``.
     """
     folder = OutputFolder(out, storage_options)
+    source = InputSpec(kind, settings).source()
     for shard, done_keys in zip(batch["shard"], batch["done_keys"]):
         shard = str(shard)
         done = frozenset(str(k) for k in (done_keys if done_keys is not None else ()))
         census = ShardCensus(shard)
         rows: dict[str, list] = {"image_id": [], "image_uri": [], "data": [], "error": []}
         held = 0
-        for sample in read_shard(
-            kind, shard, storage_options, image_column=image_column, id_column=id_column, done=done, census=census
-        ):
+        for sample in source.samples(shard, storage_options, done=done, census=census):
             uri = f"{shard}#{sample.key}"
             rows["image_id"].append(stable_image_id(uri))
             rows["image_uri"].append(uri)
@@ -397,11 +369,10 @@ def shard_dataset(cfg, plan: ShardPlan, run_id: str):
         num_cpus=0.25,
         fn_kwargs={
             "kind": plan.kind,
+            "settings": plan.source_settings,
             "out": cfg.out,
             "storage_options": cfg.storage_options,
             "run_id": run_id,
-            "image_column": cfg.image_column,
-            "id_column": cfg.id_column,
         },
     )
 
@@ -451,9 +422,8 @@ def check_sharded_inputs(
     shard error row included). A shard never read to its end: its samples are enumerated by reading
     it (keys only; nothing is decoded) and looked up in ``all_rows`` (URI digests).
     """
-    kind = shard_kind(spec)
-    uri = spec.table if kind == KIND_TABLE else spec.images
-    shards = list_shards(uri, options, kind)
+    source = spec.source()
+    shards = source.shards(options)
     records = load_records(folder, consolidate=False)
     counts, _ = _shard_rows(folder, parts, pa.array([s.uri for s in shards], pa.string()))
     total = missing = 0
@@ -469,17 +439,7 @@ def check_sharded_inputs(
                 examples.append(f"{s.uri} ({gap} sample(s) without a row)")
             continue
         census = ShardCensus(s.uri)
-        uris = [
-            f"{s.uri}#{x.key}"
-            for x in read_shard(
-                kind,
-                s.uri,
-                options,
-                image_column=spec.image_column,
-                id_column=spec.id_column,
-                census=census,
-            )
-        ]
+        uris = [f"{s.uri}#{x.key}" for x in source.samples(s.uri, options, done=frozenset(), census=census)]
         total += len(uris)
         if uris:
             hi, lo = uri_digests(uris)
@@ -492,8 +452,6 @@ def check_sharded_inputs(
 __all__ = [
     "is_sharded",
     "check_shard_settings",
-    "KIND_TABLE",
-    "KIND_WEBDATASET",
     "ShardPlan",
     "check_sharded_inputs",
     "finish_attempt",
@@ -504,18 +462,19 @@ __all__ = [
 ]
 
 
-def check_shard_settings(cfg) -> None:
-    """Refuse shard-only settings on other inputs (``JobConfig.validate``)."""
+def check_shard_settings(cfg, spec: InputSpec) -> None:
+    """Refuse shard-only settings on other inputs (``JobConfig.validate``; an input kind keeps but
+    ignores another kind's settings, which would hide a mistake here)."""
     from ..method.config import ConfigError
 
-    kind = shard_kind(cfg)
-    if cfg.id_column and kind != KIND_TABLE:
+    sharded = isinstance(spec.source(), ShardedSource)
+    if cfg.id_column and spec.kind != "table":
         raise ConfigError("id_column: only with a table input (--table); WebDataset samples are keyed by member names")
-    if cfg.image_column and kind is None:
+    if cfg.image_column and not sharded:
         raise ConfigError(
             "image_column: only with a table input (--table) or WebDataset shards (--images naming .tar files)"
         )
-    if kind and cfg.extensions:
+    if sharded and cfg.extensions:
         raise ConfigError(
             "extensions: filters listings of image objects; with shards or tables pick the image with image_column"
         )

@@ -254,17 +254,7 @@ def _input_spec(run: dict, inputs) -> InputSpec | None:
     described = (run.get("fingerprint") or {}).get("inputs")
     if not described:
         return None
-    return InputSpec(
-        images=described.get("images"),
-        manifest=described.get("manifest"),
-        annotations=described.get("annotations"),
-        image_root=described.get("image_root"),
-        extensions=tuple(described["extensions"]) if described.get("extensions") else None,
-        exclude_prefix=(run.get("config") or {}).get("out"),
-        table=described.get("table"),
-        image_column=described.get("image_column"),
-        id_column=described.get("id_column"),
-    )
+    return InputSpec.from_description(described, exclude_prefix=(run.get("config") or {}).get("out"))
 
 
 def _uris_with(folder: OutputFolder, parts, wanted: UriHashes, limit: int) -> list[str]:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import difflib
 import json
 import os
 import random
@@ -181,6 +182,17 @@ def _few_valid_names(categories: Sequence[Mapping[str, Any]], n: int = 8) -> str
     return shown + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
+def _did_you_mean(token: str, categories: Sequence[Mapping[str, Any]]) -> str:
+    """' (did you mean 'few_shot'?)' for the closest of the split keywords and class names; '' when none is close."""
+    choices = ["few_shot", "all"] + [str(c["name"]) for c in categories]
+    lower = {c.lower(): c for c in reversed(choices)}  # first spelling wins
+    key = token.strip().lower().replace("-", "_")
+    close = difflib.get_close_matches(key, list(lower), n=1, cutoff=0.75)
+    if not close:
+        close = difflib.get_close_matches(token.strip().lower(), list(lower), n=1, cutoff=0.75)
+    return f" (did you mean {lower[close[0]]!r}?)" if close else ""
+
+
 def resolve_categories(
     coco_categories: Sequence[Mapping[str, Any]], split: str | Sequence[str | int]
 ) -> list[dict[str, Any]]:
@@ -236,8 +248,9 @@ def resolve_categories(
             else:
                 if tok not in by_name:
                     raise ValueError(
-                        f"unknown category name {tok!r} in split {split!r}; "
-                        f"valid names include {_few_valid_names(coco_categories)}"
+                        f"unknown category name {tok!r} in split {split!r}{_did_you_mean(tok, coco_categories)}; "
+                        f"use 'few_shot', 'all' or class names/ids: valid names include "
+                        f"{_few_valid_names(coco_categories)}"
                     )
                 entry = by_name[tok]
             chosen[entry["id"]] = entry

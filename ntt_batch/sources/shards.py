@@ -25,19 +25,22 @@ from __future__ import annotations
 
 import itertools
 import re
+from abc import abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..storage.fs import filesystem, is_local
+from .base import Source
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 TABLE_SUFFIXES = (".parquet", ".arrow", ".feather", ".ipc")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "gif", "jp2", "ppm", "pgm")
 SHARD_ERROR_KEY = ".shard"
-KIND_WEBDATASET, KIND_TABLE = "webdataset", "table"
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
@@ -76,18 +79,9 @@ def is_tar_uri(uri: str | None) -> bool:
     return bool(uri) and uri.lower().rstrip("/").endswith(TAR_SUFFIXES)
 
 
-def shard_kind(spec) -> str | None:
-    """:data:`KIND_TABLE` for ``spec.table``, :data:`KIND_WEBDATASET` for ``spec.images`` naming tar
-    files, else None (one object per image)."""
-    if getattr(spec, "table", None):
-        return KIND_TABLE
-    if is_tar_uri(getattr(spec, "images", None)):
-        return KIND_WEBDATASET
-    return None
-
-
 def is_sharded(spec) -> bool:
-    return shard_kind(spec) is not None
+    """Whether an :class:`~ntt_batch.sources.InputSpec` names a sharded kind (planned shard by shard)."""
+    return isinstance(spec.source(), ShardedSource)
 
 
 # ----------------------------------------------------------------------------- keys
@@ -147,13 +141,12 @@ def expand_braces(pattern: str) -> list[str]:
     return out
 
 
-def list_shards(uri: str, options: dict | None, kind: str) -> list[Shard]:
+def list_shards(uri: str, options: dict | None, suffixes: tuple[str, ...]) -> list[Shard]:
     """The shards ``uri`` names, in order: a brace pattern (expanded, nothing listed), a glob
-    (one listing), a folder (tables: the Parquet/Arrow files under it), or one file.
+    (one listing), a folder (the files under it ending in one of ``suffixes``), or one file.
 
     Raises FileNotFoundError when a glob, folder or file names nothing.
     """
-    suffixes = TAR_SUFFIXES if kind == KIND_WEBDATASET else TABLE_SUFFIXES
     if _BRACE.search(uri):
         return [Shard(u) for u in expand_braces(uri)]
     fs, path = filesystem(uri, options)
@@ -180,8 +173,7 @@ def list_shards(uri: str, options: dict | None, kind: str) -> list[Shard]:
         raise FileNotFoundError(f"no shards at {uri!r}: not a file, folder, glob or brace pattern that names any")
     if not shards:
         raise FileNotFoundError(
-            f"no shards at {uri!r}: nothing matches"
-            + (f" (a folder is searched for {', '.join(suffixes)} files)" if kind == KIND_TABLE else "")
+            f"no shards at {uri!r}: nothing matches" + f" (a folder is searched for {', '.join(suffixes)} files)"
         )
     return shards
 
@@ -215,3 +207,33 @@ class KeyTracker:
         if self.admit(SHARD_ERROR_KEY) == "emit":
             return Sample(SHARD_ERROR_KEY, error=message)
         return None
+
+
+class ShardedSource(Source):
+    """A kind of input whose inputs are the samples inside shards (module docstring).
+
+    The job plans it shard by shard (``pipeline.shard_plan``): :meth:`shards` lists them (from the
+    main setting: a brace pattern, glob, folder or file), :meth:`samples` reads one in a reading
+    task, :meth:`check` fails early on the first shard to read (e.g. a missing column).
+    """
+
+    suffixes: ClassVar[tuple[str, ...]] = ()  # what a folder is searched for
+
+    def shards(self, options: dict | None) -> list[Shard]:
+        return list_shards(self.location, options, self.suffixes)
+
+    @abstractmethod
+    def samples(
+        self, shard: str, options: dict | None, *, done: frozenset[str] | set[str], census: ShardCensus
+    ) -> Iterator[Sample]:
+        """Every sample of ``shard`` whose (escaped) key is not in ``done``; a broken shard ends with
+        a :data:`SHARD_ERROR_KEY` sample naming where it broke. Never raises for a bad shard."""
+
+    def check(self, shard: str, options: dict | None) -> None:
+        """Raise a clear error when ``shard`` (the first one to read) cannot be this source's input."""
+
+    def batches(self, options, *, chunk_rows, stats, extensions=None, exclude_prefix=None):
+        raise ValueError(
+            f"{self.location}: a sharded input (WebDataset tars, a table) is planned shard by shard by the batch "
+            "job (`ntt-batch run`); this command takes image files (--images a folder, --manifest)"
+        )

@@ -18,13 +18,45 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from ..storage.fs import filesystem, is_local
-from .shards import KeyTracker, Sample, ShardCensus, escape_key
+from .shards import TABLE_SUFFIXES, KeyTracker, Sample, ShardCensus, ShardedSource, escape_key
 
 _IPC_SUFFIXES = (".arrow", ".feather", ".ipc")
 
 
 class TableColumnError(ValueError):
     """The table has no usable image (or id) column; the message lists its columns."""
+
+
+class TableSource(ShardedSource):
+    """``table``: Parquet or Arrow IPC files with a column of images; each row one input."""
+
+    keys = {
+        "table": "Parquet/Arrow file(s): a file, folder, glob or brace pattern",
+        "image_column": "the column holding the images (default: the one bytes or {bytes, path} column)",
+        "id_column": "the column keying the rows (default: row numbers)",
+    }
+    uri_keys = ("table",)
+    suffixes = TABLE_SUFFIXES
+
+    def samples(self, shard, options, *, done, census):
+        return iter_table_samples(
+            shard,
+            options,
+            image_column=self.settings.get("image_column"),
+            id_column=self.settings.get("id_column"),
+            done=done,
+            census=census,
+        )
+
+    def check(self, shard, options) -> None:
+        try:
+            schema = open_table_schema(shard, options)
+        except Exception:  # noqa: BLE001 - missing or broken: its reading task gives it an error row
+            return
+        column = self.settings.get("image_column") or guess_image_column(schema, shard)
+        image_column_type(schema, column, shard)
+        if self.settings.get("id_column"):
+            check_id_column(schema, self.settings["id_column"], shard)
 
 
 def image_column_type(schema: pa.Schema, name: str, where: str) -> str:

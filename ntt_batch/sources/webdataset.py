@@ -18,7 +18,34 @@ import tarfile
 from collections.abc import Iterator
 
 from ..storage.reads import open_stream
-from .shards import IMAGE_EXTENSIONS, KeyTracker, Sample, ShardCensus, escape_key
+from .shards import (
+    IMAGE_EXTENSIONS,
+    TAR_SUFFIXES,
+    KeyTracker,
+    Sample,
+    ShardCensus,
+    ShardedSource,
+    escape_key,
+    is_tar_uri,
+)
+
+
+class WebDatasetSource(ShardedSource):
+    """``images`` naming ``.tar`` shards (a brace pattern, a glob or one file): each sample one input."""
+
+    keys = {
+        "images": "WebDataset tar shards: shards/{00000..00999}.tar, shards/*.tar or one .tar",
+        "image_column": "the image member's extension (jpg, png, ...; default the first image member)",
+    }
+    uri_keys = ("images",)
+    suffixes = TAR_SUFFIXES
+
+    @classmethod
+    def claims(cls, settings) -> bool:
+        return is_tar_uri(str(settings.get("images") or ""))
+
+    def samples(self, shard, options, *, done, census):
+        return iter_tar_samples(shard, options, image_ext=self.settings.get("image_column"), done=done, census=census)
 
 
 class _TarBreak(Exception):

@@ -4,7 +4,9 @@ The one implementation for every layer (standard library only, so ``method/`` an
 may use it too): the bytes go to a hidden temporary name in the target's folder, are flushed
 and fsynced, and the file is renamed into place with ``os.replace`` (atomic within a file
 system); on any failure the temporary file is removed and the target is left as it was.
-Temporary files get the mode the umask gives (like ``open``), not ``mkstemp``'s 0600.
+Temporary files get the mode the umask gives (like ``open``), not ``mkstemp``'s 0600, and
+:func:`make_unique_dir` is ``mkdtemp`` with the umask's mode instead of 0700: what is renamed into
+place stays readable by whoever the umask lets read it (teammates, with the usual 022 or 002).
 
 Object stores have no rename: :meth:`ntt_batch.output.folder.OutputFolder.write_bytes` (one
 PUT) and :class:`ntt_batch.output.reader.AtomicFile` (one upload, built on :class:`AtomicLocalFile`
@@ -94,10 +96,33 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+def make_unique_dir(parent: str | os.PathLike, prefix: str = "", suffix: str = "") -> str:
+    """A new folder ``<parent>/<prefix><random><suffix>``, mode ``0o777 & ~umask``; returns its path.
+
+    Like ``tempfile.mkdtemp`` (never an existing folder), but not 0700: meant for folders that are
+    renamed into place when complete (an export built under a temporary name).
+    """
+    for _ in range(100):
+        path = os.path.join(os.fspath(parent), f"{prefix}{uuid.uuid4().hex[:12]}{suffix}")
+        try:
+            os.mkdir(path, 0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"could not create a new folder in {os.fspath(parent)!r}")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
     """Write ``text`` to the local file ``path`` atomically (module docstring)."""
     with atomic_local_file(path, "w", encoding=encoding) as f:
         f.write(text)
 
 
-__all__ = ["AtomicLocalFile", "atomic_local_file", "commit_on_success", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "AtomicLocalFile",
+    "atomic_local_file",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "commit_on_success",
+    "make_unique_dir",
+]
