@@ -67,7 +67,11 @@ def free_port() -> int:
 
 
 def _moto_main(port: int, ready) -> None:
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
@@ -468,8 +472,8 @@ def report(r: dict) -> str:
         f"| shards, brace pattern (fresh output) | {p['fresh_shards_brace_s']} | {p['fresh_shards_brace_requests']} |",
         f"| shards, glob over {p['fresh_shards_glob_shards']} objects (fresh output) | {p['fresh_shards_glob_s']} | "
         f"{p['fresh_shards_glob_requests']['LIST']} LIST |",
-        f"| today: 1M objects from a Parquet manifest (fresh output) | {p['fresh_objects_manifest_s']} | - |",
-        f"| today: listing a 1M-object prefix (~{p['list_page_s'] * 1000:.0f} ms per LIST page measured over "
+        f"| today: {p['samples']:,} objects from a Parquet manifest (fresh output) | {p['fresh_objects_manifest_s']} | - |",
+        f"| today: listing a {p['samples']:,}-object prefix (~{p['list_page_s'] * 1000:.0f} ms per LIST page measured over "
         f"{p['list_pages_measured']} pages, × {p['samples'] // 1000:,}) | ~{p['today_list_1m_s_est']} | "
         f"{p['samples'] // 1000:,} LIST |",
         f"| **resume**, shards: {p['resume_rows_committed']:,} rows committed in {p['resume_parts']} part(s), "

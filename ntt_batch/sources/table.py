@@ -147,7 +147,12 @@ def iter_table_samples(
     folder = shard.rsplit("/", 1)[0]
     breaks: list[str] = []
     try:
-        f = fs.open(path, "rb") if not is_local(fs) else pa.memory_map(path, "r")
+        # remote: large read-ahead blocks, so a 1,000-image file costs a few ranged GETs, not one per batch
+        f = (
+            pa.memory_map(path, "r")
+            if is_local(fs)
+            else fs.open(path, "rb", block_size=64 << 20, cache_type="readahead")
+        )
     except FileNotFoundError as e:
         err = tracker.broken(f"shard {shard} does not exist ({e})")
         if err is not None:
@@ -165,7 +170,8 @@ def iter_table_samples(
             else:
                 import pyarrow.parquet as pq
 
-                source = _ParquetSource(pq.ParquetFile(f))
+                # buffered page reads: a row group's image column is streamed, not read whole (they can be GBs)
+                source = _ParquetSource(pq.ParquetFile(f, buffer_size=8 << 20))
             schema = source.schema
             column = image_column or guess_image_column(schema, shard)
             kind = image_column_type(schema, column, shard)

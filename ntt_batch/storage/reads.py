@@ -36,7 +36,13 @@ def read_object(uri: str, options: dict[str, Any] | None = None) -> bytes:
     if is_local(fs):
         with open(path, "rb") as f:
             return f.read()
+    if _is_s3(fs):
+        return fs.cat_file(path, max_concurrency=1)  # s3fs ≥ 2025: >1 first asks the size (a HEAD)
     return fs.cat_file(path)
+
+
+def _is_s3(fs) -> bool:
+    return type(fs).__name__ == "S3FileSystem" and hasattr(fs, "_call_s3")
 
 
 def read_many(
@@ -131,7 +137,7 @@ def open_stream(uri: str, options: dict[str, Any] | None = None, *, buffer_bytes
     fs, path = filesystem(uri, options)
     if is_local(fs):
         return open(path, "rb", buffering=buffer_bytes)
-    if type(fs).__name__ == "S3FileSystem" and hasattr(fs, "_call_s3"):
+    if _is_s3(fs):
         from fsspec.asyn import sync
 
         bucket, key, version = fs.split_path(path)
