@@ -472,9 +472,10 @@ def report(r: dict) -> str:
         f"| shards, brace pattern (fresh output) | {p['fresh_shards_brace_s']} | {p['fresh_shards_brace_requests']} |",
         f"| shards, glob over {p['fresh_shards_glob_shards']} objects (fresh output) | {p['fresh_shards_glob_s']} | "
         f"{p['fresh_shards_glob_requests']['LIST']} LIST |",
-        f"| today: {p['samples']:,} objects from a Parquet manifest (fresh output) | {p['fresh_objects_manifest_s']} | - |",
-        f"| today: listing a {p['samples']:,}-object prefix (~{p['list_page_s'] * 1000:.0f} ms per LIST page measured over "
-        f"{p['list_pages_measured']} pages, × {p['samples'] // 1000:,}) | ~{p['today_list_1m_s_est']} | "
+        f"| today: {p['samples']:,} objects from a Parquet manifest (fresh output) | "
+        f"{p['fresh_objects_manifest_s']} | - |",
+        f"| today: listing a {p['samples']:,}-object prefix (~{p['list_page_s'] * 1000:.0f} ms per LIST page "
+        f"measured over {p['list_pages_measured']} pages, × {p['samples'] // 1000:,}) | ~{p['today_list_1m_s_est']} | "
         f"{p['samples'] // 1000:,} LIST |",
         f"| **resume**, shards: {p['resume_rows_committed']:,} rows committed in {p['resume_parts']} part(s), "
         f"{p['shards'] // 2} shards complete (scan {p['resume_shards_scan_s']} s + plan) | {p['resume_shards_s']} | "
