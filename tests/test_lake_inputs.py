@@ -472,3 +472,50 @@ def test_concurrent_object_reads_keep_order_and_per_image_errors(s3, images, mon
     got = dict(reads.read_many(uris * 3, s3, concurrency=16, buffer_bytes=1 << 20))
     assert uncapped == 16 and 1 <= peak[0] <= 10
     assert got[0] == images[0].read_bytes() and isinstance(got[3], FileNotFoundError)
+
+
+def test_a_broken_table_shard_gives_its_readable_rows_and_an_error_row(images, tmp_path):
+    """No footer: the shard's error row alone. A row group whose pages do not decode: the other row
+    groups' rows plus the shard's error row naming the lost rows. Done row groups are not read."""
+    from ntt_batch.sources import InputSpec
+    from ntt_batch.sources.shards import SHARD_ERROR_KEY, ShardCensus
+
+    good = tmp_path / "t.parquet"
+    pq.write_table(
+        pa.table({"key": [f"k{i}" for i in range(6)], "jpg": [p.read_bytes() for p in images[:6]]}),
+        good,
+        row_group_size=2,
+        compression="none",
+        use_dictionary=False,
+    )
+    src = InputSpec(table=str(good), image_column="jpg", id_column="key").source()
+
+    def read(path, done=frozenset()):
+        census = ShardCensus(str(path))
+        return [
+            (s.key, s.data is not None, s.error) for s in src.samples(str(path), None, done=done, census=census)
+        ], census
+
+    rows, census = read(good)
+    assert [k for k, ok, _ in rows] == [f"k{i}" for i in range(6)] and all(ok for _, ok, _ in rows)
+
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(good.read_bytes()[:-100])  # no footer
+    rows, census = read(cut)
+    assert len(rows) == 1 and rows[0][0] == SHARD_ERROR_KEY and "is not a readable table" in rows[0][2]
+    assert census.samples == 1 and census.broken
+
+    md = pq.ParquetFile(good).metadata
+    col = md.row_group(1).column(1)  # the second row group's image column chunk
+    raw = bytearray(good.read_bytes())
+    start = col.data_page_offset
+    raw[start : start + 64] = b"\xff" * 64  # its page header no longer parses
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(bytes(raw))
+    rows, census = read(bad)
+    keys = [k for k, _, _ in rows]
+    assert keys == ["k0", "k1", "k4", "k5", SHARD_ERROR_KEY]
+    assert "rows 2..3 unreadable" in rows[-1][2] and census.samples == 5
+
+    rows, census = read(good, done=frozenset({"k0", "k1", "k2"}))  # row group 0 is all done: not read
+    assert [k for k, _, _ in rows] == ["k3", "k4", "k5"] and census.skipped == 3 and census.samples == 6
