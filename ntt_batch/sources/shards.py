@@ -91,15 +91,6 @@ def escape_key(key: str) -> str:
     return key.replace("%", "%25").replace("#", "%23")
 
 
-def unescape_key(key: str) -> str:
-    return key.replace("%23", "#").replace("%25", "%")
-
-
-def sample_uri(shard: str, key: str) -> str:
-    """``<shard uri>#<key>`` (``#``/``%`` in the key escaped)."""
-    return f"{shard}#{escape_key(key)}"
-
-
 def split_sample_uris(uris: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Row URIs → (shard URIs, escaped keys), vectorised; a URI without ``#`` gives itself and null."""
     has = pc.match_substring(uris, "#")
