@@ -35,7 +35,7 @@ from .models.encoders import encoder_embed_dim
 from .output.folder import utc_now_iso
 from .output.shards import STATUS_EMPTY, STATUS_OK, rows_to_table
 from .pipeline.stages import instance_record
-from .references.core import FEW_SHOT_CLASS_NAMES
+from .references.coco import FEW_SHOT_CLASS_NAMES
 from .storage.fs import InputImage, read_bytes
 from .storage.images import decode_image
 

@@ -10,7 +10,8 @@ from .method.config import SegmenterConfig
 from .models.checkpoints import CheckpointNotFoundError, resolve_checkpoint
 from .models.loading import write_random_checkpoint
 from .models.registry import get_spec
-from .references.core import sample_references_from_file, save_references
+from .references.files import save_references
+from .references.sampler import sample_references_from_file
 
 
 def default_data_dir() -> Path:
@@ -46,7 +47,7 @@ def run_demo(
     from .eval.coco_eval import evaluate_coco, write_report
     from .exports import merge_results
     from .pipeline.job import JobConfig, run_job
-    from .references.core import REFERENCES_FILE
+    from .references.files import REFERENCES_FILE
     from .viz.contact_sheet import bank_box_masks, reference_sheet
     from .viz.review import write_review
 
@@ -152,7 +153,7 @@ def _unchanged_bank(bank_dir: Path, refs: dict, encoder_name: str, checkpoint_di
     Makes a repeated demo fast: the job resumes (nothing left to do) and the bank is not rebuilt.
     """
     from .method.memory_bank import MemoryBank
-    from .references.core import REFERENCES_FILE, load_references
+    from .references.files import REFERENCES_FILE, load_references
 
     try:
         bank = MemoryBank.load(bank_dir)

@@ -48,7 +48,7 @@ from scipy import ndimage
 from ntt_batch.method.config import SegmenterConfig
 from ntt_batch.method.memory_bank import build_memory_bank
 from ntt_batch.method.segmenter import Segmenter
-from ntt_batch.references.core import sample_references
+from ntt_batch.references.sampler import sample_references
 from ntt_batch.storage.masks import decode_rle
 
 SAM_SIZE = 512  # stand-in SAM input side → 128² low-res masks

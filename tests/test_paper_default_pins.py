@@ -88,7 +88,8 @@ def _pinned_outputs(random_checkpoints, coco_mini, tmp_path) -> dict:
     from ntt_batch.method.memory_bank import MemoryBank
     from ntt_batch.method.segmenter import Segmenter
     from ntt_batch.models.loading import load_encoder, load_sam2
-    from ntt_batch.references.core import sample_references_from_file, save_references
+    from ntt_batch.references.files import save_references
+    from ntt_batch.references.sampler import sample_references_from_file
 
     refs = sample_references_from_file(str(coco_mini / "annotations/instances_train2017.json"), "person,car", 1, 33)
     save_references(refs, tmp_path / "refs.json")

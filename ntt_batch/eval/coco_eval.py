@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..output.reader import is_results_file, read_json
-from ..references.core import resolve_categories
+from ..references.coco import resolve_categories
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 IOU_TYPES = ("bbox", "segm")

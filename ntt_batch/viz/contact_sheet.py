@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..references.core import reference_image_root
+from ..references.files import reference_image_root
 from ..storage.images import load_image
 from ..storage.masks import segmentation_to_mask
 from ..storage.names import safe_join

@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from ..method.memory_bank import MemoryBank
-from ..references.core import ReferencePreference
+from ..references.preferences import ReferencePreference
 from ..storage.atomic import atomic_local_file
 from .overlay import label_font
 
