@@ -63,7 +63,7 @@ def _text_color(rgb: Sequence[int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luminance > 140 else (255, 255, 255)
 
 
-def _edges(mask: np.ndarray, width: int) -> np.ndarray:
+def mask_edges(mask: np.ndarray, width: int) -> np.ndarray:
     """Border pixels of a bool mask (inside pixels with a 4-neighbour outside), ``width`` px thick."""
     padded = np.pad(mask, 1)
     interior = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
@@ -98,7 +98,7 @@ def render_panel(image: np.ndarray, instances: Sequence[DrawnInstance], title: s
         color = np.asarray(class_color(inst.category_id), dtype=np.float32)
         m = inst.mask
         canvas[m] = canvas[m] * (1.0 - FILL_ALPHA) + color * FILL_ALPHA
-        canvas[_edges(m, line)] = color
+        canvas[mask_edges(m, line)] = color
     img = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     font_px = max(11, min(28, round(max(h, w) / 45)))
@@ -335,7 +335,7 @@ def _targets_from_results(dets: list, gt: dict | None, ids: set[int] | None, lim
     return [_Target(i, None, by_image.get(i, [])) for i in order]
 
 
-class _ImageFinder:
+class ImageFinder:
     """Locates an image file for (image id, URI, GT file_name) — see the module docstring."""
 
     def __init__(self, root: str | None, options: dict | None) -> None:
@@ -438,7 +438,7 @@ def visualize(
         for a in gt["annotations"]:
             gt_anns[int(a["image_id"])].append(a)
     os.makedirs(out_dir, exist_ok=True)
-    finder = _ImageFinder(images_root, options)
+    finder = ImageFinder(images_root, options)
     for t in targets:
         gt_im = gt_images.get(t.image_id)
         uri = finder.find(t.image_id, t.image_uri, gt_im.get("file_name") if gt_im else None)

@@ -42,9 +42,9 @@ from ..storage.images import ImageDecodeError, decode_image
 from ..storage.masks import decode_rle
 from .overlay import (
     FILL_ALPHA,
-    _edges,
-    _ImageFinder,
+    ImageFinder,
     class_color,
+    mask_edges,
     render_overlay,
     resize_mask,
 )
@@ -102,7 +102,7 @@ def _mask_layers(
         rgba = np.zeros((y1 - y0, x1 - x0, 4), dtype=np.uint8)
         rgba[..., :3] = class_color(int(inst["category_id"]))
         rgba[..., 3] = np.where(mc, round(255 * FILL_ALPHA), 0)
-        rgba[_edges(mc, line), 3] = 255
+        rgba[mask_edges(mc, line), 3] = 255
         crops.append(Image.fromarray(rgba, "RGBA"))
         places.append([x0, y0, x1 - x0, y1 - y0])
     if not crops:
@@ -171,48 +171,15 @@ def write_review(
         raise ValueError(f"thumb_side and full_side must be >= 32 px, got {thumb_side} and {full_side}")
     th = ScoreThresholds.load(thresholds)
     out = Path(out_dir)
-    for sub in ("thumbs", "masks", "full"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-        for stale in (out / sub).glob("[0-9][0-9][0-9][0-9][0-9][0-9].*"):  # a previous page's images
-            stale.unlink()
+    _clear_page_folders(out)
     summary = ReviewSummary(index=str(out / "index.html"))
     cats = dataset_categories(shards, options) or []
     names: dict[int, str] = {int(c["id"]): str(c["name"]) for c in cats}
-    finder = _ImageFinder(images_root, options)
-    tiles: list[dict] = []
-    errors: list[dict] = []
-    for b in iter_image_batches(shards, options, batch_rows=64):
-        for i in range(len(b)):
-            if limit is not None and summary.rows_read >= limit:
-                summary.more_rows = True
-                break
-            summary.rows_read += 1
-            iid, uri = int(b.image_id[i]), b.image_uri[i]
-            if b.status[i] == STATUS_ERROR:
-                summary.errors += 1
-                if len(errors) < MAX_ERRORS_LISTED:
-                    errors.append({"id": iid, "uri": uri, "error": b.error[i] or "error"})
-                continue
-            preds = sorted(b.instances(i), key=lambda p: -float(p["score"]))[: max_instances or None]
-            for p in preds:
-                if p.get("category_name"):
-                    names.setdefault(int(p["category_id"]), str(p["category_name"]))
-            tile = _tile(
-                len(tiles), iid, uri, preds, finder, out, th, names, thumb_side, full_side, options, summary.skipped
-            )
-            if tile is not None:
-                tiles.append(tile)
-                summary.instances += len(tile["inst"])
-                if echo and len(tiles) % 25 == 0:
-                    echo(f"review: {len(tiles)} images drawn")
-        if summary.more_rows:
-            break
+    finder = ImageFinder(images_root, options)
+    drawing = dict(finder=finder, out=out, th=th, names=names, thumb_side=thumb_side, full_side=full_side)
+    tiles, errors = _draw_tiles(shards, options, summary, limit, max_instances, drawing, echo)
     summary.images = len(tiles)
-    categories = []
-    for cid in sorted(names):
-        r, g, bl = class_color(cid)
-        t = th.threshold(cid, names[cid])
-        categories.append({"id": cid, "name": names[cid], "color": f"#{r:02x}{g:02x}{bl:02x}", "threshold": t})
+    categories = _page_categories(names, th)
     summary.categories = [{"id": c["id"], "name": c["name"]} for c in categories]
     if not th.is_global:
         th.warn_unknown([(c["id"], c["name"]) for c in categories])
@@ -243,12 +210,72 @@ def write_review(
     return summary
 
 
+def _clear_page_folders(out: Path) -> None:
+    """Create ``thumbs/``, ``masks/``, ``full/`` under ``out`` and delete a previous page's images there."""
+    for sub in ("thumbs", "masks", "full"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        for stale in (out / sub).glob("[0-9][0-9][0-9][0-9][0-9][0-9].*"):  # a previous page's images
+            stale.unlink()
+
+
+def _draw_tiles(
+    shards: str,
+    options: dict | None,
+    summary: ReviewSummary,
+    limit: int | None,
+    max_instances: int | None,
+    drawing: dict[str, Any],
+    echo: Callable[[str], None] | None,
+) -> tuple[list[dict], list[dict]]:
+    """Read the first ``limit`` rows and draw a tile per image (:func:`_tile`, given ``drawing``'s
+    arguments); returns (tiles, the first error rows). Counts into ``summary``; the predicted class
+    names fill ``drawing["names"]`` where ``run.json`` had none."""
+    names = drawing["names"]
+    tiles: list[dict] = []
+    errors: list[dict] = []
+    for b in iter_image_batches(shards, options, batch_rows=64):
+        for i in range(len(b)):
+            if limit is not None and summary.rows_read >= limit:
+                summary.more_rows = True
+                break
+            summary.rows_read += 1
+            iid, uri = int(b.image_id[i]), b.image_uri[i]
+            if b.status[i] == STATUS_ERROR:
+                summary.errors += 1
+                if len(errors) < MAX_ERRORS_LISTED:
+                    errors.append({"id": iid, "uri": uri, "error": b.error[i] or "error"})
+                continue
+            preds = sorted(b.instances(i), key=lambda p: -float(p["score"]))[: max_instances or None]
+            for p in preds:
+                if p.get("category_name"):
+                    names.setdefault(int(p["category_id"]), str(p["category_name"]))
+            tile = _tile(len(tiles), iid, uri, preds, options=options, skipped=summary.skipped, **drawing)
+            if tile is not None:
+                tiles.append(tile)
+                summary.instances += len(tile["inst"])
+                if echo and len(tiles) % 25 == 0:
+                    echo(f"review: {len(tiles)} images drawn")
+        if summary.more_rows:
+            break
+    return tiles, errors
+
+
+def _page_categories(names: dict[int, str], th: ScoreThresholds) -> list[dict]:
+    """Per class, in id order: id, name, its overlay colour (``#rrggbb``) and its default threshold."""
+    categories = []
+    for cid in sorted(names):
+        r, g, bl = class_color(cid)
+        t = th.threshold(cid, names[cid])
+        categories.append({"id": cid, "name": names[cid], "color": f"#{r:02x}{g:02x}{bl:02x}", "threshold": t})
+    return categories
+
+
 def _tile(
     k: int,
     iid: int,
     uri: str,
     preds: list[dict],
-    finder: _ImageFinder,
+    finder: ImageFinder,
     out: Path,
     th: ScoreThresholds,
     names: dict[int, str],
