@@ -261,7 +261,7 @@ class Segmenter:
     method as the batch job: a test checks both give the same instances.
 
     Attributes:
-        model: the underlying :class:`ntt_batch.method.segmenter.Segmenter`.
+        model: the underlying :class:`ntt_batch.method.segmenter.MethodSegmenter`.
         bank: the memory bank; ``categories`` its classes ``[{"id", "name"}]``.
         provenance: model names, checkpoint sha256s, config, bank hash (what `segment` records).
     """

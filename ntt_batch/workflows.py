@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .method.segmenter import Segmenter, TargetImage
+from .method.segmenter import MethodSegmenter, TargetImage
 from .output.folder import utc_now_iso
 from .pipeline.plan import list_inputs
 from .sources.inputs import InputSpec
@@ -44,7 +44,7 @@ def resolve_targets(
 
 
 def segment_to_coco_results(
-    segmenter: Segmenter,
+    segmenter: MethodSegmenter,
     entries: Iterable[InputImage],
     out: str,
     provenance: dict,

@@ -188,8 +188,9 @@ CHECKPOINTS: dict[str, CheckpointSpec] = {s.name: s for s in _SPECS}
 SAM2_NAMES = [s.name for s in _SPECS if s.family == "sam2"]
 DINOV2_NAMES = [s.name for s in _SPECS if s.family == "dinov2"]
 DINOV3_NAMES = [s.name for s in _SPECS if s.family == "dinov3"]
-ENCODER_FAMILIES = ("dinov2", "dinov3")
-ENCODER_NAMES = [s.name for s in _SPECS if s.family in ENCODER_FAMILIES]
+# the families whose checkpoints are image encoders (each family's facts: models.encoders.ENCODER_FAMILIES)
+ENCODER_FAMILY_NAMES = ("dinov2", "dinov3")
+ENCODER_NAMES = [s.name for s in _SPECS if s.family in ENCODER_FAMILY_NAMES]
 
 
 def get_spec(name: str, family: str | None = None) -> CheckpointSpec:
@@ -197,7 +198,7 @@ def get_spec(name: str, family: str | None = None) -> CheckpointSpec:
 
     ``family``: ``"sam2"``, ``"dinov2"``, ``"dinov3"``, or ``"encoder"`` for any image encoder.
     """
-    families = ENCODER_FAMILIES if family == "encoder" else (family,)
+    families = ENCODER_FAMILY_NAMES if family == "encoder" else (family,)
     spec = CHECKPOINTS.get(name)
     if spec is None or (family is not None and spec.family not in families):
         valid = [n for n, s in CHECKPOINTS.items() if family is None or s.family in families]
