@@ -13,7 +13,7 @@ it with ``git worktree add /tmp/ntt-old fc59ce1``) in the same run:
    decode stage turns them into error rows at once). Target: <= 60 s from the ``run_job`` call.
 3. Resume over a 1M-row output: a 1M-row output in ``SHARD_SCHEMA`` (1-6 instances per row,
    RLE strings 100-400 characters of random 6-bit characters, which compress like real masks
-   do or worse) committed through the new path (staging files + ``io.parts.commit_staging``,
+   do or worse) committed through the new path (staging files + ``output.parts.commit_staging``,
    so ``_ntt/run.json`` records the parts), then ``run_job(..., dry_run=True)`` over a manifest
    of the same 1M URIs (all done: 0 to process), and the full resume (``run_job`` with lease,
    recovery, scan, plan; exits without starting Ray since nothing is left). Target: <= 15 s.
