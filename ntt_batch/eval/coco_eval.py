@@ -138,7 +138,7 @@ def _has_segmentation(seg: Any) -> bool:
     return isinstance(seg, dict) and "counts" in seg or isinstance(seg, list) and len(seg) > 0
 
 
-# ~90 lines, 35 of them the signature and the report's documentation: the steps are the helpers below.
+# 88 lines, 34 of them the signature and the report's documentation: the steps are the helpers below.
 def evaluate_coco(
     annotations: str | dict,
     results: str | list,

@@ -153,7 +153,7 @@ def _csv_columns(header: list[str], csv_path: Path) -> dict[str, int]:
     return cols
 
 
-# ~85 lines, 36 of them the signature and docstring (the CSV format's reference): the row checks
+# 85 lines, 31 of them the signature and docstring (the CSV format's reference): the row checks
 # and the mask and box geometry are the helpers below.
 def references_from_csv(csv_path: str | os.PathLike[str], image_root: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Build references from a CSV file of mask rows and/or box rows.

@@ -62,8 +62,8 @@ def is_valid_reference(
     )
 
 
-# ~95 lines, 45 of them the signature and docstring: the body is a table of contents of the
-# steps below (method.md §1 steps 2-4, the optional preference, the provenance record).
+# 93 lines, 43 of them the signature and docstring: the body calls the steps below (method.md §1
+# steps 2-4 and the optional preference) and writes the provenance record.
 def sample_references(
     coco: Mapping[str, Any],
     split: str | Sequence[str | int],
