@@ -238,3 +238,56 @@ def test_merge_is_an_alias_of_export_with_a_notice(tmp_path):
     notice, *rest = old.stderr.strip().splitlines()
     assert notice.startswith("notice: `merge` is now `export`")
     assert rest == new.stderr.strip().splitlines() and len(rest) == 1 and missing in rest[0]
+
+
+# ----------------------------------------------------------------------------- the process's end
+
+
+def test_the_program_ends_after_the_exit_handlers_and_threads_with_its_code(tmp_path):
+    """`ntt-batch` ends through `exit_now`: threads joined and atexit handlers run (Ray's shutdown,
+    logging) as at a normal exit, then no interpreter finalization (where an Arrow I/O thread
+    releasing a reader could abort the process: `verify` exited 134 about once in 25)."""
+    script = f"""
+import atexit, pathlib, threading, time
+from ntt_batch.cli.app import exit_now
+out = pathlib.Path({str(tmp_path)!r})
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread").write_text("done"))).start()
+from concurrent.futures import ThreadPoolExecutor
+pool = ThreadPoolExecutor(2)  # idle workers, never shut down: stopped as at a normal exit, no hang
+pool.submit(time.sleep, 0.1).result()
+print("last line", end="")
+exit_now(3)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 3, res.stderr
+    assert res.stdout == "last line"  # flushed
+    assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
+
+
+def test_verify_of_a_consistent_output_exits_0_every_time(tmp_path):
+    """A few `verify` runs of a small consistent output: 0 each time, never 134 (see above)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from ntt_batch.output.shards import SHARD_SCHEMA, rows_to_table
+
+    out = tmp_path / "out"
+    (out / "_ntt").mkdir(parents=True)
+    blank = dict.fromkeys(SHARD_SCHEMA.names)
+    parts = {}
+    for k in range(3):
+        rows = [
+            {**blank, "image_id": i, "image_uri": f"/in/{i}.jpg", "status": "ok", "num_instances": 0, "instances": []}
+            for i in range(k * 200, (k + 1) * 200)
+        ]
+        name = f"part-test-{k}.parquet"
+        pq.write_table(rows_to_table(rows), out / name, row_group_size=50, write_page_checksum=True)
+        parts[name] = {"rows": 200}
+    (out / "_ntt" / "run.json").write_text(json.dumps({"parts": parts, "attempts": []}))
+    for _ in range(5):
+        res = ntt("verify", str(out), "--no-inputs")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "verdict: consistent" in res.stdout and "600 rows" in res.stdout

@@ -355,7 +355,7 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
         r = CliRunner().invoke(
             main,
             [
-                "merge",
+                "export",
                 "--shards",
                 str(small_shards),
                 "--out",
@@ -371,7 +371,7 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
     r = CliRunner().invoke(
         main,
         [
-            "merge",
+            "export",
             "--shards",
             str(small_shards),
             "--out",
@@ -388,7 +388,7 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
     r = CliRunner().invoke(
         main,
         [
-            "merge",
+            "export",
             "--shards",
             str(small_shards),
             "--out",
@@ -403,7 +403,7 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
     r = CliRunner().invoke(
         main,
         [
-            "merge",
+            "export",
             "--shards",
             str(small_shards),
             "--out",
