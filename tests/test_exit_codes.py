@@ -30,13 +30,13 @@ CLOSED_PORT = "http://127.0.0.1:9"  # discard: nothing listens on loopback port 
 
 
 def ntt(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run the `ntt-batch` program (this checkout's package) and capture its output."""
+    """Run the `ntt-batch` program (this checkout's package) and capture its output; no AWS
+    credentials reach it from this machine's environment or files."""
     program = shutil.which("ntt-batch")
     cmd = [program] if program else [sys.executable, "-m", "ntt_batch.cli"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("AWS_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
-        env.pop(key, None)
+    env.update(AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_EC2_METADATA_DISABLED="true")
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -178,6 +178,16 @@ def test_debug_prints_the_traceback_and_keeps_the_exit_code(job):
     assert res.returncode == EXIT_USAGE, res.stderr
     assert "Traceback" in res.stderr and "ConfigError" in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("Error: ")
+
+
+def test_missing_storage_credentials_are_a_configuration_error(s3_server):
+    """Missing credentials exit 2 (the fix is a setting or an environment variable, like any
+    configuration error; issue 18), in one line saying where credentials come from."""
+    base = ["run", "--images", "s3://bucket/in/", "--memory", "m", "--out", "o", "--endpoint-url", s3_server]
+    line = one_error_line(ntt(*base, "--dry-run"), EXIT_USAGE)
+    assert "storage credentials: NoCredentialsError" in line and "AWS_ACCESS_KEY_ID" in line and "--anon" in line
+    line = one_error_line(ntt(*base, "--profile", "no-such-profile", "--dry-run"), EXIT_USAGE)
+    assert "ProfileNotFound" in line and "no-such-profile" in line
 
 
 # ----------------------------------------------------------------------------- environment: 5
