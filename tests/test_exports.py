@@ -435,7 +435,7 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
         r = CliRunner().invoke(
             main,
             [
-                "merge",
+                "export",
                 "--shards",
                 str(small_shards),
                 "--out",
@@ -451,7 +451,7 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
     r = CliRunner().invoke(
         main,
         [
-            "merge",
+            "export",
             "--shards",
             str(small_shards),
             "--out",
@@ -468,7 +468,7 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
     r = CliRunner().invoke(
         main,
         [
-            "merge",
+            "export",
             "--shards",
             str(small_shards),
             "--out",
@@ -483,7 +483,7 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
     r = CliRunner().invoke(
         main,
         [
-            "merge",
+            "export",
             "--shards",
             str(small_shards),
             "--out",

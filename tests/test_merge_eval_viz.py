@@ -262,7 +262,7 @@ def test_eval_equals_direct_pycocotools_calls(val_gt, val_gt_path, tmp_path):
 def test_cli_eval_prints_summaries_table_and_writes_report(perfect_shards, val_gt_path, tmp_path):
     results = tmp_path / "results.json"
     r = CliRunner().invoke(
-        main, ["merge", "--shards", str(perfect_shards), "--out", str(results), "--format", "results"]
+        main, ["export", "--shards", str(perfect_shards), "--out", str(results), "--format", "results"]
     )
     assert r.exit_code == 0, r.output
     report = tmp_path / "report.json"
@@ -512,7 +512,7 @@ def test_cli_merge_both_formats(perfect_shards, tmp_path):
         out = tmp_path / f"{fmt}.json"
         r = CliRunner().invoke(
             main,
-            ["merge", "--shards", str(perfect_shards), "--out", str(out), "--format", fmt, "--score-threshold", "0.5"],
+            ["export", "--shards", str(perfect_shards), "--out", str(out), "--format", fmt, "--score-threshold", "0.5"],
         )
         assert r.exit_code == 0, r.output
         assert f"wrote {out} ({fmt}):" in r.output and "158 rows" in r.output

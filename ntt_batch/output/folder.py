@@ -323,11 +323,11 @@ _DECODE_ERRORS = (pa.ArrowException, ValueError, OSError, EOFError, IndexError)
 
 
 def _parse_shard(source, deep: bool) -> int:
-    pf = pq.ParquetFile(source, page_checksum_verification=deep)
-    if deep:
-        for i in range(pf.num_row_groups):
-            pf.read_row_group(i)
-    return pf.metadata.num_rows
+    with pq.ParquetFile(source, page_checksum_verification=deep) as pf:  # closed here, not by a later GC
+        if deep:
+            for i in range(pf.num_row_groups):
+                pf.read_row_group(i)
+        return pf.metadata.num_rows
 
 
 class Lease:

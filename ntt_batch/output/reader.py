@@ -151,8 +151,7 @@ def iter_image_batches(
     fs, paths = list_shards(shards, options)
     for k, path in enumerate(paths):
         try:
-            with fs.open(path, "rb") as f:
-                pf = pq.ParquetFile(f)
+            with fs.open(path, "rb") as f, pq.ParquetFile(f) as pf:  # closed here, not by a later GC
                 missing = [c for c in _COLUMNS if c not in pf.schema_arrow.names]
                 if missing:
                     raise ValueError(f"shard {path} lacks column(s) {missing}: not an ntt-batch output shard")

@@ -34,7 +34,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -81,6 +81,7 @@ from ..storage.fs import (
 from ..storage.images import DEFAULT_MAX_PIXELS
 from .bank_prep import ReferencesSpec, prepare_memory_bank
 from .cluster import init_ray
+from .exit_codes import EXIT_IMAGE_ERRORS, EXIT_INTEGRITY, EXIT_OK  # the table of every command's exit codes
 from .plan import TODO, OutputScan, Plan, list_inputs, plan_inputs, scan_output
 from .stages import NoopModelActor, SegmentActor, decode_batch, instance_record  # noqa: F401 (re-exported)
 
@@ -223,6 +224,7 @@ class JobConfig:
         (``limit: three`` is an error naming key, value and type; see ``config_from_dict``). An empty
         ``segmenter:`` or ``storage_options:`` block means the defaults. Call :meth:`validate` next."""
         if isinstance(data, dict):
+            check_job_blocks(data, where)
             data = {k: v for k, v in data.items() if not (k in ("segmenter", "storage_options") and v is None)}
         return config_from_dict(cls, data, where, validate=False)
 
@@ -238,6 +240,29 @@ class JobConfig:
         return d
 
 
+def check_job_blocks(data: Mapping, where: str = "") -> None:
+    """Refuse a ``segmenter:`` or ``storage_options:`` block that is not a mapping (None is: the defaults).
+
+    Run on a job file before it is merged with flags (``job_files.job_config_from``) and by
+    :meth:`JobConfig.from_dict`, so ``config check`` and ``run`` give the same one line. The value of
+    a ``storage_options:`` block is never shown: ``"secret=..."`` or ``[secret, ...]`` may be a credential.
+    """
+    prefix = f"{where}: " if where else ""
+    segmenter = data.get("segmenter")
+    if segmenter is not None and not isinstance(segmenter, Mapping):
+        shown = repr(segmenter) if len(repr(segmenter)) <= 80 else repr(segmenter)[:77] + "..."
+        raise ConfigError(
+            f"{prefix}segmenter: expected a mapping of settings, got {shown} ({type(segmenter).__name__}); "
+            "write one setting per line under it, e.g. 'segmenter: {points_per_side: 16}'"
+        )
+    options = data.get("storage_options")
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(
+            f"{prefix}storage_options: expected a mapping, got a {type(options).__name__} (value not shown: it may "
+            "hold a credential); write KEY: VALUE lines under it, e.g. 'storage_options: {profile: NAME}'"
+        )
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -250,9 +275,6 @@ def resolve_inputs(cfg: JobConfig) -> list[InputImage]:
     """The job's inputs as a list (small jobs and tests; the job itself streams them, see ``plan``)."""
     return list_inputs(input_spec(cfg), cfg.storage_options, limit=cfg.limit)
 
-
-# Exit codes of `ntt-batch run` (also listed in its --help).
-EXIT_OK, EXIT_IMAGE_ERRORS, EXIT_USAGE, EXIT_INTEGRITY, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 # Segmenter settings that change speed only, never the rows: left out of the job fingerprint.
 PERFORMANCE_ONLY_SETTINGS = frozenset(
@@ -520,6 +542,10 @@ def run_job(
     """
     cfg.validate()
     folder = OutputFolder(cfg.out, cfg.storage_options)
+    if folder.fs.isfile(folder.root):
+        raise ConfigError(
+            f"out: {cfg.out} is a file, not a folder; give --out (out:) a new folder or the output of an earlier run"
+        )
     if dry_run:
         return _dry_run(cfg, folder, echo)
     from ..method.memory_bank import MemoryBank, check_encoder_weights  # torch: not needed for a dry run

@@ -34,10 +34,12 @@ from ..output.parts import (
 )
 from ..output.shards import STATUS_ERROR
 from ..sources.inputs import HashAccumulator, InputSpec, UriHashes, iter_inputs, uri_digests
+from .exit_codes import EXIT_IMAGE_ERRORS, EXIT_INTEGRITY, EXIT_LOCKED, EXIT_OK  # noqa: F401 (EXIT_LOCKED re-exported)
 
 log = logging.getLogger(__name__)
 
-EXIT_CONSISTENT, EXIT_HAS_ERROR_ROWS, EXIT_INTEGRITY, EXIT_LOCKED = 0, 1, 3, 4
+# The table of codes: .exit_codes.
+EXIT_CONSISTENT, EXIT_HAS_ERROR_ROWS = EXIT_OK, EXIT_IMAGE_ERRORS
 
 
 @dataclass
@@ -149,9 +151,7 @@ def verify_output(
     run.json's fingerprint, an :class:`InputSpec` = those, False/None = skip the inputs check."""
     folder = OutputFolder(out, options)
     report = VerifyReport(out)
-    if not folder.exists():
-        raise FileNotFoundError(f"{out!r} does not exist: pass the --out of an `ntt-batch run`")
-    run = folder.read_run()
+    run = read_job_output(folder)
     report.attempts = [
         {k: a.get(k) for k in ("run_id", "status", "started_at", "finished_at", "committed")}
         for a in run.get("attempts", [])
@@ -166,6 +166,35 @@ def verify_output(
     finally:
         if lease is not None:
             lease.release()
+
+
+class NotAJobOutputError(ValueError):
+    """The folder (or file) given is not the output of ``ntt-batch run``."""
+
+
+def read_job_output(folder: OutputFolder) -> dict:
+    """The run record of an ``ntt-batch run`` output, after checking that ``folder`` is one.
+
+    Raises:
+        FileNotFoundError: nothing is there.
+        NotAJobOutputError: a file, or a folder with neither ``_ntt/run.json`` nor part files (the
+            message says what is there instead).
+    """
+    hint = "pass the folder given to `ntt-batch run --out`"
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder.uri} does not exist: {hint}")
+    if folder.fs.isfile(folder.root):
+        raise NotAJobOutputError(f"{folder.uri} is a file, not the output folder of `ntt-batch run`: {hint}")
+    run = folder.read_run()
+    if run or folder.parts():
+        return run
+    names = sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in folder.fs.ls(folder.root, detail=False))
+    more = ", ..." if len(names) > 5 else ""
+    entries = f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}"
+    found = f"{entries} ({', '.join(names[:5])}{more})" if names else "nothing"
+    raise NotAJobOutputError(
+        f"{folder.uri} is not the output of `ntt-batch run`: no _ntt/run.json and no part files, found {found}; {hint}"
+    )
 
 
 def _verify(folder: OutputFolder, run: dict, report: VerifyReport, inputs, repair: bool, echo) -> VerifyReport:
