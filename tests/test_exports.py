@@ -233,7 +233,7 @@ def test_yolo_uri_mode_is_refused_with_a_pointer_to_link_and_copy(small_shards, 
         export(str(small_shards), str(tmp_path / "y"), format="yolo", images="uri")
     r = CliRunner().invoke(
         main,
-        ["merge", "--shards", str(small_shards), "--out", str(tmp_path / "y"), "--format", "yolo"]
+        ["export", "--shards", str(small_shards), "--out", str(tmp_path / "y"), "--format", "yolo"]
         + ["--yolo-images", "uri"],
     )
     lines = [x for x in r.output.splitlines() if x.strip()]
