@@ -705,10 +705,10 @@ def run(ctx, config_file, dry_run, verbose, **kw):
       1  done, but some images have status error (see `ntt-batch verify OUT`; --retry-errors redoes them)
       2  usage or configuration error (the message names the setting)
       3  integrity problem: an input of this run got no row (rerun, then `ntt-batch verify`)
-      4  another run holds the output's lock
+      4  another run holds the output's lock (or took it over from this run, which then stops writing)
       130 interrupted (Ctrl-C); finished rows are committed, rerun to continue
     """
-    from .io.output_folder import LeaseHeldError
+    from .io.output_folder import LeaseHeldError, LeaseLostError
     from .pipeline.job import EXIT_INTERRUPTED, EXIT_LOCKED, run_job
 
     data: dict = {}
@@ -736,7 +736,7 @@ def run(ctx, config_file, dry_run, verbose, **kw):
         result = run_job(
             cfg, dry_run=dry_run, echo=click.echo, verbose=verbose or bool(ctx.obj and ctx.obj.get("debug"))
         )
-    except LeaseHeldError as e:
+    except (LeaseHeldError, LeaseLostError) as e:  # lost: another run took the output over; this one wrote nothing more
         click.echo(f"Error: {e}", err=True)
         ctx.exit(EXIT_LOCKED)
     except KeyboardInterrupt:
@@ -1425,11 +1425,19 @@ def bench(
     "(keeping one per URI: a non-error row, then the newest) and resync run.json. Takes the lock.",
 )
 @click.option(
+    "--check",
+    type=click.Choice(["pages", "full"]),
+    default="pages",
+    show_default=True,
+    help="pages: decode every page of every file (page checksums). full: also hash every file and compare it "
+    "with the sha256 recorded when it was committed (bit rot that leaves size and mtime alone).",
+)
+@click.option(
     "--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the report as JSON here."
 )
 @storage_flags
 @click.pass_context
-def verify(ctx, out, check_inputs, repair, json_out, **kw):
+def verify(ctx, out, check_inputs, repair, check, json_out, **kw):
     """Check a `run` output completely: rows per input, duplicates, unreadable files, attempts.
 
     Reads every committed file page by page (with checksums), so it finds what `merge`/`eval`
@@ -1444,13 +1452,15 @@ def verify(ctx, out, check_inputs, repair, json_out, **kw):
     \b
     Example:  ntt-batch verify s3://bucket/ntt-out/run1/ --json verify.json
     """
-    from .io.output_folder import LeaseHeldError
+    from .io.output_folder import LeaseHeldError, LeaseLostError
     from .pipeline.verify import EXIT_LOCKED, verify_output
 
     options = storage_options_from_flags(kw)
     try:
-        report = verify_output(out, options, inputs=check_inputs, repair=repair, echo=lambda m: click.echo(m, err=True))
-    except LeaseHeldError as e:
+        report = verify_output(
+            out, options, inputs=check_inputs, repair=repair, check=check, echo=lambda m: click.echo(m, err=True)
+        )
+    except (LeaseHeldError, LeaseLostError) as e:
         click.echo(f"Error: {e}", err=True)
         ctx.exit(EXIT_LOCKED)
     click.echo(report.format())
@@ -1476,13 +1486,13 @@ def compact(ctx, out, target_file_mb, **kw):
     `run` already compacts at the end of every attempt; use this after changing --target-file-mb,
     or on outputs written by older versions.
     """
-    from .io.output_folder import LeaseHeldError
+    from .io.output_folder import LeaseHeldError, LeaseLostError
     from .pipeline.verify import EXIT_LOCKED, compact_output
 
     options = storage_options_from_flags(kw)
     try:
         compact_output(out, options, target_file_mb=target_file_mb, echo=click.echo)
-    except LeaseHeldError as e:
+    except (LeaseHeldError, LeaseLostError) as e:
         click.echo(f"Error: {e}", err=True)
         ctx.exit(EXIT_LOCKED)
 
