@@ -15,12 +15,10 @@ the children that need one. Starting states come from real crashed runs, made on
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import shutil
-import signal
 from pathlib import Path
 
+import forked
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -29,50 +27,15 @@ import pytest
 from conftest import job_config
 from PIL import Image
 
-from ntt_batch.io.crashpoints import CRASH_POINTS, ENV
+from ntt_batch.io.crashpoints import CRASH_POINTS
 from ntt_batch.io.shards import SHARD_SCHEMA
 from ntt_batch.pipeline.job import JobConfig, run_job
 from ntt_batch.pipeline.stages import NoopModelActor
 from ntt_batch.pipeline.verify import compact_output, verify_output
 
-_CTX = multiprocessing.get_context("forkserver")
-_CTX.set_forkserver_preload(
-    [
-        "ntt_batch.pipeline.job",
-        "ntt_batch.pipeline.verify",
-        "ntt_batch.method.memory_bank",
-        "ntt_batch.models.checkpoints",
-        "ray.data",
-    ]
-)
-
-
-# ----------------------------------------------------------------------------- the child process
-
-
-def _child(op: str, out: str, cfg: JobConfig | None, crash_at: str | None) -> None:
-    """The operation, in a child process; ``crash_at``: the step it kills itself at."""
-    if crash_at:
-        os.environ[ENV] = crash_at
-    if op == "run":
-        run_job(cfg, echo=lambda s: None, model_stage=NoopModelActor, verbose=False)
-    elif op == "compact":
-        compact_output(out, target_file_mb=1, echo=lambda s: None)
-    elif op == "repair":
-        verify_output(out, repair=True)
-    else:  # pragma: no cover
-        raise ValueError(op)
-
 
 def _crash(op: str, out: Path, cfg: JobConfig | None, crash_at: str) -> None:
-    """Run ``op`` in a child that must die by SIGKILL at ``crash_at`` (proof the step was reached)."""
-    p = _CTX.Process(target=_child, args=(op, str(out), cfg, crash_at))
-    p.start()
-    p.join(timeout=240)
-    if p.is_alive():  # pragma: no cover
-        p.kill()
-        pytest.fail(f"{op} did not reach {crash_at} within 240 s")
-    assert p.exitcode == -signal.SIGKILL, f"{op} exited with {p.exitcode} instead of dying at {crash_at}"
+    forked.crash(op, out, cfg, crash_at)
 
 
 # ----------------------------------------------------------------------------- what a reader sees

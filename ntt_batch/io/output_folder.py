@@ -510,7 +510,7 @@ class Lease:
                 **self.holder,
                 "ttl_s": self.ttl_s,
                 "renewed_at": utc_now_iso(),
-                "expires_at": expires.isoformat(timespec="seconds"),
+                "expires_at": expires.isoformat(timespec="milliseconds"),
             }
         ).encode()
 

@@ -317,18 +317,16 @@ def _finish(
     folder.fs.invalidate_cache()
     held = [r for r in intent["replaced"] if r["hold"]]
     to_retire = [r for r in held if _exists(folder, r["path"])]
-    if to_retire:
-        check()
     for i, r in enumerate(to_retire):
+        check()  # before every move: a holder frozen between two moves stops at the next one
         folder.move(r["path"], r["hold"])
         if i == 0:
             crash_point(f"{step}.retiring")
     if held:
         crash_point(f"{step}.retired")
     to_publish = [p for p in intent["parts"] if _exists(folder, p["tmp"])]
-    if to_publish:
-        check()
     for i, p in enumerate(to_publish):
+        check()
         folder.move(p["tmp"], folder.path(p["name"]))
         if i == 0:
             crash_point(f"{step}.publishing")
@@ -368,6 +366,7 @@ def _undo(folder: OutputFolder, intent: dict, check: Callable[[], None]) -> None
     for r in intent["replaced"]:
         if not r["hold"] or not _exists(folder, r["hold"]):
             continue
+        check()
         if _exists(folder, r["path"]):  # an object-store move copied but had not deleted yet
             folder.remove(r["hold"])
             continue
