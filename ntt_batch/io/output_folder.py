@@ -4,8 +4,10 @@ Layout (any fsspec store: a local folder, ``s3://bucket/prefix``, ...)::
 
     <out>/part-<run_id>-<seq>.parquet   committed data files, one row per input image (SHARD_SCHEMA)
     <out>/_ntt/run.json                 job fingerprint, config, models, bank hash, attempts, per-part stats
-    <out>/_ntt/lock, _ntt/lock.json     the lease: one run at a time (flock locally, conditional writes on S3)
-    <out>/_ntt/staging/<run_id>/        files the running attempt's workers write (not yet committed)
+    <out>/_ntt/lock, _ntt/lock.json     the lease: one run at a time (flock locally, conditional writes on S3),
+                                        with the holder's lease generation (the fencing token)
+    <out>/_ntt/staging/g<gen>-<run_id>/ files the running attempt's workers write (not yet committed; <gen>:
+                                        its lease generation, see io.fencing)
     <out>/_ntt/tmp/                     committed files being assembled (not visible to readers)
     <out>/_ntt/commits/<id>.json        commit intents (crash recovery; see io.parts)
     <out>/_ntt/quarantine/              unreadable files moved aside (never deleted)

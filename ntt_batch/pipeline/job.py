@@ -789,6 +789,7 @@ def _attempt(
                 _remove_fenced_out_staging(folder, lease.generation)
                 for rel in (TODO, TMP, staging, STAGING, COMMITS):
                     folder.remove_empty_dir(rel)
+    lease.check()  # a run that lost its lease (even after its last commit) does not report success
 
     missing = plan.to_process - committer.stats.rows
     summary = {

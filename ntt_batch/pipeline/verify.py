@@ -181,7 +181,7 @@ def verify_output(
     if repair:
         lease = folder.lease({"run_id": f"verify-repair-{new_run_id()}"}).acquire()
         report.lock = report.lock_stale = None
-        run = lease.read_run()
+        run = _fenced_record(folder, lease).run
     report.attempts = [
         {k: a.get(k) for k in ("run_id", "status", "started_at", "finished_at", "committed")}
         for a in run.get("attempts", [])
@@ -199,8 +199,6 @@ def _verify(
     repair = lease is not None
     if repair:
         record = RunRecord(folder, run, lease=lease)
-        if run:
-            record.write()  # the fence: a run that held an earlier lease can no longer write run.json
         removed = folder.remove_stale_temp_files()
         if removed:
             report.repaired.append(f"removed {len(removed)} temporary file(s) of interrupted metadata writes")
@@ -289,6 +287,17 @@ def _verify(
         report.duplicate_uris = 0
         report.corrupt = []
     return report
+
+
+def _fenced_record(folder: OutputFolder, lease) -> RunRecord:
+    """run.json read under ``lease`` and written back at once with its generation (the fence: a run that
+    held an earlier lease can no longer write it). An 0.1-layout record is read, not moved (``run`` moves it)."""
+    run = lease.read_run()
+    if run:
+        record = RunRecord(folder, run, lease=lease)
+        record.write()
+        return record
+    return RunRecord(folder, folder.read_run(), lease=lease)
 
 
 def _input_spec(run: dict, inputs) -> InputSpec | None:
@@ -400,8 +409,7 @@ def compact_output(
     if not run:
         raise FileNotFoundError(f"{out!r} holds no ntt-batch output (no _ntt/run.json)")
     with folder.lease({"run_id": f"compact-{new_run_id()}"}) as lease:
-        record = RunRecord(folder, lease.read_run(), lease=lease)
-        record.write()  # the fence: a run that held an earlier lease can no longer write run.json
+        record = _fenced_record(folder, lease)
         folder.remove_stale_temp_files()
         notes = recover_commits(folder, record.update, check=lease.check)
         before = folder.parts()
