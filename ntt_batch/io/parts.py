@@ -269,7 +269,7 @@ def commit(
     ``kind``: ``staging``, ``compaction``, ``retry-errors`` or ``repair`` (the intent records it, and
     it names the crash points). ``update_run(fn)`` applies ``fn(run_dict)`` to run.json under the
     caller's lock and writes it. ``before_publish`` (the lease's ``check``) runs before the intent
-    is written and before the first file is moved: a run that lost its lease writes nothing.
+    is written and before every file move: a run that lost its lease moves nothing more.
 
     A failure after the intent is written leaves it for :func:`recover_commits` (the next lease
     holder finishes or undoes it); nothing is undone here, because a run that lost its lease must
