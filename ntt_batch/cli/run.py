@@ -74,7 +74,7 @@ def run(ctx, config_file, publish_items, dry_run, verbose, **kw):
       1  done, but some images have status error (see `ntt-batch verify OUT`; --retry-errors redoes them)
       2  usage or configuration error (the message names the setting or path)
       3  integrity problem: an input of this run got no row (rerun, then `ntt-batch verify`)
-      4  another run holds the output's lock
+      4  another run holds the output's lock (or took it over from this run, which then stops writing)
       5  environment: disk full, permission denied, storage unreachable (rerun when fixed)
       130 interrupted (Ctrl-C); finished rows are committed, rerun to continue
     """
@@ -118,11 +118,19 @@ def _job_flags(ctx: click.Context, kw: dict) -> tuple[dict, dict]:
     "(keeping one per URI: a non-error row, then the newest) and resync run.json. Takes the lock.",
 )
 @click.option(
+    "--check",
+    type=click.Choice(["pages", "full"]),
+    default="pages",
+    show_default=True,
+    help="pages: decode every page of every file (page checksums). full: also hash every file and compare it "
+    "with the sha256 recorded when it was committed (bit rot that leaves size and mtime alone).",
+)
+@click.option(
     "--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the report as JSON here."
 )
 @storage_flags
 @click.pass_context
-def verify(ctx, out, check_inputs, repair, json_out, **kw):
+def verify(ctx, out, check_inputs, repair, check, json_out, **kw):
     """Check a `run` output completely: rows per input, duplicates, unreadable files, attempts.
 
     Reads every committed file page by page (with checksums), so it finds what `export`/`eval`
@@ -142,7 +150,9 @@ def verify(ctx, out, check_inputs, repair, json_out, **kw):
     from ..pipeline.verify import verify_output
 
     options = storage_options_from_flags(kw)
-    report = verify_output(out, options, inputs=check_inputs, repair=repair, echo=lambda m: click.echo(m, err=True))
+    report = verify_output(
+        out, options, inputs=check_inputs, repair=repair, check=check, echo=lambda m: click.echo(m, err=True)
+    )
     click.echo(report.format())
     if json_out:
         Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))
