@@ -30,7 +30,7 @@ from ..models.encoders import ImageEncoder
 from ..models.proposers import MaskProposer, ProposerFeatures
 from .config import SegmenterConfig
 from .fullres import dense_from_runs, rle_from_runs, same_class_intersections, upsample_to_runs
-from .matching import Matcher, PrototypeMatcher
+from .matching import Matcher, build_matcher
 from .memory_bank import MemoryBank
 from .merging import build_merger, intersection_counts, soft_merge_scores
 from .preprocess import prepare_target
@@ -219,7 +219,9 @@ class Segmenter:
             built with. ``config.encoder_image_size`` None resolves to its native input side.
         bank: the memory bank (class prototypes, category ids and names).
         config: :class:`SegmenterConfig`; ``config.merger`` picks the merger (``method.merging``).
-        matcher: how candidates are scored against the bank (default: the method's, §4.3-4.4).
+        matcher: how candidates are scored against the bank (default: what ``config`` asks for, see
+            ``matching.build_matcher``: the method's, §4.3-4.4, or with ``use_negatives`` the
+            negative-aware one).
     """
 
     def __init__(
@@ -235,7 +237,7 @@ class Segmenter:
         self.proposer = proposer.to(self.device)
         self.encoder = encoder.to(self.device)
         self.bank = bank
-        self.matcher = matcher or PrototypeMatcher()
+        self.matcher = matcher or build_matcher(self.config, bank, self.device)
         self.merger = build_merger(self.config)
         self.prototypes = bank.class_prototypes.to(self.device, torch.float32)  # [C, D]
         if proposer.image_size != config.image_size:
