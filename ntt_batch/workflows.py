@@ -25,7 +25,8 @@ from .io.names import safe_join
 from .io.output_folder import utc_now_iso
 from .io.storage import InputImage, read_bytes
 from .method.config import MemoryConfig, SegmenterConfig, config_to_dict
-from .method.memory_bank import MemoryBank, build_memory_bank, check_encoder_weights, sam2_box_masks
+from .method.matching import check_negatives_available
+from .method.memory_bank import MemoryBank, build_memory_bank, check_encoder_weights, module_device, sam2_box_masks
 from .method.references import (
     REFERENCES_FILE,
     load_references,
@@ -105,6 +106,7 @@ def build_bank(
     config: MemoryConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
     notice: Callable[[str], None] | None = None,
+    negatives: str | os.PathLike | Mapping | Sequence[str | os.PathLike | Mapping] | None = None,
 ) -> MemoryBank:
     """`ntt-batch memory build`: references + images → memory bank directory ``out``.
 
@@ -117,12 +119,19 @@ def build_bank(
     bank's metadata (``references.box_masks``, compressed RLE) so ``references show --memory``
     draws what the bank was built from. The (merged) references are saved beside the bank as
     ``references.json``.
+
+    ``negatives``: references files (same formats) of *negative* references (docs/negative_references.md),
+    encoded like the references into the bank's negative memory and saved beside it as
+    ``negatives.json``; their classes must be bank classes (matched by name). ``image_root`` serves
+    the negatives files that do not remember one.
     """
     refs, notices = load_reference_sets(references_path, image_root)
     for n in notices:
         log.info("references: %s", n)
         if notice:
             notice(n)
+    if negatives:  # checked before any encoding: their classes, image roots, and SAM2 for box-only ones
+        _file_negatives(negatives, image_root, refs["categories"], sam2_name)
     dev = resolve_device(device)
     encoder, ckpt = load_encoder(encoder_name, checkpoint_dir=checkpoint_dir, download=download)
     encoder = encoder.to(dev)
@@ -169,9 +178,114 @@ def build_bank(
         bank.references["box_masks"] = box_masks
     if notices:
         bank.references["merge_notices"] = notices
+    neg_refs = None
+    if negatives:
+        bank, neg_refs = add_file_negatives(
+            bank,
+            negatives,
+            image_root,
+            encoder,
+            sam2_name=sam2_name,
+            checkpoint_dir=checkpoint_dir,
+            download=download,
+            notice=notice,
+        )
     bank.save(out)
     save_references(refs, Path(out) / REFERENCES_FILE)
+    write_negatives_file(out, neg_refs)
     return bank
+
+
+NEGATIVES_FILE = "negatives.json"  # a bank's negative references (references format), beside the bank
+
+
+def write_negatives_file(bank_dir: str | os.PathLike, negatives: Mapping | None) -> None:
+    """Save a bank's negative references as ``BANK/negatives.json``, or remove a stale one (``None``)."""
+    path = Path(bank_dir) / NEGATIVES_FILE
+    if negatives is None or not negatives.get("references"):
+        path.unlink(missing_ok=True)
+        return
+    negatives = dict(negatives)
+    roots = {r.get("image_root") for r in negatives["references"]}
+    if len(roots) == 1 and None not in roots:  # one root: the file's own (saved portable, see save_references)
+        negatives["image_root"] = roots.pop()
+        negatives["references"] = [{k: v for k, v in r.items() if k != "image_root"} for r in negatives["references"]]
+    save_references(negatives, path)
+
+
+def load_negative_sets(
+    negatives: str | os.PathLike | Mapping | Sequence[str | os.PathLike | Mapping], image_root: str | os.PathLike | None
+) -> tuple[dict, list[str]]:
+    """Negative references from one or several references files (or dicts), merged like references
+    (:func:`load_reference_sets`); ``image_root`` serves only the files that do not remember one."""
+    items = [negatives] if isinstance(negatives, (str, os.PathLike, Mapping)) else list(negatives)
+    if image_root is not None:
+        root = os.fspath(image_root)
+        root = root if "://" in root else os.path.abspath(root)
+        filled = []
+        for item in items:
+            refs = dict(item) if isinstance(item, Mapping) else load_references(item)
+            if refs.get("image_root") is None and any(r.get("image_root") is None for r in refs["references"]):
+                refs["image_root"] = root
+            filled.append(refs if isinstance(item, Mapping) or refs.get("image_root") == root else item)
+        items = filled
+    return load_reference_sets(items)
+
+
+def _file_negatives(negatives, image_root, categories: Sequence[Mapping], sam2_name: str | None) -> tuple[dict, list]:
+    """Negatives files → (one set in the bank's classes, each entry's ``negative_source`` set, merge notices).
+    Errors name a class the bank lacks, a file without an image root, box-only negatives without SAM2."""
+    from .method.negatives import to_bank_categories
+
+    negs, notices = load_negative_sets(negatives, image_root)
+    negs = to_bank_categories(negs, categories)
+    # Given in a file, so "file" (kept when negatives are mined again), whatever made them (a mined bank's
+    # negatives.json says "mined").
+    negs["references"] = [{**r, "negative_source": "file"} for r in negs["references"]]
+    n_box = sum(1 for r in negs["references"] if r.get("segmentation") is None)
+    if n_box and not sam2_name:
+        raise ValueError(
+            f"{n_box} negative reference(s) are box-only (no mask); pass --sam2 NAME to make their masks "
+            "from the boxes (e.g. --sam2 sam2.1_hiera_tiny)"
+        )
+    return negs, notices
+
+
+def add_file_negatives(
+    bank: MemoryBank,
+    negatives: str | os.PathLike | Mapping | Sequence[str | os.PathLike | Mapping],
+    image_root: str | os.PathLike | None,
+    encoder: torch.nn.Module,
+    *,
+    sam2_name: str | None = None,
+    checkpoint_dir: str | None = None,
+    download: bool = True,
+    notice: Callable[[str], None] | None = None,
+) -> tuple[MemoryBank, dict]:
+    """``bank`` with the negative references of ``negatives`` (files in references format) as its
+    negatives, encoded by ``encoder`` (the bank's) like its references; also the negatives in the
+    bank's classes (for ``negatives.json``). Box-only negatives get SAM2 masks (``sam2_name``)."""
+    from .method.negatives import encode_negatives
+
+    negs, notices = _file_negatives(negatives, image_root, bank.categories, sam2_name)
+    for n in notices:
+        log.info("negatives: %s", n)
+        if notice:
+            notice(f"negatives: {n}")
+    box_prompter = None
+    if any(r.get("segmentation") is None for r in negs["references"]):
+        box_prompter, _ = load_sam2(sam2_name, checkpoint_dir=checkpoint_dir, download=download, add_no_mem_embed=True)
+        box_prompter = box_prompter.to(module_device(encoder))
+
+    def load_neg_image(ref: dict):
+        return load_image(safe_join(reference_image_root(negs, ref), ref["file_name"]))
+
+    protos, labels, records, notes = encode_negatives(negs, load_neg_image, encoder, bank, box_prompter=box_prompter)
+    items = [negatives] if isinstance(negatives, (str, os.PathLike, Mapping)) else list(negatives)
+    files = [str(x) if not isinstance(x, Mapping) else "(given as a dict)" for x in items]
+    bank = bank.with_negatives(protos, labels, records, [{"kind": "file", "files": files, "count": len(records)}])
+    bank.notes = [*bank.notes, *(f"negative {n}" for n in notes)]
+    return bank, negs
 
 
 def load_segmenter(
@@ -184,6 +298,7 @@ def load_segmenter(
 ) -> tuple[Segmenter, dict]:
     """Load bank + models into a :class:`Segmenter`; also return the provenance record."""
     bank = MemoryBank.load(memory)
+    check_negatives_available(config, bank, f"memory bank {memory}")
     enc_name = bank.encoder["name"]
     encoder, enc_ckpt = load_encoder(enc_name, checkpoint_dir=checkpoint_dir, download=download)
     check_encoder_weights(bank.encoder, enc_ckpt, memory)
@@ -202,6 +317,7 @@ def load_segmenter(
             "content_hash": bank.content_hash,
             "categories": bank.categories,
             "shots": bank.shots,
+            **({"negatives": bank.negative_shots} if bank.has_negatives else {}),
         },
         "official_weights": sam_ckpt.official and enc_ckpt.official,
     }
