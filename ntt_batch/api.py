@@ -116,6 +116,7 @@ def build_bank(
     download: bool = True,
     notice: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    negatives: str | os.PathLike | Mapping | Sequence[str | os.PathLike | Mapping] | None = None,
 ):
     """Build a memory bank in folder ``out`` from references (a file, a dict, or several: merged by class name).
 
@@ -127,6 +128,8 @@ def build_bank(
         sam2: SAM2 model that makes masks for box-only references (needed only if there are some).
         notice: called with each merge notice (renumbered class ids).
         overwrite: replace a bank already in ``out`` (default: refused with a ValueError).
+        negatives: negative references, in the same formats as ``references`` (docs/negative_references.md):
+            encoded into the bank's negative memory, used by segmenters with ``use_negatives=True``.
 
     Returns:
         the :class:`ntt_batch.method.memory_bank.MemoryBank`.
@@ -147,6 +150,58 @@ def build_bank(
         config=MemoryConfig(context_ratio=context_ratio),
         notice=notice,
         overwrite=overwrite,
+        negatives=negatives,
+    )
+
+
+def mine_negatives(
+    bank: str | os.PathLike,
+    *,
+    sam2: str | None = None,
+    device: str = "auto",
+    checkpoint_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    score_threshold: float = 0.2,
+    max_per_class: int | None = 10,
+    iou_threshold: float = 0.1,
+    annotations: str | os.PathLike | None = None,
+    references_only: bool = False,
+    notice: Callable[[str], None] | None = None,
+    **settings: Any,
+) -> dict:
+    """Mine negative references from the bank's own reference images and add them to the bank (in place).
+
+    The reference images are segmented with the bank; detections that are not annotated instances of
+    their class (box IoU < ``iou_threshold``) scoring at least ``score_threshold`` become negative
+    references of that class, at most ``max_per_class`` (the highest) each (docs/negative_references.md).
+    Segmenters loaded with ``use_negatives=True`` then use them.
+
+    Args:
+        bank: the bank folder (built by :func:`build_bank`: it holds the references).
+        sam2: SAM2 proposer for that segmentation (default ``sam2_hiera_large``).
+        annotations: a COCO file whose annotations of the reference images count as annotated too
+            (default: the file the references were sampled from, if it is there, unless ``references_only``).
+        **settings: :class:`ntt_batch.method.config.SegmenterConfig` fields for the segmentation.
+    Returns:
+        ``{"bank": MemoryBank, "mined": [records], "per_class", "stats", "annotations", ...}``.
+    """
+    from .bank.mining import mine_negatives as _mine
+    from .method.config import SegmenterConfig, config_from_dict
+    from .models.registry import DEFAULT_SAM2
+
+    config = config_from_dict(SegmenterConfig, {**settings, "device": device}, "mine_negatives")
+    return _mine(
+        os.fspath(bank),
+        sam2_name=sam2 or DEFAULT_SAM2,
+        config=config,
+        checkpoint_dir=_opt_path(checkpoint_dir),
+        download=download,
+        score_threshold=score_threshold,
+        iou_threshold=iou_threshold,
+        max_per_class=max_per_class,
+        annotations=None if annotations is None else os.fspath(annotations),
+        use_source_annotations=not references_only,
+        notice=notice,
     )
 
 

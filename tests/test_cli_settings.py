@@ -46,6 +46,8 @@ NEW_FLAGS = {
     "graph_diffusion_transition",
     "encoder_image_size",
     "implementation",
+    "use_negatives",  # docs/negative_references.md
+    "negative_sigma",
 }
 
 

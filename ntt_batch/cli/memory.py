@@ -11,7 +11,13 @@ from ..models.encoders import encoder_models
 from ..models.proposers import proposer_models
 from ..models.registry import DEFAULT_ENCODER
 from .app import main, progress
-from .options import ENCODER_HELP, checkpoint_dir_option, no_download_option
+from .options import (
+    ENCODER_HELP,
+    checkpoint_dir_option,
+    no_download_option,
+    segmenter_config_from_flags,
+    segmenter_options,
+)
 from .settings_options import settings_from_flags, settings_options
 
 
@@ -28,6 +34,15 @@ def memory():
     multiple=True,
     type=click.Path(exists=True, dir_okay=False),
     help="References JSON; repeat to merge several (classes merged by name; clashing ids renumbered, with a notice).",
+)
+@click.option(
+    "--negatives",
+    "negatives_path",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Negative references (same formats as --references; repeatable): instances a class must NOT match, "
+    "encoded into the bank's negative memory (docs/negative_references.md; used by `segment`/`run` with "
+    "--use-negatives). Their classes must be bank classes.",
 )
 @click.option(
     "--image-root",
@@ -52,7 +67,17 @@ def memory():
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output bank folder.")
 @click.option("--overwrite", is_flag=True, help="Replace the memory bank already in --out (refused otherwise).")
 def memory_build(
-    references_path, image_root, encoder, sam2_name, device, checkpoint_dir, no_download, out, overwrite, **kw
+    references_path,
+    negatives_path,
+    image_root,
+    encoder,
+    sam2_name,
+    device,
+    checkpoint_dir,
+    no_download,
+    out,
+    overwrite,
+    **kw,
 ):
     """Encode the references with the image encoder and save per-instance/class prototypes (method.md §2-3).
 
@@ -75,11 +100,14 @@ def memory_build(
         progress=progress("references"),
         notice=lambda n: click.echo(f"notice: {n}"),
         overwrite=overwrite,
+        negatives=list(negatives_path) or None,
     )
     click.echo(
         f"wrote memory bank {out}: {len(bank.categories)} classes, {int(bank.instance_labels.numel())} instances, "
         f"dim {bank.instance_prototypes.shape[1]}, hash {bank.content_hash[:16]}"
     )
+    if bank.has_negatives:
+        click.echo(f"  negative references: {int(bank.negative_labels.numel())} (see `ntt-batch memory show {out}`)")
     for note in bank.notes:
         click.echo(f"  note: {note}")
 
@@ -131,4 +159,81 @@ def memory_info(bank):
         "source": meta["references"].get("source"),
         "instances": len(meta["references"].get("instances", [])),
     }
+    if "negatives" in meta:
+        meta["negatives"] = {**meta["negatives"], "instances": len(meta["negatives"].get("instances", []))}
     click.echo(json.dumps(meta, indent=2))
+
+
+@memory.command("negatives")
+@click.argument("bank", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--score-threshold",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Keep detections scoring at least this (the authors' negative_score_thr).",
+)
+@click.option(
+    "--max-per-class",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="The highest-scoring negatives kept per class (the authors' length_negative).",
+)
+@click.option(
+    "--iou-threshold",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="A detection with box IoU >= this with an annotated instance of its class is that instance, not a "
+    "negative (the authors' get_false_positives).",
+)
+@click.option(
+    "--annotations",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="COCO file whose annotations of the reference images count as annotated too. [default: the file the "
+    "references were sampled from, when it is still there]",
+)
+@click.option("--references-only", is_flag=True, help="Only the bank's references count as annotated (no COCO file).")
+@segmenter_options
+def memory_negatives(bank, score_threshold, max_per_class, iou_threshold, annotations, references_only, **kw):
+    """Mine negative references from BANK's own reference images and add them to BANK.
+
+    The reference images are segmented with the bank (the segmenter flags below, as for `segment`);
+    detections that are not annotated instances of their class score >= --score-threshold become
+    negative references of that class (the authors' negative-reference mode,
+    docs/negative_references.md). BANK is rewritten with them (new content hash) and they are saved
+    as BANK/negatives.json; `segment`/`run` use them with --use-negatives.
+
+    \b
+      ntt-batch memory negatives bank/ --sam2 sam2_hiera_large
+      ntt-batch segment --memory bank/ --use-negatives ...
+    """
+    from ..bank.mining import mine_negatives
+
+    config = segmenter_config_from_flags(kw)
+    result = mine_negatives(
+        bank,
+        sam2_name=kw["sam2"],
+        config=config,
+        checkpoint_dir=kw["checkpoint_dir"],
+        download=not kw["no_download"],
+        score_threshold=score_threshold,
+        iou_threshold=iou_threshold,
+        max_per_class=max_per_class,
+        annotations=annotations,
+        use_source_annotations=not references_only,
+        progress=progress("reference images"),
+        notice=lambda n: click.echo(f"notice: {n}"),
+    )
+    new = result["bank"]
+    st = result["stats"]
+    click.echo(
+        f"{st['images']} reference images: {st['detections']} detections, {st['false_positives']} not annotated, "
+        f"{st['above_threshold']} scoring >= {score_threshold:g}; kept {len(result['mined'])} as negative references"
+        + (f" (and {result['kept_from_files']} from files)" if result["kept_from_files"] else "")
+    )
+    for name, n in new.negative_shots.items():
+        click.echo(f"  {name}: {n}")
+    click.echo(f"wrote memory bank {bank}: hash {new.content_hash[:16]} (was {result['previous_hash'][:16]})")

@@ -30,7 +30,7 @@ from ..models.proposers import MaskProposer, ProposerFeatures
 from ..storage.masks import decode_rle, encode_rle, xyxy_to_coco_xywh
 from .config import SegmenterConfig
 from .fullres import dense_from_runs, rle_from_runs, same_class_intersections, upsample_to_runs
-from .matching import Matcher, PrototypeMatcher
+from .matching import Matcher, build_matcher
 from .memory_bank import MemoryBank
 from .mergers import build_merger
 from .merging import intersection_counts, soft_merge_scores
@@ -222,7 +222,9 @@ class MethodSegmenter:
             built with. ``config.encoder_image_size`` None resolves to its native input side.
         bank: the memory bank (class prototypes, category ids and names).
         config: :class:`SegmenterConfig`; ``config.merger`` picks the merger (``method.merging``).
-        matcher: how candidates are scored against the bank (default: the method's, §4.3-4.4).
+        matcher: how candidates are scored against the bank (default: what ``config`` asks for, see
+            ``matching.build_matcher``: the method's, §4.3-4.4, or with ``use_negatives`` the
+            negative-aware one).
     """
 
     def __init__(
@@ -238,7 +240,7 @@ class MethodSegmenter:
         self.proposer = proposer.to(self.device)
         self.encoder = encoder.to(self.device)
         self.bank = bank
-        self.matcher = matcher or PrototypeMatcher()
+        self.matcher = matcher or build_matcher(self.config, bank, self.device)
         self.merger = build_merger(self.config)
         self.prototypes = bank.class_prototypes.to(self.device, torch.float32)  # [C, D]
         if proposer.image_size != config.image_size:

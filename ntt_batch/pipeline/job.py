@@ -561,6 +561,7 @@ def run_job(
         )
     if dry_run:
         return _dry_run(cfg, folder, echo)
+    from ..method.matching import check_negatives_available
     from ..method.memory_bank import MemoryBank, check_encoder_weights  # torch: not needed for a dry run
     from ..models.checkpoints import resolve_checkpoint
 
@@ -568,6 +569,7 @@ def run_job(
         cfg, dry_run=False, echo=echo, verbose=verbose
     )  # only with `references:` and no bank yet
     bank = MemoryBank.load(cfg.memory)
+    check_negatives_available(cfg.segmenter, bank, f"memory bank {cfg.memory}")
     sam_ckpt = resolve_checkpoint(cfg.sam2, checkpoint_dir=cfg.checkpoint_dir, download=cfg.download)
     enc_ckpt = resolve_checkpoint(bank.encoder["name"], checkpoint_dir=cfg.checkpoint_dir, download=cfg.download)
     check_encoder_weights(bank.encoder, enc_ckpt, cfg.memory)
@@ -588,6 +590,7 @@ def run_job(
                 "content_hash": bank.content_hash,
                 "categories": bank.categories,
                 "shots": bank.shots,
+                **({"negatives": bank.negative_shots} if bank.has_negatives else {}),
             },
         }
         return _attempt(cfg, folder, lease, run_id, provenance, bank, bank_build, echo, model_stage, verbose)

@@ -57,6 +57,7 @@ __all__ = [
     "memory_bank_report",
     "misplaced_references",
     "near_duplicate_classes",
+    "negative_references_lines",
     "prototype_similarity",
     "render_similarity_heatmap",
     "show_memory_bank",
@@ -403,6 +404,7 @@ def memory_bank_report(
     lines = _report_head(bank, name)
     lines += _similarity_lines(sim, bank.category_names, threshold)
     lines += _consistency_lines(bank, lowest)
+    lines += negative_references_lines(bank)
     return "\n".join(lines)
 
 
@@ -489,6 +491,49 @@ def _consistency_lines(bank: MemoryBank, lowest: int) -> list[str]:
                 f"  {m['class']} {_instance_label(bank, m['row'])}: {m['own']:.2f} to {m['class']}, "
                 f"{m['other']:.2f} to {m['closer_to']} — check its label and mask"
             )
+    return lines
+
+
+def negative_references_lines(bank: MemoryBank, per_class: int = 5) -> list[str]:
+    """The report's lines on the bank's negative references (docs/negative_references.md): how many,
+    where from, and per class the first ``per_class`` (image, score when mined, and the cosine to the
+    class's own prototype: a negative as close as the references themselves will also suppress true
+    detections). No lines for a bank without negatives."""
+    if not bank.has_negatives:
+        return []
+    records = (bank.negatives or {}).get("instances") or []
+    n = int(bank.negative_labels.numel())
+    by_source: dict[str, int] = {}
+    for r in records:
+        by_source[r.get("source", "?")] = by_source.get(r.get("source", "?"), 0) + 1
+    how = ", ".join(f"{k} {v}" for k, v in sorted(by_source.items()))
+    lines = [
+        f"negative references: {n} ({how}); segment/run use them with --use-negatives "
+        "(score x exp(-max(sim_neg - sim_pos, 0) / sigma))"
+    ]
+    mined = [s for s in (bank.negatives or {}).get("sources") or [] if s.get("kind") == "mined"]
+    for s in mined:
+        lines.append(
+            f"  mined from {s.get('images')} reference image(s): score >= {s.get('score_threshold')}, box IoU < "
+            f"{s.get('iou_threshold')} with every annotated instance of the class, at most {s.get('max_per_class')} "
+            "per class"
+        )
+    cos = (F.normalize(bank.negative_prototypes, dim=1) * bank.class_prototypes[bank.negative_labels]).sum(dim=1)
+    for c, name in enumerate(bank.category_names):
+        rows = torch.nonzero(bank.negative_labels == c).flatten().tolist()
+        if not rows:
+            lines.append(f"  {name}: none")
+            continue
+        items = []
+        for row in rows[:per_class]:
+            r = records[row] if row < len(records) else {}
+            bits = [str(r.get("file_name") or f"row {row}")]
+            if r.get("score") is not None:
+                bits.append(f"score {float(r['score']):.2f}")
+            bits.append(f"cos {float(cos[row]):.2f} to {name}")
+            items.append(" ".join(bits))
+        more = f"; ... and {len(rows) - per_class} more" if len(rows) > per_class else ""
+        lines.append(f"  {name}: {len(rows)} — " + "; ".join(items) + more)
     return lines
 
 
