@@ -199,7 +199,7 @@ def _from_decisions(inp: ReviewInput, classes: _Classes, iou_match: float, count
                 continue
             name = classes.pred_name(p)
             im.evaluated.append((p, name))
-            new = classes.resolve(d.name)
+            new = classes.resolve(d.name, d.decision["category_id"])
             review = {"status": "accepted", "instance": p.index, "score": float(p.score_text), "predicted": name}
             if d.action == "accept" or (d.action == "relabel" and new == name):
                 im.gold.append(_Gold(name, p.rle, False, review))
