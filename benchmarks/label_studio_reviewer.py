@@ -58,16 +58,21 @@ def main() -> None:
         return r
 
     config = open(args.config).read()
-    labels = re.findall(r'<Label value="([^"]+)"/>', config)
-    brush = (
-        '  <BrushLabels name="brush" toName="image">\n'
-        + "".join(f'    <Label value="{n}"/>\n' for n in labels)
-        + "  </BrushLabels>\n</View>"
-    )
-    config = config.replace("</View>", brush)
+    labels = list(dict.fromkeys(re.findall(r'<Label value="([^"]+)"/>', config)))
+    found = re.search(r'<BrushLabels name="([^"]+)"', config)
+    brush_name = found.group(1) if found else "brush"
+    if not found:  # a polygon-only config: add a brush tag with the same labels so the reviewer can paint
+        config = config.replace(
+            "</View>",
+            f'  <BrushLabels name="{brush_name}" toName="image">\n'
+            + "".join(f'    <Label value="{n}"/>\n' for n in labels)
+            + "  </BrushLabels>\n</View>",
+        )
+    found = re.search(r'<PolygonLabels name="([^"]+)"', config)
+    poly_name = found.group(1) if found else None
     project = call("POST", "/api/projects", json={"title": "ntt-batch corrections round trip", "label_config": config})
     pid = project.json()["id"]
-    print(f"project {pid}: labels {labels} (polygon 'label', brush 'brush')")
+    print(f"project {pid}: labels {labels} (polygon tag {poly_name!r}, brush tag {brush_name!r})")
 
     storage = call(
         "POST",
@@ -115,11 +120,11 @@ def main() -> None:
                 continue
             reg = _as_annotation(res)
             if inst in k["relabel"]:
-                reg["value"]["polygonlabels"] = [k["relabel"][inst]]
+                reg["value"][res["type"]] = [k["relabel"][inst]]
                 reg["origin"] = "prediction-changed"
                 if res["id"].count("_") == 1:
                     act["relabelled"].append(
-                        {"instance": int(inst), "from": res["value"]["polygonlabels"][0], "to": k["relabel"][inst]}
+                        {"instance": int(inst), "from": res["value"][res["type"]][0], "to": k["relabel"][inst]}
                     )
             elif res["id"].count("_") == 1:
                 act["accepted"].append(int(inst))
@@ -135,7 +140,7 @@ def main() -> None:
                 out.append(
                     {
                         "id": _rid(),
-                        "from_name": "brush",
+                        "from_name": brush_name,
                         "to_name": "image",
                         "type": "brushlabels",
                         "origin": "manual",
@@ -146,13 +151,15 @@ def main() -> None:
                     }
                 )
                 act["added"].append({"label": miss["label"], "kind": "brush", "pixels": int((mask > 0).sum())})
+            elif poly_name is None:
+                raise SystemExit("the labeling config has no PolygonLabels tag to draw the missed polygon with")
             else:  # drawn as a polygon (its largest part)
                 poly = max(miss["polygons"], key=len)
                 pts = [[round(x * 100.0 / w, 4), round(y * 100.0 / h, 4)] for x, y in zip(poly[0::2], poly[1::2])]
                 out.append(
                     {
                         "id": _rid(),
-                        "from_name": "label",
+                        "from_name": poly_name,
                         "to_name": "image",
                         "type": "polygonlabels",
                         "origin": "manual",
