@@ -24,6 +24,7 @@ ORDER = [
     "exports",
     "eval",
     "viz",
+    "corrections",
     "pipeline",
     "workflows",
 ]

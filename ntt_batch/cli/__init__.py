@@ -13,14 +13,27 @@ Modules: ``app`` (the root group, aliases, failures → exit codes via ``errors`
 (shared flags) and ``settings_options`` (flags generated from the settings dataclasses), then the
 command groups: ``checkpoints``, ``references``, ``memory``, ``segment``, ``run`` (run, verify,
 compact, config check), ``export`` (formerly ``merge``), ``publish``, ``evaluate`` (eval, thresholds),
-``review`` (review, visualize), ``demo``, ``bench``.
+``review`` (review, visualize), ``corrections``, ``demo``, ``bench``.
 """
 
 from __future__ import annotations
 
 import sys
 
-from . import bench, checkpoints, demo, evaluate, export, memory, publish, references, review, run, segment  # noqa: F401
+from . import (  # noqa: F401  (each module registers its commands)
+    bench,
+    checkpoints,
+    corrections,
+    demo,
+    evaluate,
+    export,
+    memory,
+    publish,
+    references,
+    review,
+    run,
+    segment,
+)
 from .app import main
 from .options import SEGMENTER_FLAGS, segmenter_config_from_flags
 
