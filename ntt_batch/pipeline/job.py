@@ -71,7 +71,8 @@ from ..output.parts import (
     recover_commits,
     withdraw_rows,
 )
-from ..output.publish import PublishError, PublishSpec, publish_folder
+from ..output.publish import publish_folder
+from ..output.table_common import PublishError, PublishSpec
 from ..sources.inputs import HashAccumulator, InputSpec, normalise_extensions
 from ..storage.fs import (
     InputImage,
