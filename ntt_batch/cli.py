@@ -55,10 +55,17 @@ class _Group(click.Group):
             raise
         except click.ClickException:
             raise
-        except _KNOWN_ERRORS as e:
+        except Exception as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            raise _UserError(_one_line(e)) from e
+            from .storage.credentials import credentials_problem
+
+            problem = credentials_problem(e)  # missing S3 credentials: one line naming the ways to provide them
+            if problem is not None:
+                raise _UserError(problem) from e
+            if isinstance(e, _KNOWN_ERRORS):
+                raise _UserError(_one_line(e)) from e
+            raise
 
 
 def _progress(label: str):

@@ -81,6 +81,7 @@ from ..storage.fs import (
 from ..storage.images import DEFAULT_MAX_PIXELS
 from .bank_prep import ReferencesSpec, prepare_memory_bank
 from .cluster import init_ray
+from .placeholders import refuse_placeholders
 from .plan import TODO, OutputScan, Plan, list_inputs, plan_inputs, scan_output
 from .stages import (  # noqa: F401 (re-exported)
     NoopModelActor,
@@ -547,6 +548,7 @@ def run_job(
     progress and status logging (the CLI's default; our progress line and summary remain).
     """
     cfg.validate()
+    refuse_placeholders(cfg)  # a template's s3://YOUR-BUCKET/: refused before anything is read or written
     folder = OutputFolder(cfg.out, cfg.storage_options)
     if dry_run:
         return _dry_run(cfg, folder, echo)
