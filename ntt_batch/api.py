@@ -30,12 +30,8 @@ from typing import Any, Union
 import numpy as np
 
 from ._public import PUBLIC_NAMES
-from .references.core import (  # noqa: F401 (re-exported)
-    load_references,
-    references_from_coco_annotations,
-    references_from_csv,
-    save_references,
-)
+from .references.files import load_references, save_references  # noqa: F401 (re-exported)
+from .references.importers import references_from_coco_annotations, references_from_csv  # noqa: F401 (re-exported)
 
 __all__ = list(PUBLIC_NAMES)
 
@@ -69,8 +65,8 @@ def sample_references(
     ``split``: ``few_shot`` (the 20 COCO-FSOD classes), ``all``, or class names/ids (``"person,dog"``).
     ``image_root`` (the folder the file's images are in) is remembered in the result.
     """
-    from .references.core import sample_references as _sample
-    from .references.core import sample_references_from_file
+    from .references.sampler import sample_references as _sample
+    from .references.sampler import sample_references_from_file
 
     kw = dict(allow_fewer=allow_fewer, min_box_side=min_box_side, border_margin=border_margin)
     if isinstance(annotations, Mapping):
@@ -91,7 +87,7 @@ def references_from_coco(
 
     ``image_root`` (the folder its ``file_name`` values are relative to) is remembered in the result.
     """
-    from .references.core import load_coco
+    from .references.coco import load_coco
 
     coco = load_coco(annotations) if not isinstance(annotations, Mapping) else annotations
     refs = references_from_coco_annotations(coco, split=split, max_per_class=max_per_class)
@@ -181,7 +177,7 @@ def show_references(
     import json
 
     from .bank.build import load_reference_sets
-    from .references.core import REFERENCES_FILE
+    from .references.files import REFERENCES_FILE
     from .viz.contact_sheet import bank_box_masks, reference_sheet
 
     if references is None:
@@ -268,7 +264,7 @@ class Segmenter:
     method as the batch job: a test checks both give the same instances.
 
     Attributes:
-        model: the underlying :class:`ntt_batch.method.segmenter.Segmenter`.
+        model: the underlying :class:`ntt_batch.method.segmenter.MethodSegmenter`.
         bank: the memory bank; ``categories`` its classes ``[{"id", "name"}]``.
         provenance: model names, checkpoint sha256s, config, bank hash (what `segment` records).
     """

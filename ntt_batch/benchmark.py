@@ -30,12 +30,12 @@ import torch
 
 from ._version import __version__
 from .method.memory_bank import MemoryBank
-from .method.segmenter import Instance, Segmenter, StageTimer, TargetImage
+from .method.segmenter import Instance, MethodSegmenter, StageTimer, TargetImage
 from .models.encoders import encoder_embed_dim
 from .output.folder import utc_now_iso
 from .output.shards import STATUS_EMPTY, STATUS_OK, rows_to_table
 from .pipeline.stages import instance_record
-from .references.core import FEW_SHOT_CLASS_NAMES
+from .references.coco import FEW_SHOT_CLASS_NAMES
 from .storage.fs import InputImage, read_bytes
 from .storage.images import decode_image
 
@@ -159,7 +159,9 @@ class PathResult:
         }
 
 
-def _process(segmenter: Segmenter, image: InputImage, timer: StageTimer, shard_dir: str, tag: str) -> list[Instance]:
+def _process(
+    segmenter: MethodSegmenter, image: InputImage, timer: StageTimer, shard_dir: str, tag: str
+) -> list[Instance]:
     """One image through decode → segment → RLE → Parquet write, timing each stage."""
     cfg = segmenter.config
     with timer("decode"):
@@ -191,8 +193,8 @@ def _process(segmenter: Segmenter, image: InputImage, timer: StageTimer, shard_d
 
 
 def run_benchmark(
-    fast: Segmenter,
-    reference: Segmenter,
+    fast: MethodSegmenter,
+    reference: MethodSegmenter,
     images: list[InputImage],
     *,
     warmup: int = 0,

@@ -243,7 +243,8 @@ def references_sample(
     \b
       ntt-batch references sample --annotations train.json --shots 5 --prefer area=50,center=0.6 --out refs.json
     """
-    from .references.core import sample_references_from_file, save_references
+    from .references.files import save_references
+    from .references.sampler import sample_references_from_file
 
     refs = sample_references_from_file(
         annotations,
@@ -264,7 +265,7 @@ def _parse_prefer(value: str | None):
     """--prefer's text as a ReferencePreference (None when off); a bad value is a usage error naming the flag."""
     if value is None:
         return None
-    from .references.core import ReferencePreference
+    from .references.preferences import ReferencePreference
 
     try:
         return ReferencePreference.parse(value)
@@ -285,7 +286,9 @@ def _parse_prefer(value: str | None):
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def references_from_coco(annotations, split, max_per_class, image_root, out):
     """Use your own annotated images (COCO format) as references. Box-only ones get SAM2 masks at `memory build`."""
-    from .references.core import load_coco, references_from_coco_annotations, save_references
+    from .references.coco import load_coco
+    from .references.files import save_references
+    from .references.importers import references_from_coco_annotations
 
     refs = references_from_coco_annotations(load_coco(annotations), split=split, max_per_class=max_per_class)
     refs.setdefault("source", {})["annotations"] = str(annotations)
@@ -323,7 +326,8 @@ def references_from_csv_cmd(csv_path, image_root, out):
                 `memory build --sam2 NAME` makes with SAM2
     With columns image,category,mask,x,y,w,h each row fills either mask or the box.
     """
-    from .references.core import references_from_csv, save_references
+    from .references.files import save_references
+    from .references.importers import references_from_csv
 
     refs = references_from_csv(csv_path, image_root)
     save_references(refs, out)
@@ -343,7 +347,7 @@ def _echo_reference_summary(refs: dict, out: str) -> None:
     click.echo("  " + ", ".join(f"{names[c]}={n}" for c, n in counts.items()))
     prefer = (refs.get("source") or {}).get("prefer")
     if prefer:
-        from .references.core import ReferencePreference
+        from .references.preferences import ReferencePreference
 
         stats = refs["source"].get("prefer_stats") or {}
         kept = ", ".join(f"{name} {st.get('kept', 0)}/{st.get('candidates', 0)}" for name, st in stats.items())
@@ -411,7 +415,7 @@ def references_show(
       ntt-batch references show --references refs.json --memory bank/ --out references.png
     """
     from .bank.build import load_reference_sets
-    from .references.core import REFERENCES_FILE
+    from .references.files import REFERENCES_FILE
     from .viz.contact_sheet import bank_box_masks, reference_sheet
 
     paths = list(references_paths)
@@ -1467,7 +1471,7 @@ def bench(
     from .benchmark import BF16_TOLERANCE, FP32_TOLERANCE, format_report, random_bank, run_benchmark, run_pipeline_noop
     from .method.config import SegmenterConfig
     from .method.memory_bank import MemoryBank
-    from .method.segmenter import Segmenter
+    from .method.segmenter import MethodSegmenter
     from .models.checkpoints import CheckpointNotFoundError
     from .models.loading import load_encoder, load_sam2, write_random_checkpoint
     from .pipeline.plan import list_inputs
@@ -1505,8 +1509,10 @@ def bench(
         proposer, _ = load_sam2(sam2_name, checkpoint_dir=checkpoint_dir, download=not no_download)
         bank = MemoryBank.load(memory) if memory else random_bank(encoder, int(encoder_model.embed_dim))
         base = dict(points_per_side=points_per_side, device=device)
-        fast = Segmenter(proposer, encoder_model, bank, SegmenterConfig(**base, bf16=bf16, compile=compile_models))
-        ref = Segmenter(proposer, encoder_model, bank, SegmenterConfig(**base, implementation="reference"))
+        fast = MethodSegmenter(
+            proposer, encoder_model, bank, SegmenterConfig(**base, bf16=bf16, compile=compile_models)
+        )
+        ref = MethodSegmenter(proposer, encoder_model, bank, SegmenterConfig(**base, implementation="reference"))
         n_warm = warmup if warmup is not None else (1 if fast.device.type == "cuda" or compile_models else 0)
         limit = limit or 3
         click.echo(

@@ -28,7 +28,7 @@ from ntt_batch.eval.coco_eval import evaluate_coco, format_report
 from ntt_batch.exports import merge_dataset, merge_results
 from ntt_batch.output.reader import coco_results_from_shards, iter_image_batches
 from ntt_batch.output.shards import rows_to_table
-from ntt_batch.references.core import FEW_SHOT_CLASS_NAMES
+from ntt_batch.references.coco import FEW_SHOT_CLASS_NAMES
 from ntt_batch.storage.masks import decode_rle, encode_rle, segmentation_to_rle
 from ntt_batch.viz.overlay import PANEL_GAP, overlay_size, visualize
 

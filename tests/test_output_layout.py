@@ -175,7 +175,8 @@ def test_another_bank_or_settings_is_refused_naming_the_difference(
     mixed_run, mixed_folder, random_checkpoints, small_bank, tmp_path, coco_mini
 ):
     from ntt_batch.bank.build import build_bank_folder as build_bank
-    from ntt_batch.references.core import sample_references_from_file, save_references
+    from ntt_batch.references.files import save_references
+    from ntt_batch.references.sampler import sample_references_from_file
 
     out = _copy(mixed_run[0], tmp_path / "out")
     with pytest.raises(

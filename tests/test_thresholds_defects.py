@@ -108,7 +108,8 @@ def test_classes_the_bank_lacks_are_listed_apart(tmp_path):
     assert [c.name for c in rep.not_in_bank] == ["zebra crossing"] and rep.not_in_bank[0].num_gt == 1
     rows = {c.name: c for c in rep.classes}
     assert "zebra crossing" not in rows
-    assert rows["sleepy"].note == "never predicted: not tuned"  # in the bank, no detection on these images
+    assert rows["sleepy"].note == "never predicted: not tuned" and rows["sleepy"].in_bank  # no detection here
+    assert rep.not_in_bank[0].in_bank is False and rep.not_in_bank[0].note == "not in the memory bank"
     table = format_table(rep)
     assert "never predicted" not in next(ln for ln in table.splitlines() if "zebra" in ln)
     assert re.search(r"^not in the memory bank \(1 ground-truth class\(es\).*: zebra crossing \(1 GT\)$", table, re.M)

@@ -16,7 +16,7 @@ from ..method.config import MemoryConfig
 from ..method.memory_bank import META_FILE, MemoryBank, build_memory_bank, sam2_box_masks
 from ..method.segmenter import resolve_device
 from ..models.loading import load_encoder, load_sam2
-from ..references.core import (
+from ..references.files import (
     REFERENCES_FILE,
     load_references,
     merge_references,
@@ -39,7 +39,7 @@ def load_reference_sets(
     """One references set from one or several references files (or dicts), plus notices.
 
     Classes are merged by name; an id clash renumbers the later class, with a notice (see
-    :func:`ntt_batch.references.core.merge_references`). ``image_root`` overrides the image
+    :func:`ntt_batch.references.files.merge_references`). ``image_root`` overrides the image
     roots the files remember. Every reference must end up with an image root: the message of
     the error otherwise says how to give one.
     """

@@ -7,7 +7,7 @@ import torch
 from .._version import __version__
 from ..method.config import SegmenterConfig, config_to_dict
 from ..method.memory_bank import MemoryBank, check_encoder_weights
-from ..method.segmenter import Segmenter
+from ..method.segmenter import MethodSegmenter
 from ..models.loading import load_encoder, load_sam2
 
 
@@ -18,8 +18,8 @@ def segmenter_from_bank(
     config: SegmenterConfig,
     checkpoint_dir: str | None = None,
     download: bool = True,
-) -> tuple[Segmenter, dict]:
-    """Load bank + models into a :class:`Segmenter`; also return the provenance record."""
+) -> tuple[MethodSegmenter, dict]:
+    """Load bank + models into a :class:`MethodSegmenter`; also return the provenance record."""
     bank = MemoryBank.load(memory)
     enc_name = bank.encoder["name"]
     encoder, enc_ckpt = load_encoder(enc_name, checkpoint_dir=checkpoint_dir, download=download)
@@ -27,7 +27,7 @@ def segmenter_from_bank(
     proposer, sam_ckpt = load_sam2(
         sam2_name, checkpoint_dir=checkpoint_dir, download=download, add_no_mem_embed=config.add_no_mem_embed
     )
-    segmenter = Segmenter(proposer, encoder, bank, config)
+    segmenter = MethodSegmenter(proposer, encoder, bank, config)
     provenance = {
         "ntt_batch_version": __version__,
         "torch_version": torch.__version__,

@@ -71,6 +71,7 @@ class ClassThreshold:
     true_positives: int = 0
     note: str = ""
     all_false_positives: bool = False  # every detection is a false positive: threshold above its max score
+    in_bank: bool | None = None  # whether the run's memory bank has the class (None: no run record)
 
 
 @dataclass
@@ -201,70 +202,21 @@ def tune_thresholds(
     gt = read_json(annotations, options)
     if not isinstance(gt, dict) or not {"images", "annotations", "categories"} <= set(gt):
         raise ValueError(f"{annotations}: not a COCO annotation file (needs images, annotations and categories)")
-    exact = {str(c["name"]): int(c["id"]) for c in gt["categories"]}
-    folded: dict[str, int] = {}
-    for n, i in exact.items():
-        folded.setdefault(n.casefold(), i)
-    gt_names = {int(c["id"]): str(c["name"]) for c in gt["categories"]}
-    images = {int(im["id"]): im for im in gt["images"]}
-    base_count: dict[str, int] = defaultdict(int)
-    for im in gt["images"]:
-        base_count[PurePosixPath(str(im["file_name"])).name] += 1
-    by_base = {
-        PurePosixPath(str(im["file_name"])).name: int(im["id"])
-        for im in gt["images"]
-        if base_count[PurePosixPath(str(im["file_name"])).name] == 1
-    }
+    index = _GroundTruthIndex.of(gt)
 
     report = ThresholdReport(target=target, iou_threshold=float(iou_threshold), iou_type=iou_type, images=0)
-    # detections per (gt image id, gt category id): list of (score, segmentation RLE, bbox)
-    dets: dict[tuple[int, int], list[tuple[float, dict, list[float]]]] = defaultdict(list)
-    processed: set[int] = set()
-    unmatched_names: dict[str, int] = defaultdict(int)
-    renamed: dict[str, str] = {}
-    rows_unknown = 0
-    for b in iter_image_batches(shards, options):
-        for i in range(len(b)):
-            if b.status[i] == STATUS_ERROR:
-                continue
-            gid = by_base.get(PurePosixPath(str(b.image_uri[i]).split("?", 1)[0]).name)
-            if gid is None and int(b.image_id[i]) in images:
-                gid = int(b.image_id[i])
-            if gid is None:
-                rows_unknown += 1
-                continue
-            processed.add(gid)
-            for j in range(int(b.offsets[i]), int(b.offsets[i + 1])):
-                name = b.category_name[j]
-                cid = _lookup_name(name, exact, folded)
-                if cid is None:
-                    unmatched_names[name or f"id {b.category_id[j]}"] += 1
-                    continue
-                if name != gt_names[cid]:
-                    renamed[name] = gt_names[cid]
-                dets[(gid, cid)].append((b.score[j], {"size": b.size[j], "counts": b.counts[j]}, b.bbox[j]))
-    report.images = len(processed)
-    if not processed:
+    found = _collect_detections(shards, options, index)
+    report.images = len(found.processed)
+    if not found.processed:
         raise ValueError(
             f"no row of {shards} is an image of {annotations} (matched by file name, then image id): "
             "run the job on the labelled images first"
         )
-    if len(processed) < len(images):
-        report.notices.append(
-            f"{len(images) - len(processed)} ground-truth image(s) have no processed row in the shards "
-            "and were left out"
-        )
-    if rows_unknown:
-        report.notices.append(f"{rows_unknown} processed row(s) are not images of the ground truth and were left out")
-    if unmatched_names:
-        shown = ", ".join(f"{n!r} ({k})" for n, k in sorted(unmatched_names.items()))
-        report.notices.append(f"predicted classes absent from the ground truth (not tuned): {shown}")
-    for a, g in sorted(renamed.items()):
-        report.notices.append(f"class {a!r} matched the ground truth's {g!r} (case-insensitive)")
+    report.notices += found.notices(len(index.images))
 
     gts: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for a in gt["annotations"]:
-        if int(a["image_id"]) in processed:
+        if int(a["image_id"]) in found.processed:
             gts[(int(a["image_id"]), int(a["category_id"]))].append(a)
     mode = iou_type
     if mode == "auto":
@@ -273,7 +225,123 @@ def tune_thresholds(
         if not has_masks:
             report.notices.append("some ground-truth instances have no mask: using box IoU")
     report.iou_type = mode
+    rows = _class_thresholds(
+        found.dets, gts, index, float(iou_threshold), mode, target, _bank_class_matcher(shards, options)
+    )
+    report.classes = [r for r in rows if r.in_bank is not False]
+    report.not_in_bank = [r for r in rows if r.in_bank is False]  # ground-truth classes the bank lacks
+    return report
 
+
+@dataclass
+class _GroundTruthIndex:
+    """Lookups into a COCO annotation dict: classes by exact and case-folded name, class names by id,
+    images by id, and image ids by file base name (only base names that are unique in the file)."""
+
+    exact: dict[str, int]
+    folded: dict[str, int]
+    names: dict[int, str]
+    images: dict[int, dict]
+    by_base: dict[str, int]
+
+    @classmethod
+    def of(cls, gt: dict) -> _GroundTruthIndex:
+        exact = {str(c["name"]): int(c["id"]) for c in gt["categories"]}
+        folded: dict[str, int] = {}
+        for n, i in exact.items():
+            folded.setdefault(n.casefold(), i)
+        base_count: dict[str, int] = defaultdict(int)
+        for im in gt["images"]:
+            base_count[PurePosixPath(str(im["file_name"])).name] += 1
+        by_base = {
+            PurePosixPath(str(im["file_name"])).name: int(im["id"])
+            for im in gt["images"]
+            if base_count[PurePosixPath(str(im["file_name"])).name] == 1
+        }
+        return cls(
+            exact=exact,
+            folded=folded,
+            names={int(c["id"]): str(c["name"]) for c in gt["categories"]},
+            images={int(im["id"]): im for im in gt["images"]},
+            by_base=by_base,
+        )
+
+
+@dataclass
+class _Detections:
+    """The shards' detections matched to the ground truth, and what did not match.
+
+    ``dets``: per (ground-truth image id, ground-truth category id), ``(score, segmentation RLE,
+    bbox)`` tuples; ``processed``: the ground-truth image ids with a row; ``unmatched_names``:
+    predicted class name → count of its detections with no ground-truth class; ``renamed``: predicted
+    name → the ground truth's, matched case-insensitively; ``rows_unknown``: rows of other images.
+    """
+
+    dets: dict[tuple[int, int], list[tuple[float, dict, list[float]]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    processed: set[int] = field(default_factory=set)
+    unmatched_names: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    renamed: dict[str, str] = field(default_factory=dict)
+    rows_unknown: int = 0
+
+    def notices(self, num_gt_images: int) -> list[str]:
+        """What was left out of the tuning, for the report."""
+        out = []
+        if len(self.processed) < num_gt_images:
+            out.append(
+                f"{num_gt_images - len(self.processed)} ground-truth image(s) have no processed row in the shards "
+                "and were left out"
+            )
+        if self.rows_unknown:
+            out.append(f"{self.rows_unknown} processed row(s) are not images of the ground truth and were left out")
+        if self.unmatched_names:
+            shown = ", ".join(f"{n!r} ({k})" for n, k in sorted(self.unmatched_names.items()))
+            out.append(f"predicted classes absent from the ground truth (not tuned): {shown}")
+        for a, g in sorted(self.renamed.items()):
+            out.append(f"class {a!r} matched the ground truth's {g!r} (case-insensitive)")
+        return out
+
+
+def _collect_detections(shards: str, options: dict | None, index: _GroundTruthIndex) -> _Detections:
+    """Read the shards' non-error rows: each row's image is matched by file base name, then by image id;
+    each instance's class by name (exact, then case-insensitive)."""
+    found = _Detections()
+    for b in iter_image_batches(shards, options):
+        for i in range(len(b)):
+            if b.status[i] == STATUS_ERROR:
+                continue
+            gid = index.by_base.get(PurePosixPath(str(b.image_uri[i]).split("?", 1)[0]).name)
+            if gid is None and int(b.image_id[i]) in index.images:
+                gid = int(b.image_id[i])
+            if gid is None:
+                found.rows_unknown += 1
+                continue
+            found.processed.add(gid)
+            for j in range(int(b.offsets[i]), int(b.offsets[i + 1])):
+                name = b.category_name[j]
+                cid = _lookup_name(name, index.exact, index.folded)
+                if cid is None:
+                    found.unmatched_names[name or f"id {b.category_id[j]}"] += 1
+                    continue
+                if name != index.names[cid]:
+                    found.renamed[name] = index.names[cid]
+                found.dets[(gid, cid)].append((b.score[j], {"size": b.size[j], "counts": b.counts[j]}, b.bbox[j]))
+    return found
+
+
+def _class_thresholds(
+    dets: dict[tuple[int, int], list[tuple[float, dict, list[float]]]],
+    gts: dict[tuple[int, int], list[dict]],
+    index: _GroundTruthIndex,
+    iou_threshold: float,
+    mode: str,
+    target: str,
+    in_bank=None,
+) -> list[ClassThreshold]:
+    """One row per class predicted or with ground truth: match each image's detections of the class
+    (:func:`_match`), then choose the threshold for ``target`` (:func:`choose_threshold`).
+    ``in_bank`` (name -> bool, see :func:`_bank_class_matcher`) sets each row's ``in_bank``."""
     predicted = {cid for (_, cid) in dets}
     num_gt: dict[int, int] = defaultdict(int)
     for (_, cid), anns in gts.items():
@@ -281,30 +349,28 @@ def tune_thresholds(
     per_class_scores: dict[int, list[float]] = defaultdict(list)
     per_class_tp: dict[int, list[bool]] = defaultdict(list)
     for (gid, cid), dl in dets.items():
-        im = images[gid]
+        im = index.images[gid]
         anns = gts.get((gid, cid), [])
-        scores, tp = _match(dl, anns, int(im["height"]), int(im["width"]), float(iou_threshold), mode)
+        scores, tp = _match(dl, anns, int(im["height"]), int(im["width"]), iou_threshold, mode)
         per_class_scores[cid] += scores
         per_class_tp[cid] += tp
-    in_bank = _bank_class_matcher(shards, options)
+    rows = []
     for cid in sorted(predicted | {c for c, n in num_gt.items() if n}):
         scores = np.asarray(per_class_scores.get(cid, []), dtype=np.float64)
         tp = np.asarray(per_class_tp.get(cid, []), dtype=bool)
         n_det = sum(len(v) for (g, c), v in dets.items() if c == cid)
-        row = ClassThreshold(name=gt_names[cid], gt_category_id=cid, num_gt=num_gt.get(cid, 0), num_detections=n_det)
+        row = ClassThreshold(name=index.names[cid], gt_category_id=cid, num_gt=num_gt.get(cid, 0), num_detections=n_det)
+        if in_bank is not None:
+            row.in_bank = cid in predicted or in_bank(row.name)
         if cid not in predicted:
-            if in_bank is not None and not in_bank(row.name):
-                row.note = "not in the memory bank: cannot be predicted"
-                report.not_in_bank.append(row)
-                continue
-            row.note = "never predicted: not tuned"
+            row.note = "never predicted: not tuned" if row.in_bank is not False else "not in the memory bank"
         else:
             (row.threshold, row.precision, row.recall, row.f1, row.true_positives, row.note) = choose_threshold(
                 scores, tp, row.num_gt, target
             )
             row.all_false_positives = row.num_gt > 0 and len(tp) > 0 and not tp.any()
-        report.classes.append(row)
-    return report
+        rows.append(row)
+    return rows
 
 
 def _bank_class_matcher(shards: str, options: dict | None):

@@ -35,16 +35,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..output.folder import OutputFolder
-from ..output.reader import (
-    ImageBatch,
-    MergeStats,
-    _finish_stats,
-    _IdChecker,
-    iter_image_batches,
-    run_categories,
-)
+from ..output.reader import ImageBatch, MergeStats, iter_image_batches, run_categories
 from ..storage.fs import absolute_uri
 from ..storage.masks import decode_rle, mask_utils
+from .accounting import IdChecker, count_row, finish_stats
 from .score_filter import ScoreThresholds
 
 log = logging.getLogger(__name__)
@@ -240,7 +234,7 @@ def run_export(
         image_root=absolute_uri(image_root) if image_root else None,
     )  # the job records absolute paths
     writer = writer_cls(out, ctx, **writer_options)
-    ids = _IdChecker()
+    ids = IdChecker()
     shard_names: set[str] = set()
     cache: dict[tuple[int, str | None], float | None] = {}  # (category id, name) -> threshold
     seen = ctx.seen
@@ -249,7 +243,7 @@ def run_export(
             cat_ids, cat_names, scores = b.category_id, b.category_name, b.score
             for i in range(len(b)):
                 ids.add(b.image_id[i])
-                if not stats._count_row(b, i):
+                if not count_row(stats, b, i):
                     continue
                 lo, hi = int(b.offsets[i]), int(b.offsets[i + 1])
                 stats.instances_read += hi - lo
@@ -276,7 +270,7 @@ def run_export(
     if not categories and not th.is_global:
         _unknown_notice(th, list(cache), stats)
     stats.shards = len(shard_names)
-    _finish_stats(stats)
+    finish_stats(stats)
     return stats
 
 

@@ -298,7 +298,7 @@ def build_memory_bank(
     """Encode every reference and build the bank (§2-3).
 
     Args:
-        references: a validated references dict (see ``method.references``).
+        references: a validated references dict (see :mod:`ntt_batch.references.files`).
         load_image: reference entry → RGB uint8 [H, W, 3] original image.
         encoder: an image encoder (``models.encoders.ImageEncoder``): ``patch_size`` p,
             ``native_image_size`` and ``encoder(x [B,3,S,S] in [0,1]) -> [B, S/p, S/p, D]``.
@@ -340,24 +340,7 @@ def build_memory_bank(
 
     for n, ref in enumerate(refs):
         image = load_image(ref)
-        h, w = image.shape[:2]
-        if (h, w) != (int(ref["height"]), int(ref["width"])):
-            raise ValueError(
-                f"reference image {ref['file_name']!r} is {w}x{h} but the references file says "
-                f"{ref['width']}x{ref['height']}"
-            )
-        if ref.get("segmentation") is not None:
-            mask = segmentation_to_mask(ref["segmentation"], h, w)
-        elif box_prompter is not None:
-            mask = sam2_box_masks(box_prompter, image, [ref["bbox"]])[0]
-        else:
-            raise ValueError(
-                f"reference {ref.get('file_name')!r} has only a box; a SAM2 model is needed to make its mask"
-            )
-        if not mask.any():
-            raise ValueError(
-                f"reference annotation {ref.get('annotation_id')} in {ref['file_name']!r} has an empty mask"
-            )
+        mask = _reference_mask(ref, image, box_prompter)
         bbox = ref.get("bbox") or _mask_bbox(mask)
         img_t, mask_t = crop_reference(image_to_tensor(image), torch.from_numpy(mask.astype(np.float32)), bbox, config)
         pending.append((img_t, mask_t, ref))
@@ -376,6 +359,27 @@ def build_memory_bank(
         references={"source": references.get("source", {}), "instances": used},
         notes=notes,
     )
+
+
+def _reference_mask(ref: dict, image: np.ndarray, box_prompter) -> np.ndarray:
+    """The reference's object mask, bool ``[H, W]`` at ``image``'s size: its segmentation, or SAM 2's
+    mask for its box (box-only references need ``box_prompter``). Refuses an image whose size is not
+    the one the references file records, and an empty mask."""
+    h, w = image.shape[:2]
+    if (h, w) != (int(ref["height"]), int(ref["width"])):
+        raise ValueError(
+            f"reference image {ref['file_name']!r} is {w}x{h} but the references file says "
+            f"{ref['width']}x{ref['height']}"
+        )
+    if ref.get("segmentation") is not None:
+        mask = segmentation_to_mask(ref["segmentation"], h, w)
+    elif box_prompter is not None:
+        mask = sam2_box_masks(box_prompter, image, [ref["bbox"]])[0]
+    else:
+        raise ValueError(f"reference {ref.get('file_name')!r} has only a box; a SAM2 model is needed to make its mask")
+    if not mask.any():
+        raise ValueError(f"reference annotation {ref.get('annotation_id')} in {ref['file_name']!r} has an empty mask")
+    return mask
 
 
 def _mask_bbox(mask: np.ndarray) -> list[float]:

@@ -1,6 +1,6 @@
 """Target inference: proposals → matching → NMS → merging → top-k (method.md §4).
 
-The small functions are the math, each testable on hand-built tensors; :class:`Segmenter`
+The small functions are the math, each testable on hand-built tensors; :class:`MethodSegmenter`
 strings them together around its parts, each behind an interface:
 
 * a *proposer* (``models.proposers.MaskProposer``: SAM 2 / 2.1 point-grid prompting, §4.2);
@@ -211,8 +211,10 @@ class StageTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
-class Segmenter:
-    """Segments target images against a memory bank (method.md §4).
+class MethodSegmenter:
+    """The method's segmenter (method.md §4): models + memory bank + config; in-memory images in,
+    instances out. The batch job's actors, ``ntt-batch segment`` and the public
+    :class:`ntt_batch.api.Segmenter` (which wraps one, adding image loading and thresholds) all run it.
 
     Args:
         proposer: mask proposer (``models.proposers.MaskProposer``, SAM 2 / 2.1).

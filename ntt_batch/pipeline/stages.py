@@ -100,7 +100,7 @@ class SegmentActor:
         import ray
         import torch
 
-        from ..method.segmenter import Segmenter
+        from ..method.segmenter import MethodSegmenter
         from ..models.loading import load_encoder, load_sam2
 
         if num_threads and not torch.cuda.is_available():
@@ -111,7 +111,7 @@ class SegmentActor:
         proposer, _ = load_sam2(
             sam2_name, checkpoint_dir=checkpoint_dir, download=download, add_no_mem_embed=config.add_no_mem_embed
         )
-        self.segmenter = Segmenter(proposer, encoder, bank, config)
+        self.segmenter = MethodSegmenter(proposer, encoder, bank, config)
         self.segmenter.dense_masks = False  # rows carry RLE only: no dense masks are built
         self.run_id = run_id
         self.progress = progress
