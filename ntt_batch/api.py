@@ -397,28 +397,17 @@ def run(
         errored without ``allow_errors``, 3 rows missing or duplicated). Rerunning resumes.
     """
     from .pipeline.job import JobConfig, run_job
+    from .pipeline.job_files import job_config_from
 
     if isinstance(config, JobConfig):
         if settings:
             raise ValueError("give settings either in the JobConfig or as keywords, not both")
         cfg = config
+    elif config is None or isinstance(config, (str, os.PathLike, Mapping)):
+        overrides = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in settings.items()}
+        cfg = job_config_from(config, overrides, where="run()")
     else:
-        data: dict = {}
-        where = "run()"
-        if isinstance(config, (str, os.PathLike)):
-            from .pipeline.job_files import load_job_file
-
-            where = os.fspath(config)
-            data = load_job_file(where)
-        elif isinstance(config, Mapping):
-            data = dict(config)
-        elif config is not None:
-            raise TypeError(f"config must be a job file path, a dict or a JobConfig, not {type(config).__name__}")
-        seg = dict(data.pop("segmenter", None) or {})
-        seg.update(settings.pop("segmenter", None) or {})
-        data.update({k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in settings.items()})
-        data["segmenter"] = seg
-        cfg = JobConfig.from_dict(data, where=where)
+        raise TypeError(f"config must be a job file path, a dict or a JobConfig, not {type(config).__name__}")
     result = run_job(cfg, dry_run=dry_run, echo=echo or (lambda _line: None), verbose=verbose)
     summary = dict(result.summary or {})
     summary["exit_code"] = result.exit_code

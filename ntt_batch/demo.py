@@ -8,10 +8,13 @@ from pathlib import Path
 
 from .method.config import SegmenterConfig
 from .models.checkpoints import CheckpointNotFoundError, resolve_checkpoint
-from .models.loading import write_random_checkpoint
 from .models.registry import get_spec
 from .references.files import save_references
 from .references.sampler import sample_references_from_file
+
+# The demo's point grid: 8 x 8 = 64 prompts per image keeps the CPU demo to seconds per image
+# (the paper's 32 x 32 = 1024, SegmenterConfig's default, takes minutes on CPU).
+CPU_SIZED_POINTS_PER_SIDE = 8
 
 
 def default_data_dir() -> Path:
@@ -83,6 +86,8 @@ def _demo_checkpoints(out: Path, names: list[str], random_weights: bool, checkpo
     """The checkpoint folder to use: random-weight checkpoints written under ``out`` (``random_weights``),
     else ``checkpoint_dir`` once every model in ``names`` is found there (an error lists the missing ones)."""
     if random_weights:
+        from .models.loading import write_random_checkpoint  # torch: imported when the demo runs, not for --help
+
         checkpoint_dir = str(out / "random_checkpoints")
         for n in names:
             if not (Path(checkpoint_dir) / get_spec(n).filename).is_file():

@@ -95,7 +95,7 @@ def test_run_without_credentials_is_one_line_exit_2(tmp_path):
     assert res.returncode == 2, res.stdout + res.stderr
     assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
     (line,) = _error_lines(res.stderr)
-    assert "no usable S3 credentials (NoCredentialsError: Unable to locate credentials)" in line
+    assert "storage credentials: NoCredentialsError: Unable to locate credentials; provide them with" in line
     for way in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "storage_options"):
         assert way in line
     assert len((res.stdout + res.stderr).strip().splitlines()) <= 3, res.stdout + res.stderr
@@ -105,7 +105,7 @@ def test_run_without_credentials_is_one_line_exit_2(tmp_path):
 def test_partial_credentials_name_the_missing_variable(tmp_path):
     res = _ntt(
         [
-            "merge",
+            "export",
             "--format",
             "results",
             "--shards",
@@ -121,7 +121,10 @@ def test_partial_credentials_name_the_missing_variable(tmp_path):
     assert res.returncode == 2, res.stdout + res.stderr
     assert "Traceback" not in res.stderr
     (line,) = _error_lines(res.stderr)
-    assert "PartialCredentialsError: Partial credentials found in env, missing: AWS_SECRET_ACCESS_KEY" in line
+    assert (
+        "storage credentials: PartialCredentialsError: Partial credentials found in env, missing: AWS_SECRET_ACCESS_KEY"
+        in line
+    )
 
 
 @pytest.mark.parametrize(

@@ -321,7 +321,7 @@ def test_polygon_mode_and_min_part_area(frame, tmp_path):
 def test_local_paths_warn_and_cli_flags(frame, tmp_path):
     d, shards, _ = frame
     r = CliRunner().invoke(
-        main, ["merge", "--shards", str(shards), "--out", str(tmp_path / "a.json"), "--format", "label-studio"]
+        main, ["export", "--shards", str(shards), "--out", str(tmp_path / "a.json"), "--format", "label-studio"]
     )
     assert r.exit_code == 0, r.output
     assert "Label Studio cannot load" in r.output and "Local Storage" in r.output and "--image-url-prefix" in r.output
@@ -330,7 +330,7 @@ def test_local_paths_warn_and_cli_flags(frame, tmp_path):
     assert len(tasks[0]["predictions"][0]["result"]) == 15
     r = CliRunner().invoke(
         main,
-        ["merge", "--shards", str(shards), "--out", str(tmp_path / "b.json"), "--format", "label-studio"]
+        ["export", "--shards", str(shards), "--out", str(tmp_path / "b.json"), "--format", "label-studio"]
         + ["--ls-mask", "polygons", "--min-part-area", "20", "--image-root", str(d / "photos")]
         + ["--image-url-prefix", "https://example.org/photos/"],
     )
@@ -340,7 +340,7 @@ def test_local_paths_warn_and_cli_flags(frame, tmp_path):
     r = CliRunner().invoke(
         main,
         [
-            "merge",
+            "export",
             "--shards",
             str(shards),
             "--out",

@@ -107,9 +107,9 @@ def test_config_validates_throughput_fields():
 def test_cli_flags_reach_the_config():
     from click.testing import CliRunner
 
-    from ntt_batch.cli import _SEGMENTER_FLAGS, main, segmenter_config_from_flags
+    from ntt_batch.cli import SEGMENTER_FLAGS, main, segmenter_config_from_flags
 
-    assert {"bf16", "compile"} <= set(_SEGMENTER_FLAGS)
+    assert {"bf16", "compile"} <= set(SEGMENTER_FLAGS)
     kw = {p.name: p.default for p in main.commands["segment"].params}  # every segmenter flag, at its default
     kw.update(device="cpu", bf16=True, compile=True)
     cfg = segmenter_config_from_flags(kw)

@@ -253,7 +253,7 @@ def _read_detections(
         return "<in memory>", results, None
     if is_results_file(results, options):
         return results, read_json(results, options), None
-    from ..output.reader import coco_results_from_shards
+    from .shard_results import coco_results_from_shards
 
     sr = coco_results_from_shards(results, options)
     if sr.error_image_ids:
@@ -563,7 +563,7 @@ def format_report(report: dict) -> str:
 
 def write_report(report: dict, path: str, options: dict | None = None) -> None:
     """Write the report JSON atomically (local path or fsspec URI)."""
-    from ..output.reader import atomic_output
+    from ..storage.atomic import atomic_output
 
     with atomic_output(path, options) as f:
         json.dump(report, f, indent=2)

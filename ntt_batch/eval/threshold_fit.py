@@ -501,7 +501,7 @@ def write_thresholds(
     import yaml
 
     from ..exports.score_filter import ScoreThresholds
-    from ..output.reader import atomic_output
+    from ..storage.atomic import atomic_output
 
     data = report.to_map(default)
     ScoreThresholds.load(data)  # the file must load back

@@ -2,22 +2,49 @@
 
 :func:`~ntt_batch.exports.base.run_export` feeds every row through :func:`count_row` and every
 image id through an :class:`IdChecker`, and calls :func:`finish_stats` at the end; the numbers land
-in :class:`~ntt_batch.output.reader.MergeStats`, the statistics every export returns.
+in :class:`ExportStats`, the statistics every export returns.
 """
 
 from __future__ import annotations
 
 from array import array
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..output.reader import ImageBatch, MergeStats
+from ..output.reader import ImageBatch
 from ..output.shards import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 
 MAX_EXAMPLES = 5  # error rows kept as examples, duplicate ids shown
 
 
-def count_row(stats: MergeStats, b: ImageBatch, i: int) -> bool:
+@dataclass
+class ExportStats:
+    """What an export read and wrote. ``notices`` are human-readable remarks worth showing."""
+
+    format: str
+    out: str
+    shards: int = 0
+    rows: int = 0
+    images_ok: int = 0
+    images_empty: int = 0
+    images_error: int = 0
+    images_written: int = 0
+    instances_read: int = 0
+    instances_written: int = 0
+    below_threshold: int = 0
+    score_threshold: float | dict | None = None  # one number, or the per-class map
+    categories: list[dict] = field(default_factory=list)
+    categories_source: str | None = None
+    error_examples: list[dict] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    bytes_written: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_row(stats: ExportStats, b: ImageBatch, i: int) -> bool:
     """Count row ``i`` of ``b`` into ``stats``; False if it is an error row (skipped by every export)."""
     stats.rows += 1
     status = b.status[i]
@@ -64,7 +91,7 @@ class IdChecker:
             )
 
 
-def finish_stats(stats: MergeStats) -> None:
+def finish_stats(stats: ExportStats) -> None:
     """Add the closing notices: error rows skipped, nothing written (and why)."""
     if stats.images_error:
         stats.notices.append(

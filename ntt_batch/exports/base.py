@@ -35,10 +35,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..output.folder import OutputFolder
-from ..output.reader import ImageBatch, MergeStats, iter_image_batches, run_categories
+from ..output.reader import ImageBatch, iter_image_batches, run_categories
 from ..storage.fs import absolute_uri
 from ..storage.masks import decode_rle, mask_utils
-from .accounting import IdChecker, count_row, finish_stats
+from .accounting import ExportStats, IdChecker, count_row, finish_stats
 from .score_filter import ScoreThresholds
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class ExportContext:
     shards: str
     out: str
     options: dict | None
-    stats: MergeStats
+    stats: ExportStats
     thresholds: ScoreThresholds
     manifest: dict
     known_categories: list[dict] | None  # from run.json or the caller; None: from the instances
@@ -189,7 +189,7 @@ class Writer:
 
 
 def threshold_summary(th: ScoreThresholds) -> float | dict | None:
-    """What :class:`MergeStats` and the outputs record: one number, or the per-class map."""
+    """What :class:`ExportStats` and the outputs record: one number, or the per-class map."""
     return th.default if th.is_global else th.to_dict()
 
 
@@ -205,7 +205,7 @@ def run_export(
     batch_rows: int = 64,
     progress: Callable[[int, int], None] | None = None,
     **writer_options: Any,
-) -> MergeStats:
+) -> ExportStats:
     """Stream the shards through ``writer_cls`` into ``out``; returns the statistics.
 
     ``score_threshold``: anything :meth:`ScoreThresholds.load` takes (None, a number, a
@@ -214,7 +214,7 @@ def run_export(
     it. Raises ValueError on duplicate image ids (nothing is written then).
     """
     th = ScoreThresholds.load(score_threshold)
-    stats = MergeStats(format=writer_cls.format, out=out, score_threshold=threshold_summary(th))
+    stats = ExportStats(format=writer_cls.format, out=out, score_threshold=threshold_summary(th))
     manifest = OutputFolder(shards, options).read_run(strict=False)
     if categories is None:
         categories = run_categories(manifest)
@@ -274,10 +274,26 @@ def run_export(
     return stats
 
 
-def _unknown_notice(th: ScoreThresholds, cats: list[tuple[int, str | None]], stats: MergeStats) -> None:
+def _unknown_notice(th: ScoreThresholds, cats: list[tuple[int, str | None]], stats: ExportStats) -> None:
     unknown = th.warn_unknown(cats)
     if unknown:
         stats.notices.append(
             f"score thresholds for {', '.join(map(repr, unknown))} match no class of this run and were "
             "ignored (check the spelling against the class names)"
         )
+
+
+DATASET_FORMAT = "ntt-batch/auto-labels"  # info.format of the dataset export
+
+
+def relative_file_name(uri: str, image_root: str | None) -> str:
+    """``uri`` relative to ``image_root`` (a folder or URI prefix); the URI itself without a root."""
+    if not image_root:
+        return uri
+    root = image_root.rstrip("/") + "/"
+    if not uri.startswith(root):
+        raise ValueError(
+            f"image {uri!r} is not under --image-root {image_root!r}: use a common prefix of all "
+            "image URIs, or leave --image-root out to write full URIs as file_name"
+        )
+    return uri[len(root) :]

@@ -25,9 +25,9 @@ import tempfile
 from json.encoder import encode_basestring_ascii as _json_str
 
 from ..output.folder import utc_now_iso
-from ..output.reader import DATASET_FORMAT, AtomicFile, relative_file_name
+from ..storage.atomic import AtomicFile
 from ..storage.fs import filesystem, is_local
-from .base import ExportContext, ExportRow, Writer
+from .base import DATASET_FORMAT, ExportContext, ExportRow, Writer, relative_file_name
 
 
 def _bbox_json(b: list[float]) -> str:

@@ -17,7 +17,7 @@ classes seen are reported once each (a warning), since a typo there silently kee
 
 Usage::
 
-    from ntt_batch.exports.score_filter import ScoreThresholds
+    from .score_filter import ScoreThresholds
 
     th = ScoreThresholds.load("thresholds.yaml")      # or a dict, a float, or None
     th.keep(category_id=1, category_name="dog", score=0.7)   # -> bool

@@ -26,7 +26,7 @@ def setting(default: Any, help: str, *, flag: bool = False, **cli: Any) -> Any:
 
     The help text lives in the field's metadata (``dataclasses.fields(cls)[i].metadata["help"]``);
     ``flag=True`` makes the field a command-line flag (``--points-per-side`` for
-    ``points_per_side``) of the commands that take these settings: ``ntt_batch.cli_settings``
+    ``points_per_side``) of the commands that take these settings: ``ntt_batch.cli.settings_options``
     generates the click option from the annotation, this default and this help.
 
     Args:

@@ -209,6 +209,7 @@ class MemoryBank:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> MemoryBank:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         d = Path(directory)
@@ -218,10 +219,20 @@ class MemoryBank:
                 f"{d} is not a memory bank: expected {META_FILE} and {TENSORS_FILE} in it "
                 "(build one with `ntt-batch memory build`)"
             )
-        meta = json.loads(meta_path.read_text())
+        rebuild = "rebuild the bank with `ntt-batch memory build` (or restore the file)"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as e:  # JSONDecodeError, bad UTF-8
+            raise ValueError(f"{meta_path}: not valid JSON ({e}); {rebuild}") from None
         if meta.get("format") != BANK_FORMAT or meta.get("version") != BANK_VERSION:
             raise ValueError(f"{meta_path}: unsupported format {meta.get('format')!r} version {meta.get('version')!r}")
-        tensors = load_file(str(tensor_path))
+        try:
+            tensors = load_file(str(tensor_path))
+        except SafetensorError as e:  # truncated or damaged (safetensors' own error is no ValueError)
+            raise ValueError(f"{tensor_path}: damaged safetensors file ({e}); {rebuild}") from None
+        missing = [k for k in ("instance_prototypes", "instance_labels") if k not in tensors]
+        if missing:
+            raise ValueError(f"{tensor_path}: no tensor(s) {', '.join(missing)}; {rebuild}")
         bank = cls(
             categories=meta["categories"],
             instance_prototypes=tensors["instance_prototypes"],

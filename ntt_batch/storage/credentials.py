@@ -9,7 +9,9 @@ provide credentials.
 
 from __future__ import annotations
 
-CREDENTIAL_ERRORS = frozenset({"NoCredentialsError", "PartialCredentialsError", "ProfileNotFound"})
+CREDENTIAL_ERRORS = frozenset(
+    {"NoCredentialsError", "PartialCredentialsError", "ProfileNotFound", "CredentialRetrievalError"}
+)
 
 HOW_TO = (
     "provide them with the environment variables AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
@@ -49,4 +51,4 @@ def credentials_problem(e: BaseException) -> str | None:
     except (KeyError, IndexError, ValueError):
         said = ""
     said = " ".join(said.split()) or kind
-    return f"no usable S3 credentials ({kind}: {said}): {HOW_TO}"
+    return f"storage credentials: {kind}: {said}; {HOW_TO}"
