@@ -509,7 +509,7 @@ def write_thresholds(
         if out.lower().endswith(".json"):
             f.write(json.dumps(data, indent=2) + "\n")
         else:
-            f.write("# per-class score thresholds written by `ntt-batch thresholds`; use with --score-threshold\n")
+            f.write("# per-class score thresholds written by `ntt-batch thresholds`; use with --thresholds\n")
             f.write("".join(f"# {line}\n" for line in format_table(report).splitlines()))
             f.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True) if data else "{}\n")
     return data
