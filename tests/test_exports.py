@@ -442,7 +442,7 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
                 str(tmp_path / dest),
                 "--format",
                 fmt,
-                "--score-threshold",
+                "--thresholds",
                 str(th),
             ],
         )
@@ -458,7 +458,7 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
             str(tmp_path / "x.json"),
             "--format",
             "results",
-            "--score-threshold",
+            "--thresholds",
             "0.5",
         ],
     )
@@ -475,7 +475,7 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
             str(tmp_path / "y.json"),
             "--format",
             "results",
-            "--score-threshold",
+            "--thresholds",
             str(bad),
         ],
     )

@@ -513,7 +513,7 @@ def test_cli_merge_both_formats(perfect_shards, tmp_path):
         out = tmp_path / f"{fmt}.json"
         r = CliRunner().invoke(
             main,
-            ["export", "--shards", str(perfect_shards), "--out", str(out), "--format", fmt, "--score-threshold", "0.5"],
+            ["export", "--shards", str(perfect_shards), "--out", str(out), "--format", fmt, "--thresholds", "0.5"],
         )
         assert r.exit_code == 0, r.output
         assert f"wrote {out} ({fmt}):" in r.output and "158 rows" in r.output

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..pipeline.exit_codes import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_USAGE
+from ..storage.credentials import credentials_problem
 from ..storage.fs import redact_urls
 
 # errno → (what happened, what to do); the path (OSError.filename) goes between them.
@@ -61,16 +62,11 @@ _UNREACHABLE = {
     "ServerTimeoutError",
     "ServerDisconnectedError",
 }
-_NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "ProfileNotFound", "CredentialRetrievalError"}
 _LEASE = {"LeaseHeldError", "LeaseLostError"}
 _USAGE = (ValueError, KeyError, RuntimeError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError)
 _USAGE_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 # Errors whose message names the key or path by itself: printed without the exception's type.
 _SELF_EXPLAINED = {"ConfigError", "JobMismatchError", "StorageOptionsError", "NotAJobOutputError"}
-_CREDENTIALS_FIX = (
-    "give credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile (--profile or "
-    "storage_options: {profile: NAME}), or --anon for a public bucket"
-)
 _UNREACHABLE_FIX = (
     "check the endpoint (--endpoint-url, storage_options: {client_kwargs: {endpoint_url: ...}}) and the "
     "network, then rerun: committed rows are kept"
@@ -101,9 +97,10 @@ def failure_of(exc: BaseException, *, interrupted_hint: str = "") -> Failure | N
         code = environment_code(e)
         if code is not None:
             return Failure(code, environment_message(e))
+    credentials = credentials_problem(exc)  # botocore's words, not a Ray task's traceback around them
+    if credentials is not None:
+        return Failure(EXIT_USAGE, one_line(credentials))
     names = _class_names(exc)
-    if names & _NO_CREDENTIALS:
-        return Failure(EXIT_USAGE, one_line(f"storage credentials: {_describe(exc)}; {_CREDENTIALS_FIX}"))
     if names & _LEASE:
         return Failure(EXIT_LOCKED, one_line(str(exc)))
     if isinstance(exc, _USAGE) or (isinstance(exc, OSError) and exc.errno in _USAGE_ERRNOS):

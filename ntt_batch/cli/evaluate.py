@@ -93,7 +93,7 @@ def eval_cmd(annotations, results, split, iou_type, restrict_to_processed, repor
     default=None,
     help="Also write 'default: T' for classes that were not tuned (default: they keep everything).",
 )
-@click.option("--out", required=True, help="Thresholds file to write (.yaml, or .json), for --score-threshold.")
+@click.option("--out", required=True, help="Thresholds file to write (.yaml, or .json), for --thresholds.")
 @storage_flags
 def thresholds_cmd(annotations, shards, target, iou_threshold, iou_type, default_threshold, out, **kw):
     """Pick per-class score thresholds on a small labelled set and write them as a map.
@@ -101,11 +101,11 @@ def thresholds_cmd(annotations, shards, target, iou_threshold, iou_type, default
     Detections are matched to the ground truth per image and class (greedy by score, one match
     per ground-truth instance, IoU >= --iou, crowd regions ignored); classes are matched by name.
     Prints a table (class, threshold, precision, recall, F1, #GT) and writes {class: threshold}
-    for `export` and `visualize` (--score-threshold FILE). Example:
+    for `export`, `visualize` and `review` (--thresholds FILE). Example:
 
     \b
       ntt-batch thresholds --annotations val_small.json --shards out_val/ --out thresholds.yaml
-      ntt-batch export --shards out/ --out labels.json --format dataset --score-threshold thresholds.yaml
+      ntt-batch export --shards out/ --out labels.json --format dataset --thresholds thresholds.yaml
     """
     from ..eval.threshold_fit import format_table, tune_thresholds, write_thresholds
 

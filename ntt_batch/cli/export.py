@@ -10,13 +10,7 @@ import click
 
 from ..exports import WRITERS
 from .app import main, progress
-from .options import storage_flags, storage_options_from_flags
-
-SCORE_THRESHOLD_HELP = (
-    "Keep instances with score >= T: one number for every class, or a YAML/JSON file of per-class "
-    "thresholds {class name or id: T, default: T} (e.g. written by `ntt-batch thresholds`). "
-    "Default: keep all."
-)
+from .options import storage_flags, storage_options_from_flags, thresholds_option
 
 
 @main.command("export")
@@ -41,7 +35,7 @@ SCORE_THRESHOLD_HELP = (
     "loads it with its COCO importer. yolo: an Ultralytics YOLO segmentation dataset folder. "
     "label-studio: Label Studio tasks with one brush region per instance (+ the labeling config beside it).",
 )
-@click.option("--score-threshold", default=None, metavar="T|FILE", help=SCORE_THRESHOLD_HELP)
+@thresholds_option()
 @click.option(
     "--image-root",
     default=None,
@@ -96,7 +90,7 @@ def export(
     shards,
     out,
     fmt,
-    score_threshold,
+    thresholds,
     image_root,
     image_url_prefix,
     yolo_images,
@@ -132,8 +126,8 @@ def export(
 
     \b
       ntt-batch export --shards out/ --out results.json --format results
-      ntt-batch export --shards s3://bucket/run1/ --out labels.json --format dataset --score-threshold 0.5
-      ntt-batch export --shards out/ --out yolo_ds/ --format yolo --score-threshold thresholds.yaml
+      ntt-batch export --shards s3://bucket/run1/ --out labels.json --format dataset --thresholds 0.5
+      ntt-batch export --shards out/ --out yolo_ds/ --format yolo --thresholds thresholds.yaml
     """
     from ..exports import export as export_shards
 
@@ -153,7 +147,7 @@ def export(
         out,
         format=fmt,
         options=storage_options_from_flags(kw),
-        score_threshold=score_threshold,
+        score_threshold=thresholds,
         image_root=image_root,
         batch_rows=batch_rows,
         progress=progress("shards"),

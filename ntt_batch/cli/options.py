@@ -5,6 +5,9 @@ Only click and the settings dataclasses are imported here: ``ntt-batch --help`` 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import click
 
 from ..method.config import SegmenterConfig
@@ -93,3 +96,41 @@ def key_values(items, flag: str) -> dict:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=flag)
         out[key.strip()] = yaml_scalar(value)
     return out
+
+
+# ----------------------------------------------------------------------------- score thresholds
+
+THRESHOLDS_FLAG = "--thresholds"
+OLD_THRESHOLDS_FLAGS = ("--score-threshold",)  # its former name on export (merge) and visualize
+THRESHOLDS_HELP = (
+    "Keep instances with score >= T: one number for every class, or a YAML/JSON file of per-class "
+    "thresholds {class name or id: T, default: T} (e.g. written by `ntt-batch thresholds`). "
+    "Default: keep all."
+)
+
+
+def thresholds_option(help_text: str = THRESHOLDS_HELP) -> Callable:
+    """The one score-threshold flag of every command that filters by score (export, visualize, review):
+    ``--thresholds T|FILE``, passed to the command as ``thresholds`` (None when not given).
+
+    The old name ``--score-threshold`` keeps working, hidden from ``--help``: it prints a one-line
+    notice on stderr and fills ``thresholds``; giving both is a usage error.
+    """
+
+    def decorate(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def command(*args, **kw):
+            old = kw.pop("old_score_threshold", None)
+            if old is not None:
+                if kw.get("thresholds") is not None:
+                    raise click.UsageError(f"give {THRESHOLDS_FLAG} only ({OLD_THRESHOLDS_FLAGS[0]} is its old name)")
+                click.echo(
+                    f"notice: {OLD_THRESHOLDS_FLAGS[0]} is now {THRESHOLDS_FLAG}; the old name keeps working", err=True
+                )
+                kw["thresholds"] = old
+            return f(*args, **kw)
+
+        command = click.option(*OLD_THRESHOLDS_FLAGS, "old_score_threshold", default=None, hidden=True)(command)
+        return click.option(THRESHOLDS_FLAG, "thresholds", default=None, metavar="T|FILE", help=help_text)(command)
+
+    return decorate

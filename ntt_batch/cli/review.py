@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .app import main
-from .options import storage_flags, storage_options_from_flags
+from .options import storage_flags, storage_options_from_flags, thresholds_option
 
 
 @main.command()
@@ -26,11 +26,9 @@ from .options import storage_flags, storage_options_from_flags
     default=None,
     help="Folder/URI holding the images, when the rows' image URIs do not reach them (shards copied elsewhere).",
 )
-@click.option(
-    "--thresholds",
-    default=None,
-    help="Default score thresholds: a number, or a YAML/JSON map {class: threshold, default: t} "
-    "(`ntt-batch thresholds` writes one). Sets the page's slider / per-class filter.",
+@thresholds_option(
+    "Default score thresholds: a number, or a YAML/JSON map {class: threshold, default: t} "
+    "(`ntt-batch thresholds` writes one). Sets the page's slider / per-class filter."
 )
 @click.option(
     "--limit",
@@ -164,12 +162,7 @@ def _serve_review(out: str, port: int) -> None:
 @click.option(
     "--limit", default=20, show_default=True, type=click.IntRange(min=1), help="Images to draw when --ids is not given."
 )
-@click.option(
-    "--score-threshold",
-    default=None,
-    metavar="T|FILE",
-    help="Draw predictions with score >= T only: one number, or a per-class thresholds file (YAML/JSON).",
-)
+@thresholds_option("Draw predictions with score >= T only: one number, or a per-class thresholds file (YAML/JSON).")
 @click.option(
     "--max-instances",
     default=50,
@@ -186,7 +179,7 @@ def _serve_review(out: str, port: int) -> None:
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs (<image_id>.png).")
 @storage_flags
-def visualize(source, images_root, annotations, ids, limit, score_threshold, max_instances, max_side, out, **kw):
+def visualize(source, images_root, annotations, ids, limit, thresholds, max_instances, max_side, out, **kw):
     """PNG overlays: masks in class colours with 'name score' tags (ground truth left when given).
 
     \b
@@ -202,7 +195,7 @@ def visualize(source, images_root, annotations, ids, limit, score_threshold, max
         annotations=annotations,
         ids=ids or None,
         limit=limit,
-        score_threshold=score_threshold,
+        score_threshold=thresholds,
         max_instances=max_instances,
         max_side=max_side,
         options=options,

@@ -17,7 +17,21 @@ the chosen threshold
   table says "target not reached".
 
 The value written is the shortest decimal in (next lower detection score, cut score], so applying
-it reproduces the table's numbers exactly on this set. Only images the job processed (status
+it reproduces the table's numbers exactly on this set.
+
+A class whose detections are all false positives (F1 = 0 at every threshold: not one matches)
+gets a cut-off *above* its highest score (the next 0.01 step; 1.0 at most), so applying the map
+drops every one of them; the table says "no useful threshold: every detection is a false
+positive". That is what a labeling team reviewing auto-labels wants: each of those detections
+would be a click to reject, and a class with no labels at all is visible in review (label it by
+hand, or add references). Leaving the class out of the map instead would keep them all (or hand
+them to ``default``). Edit the line to change it; ``row.all_false_positives`` marks such rows.
+
+Ground-truth classes the memory bank does not have (its categories are in the run record,
+``_ntt/run.json``) cannot be predicted at all: they are listed apart, as "not in the memory
+bank" (``report.not_in_bank``), not as rows of the table; "never predicted" is for classes the
+bank has that got no detection on these images. Without a run record (shards written elsewhere)
+the two cannot be told apart and every such class is "never predicted". Only images the job processed (status
 ok/empty) count; ground-truth images without a row are left out (reported). Rows are matched
 to ground-truth images by file name (the basename of the row's URI; unique basenames only),
 else by image id.
@@ -35,7 +49,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ..output.reader import iter_image_batches, read_json
+from ..output.reader import dataset_categories, iter_image_batches, read_json
 from ..output.shards import STATUS_ERROR
 from ..storage.masks import segmentation_to_rle
 
@@ -56,6 +70,8 @@ class ClassThreshold:
     f1: float | None = None
     true_positives: int = 0
     note: str = ""
+    all_false_positives: bool = False  # every detection is a false positive: threshold above its max score
+    in_bank: bool | None = None  # whether the run's memory bank has the class (None: no run record)
 
 
 @dataclass
@@ -66,6 +82,7 @@ class ThresholdReport:
     images: int
     classes: list[ClassThreshold] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    not_in_bank: list[ClassThreshold] = field(default_factory=list)  # GT classes the memory bank lacks
 
     def to_map(self, default: float | None = None) -> dict[str, float]:
         """``{class name: threshold}`` for the tuned classes (+ ``default`` when given)."""
@@ -104,11 +121,19 @@ def _nice_threshold(score: float, lower: float | None) -> float:
     return float(score)
 
 
+def above_score(score: float) -> float:
+    """The next 0.01 step strictly above ``score``, at most 1.0 (1.0 for a score of 1 or more)."""
+    return min(1.0, (math.floor(score * 100 + 1e-9) + 1) / 100)
+
+
 def choose_threshold(
     scores: np.ndarray, tp: np.ndarray, num_gt: int, target: str = "f1"
-) -> tuple[float | None, float, float, float, int, str]:
+) -> tuple[float | None, float | None, float, float, int, str]:
     """Pick a threshold from one class's detections (``scores``; ``tp`` True for a match; ignored
-    detections already removed). Returns (threshold, precision, recall, F1, TPs, note)."""
+    detections already removed). Returns (threshold, precision, recall, F1, TPs, note).
+
+    No detection matching (F1 = 0 everywhere): a threshold above the highest score
+    (:func:`above_score`), precision None (nothing kept), recall and F1 0."""
     kind, goal = parse_target(target)
     if num_gt == 0:
         return None, 0.0, 0.0, 0.0, 0, "no ground truth on these images: not tuned"
@@ -123,6 +148,19 @@ def choose_threshold(
     denom = precision + recall
     f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
     note = ""
+    if ctp[-1] == 0:  # F1 = 0 at every threshold: drop them all (see the module docstring)
+        top = float(s[0])
+        t = above_score(top)
+        kept = "drops them" if t > top else f"keeps only those scoring {top:g}"
+        return (
+            t,
+            None,
+            0.0,
+            0.0,
+            0,
+            f"no useful threshold: every detection is a false positive ({len(s)}); "
+            f"cut-off above its highest score ({top:.4g}) {kept}",
+        )
     if kind == "f1":
         best = f1.max()
         k = int(np.flatnonzero(f1 == best)[0])  # earliest cut = highest threshold among ties
@@ -187,7 +225,11 @@ def tune_thresholds(
         if not has_masks:
             report.notices.append("some ground-truth instances have no mask: using box IoU")
     report.iou_type = mode
-    report.classes = _class_thresholds(found.dets, gts, index, float(iou_threshold), mode, target)
+    rows = _class_thresholds(
+        found.dets, gts, index, float(iou_threshold), mode, target, _bank_class_matcher(shards, options)
+    )
+    report.classes = [r for r in rows if r.in_bank is not False]
+    report.not_in_bank = [r for r in rows if r.in_bank is False]  # ground-truth classes the bank lacks
     return report
 
 
@@ -295,9 +337,11 @@ def _class_thresholds(
     iou_threshold: float,
     mode: str,
     target: str,
+    in_bank=None,
 ) -> list[ClassThreshold]:
     """One row per class predicted or with ground truth: match each image's detections of the class
-    (:func:`_match`), then choose the threshold for ``target`` (:func:`choose_threshold`)."""
+    (:func:`_match`), then choose the threshold for ``target`` (:func:`choose_threshold`).
+    ``in_bank`` (name -> bool, see :func:`_bank_class_matcher`) sets each row's ``in_bank``."""
     predicted = {cid for (_, cid) in dets}
     num_gt: dict[int, int] = defaultdict(int)
     for (_, cid), anns in gts.items():
@@ -316,14 +360,28 @@ def _class_thresholds(
         tp = np.asarray(per_class_tp.get(cid, []), dtype=bool)
         n_det = sum(len(v) for (g, c), v in dets.items() if c == cid)
         row = ClassThreshold(name=index.names[cid], gt_category_id=cid, num_gt=num_gt.get(cid, 0), num_detections=n_det)
+        if in_bank is not None:
+            row.in_bank = cid in predicted or in_bank(row.name)
         if cid not in predicted:
-            row.note = "never predicted: not tuned"
+            row.note = "never predicted: not tuned" if row.in_bank is not False else "not in the memory bank"
         else:
             (row.threshold, row.precision, row.recall, row.f1, row.true_positives, row.note) = choose_threshold(
                 scores, tp, row.num_gt, target
             )
+            row.all_false_positives = row.num_gt > 0 and len(tp) > 0 and not tp.any()
         rows.append(row)
     return rows
+
+
+def _bank_class_matcher(shards: str, options: dict | None):
+    """``name -> bool``: whether the run's memory bank has the class (exact name, then case-insensitive);
+    None when the run record does not list the bank's categories."""
+    cats = dataset_categories(shards, options)  # an unreadable record is a warning and None
+    if not cats:
+        return None
+    names = {c["name"] for c in cats}
+    folded = {n.casefold() for n in names}
+    return lambda name: name in names or name.casefold() in folded
 
 
 def _match(
@@ -390,22 +448,46 @@ def _box_poly(b: list[float]) -> list[float]:
 
 
 def format_table(report: ThresholdReport) -> str:
-    """The printed table: class, threshold, precision, recall, F1, #GT (+ #detections, note)."""
+    """The printed table: class, threshold, precision, recall, F1, #GT, #detections, note; columns as
+    wide as their longest entry (class names are never cut). Then the ground-truth classes the memory
+    bank lacks, apart."""
+
+    def num(v, fmt):
+        return format(v, fmt) if v is not None else "-"
+
+    header = ("class", "threshold", "precision", "recall", "F1", "#GT", "#det")
+    cells = [
+        (
+            c.name,
+            num(c.threshold, ".4g"),
+            num(c.precision, ".3f"),
+            num(c.recall, ".3f"),
+            num(c.f1, ".3f"),
+            str(c.num_gt),
+            str(c.num_detections),
+        )
+        for c in report.classes
+    ]
+    widths = [max(len(r[k]) for r in [header, *cells]) for k in range(len(header))]
+
+    def fmt(row, note):
+        left = row[0].ljust(widths[0])
+        rest = " ".join(v.rjust(w) for v, w in zip(row[1:], widths[1:]))
+        return f"{left} {rest}  {note}".rstrip()
+
     lines = [
         (
             f"score thresholds ({report.target}; IoU >= {report.iou_threshold:g}, {report.iou_type}; "
             f"{report.images} labelled images)"
         ),
-        f"{'class':<24} {'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>6} {'#GT':>5} {'#det':>6}  note",
+        fmt(header, "note"),
     ]
-
-    def num(v, fmt):
-        return format(v, fmt) if v is not None else "-"
-
-    for c in report.classes:
+    lines += [fmt(row, c.note) for row, c in zip(cells, report.classes)]
+    if report.not_in_bank:
+        shown = ", ".join(f"{c.name} ({c.num_gt} GT)" for c in report.not_in_bank)
         lines.append(
-            f"{c.name[:24]:<24} {num(c.threshold, '9.4g')} {num(c.precision, '9.3f')} {num(c.recall, '7.3f')} "
-            f"{num(c.f1, '6.3f')} {c.num_gt:>5} {c.num_detections:>6}  {c.note}".rstrip()
+            f"not in the memory bank ({len(report.not_in_bank)} ground-truth class(es), cannot be predicted; "
+            f"add references for them to label them): {shown}"
         )
     return "\n".join(lines)
 
@@ -427,7 +509,7 @@ def write_thresholds(
         if out.lower().endswith(".json"):
             f.write(json.dumps(data, indent=2) + "\n")
         else:
-            f.write("# per-class score thresholds written by `ntt-batch thresholds`; use with --score-threshold\n")
+            f.write("# per-class score thresholds written by `ntt-batch thresholds`; use with --thresholds\n")
             f.write("".join(f"# {line}\n" for line in format_table(report).splitlines()))
             f.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True) if data else "{}\n")
     return data

@@ -85,8 +85,15 @@ from ..storage.images import DEFAULT_MAX_PIXELS
 from .bank_prep import ReferencesSpec, prepare_memory_bank
 from .cluster import init_ray
 from .exit_codes import EXIT_IMAGE_ERRORS, EXIT_INTEGRITY, EXIT_OK  # the table of every command's exit codes
+from .placeholders import refuse_placeholders
 from .plan import TODO, OutputScan, Plan, list_inputs, plan_inputs, scan_output
-from .stages import NoopModelActor, SegmentActor, decode_batch, instance_record  # noqa: F401 (re-exported)
+from .stages import (  # noqa: F401 (re-exported)
+    NoopModelActor,
+    ProgressCounter,
+    SegmentActor,
+    decode_batch,
+    instance_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -489,21 +496,41 @@ class StagingCommitter(BackgroundLoop):
 
 class ProgressLine(BackgroundLoop):
     """Images done, images/s and ETA while the dataset runs: one line redrawn every 2 s on a terminal,
-    a plain line every 30 s otherwise (``ray job logs``, CI)."""
+    a plain line every 30 s otherwise (``ray job logs``, CI), and a last one when the dataset ends.
+
+    "Done" is the larger of the rows the model stage has produced (a :class:`ProgressCounter` actor
+    that :func:`_execute` attaches as ``counter``) and the rows staged or committed: staging files
+    appear only when a whole block is written, which in a small job is at its very end.
+    """
 
     thread_name = "ntt-progress"
+    intervals_s = (2.0, 30.0)  # (terminal, plain lines)
 
     def __init__(
         self, committer: StagingCommitter, total: int, echo: Callable[[str], None], *, tty: bool | None = None
     ):
         self.tty = sys.stderr.isatty() if tty is None else tty
-        super().__init__(2.0 if self.tty else 30.0)
+        super().__init__(self.intervals_s[0] if self.tty else self.intervals_s[1])
         self.committer, self.total, self.echo = committer, total, echo
+        self.counter = None  # a ProgressCounter actor handle, set by _execute once Ray is up
+        self._produced = 0
         self._cache: dict[str, int] = {}
         self._t0 = time.perf_counter()
 
+    def produced(self) -> int:
+        """Rows the model stage reported (the last value read when the counter does not answer)."""
+        if self.counter is not None:
+            try:
+                import ray
+
+                self._produced = max(self._produced, int(ray.get(self.counter.count.remote(), timeout=10)))
+            except Exception:  # progress is best-effort
+                pass
+        return self._produced
+
     def line(self) -> str:
-        done = min(self.total, self.committer.stats.rows + self.committer.rows_in_flight(self._cache))
+        staged = self.committer.stats.rows + self.committer.rows_in_flight(self._cache)
+        done = min(self.total, max(staged, self.produced()))
         elapsed = time.perf_counter() - self._t0
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - done) / rate if rate > 0 else None
@@ -528,6 +555,8 @@ class ProgressLine(BackgroundLoop):
 
     def __exit__(self, *exc) -> None:
         super().__exit__(*exc)
+        self.tick()  # the final count, also for a job shorter than one interval
+        self.counter = None
         if self.tty:
             sys.stderr.write("\n")
 
@@ -555,6 +584,7 @@ def run_job(
     progress and status logging (the CLI's default; our progress line and summary remain).
     """
     cfg.validate()
+    refuse_placeholders(cfg)  # a template's s3://YOUR-BUCKET/: refused before anything is read or written
     folder = OutputFolder(cfg.out, cfg.storage_options)
     if folder.fs.isfile(folder.root):
         raise ConfigError(
@@ -772,8 +802,19 @@ def _attempt(
     try:
         if plan.to_process:
             lease.check()
-            with committer, ProgressLine(committer, plan.to_process, echo):
-                _execute(cfg, plan, bank, run_id, folder, model_stage, verbose=verbose, staging=staging, lease=lease)
+            with committer, ProgressLine(committer, plan.to_process, echo) as progress:
+                _execute(
+                    cfg,
+                    plan,
+                    bank,
+                    run_id,
+                    folder,
+                    model_stage,
+                    verbose=verbose,
+                    staging=staging,
+                    lease=lease,
+                    progress=progress,
+                )
             if committer.error:
                 raise committer.error
         committer.commit(final=True)
@@ -991,10 +1032,12 @@ def _execute(
     verbose: bool = True,
     staging: str | None = None,
     lease=None,
+    progress: ProgressLine | None = None,
 ) -> None:
     """The Ray Data pipeline over the plan's todo files; rows land in ``<out>/<staging>``
     (``_ntt/staging/g<generation>-<run_id>/``), written through a filesystem that refuses new files
-    once ``lease``'s generation no longer holds the output (:class:`~ntt_batch.output.fencing.FencedFSHandler`)."""
+    once ``lease``'s generation no longer holds the output (:class:`~ntt_batch.output.fencing.FencedFSHandler`).
+    The model stage reports the rows it produces to a :class:`ProgressCounter` that ``progress`` reads."""
     import ray
     import ray.data
 
@@ -1002,6 +1045,9 @@ def _execute(
     init_ray(cfg.ray_address, verbose=verbose)
     gpus = ray.cluster_resources().get("GPU", 0)
     bank_ref = ray.put(bank)  # broadcast once; actors receive the reference, never a copy per batch
+    counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+    if progress is not None:
+        progress.counter = counter
     import pyarrow.fs as _pafs
 
     if lease is not None:  # the writer's filesystem (custom S3 endpoints and credentials work), fenced
@@ -1046,6 +1092,7 @@ def _execute(
             "download": cfg.download,
             "run_id": run_id,
             "num_threads": max(1, int(cfg.actor_num_cpus)),
+            "progress": counter,
         },
     )
     # Workers write small staging files as blocks finish; the driver commits them into large parts.

@@ -34,6 +34,7 @@ from .bank_prep import (
     read_bank_meta,
 )
 from .job import JobConfig, check_job_blocks
+from .placeholders import refuse_placeholders
 
 _S3 = ("s3", "s3a")
 # S3 bucket names: 3-63 chars, lowercase letters, digits, dots and hyphens, starting and ending alphanumeric.
@@ -185,9 +186,11 @@ def check_job_file(path: str | Path) -> CheckReport:
     """Validate a job file and check, cheaply and without running anything, what it points at.
 
     Raises:
-        ConfigError: the file does not parse into a valid config (the message names the key).
+        ConfigError: the file does not parse into a valid config, or a location in it is still a
+            template's placeholder (``YOUR-BUCKET``; the message names the keys).
     """
     cfg = job_config_from_file(path)
+    refuse_placeholders(cfg, str(path))  # a template's YOUR-BUCKET: exit 2 naming the keys
     report = CheckReport(str(path), cfg)
     _check_locations(cfg, report)
     encoder = _check_bank(cfg, report)
