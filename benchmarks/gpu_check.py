@@ -10,7 +10,7 @@ textured background, JPEG-encoded and decoded like real inputs).
 What it measures (paper settings by default: ``sam2_hiera_large`` + ``dinov2_vitl14``, 32×32
 prompts, IoU filter 0.4, NMS 0.5, top 100):
 
-* ``paths``: images/s of the model stage (``Segmenter.segment_targets`` on prepared 1024²
+* ``paths``: images/s of the model stage (``MethodSegmenter.segment_targets`` on prepared 1024²
   targets, ``--batch`` images per call, CUDA synchronised, after one warm-up call) for the
   reference path (fp32), the fast path in fp32, in bf16 and compiled (bf16), with the peak GPU
   memory of each;
@@ -376,7 +376,7 @@ def main(argv=None) -> int:
         run_benchmark,
     )
     from ntt_batch.method.config import SegmenterConfig
-    from ntt_batch.method.segmenter import Segmenter, TargetImage, resolve_device
+    from ntt_batch.method.segmenter import MethodSegmenter, TargetImage, resolve_device
     from ntt_batch.models.loading import (
         load_encoder,
         load_sam2,
@@ -454,7 +454,7 @@ def main(argv=None) -> int:
     images = synthetic_images(n_img)
 
     def seg(**kw):
-        return Segmenter(proposer, encoder, bank, SegmenterConfig(points_per_side=pps, device=args.device, **kw))
+        return MethodSegmenter(proposer, encoder, bank, SegmenterConfig(points_per_side=pps, device=args.device, **kw))
 
     cfg0 = SegmenterConfig(points_per_side=pps, device=args.device)
     targets = [TargetImage.from_image(im, cfg0) for im in images]

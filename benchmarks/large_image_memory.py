@@ -3,7 +3,7 @@
 Each case runs in a fresh subprocess, which loads the tiny random-weight models
 (``sam2.1_hiera_tiny`` + ``dinov2_vits14``, written by ``write_random_checkpoint``), builds a
 random 5-class bank, synthesises the image in memory (a textured scene with rectangles and
-disks), segments it with ``Segmenter.segment_images`` and encodes every instance as the batch
+disks), segments it with ``MethodSegmenter.segment_images`` and encodes every instance as the batch
 job's actor writes it (``instance_record``: COCO RLE). It reports its ``VmRSS`` just before
 segmenting (Python + torch + models + the image) and its peak RSS (``VmHWM``) from there on: the
 peak is reset once the models are loaded and the image is made, so neither's temporaries count.
@@ -98,7 +98,7 @@ def child(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     from ntt_batch.benchmark import random_bank
     from ntt_batch.method.config import SegmenterConfig
-    from ntt_batch.method.segmenter import Segmenter
+    from ntt_batch.method.segmenter import MethodSegmenter
     from ntt_batch.models.loading import load_encoder, load_sam2
     from ntt_batch.pipeline.stages import instance_record
 
@@ -112,11 +112,11 @@ def child(spec: dict) -> None:
         implementation=spec["path"],
         tile_size=spec.get("tile_size"),
     )
-    seg = Segmenter(proposer, encoder, random_bank("dinov2_vits14", 384, num_classes=5), cfg)
+    seg = MethodSegmenter(proposer, encoder, random_bank("dinov2_vits14", 384, num_classes=5), cfg)
     if spec["path"] == "fast":
         seg.dense_masks = False  # as the batch job's actor: rows carry RLE only
     captured = {"survivors": 0, "finalize_peak_mb": 0.0, "peak_mb": 0.0}
-    finalize = Segmenter._finalize
+    finalize = MethodSegmenter._finalize
 
     def spy(self, logits, keep, *rest):
         # §4.6-4.8 alone: the peak above the RSS at its start (the model forwards' peak is before)
@@ -131,7 +131,7 @@ def child(spec: dict) -> None:
             captured["peak_mb"] = max(captured["peak_mb"], hwm)
             captured["finalize_peak_mb"] = max(captured["finalize_peak_mb"], hwm - start)
 
-    Segmenter._finalize = spy
+    MethodSegmenter._finalize = spy
     image = synthetic_image(*spec["hw"])
     _reset_peak()  # the peak from here on: not the image synthesis's temporaries nor the model loading
     before = _status_mb("VmRSS")

@@ -1,4 +1,4 @@
-"""Peak memory and throughput of `ntt-batch merge` versus the size of the shard set.
+"""Peak memory and throughput of `ntt-batch export` (formerly `merge`) versus the size of the shard set.
 
 Synthesises shard sets in the exact output schema (``SHARD_SCHEMA``) with realistic instances —
 100 per image (the default ``--max-detections``), COCO compressed-RLE strings of real object-like

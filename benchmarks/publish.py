@@ -125,7 +125,8 @@ def build_output(out: str, rows: int, parts: int = 2, chunk: int = 50_000) -> fl
 def _table_count(fmt: str, out: str) -> tuple[int, int]:
     """(rows, error rows) counted over a scan of the table (not its metadata)."""
     from ntt_batch.output.folder import OutputFolder
-    from ntt_batch.output.publish import PublishSpec, load_catalog
+    from ntt_batch.output.iceberg_table import load_catalog
+    from ntt_batch.output.table_common import PublishSpec
 
     if fmt == "iceberg":
         tbl = load_catalog(PublishSpec(table="bench.masks"), OutputFolder(out)).load_table("bench.masks")

@@ -9,6 +9,7 @@ PUBLIC_NAMES = (
     "load_references",
     "save_references",
     "build_bank",
+    "mine_negatives",
     "load_bank",
     "load_segmenter",
     "show_references",

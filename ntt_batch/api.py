@@ -30,12 +30,8 @@ from typing import Any, Union
 import numpy as np
 
 from ._public import PUBLIC_NAMES
-from .references.core import (  # noqa: F401 (re-exported)
-    load_references,
-    references_from_coco_annotations,
-    references_from_csv,
-    save_references,
-)
+from .references.files import load_references, save_references  # noqa: F401 (re-exported)
+from .references.importers import references_from_coco_annotations, references_from_csv  # noqa: F401 (re-exported)
 
 __all__ = list(PUBLIC_NAMES)
 
@@ -69,8 +65,8 @@ def sample_references(
     ``split``: ``few_shot`` (the 20 COCO-FSOD classes), ``all``, or class names/ids (``"person,dog"``).
     ``image_root`` (the folder the file's images are in) is remembered in the result.
     """
-    from .references.core import sample_references as _sample
-    from .references.core import sample_references_from_file
+    from .references.sampler import sample_references as _sample
+    from .references.sampler import sample_references_from_file
 
     kw = dict(allow_fewer=allow_fewer, min_box_side=min_box_side, border_margin=border_margin)
     if isinstance(annotations, Mapping):
@@ -91,7 +87,7 @@ def references_from_coco(
 
     ``image_root`` (the folder its ``file_name`` values are relative to) is remembered in the result.
     """
-    from .references.core import load_coco
+    from .references.coco import load_coco
 
     coco = load_coco(annotations) if not isinstance(annotations, Mapping) else annotations
     refs = references_from_coco_annotations(coco, split=split, max_per_class=max_per_class)
@@ -120,6 +116,7 @@ def build_bank(
     download: bool = True,
     notice: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    negatives: str | os.PathLike | Mapping | Sequence[str | os.PathLike | Mapping] | None = None,
 ):
     """Build a memory bank in folder ``out`` from references (a file, a dict, or several: merged by class name).
 
@@ -131,6 +128,8 @@ def build_bank(
         sam2: SAM2 model that makes masks for box-only references (needed only if there are some).
         notice: called with each merge notice (renumbered class ids).
         overwrite: replace a bank already in ``out`` (default: refused with a ValueError).
+        negatives: negative references, in the same formats as ``references`` (docs/negative_references.md):
+            encoded into the bank's negative memory, used by segmenters with ``use_negatives=True``.
 
     Returns:
         the :class:`ntt_batch.method.memory_bank.MemoryBank`.
@@ -151,6 +150,58 @@ def build_bank(
         config=MemoryConfig(context_ratio=context_ratio),
         notice=notice,
         overwrite=overwrite,
+        negatives=negatives,
+    )
+
+
+def mine_negatives(
+    bank: str | os.PathLike,
+    *,
+    sam2: str | None = None,
+    device: str = "auto",
+    checkpoint_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    score_threshold: float = 0.2,
+    max_per_class: int | None = 10,
+    iou_threshold: float = 0.1,
+    annotations: str | os.PathLike | None = None,
+    references_only: bool = False,
+    notice: Callable[[str], None] | None = None,
+    **settings: Any,
+) -> dict:
+    """Mine negative references from the bank's own reference images and add them to the bank (in place).
+
+    The reference images are segmented with the bank; detections that are not annotated instances of
+    their class (box IoU < ``iou_threshold``) scoring at least ``score_threshold`` become negative
+    references of that class, at most ``max_per_class`` (the highest) each (docs/negative_references.md).
+    Segmenters loaded with ``use_negatives=True`` then use them.
+
+    Args:
+        bank: the bank folder (built by :func:`build_bank`: it holds the references).
+        sam2: SAM2 proposer for that segmentation (default ``sam2_hiera_large``).
+        annotations: a COCO file whose annotations of the reference images count as annotated too
+            (default: the file the references were sampled from, if it is there, unless ``references_only``).
+        **settings: :class:`ntt_batch.method.config.SegmenterConfig` fields for the segmentation.
+    Returns:
+        ``{"bank": MemoryBank, "mined": [records], "per_class", "stats", "annotations", ...}``.
+    """
+    from .bank.mining import mine_negatives as _mine
+    from .method.config import SegmenterConfig, config_from_dict
+    from .models.registry import DEFAULT_SAM2
+
+    config = config_from_dict(SegmenterConfig, {**settings, "device": device}, "mine_negatives")
+    return _mine(
+        os.fspath(bank),
+        sam2_name=sam2 or DEFAULT_SAM2,
+        config=config,
+        checkpoint_dir=_opt_path(checkpoint_dir),
+        download=download,
+        score_threshold=score_threshold,
+        iou_threshold=iou_threshold,
+        max_per_class=max_per_class,
+        annotations=None if annotations is None else os.fspath(annotations),
+        use_source_annotations=not references_only,
+        notice=notice,
     )
 
 
@@ -181,7 +232,7 @@ def show_references(
     import json
 
     from .bank.build import load_reference_sets
-    from .references.core import REFERENCES_FILE
+    from .references.files import REFERENCES_FILE
     from .viz.contact_sheet import bank_box_masks, reference_sheet
 
     if references is None:
@@ -268,7 +319,7 @@ class Segmenter:
     method as the batch job: a test checks both give the same instances.
 
     Attributes:
-        model: the underlying :class:`ntt_batch.method.segmenter.Segmenter`.
+        model: the underlying :class:`ntt_batch.method.segmenter.MethodSegmenter`.
         bank: the memory bank; ``categories`` its classes ``[{"id", "name"}]``.
         provenance: model names, checkpoint sha256s, config, bank hash (what `segment` records).
     """
@@ -401,28 +452,17 @@ def run(
         errored without ``allow_errors``, 3 rows missing or duplicated). Rerunning resumes.
     """
     from .pipeline.job import JobConfig, run_job
+    from .pipeline.job_files import job_config_from
 
     if isinstance(config, JobConfig):
         if settings:
             raise ValueError("give settings either in the JobConfig or as keywords, not both")
         cfg = config
+    elif config is None or isinstance(config, (str, os.PathLike, Mapping)):
+        overrides = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in settings.items()}
+        cfg = job_config_from(config, overrides, where="run()")
     else:
-        data: dict = {}
-        where = "run()"
-        if isinstance(config, (str, os.PathLike)):
-            from .pipeline.job_files import load_job_file
-
-            where = os.fspath(config)
-            data = load_job_file(where)
-        elif isinstance(config, Mapping):
-            data = dict(config)
-        elif config is not None:
-            raise TypeError(f"config must be a job file path, a dict or a JobConfig, not {type(config).__name__}")
-        seg = dict(data.pop("segmenter", None) or {})
-        seg.update(settings.pop("segmenter", None) or {})
-        data.update({k: (os.fspath(v) if isinstance(v, os.PathLike) else v) for k, v in settings.items()})
-        data["segmenter"] = seg
-        cfg = JobConfig.from_dict(data, where=where)
+        raise TypeError(f"config must be a job file path, a dict or a JobConfig, not {type(config).__name__}")
     result = run_job(cfg, dry_run=dry_run, echo=echo or (lambda _line: None), verbose=verbose)
     summary = dict(result.summary or {})
     summary["exit_code"] = result.exit_code

@@ -19,6 +19,7 @@ greedy matching by class with box IoU ≥ ``agree_iou`` and |Δscore| ≤ ``agre
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import tempfile
@@ -29,13 +30,15 @@ from pathlib import Path
 import torch
 
 from ._version import __version__
+from .method.config import ConfigError, SegmenterConfig
 from .method.memory_bank import MemoryBank
-from .method.segmenter import Instance, Segmenter, StageTimer, TargetImage
+from .method.segmenter import Instance, MethodSegmenter, StageTimer, TargetImage
 from .models.encoders import encoder_embed_dim
+from .models.registry import SMALLEST_ENCODER, SMALLEST_SAM2
 from .output.folder import utc_now_iso
 from .output.shards import STATUS_EMPTY, STATUS_OK, rows_to_table
 from .pipeline.stages import instance_record
-from .references.core import FEW_SHOT_CLASS_NAMES
+from .references.coco import FEW_SHOT_CLASS_NAMES
 from .storage.fs import InputImage, read_bytes
 from .storage.images import decode_image
 
@@ -159,7 +162,9 @@ class PathResult:
         }
 
 
-def _process(segmenter: Segmenter, image: InputImage, timer: StageTimer, shard_dir: str, tag: str) -> list[Instance]:
+def _process(
+    segmenter: MethodSegmenter, image: InputImage, timer: StageTimer, shard_dir: str, tag: str
+) -> list[Instance]:
     """One image through decode → segment → RLE → Parquet write, timing each stage."""
     cfg = segmenter.config
     with timer("decode"):
@@ -191,8 +196,8 @@ def _process(segmenter: Segmenter, image: InputImage, timer: StageTimer, shard_d
 
 
 def run_benchmark(
-    fast: Segmenter,
-    reference: Segmenter,
+    fast: MethodSegmenter,
+    reference: MethodSegmenter,
     images: list[InputImage],
     *,
     warmup: int = 0,
@@ -305,8 +310,8 @@ def run_pipeline_noop(
     repeat: int,
     batch_size: int,
     checkpoint_dir: str,
-    encoder_name: str = "dinov2_vits14",
-    sam2_name: str = "sam2.1_hiera_tiny",
+    encoder_name: str = SMALLEST_ENCODER,
+    sam2_name: str = SMALLEST_SAM2,
     echo: Callable[[str], None] = print,
 ) -> dict:
     """The Ray job end to end with the model stage replaced by :class:`NoopModelActor`.
@@ -365,4 +370,118 @@ def run_pipeline_noop(
         "environment": environment(torch.device("cpu")),
     }
     shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+# ----------------------------------------------------------------------------- `ntt-batch bench`
+
+
+@dataclasses.dataclass
+class BenchOptions:
+    """What ``ntt-batch bench`` times (its flags; see ``ntt-batch bench --help``).
+
+    Attributes:
+        images: images to time on (folder, glob or file; any fsspec URI).
+        limit: timed images (default 3); with ``pipeline_noop``: distinct images used (default all).
+        points_per_side: the point grid's side (SegmenterConfig's default: the paper's 32 = 1024 prompts).
+        memory: a memory bank folder; None: 20 random prototypes (fine for timing).
+        warmup: untimed images first (None: 1 on CUDA or with ``compile``, else 0).
+        random_weights: write random checkpoints into ``checkpoint_dir`` (or a temp folder) when missing.
+        pipeline_noop: time the Ray job with a no-op model stage instead (``repeat`` copies of each
+            image, ``batch_size`` images per batch).
+        json_out: also write the report here; ``command``: recorded in the report.
+    """
+
+    images: str
+    sam2_name: str = SMALLEST_SAM2
+    encoder: str = SMALLEST_ENCODER
+    limit: int | None = None
+    device: str = "auto"
+    points_per_side: int = SegmenterConfig.points_per_side
+    memory: str | None = None
+    bf16: bool = False
+    compile: bool = False
+    warmup: int | None = None
+    random_weights: bool = False
+    pipeline_noop: bool = False
+    repeat: int = 8
+    batch_size: int = 16
+    json_out: str | None = None
+    checkpoint_dir: str | None = None
+    download: bool = True
+    command: str = ""
+
+
+def bench(options: BenchOptions, *, echo: Callable[[str], None] = print, note: Callable[[str], None] = print) -> dict:
+    """``ntt-batch bench``: time the fast path against the reference path (or the pipeline with a
+    no-op model stage), print the report with ``echo`` (progress with ``note``), return it."""
+    from .pipeline.plan import list_inputs
+    from .sources.inputs import InputSpec
+
+    o = options
+    checkpoint_dir = _random_weights_for(o, note) if o.random_weights else o.checkpoint_dir
+    targets = list_inputs(InputSpec(images=o.images))
+    if not targets:
+        raise ConfigError(f"--images: no images found at {o.images!r}")
+    if o.pipeline_noop:
+        report = run_pipeline_noop(
+            targets[: o.limit] if o.limit else targets,
+            repeat=o.repeat,
+            batch_size=o.batch_size,
+            checkpoint_dir=checkpoint_dir,
+            encoder_name=o.encoder,
+            sam2_name=o.sam2_name,
+            echo=note,
+        )
+        echo(
+            f"pipeline with a no-op model stage: {report['images']} images in {report['seconds']:.2f} s "
+            f"= {report['images_per_s']:.1f} images/s ({report['errors']} errors)"
+        )
+    else:
+        report = _bench_paths(o, checkpoint_dir, targets, note)
+        echo(format_report(report))
+    report["command"] = o.command
+    if o.json_out:
+        Path(o.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(o.json_out).write_text(json.dumps(report, indent=2))
+        note(f"wrote {o.json_out}")
+    return report
+
+
+def _random_weights_for(o: BenchOptions, note: Callable[[str], None]) -> str:
+    """The checkpoint folder for ``--random-weights``: random checkpoints written where missing."""
+    from .models.checkpoints import CheckpointNotFoundError, resolve_checkpoint
+    from .models.loading import write_random_checkpoint
+
+    checkpoint_dir = o.checkpoint_dir or tempfile.mkdtemp(prefix="ntt-bench-ckpt-")
+    for name in (o.sam2_name, o.encoder):
+        try:
+            resolve_checkpoint(name, checkpoint_dir=checkpoint_dir, download=False)
+        except CheckpointNotFoundError:
+            note(f"writing random {name} weights into {checkpoint_dir}")
+            write_random_checkpoint(name, checkpoint_dir)
+    return checkpoint_dir
+
+
+def _bench_paths(o: BenchOptions, checkpoint_dir: str | None, targets: list, note: Callable[[str], None]) -> dict:
+    """The fast path against the reference path on the first ``limit`` targets (same models and bank)."""
+    from .models.loading import load_encoder, load_sam2
+
+    encoder_model, _ = load_encoder(o.encoder, checkpoint_dir=checkpoint_dir, download=o.download)
+    proposer, _ = load_sam2(o.sam2_name, checkpoint_dir=checkpoint_dir, download=o.download)
+    bank = MemoryBank.load(o.memory) if o.memory else random_bank(o.encoder, int(encoder_model.embed_dim))
+    base = dict(points_per_side=o.points_per_side, device=o.device)
+    fast = MethodSegmenter(proposer, encoder_model, bank, SegmenterConfig(**base, bf16=o.bf16, compile=o.compile))
+    ref = MethodSegmenter(proposer, encoder_model, bank, SegmenterConfig(**base, implementation="reference"))
+    n_warm = o.warmup if o.warmup is not None else (1 if fast.device.type == "cuda" or o.compile else 0)
+    limit = o.limit or 3
+    note(
+        f"bench: {o.sam2_name} + {o.encoder} on {fast.device}, {o.points_per_side}x{o.points_per_side} grid, "
+        f"{min(limit, len(targets))} images (+{n_warm} warm-up)"
+    )
+    tol = BF16_TOLERANCE if o.bf16 else FP32_TOLERANCE
+    report = run_benchmark(
+        fast, ref, targets[:limit], warmup=n_warm, agree_iou=tol["box_iou"], agree_score=tol["score"], progress=note
+    )
+    report["models"] = {"sam2": o.sam2_name, "encoder": o.encoder, "random_weights": bool(o.random_weights)}
     return report

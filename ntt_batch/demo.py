@@ -8,9 +8,13 @@ from pathlib import Path
 
 from .method.config import SegmenterConfig
 from .models.checkpoints import CheckpointNotFoundError, resolve_checkpoint
-from .models.loading import write_random_checkpoint
 from .models.registry import get_spec
-from .references.core import sample_references_from_file, save_references
+from .references.files import save_references
+from .references.sampler import sample_references_from_file
+
+# The demo's point grid: 8 x 8 = 64 prompts per image keeps the CPU demo to seconds per image
+# (the paper's 32 x 32 = 1024, SegmenterConfig's default, takes minutes on CPU).
+CPU_SIZED_POINTS_PER_SIDE = 8
 
 
 def default_data_dir() -> Path:
@@ -42,38 +46,72 @@ def run_demo(
     checkpoint_dir,
     echo: Callable[[str], None] = print,
 ) -> dict:
-    from .bank.build import build_bank_folder, load_reference_sets
-    from .eval.coco_eval import evaluate_coco, write_report
-    from .exports import merge_results
-    from .pipeline.job import JobConfig, run_job
-    from .references.core import REFERENCES_FILE
-    from .viz.contact_sheet import bank_box_masks, reference_sheet
-    from .viz.review import write_review
-
+    """The demo's four steps on the sample in ``data`` (None: :func:`default_data_dir`), everything written
+    under ``out``: references → memory bank → batch job on local Ray → COCO evaluation, then the review
+    page and the references' contact sheet. Returns the paths and the job summary and eval report."""
     data = Path(data) if data else default_data_dir()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = [sam2_name, encoder_name]
+    checkpoint_dir = _demo_checkpoints(out, [sam2_name, encoder_name], random_weights, checkpoint_dir, echo)
+    ann_val = data / "annotations" / "instances_val2017.json"
+    bank_dir = _demo_bank(data, out, shots, encoder_name, checkpoint_dir, device, echo)
+    echo(
+        f"[demo] 3/4 batch job on local Ray: {limit} val images, {sam2_name}, "
+        f"{points_per_side}x{points_per_side} points"
+    )
+    result, shards, results = _demo_job(
+        data, out, bank_dir, sam2_name, checkpoint_dir, limit, points_per_side, device, echo
+    )
+    echo("[demo] 4/4 COCO evaluation (few-shot classes, the images the job processed)")
+    report = _demo_eval(ann_val, shards, out, echo)
+    page, sheet = _demo_pages(shards, out, bank_dir, limit, echo)
     if random_weights:
+        echo("[demo] NOTE: random weights — the pipeline ran end to end, the AP is meaningless.")
+    echo(
+        f"[demo] next: open file://{Path(page.index).resolve()} in a browser; then label your own images: make "
+        "references (README: 'Custom references'), `ntt-batch memory build`, `ntt-batch run --images YOUR_FOLDER "
+        "--memory BANK --out OUT`, and `ntt-batch review --shards OUT --out review/`"
+    )
+    return {
+        "summary": result.summary,
+        "report": report,
+        "results": str(results),
+        "shards": str(shards),
+        "review": page.index,
+        "references_sheet": str(sheet),
+    }
+
+
+def _demo_checkpoints(out: Path, names: list[str], random_weights: bool, checkpoint_dir, echo) -> str | None:
+    """The checkpoint folder to use: random-weight checkpoints written under ``out`` (``random_weights``),
+    else ``checkpoint_dir`` once every model in ``names`` is found there (an error lists the missing ones)."""
+    if random_weights:
+        from .models.loading import write_random_checkpoint  # torch: imported when the demo runs, not for --help
+
         checkpoint_dir = str(out / "random_checkpoints")
         for n in names:
             if not (Path(checkpoint_dir) / get_spec(n).filename).is_file():
                 echo(f"[demo] writing random-weight checkpoint for {n}")
                 write_random_checkpoint(n, checkpoint_dir)
-    else:
-        missing = []
-        for n in names:
-            try:
-                resolve_checkpoint(n, checkpoint_dir=checkpoint_dir)
-            except CheckpointNotFoundError as e:
-                missing.append(str(e))
-        if missing:
-            raise CheckpointNotFoundError("\n".join(missing) + "\nOr rerun the demo with --random-weights.")
+        return checkpoint_dir
+    missing = []
+    for n in names:
+        try:
+            resolve_checkpoint(n, checkpoint_dir=checkpoint_dir)
+        except CheckpointNotFoundError as e:
+            missing.append(str(e))
+    if missing:
+        raise CheckpointNotFoundError("\n".join(missing) + "\nOr rerun the demo with --random-weights.")
+    return checkpoint_dir
+
+
+def _demo_bank(data: Path, out: Path, shots, encoder_name: str, checkpoint_dir, device, echo) -> Path:
+    """Steps 1-2: sample the references (few_shot split, seed 33) and build the memory bank in
+    ``out/memory_bank`` (reused when built from the same references and encoder weights)."""
+    from .bank.build import build_bank_folder
 
     ann_train = data / "annotations" / "instances_train2017.json"
-    ann_val = data / "annotations" / "instances_val2017.json"
-    refs_path, bank_dir, results = out / "references.json", out / "memory_bank", out / "results.json"
-
+    refs_path, bank_dir = out / "references.json", out / "memory_bank"
     echo(f"[demo] 1/4 sampling {shots}-shot references (few_shot split, seed 33) from {ann_train}")
     refs = sample_references_from_file(str(ann_train), "few_shot", shots, 33)
     refs["image_root"] = str((data / "train2017").resolve())
@@ -96,15 +134,20 @@ def run_demo(
         f"[demo]     {len(bank.categories)} classes, {int(bank.instance_labels.numel())} instances, hash "
         f"{bank.content_hash[:16]}"
     )
-    echo(
-        f"[demo] 3/4 batch job on local Ray: {limit} val images, {sam2_name}, "
-        f"{points_per_side}x{points_per_side} points"
-    )
-    shards = out / "shards"
+    return bank_dir
+
+
+def _demo_job(data: Path, out: Path, bank_dir: Path, sam2_name, checkpoint_dir, limit, points_per_side, device, echo):
+    """Step 3: the batch job on the first ``limit`` val images into ``out/shards``, then its COCO results
+    in ``out/results.json``. Returns (the job's result, the shards folder, the results file)."""
+    from .exports import merge_results
+    from .pipeline.job import JobConfig, run_job
+
+    shards, results = out / "shards", out / "results.json"
     job = JobConfig(
         memory=str(bank_dir),
         out=str(shards),
-        annotations=str(ann_val),
+        annotations=str(data / "annotations" / "instances_val2017.json"),
         image_root=str(data / "val2017"),
         sam2=sam2_name,
         checkpoint_dir=checkpoint_dir,
@@ -115,7 +158,13 @@ def run_demo(
     result = run_job(job, echo=lambda line: echo(f"[demo]     {line}"))
     merged = merge_results(str(shards), str(results))
     echo(f"[demo]     shards in {shards}; {merged.instances_written} instances as COCO results -> {results}")
-    echo("[demo] 4/4 COCO evaluation (few-shot classes, the images the job processed)")
+    return result, shards, results
+
+
+def _demo_eval(ann_val: Path, shards: Path, out: Path, echo) -> dict:
+    """Step 4: COCO evaluation on the few-shot classes of the images the job processed (``out/eval_report.json``)."""
+    from .eval.coco_eval import evaluate_coco, write_report
+
     report = evaluate_coco(str(ann_val), str(shards), split="few_shot", restrict_to_processed=True)
     write_report(report, str(out / "eval_report.json"))
     for t in ("bbox", "segm"):
@@ -125,6 +174,16 @@ def run_demo(
         f"command line: ntt-batch eval --annotations {ann_val} --results {shards} --split few_shot "
         "--restrict-to-processed"
     )
+    return report
+
+
+def _demo_pages(shards: Path, out: Path, bank_dir: Path, limit, echo):
+    """The review page (``out/review``) and the references' contact sheet (``out/references.png``)."""
+    from .bank.build import load_reference_sets
+    from .references.files import REFERENCES_FILE
+    from .viz.contact_sheet import bank_box_masks, reference_sheet
+    from .viz.review import write_review
+
     review_dir, sheet = out / "review", out / "references.png"
     page = write_review(str(shards), str(review_dir), limit=max(1, int(limit)), title=f"ntt-batch demo: {shards}")
     drawn = reference_sheet(
@@ -135,21 +194,7 @@ def run_demo(
         "score slider, per-class counts)"
     )
     echo(f"[demo] references as the bank saw them: {sheet} ({drawn.references} references)")
-    if random_weights:
-        echo("[demo] NOTE: random weights — the pipeline ran end to end, the AP is meaningless.")
-    echo(
-        f"[demo] next: open file://{Path(page.index).resolve()} in a browser; then label your own images: make "
-        "references (README: 'Custom references'), `ntt-batch memory build`, `ntt-batch run --images YOUR_FOLDER "
-        "--memory BANK --out OUT`, and `ntt-batch review --shards OUT --out review/`"
-    )
-    return {
-        "summary": result.summary,
-        "report": report,
-        "results": str(results),
-        "shards": str(shards),
-        "review": page.index,
-        "references_sheet": str(sheet),
-    }
+    return page, sheet
 
 
 def _unchanged_bank(bank_dir: Path, refs: dict, encoder_name: str, checkpoint_dir):
@@ -158,7 +203,7 @@ def _unchanged_bank(bank_dir: Path, refs: dict, encoder_name: str, checkpoint_di
     Makes a repeated demo fast: the job resumes (nothing left to do) and the bank is not rebuilt.
     """
     from .method.memory_bank import MemoryBank
-    from .references.core import REFERENCES_FILE, load_references
+    from .references.files import REFERENCES_FILE, load_references
 
     try:
         bank = MemoryBank.load(bank_dir)

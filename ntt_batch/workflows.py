@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .method.segmenter import Segmenter, TargetImage
+from .method.segmenter import MethodSegmenter, TargetImage
 from .output.folder import utc_now_iso
 from .pipeline.plan import list_inputs
 from .sources import InputSpec
@@ -55,7 +55,7 @@ def resolve_targets(
 
 
 def segment_to_coco_results(
-    segmenter: Segmenter,
+    segmenter: MethodSegmenter,
     entries: Iterable[InputImage],
     out: str,
     provenance: dict,

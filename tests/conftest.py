@@ -38,7 +38,8 @@ def random_checkpoints(tmp_path_factory) -> Path:
 def small_bank(tmp_path_factory, random_checkpoints, coco_mini) -> Path:
     """A 2-class (person, car) 1-shot bank from coco_mini train, built by the real builder."""
     from ntt_batch.bank.build import build_bank_folder as build_bank
-    from ntt_batch.references.core import sample_references_from_file, save_references
+    from ntt_batch.references.files import save_references
+    from ntt_batch.references.sampler import sample_references_from_file
 
     d = tmp_path_factory.mktemp("bank")
     refs = sample_references_from_file(str(coco_mini / "annotations/instances_train2017.json"), "person,car", 1, 33)

@@ -244,7 +244,7 @@ def test_references_from_coco_accepts_good_polygons_on_the_border(tmp_path):
 
 
 def test_the_shared_coco_sample_passes_the_reference_checks(coco_mini):
-    from ntt_batch.references.core import coco_annotation_problem, load_coco
+    from ntt_batch.references.coco import coco_annotation_problem, load_coco
 
     for split in ("train2017", "val2017"):
         coco = load_coco(coco_mini / "annotations" / f"instances_{split}.json")

@@ -1,4 +1,4 @@
-"""Settings declared once (method/config.py), command-line flags generated from them (cli_settings.py).
+"""Settings declared once (method/config.py), command-line flags generated from them (cli/settings_options.py).
 
 Every SegmenterConfig field marked as a flag is a flag of both `segment` and `run`, with the
 dataclass's default and help; `run` lets only flags given on the command line override the job
@@ -16,8 +16,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from ntt_batch.cli import _SEGMENTER_FLAGS, main, segmenter_config_from_flags
-from ntt_batch.cli_settings import flag_fields, flag_name
+from ntt_batch.cli import SEGMENTER_FLAGS, main, segmenter_config_from_flags
+from ntt_batch.cli.settings_options import flag_fields, flag_name
 from ntt_batch.method.config import MemoryConfig, SegmenterConfig
 from ntt_batch.method.mergers import MERGERS
 
@@ -46,6 +46,8 @@ NEW_FLAGS = {
     "graph_diffusion_transition",
     "encoder_image_size",
     "implementation",
+    "use_negatives",  # docs/negative_references.md
+    "negative_sigma",
 }
 
 
@@ -59,7 +61,7 @@ def _params(command: str) -> dict:
 
 
 def test_flag_fields_are_the_old_flags_and_the_new_ones():
-    assert set(_SEGMENTER_FLAGS) == OLD_FLAGS | NEW_FLAGS
+    assert set(SEGMENTER_FLAGS) == OLD_FLAGS | NEW_FLAGS
     assert {f.name for f in flag_fields(MemoryConfig)} == {"crop_size", "context_ratio"}
 
 

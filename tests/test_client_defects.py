@@ -71,7 +71,8 @@ def _memory_build(refs: Path, image_root: Path, out: Path, ckpt: Path, *extra: s
 
 
 def _one_class_refs(coco_mini: Path, dest: Path) -> Path:
-    from ntt_batch.references.core import sample_references_from_file, save_references
+    from ntt_batch.references.files import save_references
+    from ntt_batch.references.sampler import sample_references_from_file
 
     refs = sample_references_from_file(str(coco_mini / "annotations/instances_train2017.json"), "dog", 1, 33)
     save_references(refs, dest)

@@ -15,12 +15,8 @@ from test_merge_eval_viz import _instance, _row, write_shards
 from ntt_batch.bank.build import load_reference_sets
 from ntt_batch.cli import main
 from ntt_batch.eval.coco_eval import evaluate_coco, format_report
-from ntt_batch.references.core import (
-    load_references,
-    merge_references,
-    references_from_csv,
-    save_references,
-)
+from ntt_batch.references.files import load_references, merge_references, save_references
+from ntt_batch.references.importers import references_from_csv
 from ntt_batch.storage.masks import decode_rle, segmentation_to_rle
 
 

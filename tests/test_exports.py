@@ -233,7 +233,7 @@ def test_yolo_uri_mode_is_refused_with_a_pointer_to_link_and_copy(small_shards, 
         export(str(small_shards), str(tmp_path / "y"), format="yolo", images="uri")
     r = CliRunner().invoke(
         main,
-        ["merge", "--shards", str(small_shards), "--out", str(tmp_path / "y"), "--format", "yolo"]
+        ["export", "--shards", str(small_shards), "--out", str(tmp_path / "y"), "--format", "yolo"]
         + ["--yolo-images", "uri"],
     )
     lines = [x for x in r.output.splitlines() if x.strip()]
@@ -435,14 +435,14 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
         r = CliRunner().invoke(
             main,
             [
-                "merge",
+                "export",
                 "--shards",
                 str(small_shards),
                 "--out",
                 str(tmp_path / dest),
                 "--format",
                 fmt,
-                "--score-threshold",
+                "--thresholds",
                 str(th),
             ],
         )
@@ -451,14 +451,14 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
     r = CliRunner().invoke(
         main,
         [
-            "merge",
+            "export",
             "--shards",
             str(small_shards),
             "--out",
             str(tmp_path / "x.json"),
             "--format",
             "results",
-            "--score-threshold",
+            "--thresholds",
             "0.5",
         ],
     )
@@ -468,14 +468,14 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
     r = CliRunner().invoke(
         main,
         [
-            "merge",
+            "export",
             "--shards",
             str(small_shards),
             "--out",
             str(tmp_path / "y.json"),
             "--format",
             "results",
-            "--score-threshold",
+            "--thresholds",
             str(bad),
         ],
     )
@@ -483,7 +483,7 @@ def test_per_class_thresholds_in_merge_and_cli(small_shards, small_rows, tmp_pat
     r = CliRunner().invoke(
         main,
         [
-            "merge",
+            "export",
             "--shards",
             str(small_shards),
             "--out",

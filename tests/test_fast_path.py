@@ -76,7 +76,7 @@ def test_point_decoder_equals_sam2_mask_decoder(tiny_sam2):
 def test_fast_and_reference_segmenters_agree_on_real_models(random_checkpoints, coco_mini):
     from ntt_batch.benchmark import match_detections, random_bank
     from ntt_batch.method.config import SegmenterConfig
-    from ntt_batch.method.segmenter import Segmenter
+    from ntt_batch.method.segmenter import MethodSegmenter
     from ntt_batch.models.loading import load_encoder, load_sam2
     from ntt_batch.storage.images import load_image
 
@@ -85,8 +85,10 @@ def test_fast_and_reference_segmenters_agree_on_real_models(random_checkpoints, 
     bank = random_bank("dinov2_vits14", 384, num_classes=5)
     # pred_iou_threshold 0.53 cuts through the random-weight IoUs (~0.52-0.55), so the filter matters.
     base = dict(points_per_side=4, device="cpu", pred_iou_threshold=0.53, nms_iou_threshold=0.9)
-    fast = Segmenter(proposer, encoder, bank, SegmenterConfig(**base))
-    ref = Segmenter(proposer, encoder, bank, SegmenterConfig(**base, implementation="reference", points_batch_size=5))
+    fast = MethodSegmenter(proposer, encoder, bank, SegmenterConfig(**base))
+    ref = MethodSegmenter(
+        proposer, encoder, bank, SegmenterConfig(**base, implementation="reference", points_batch_size=5)
+    )
     image = load_image(coco_mini / "val2017" / "000000000139.jpg")
     (a,), (b,) = fast.segment_images([image]), ref.segment_images([image])
     assert b, "the reference path found nothing: the comparison would be vacuous"

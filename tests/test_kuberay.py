@@ -465,7 +465,13 @@ def test_dockerfile_installs_like_the_cluster_and_holds_the_jobs_models():
     def ignored(rel: str) -> bool:
         return any(fnmatch(rel, p) or rel.startswith(p.rstrip("/") + "/") for p in patterns)
 
-    for needed in ("pyproject.toml", "README.md", "scripts/install.sh", "scripts/pip_check.py", "ntt_batch/cli.py"):
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "scripts/install.sh",
+        "scripts/pip_check.py",
+        "ntt_batch/cli/__init__.py",
+    ):
         assert (REPO / needed).exists() and not ignored(needed), needed
     for unwanted in (".git", "checkpoints", "runs"):
         assert ignored(unwanted), unwanted

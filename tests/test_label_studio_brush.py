@@ -1,7 +1,7 @@
 """Label Studio export fidelity: one brush region per instance, read back by the REAL label-studio-sdk.
 
 * Our brush RLE encoder (``ntt_batch.exports.brush_rle``) against the SDK: the committed
-  ``tests/data/label_studio/sdk/`` holds what ``label-studio-sdk`` 2.1.2 itself made of the committed
+  ``tests/data/label_studio_brush/sdk/`` holds what ``label-studio-sdk`` 2.1.2 itself made of the committed
   ``tasks.json`` (``sdk_brush_check.py``: its ``Converter`` "BRUSH_TO_PNG" export, one PNG per
   region, and its ``mask2rle`` bytes of each decoded mask). The test rebuilds the tasks from the
   masks below, checks they are the committed ones, and compares the SDK's PNGs pixel for pixel with
@@ -35,7 +35,7 @@ from ntt_batch.exports import export
 from ntt_batch.exports.brush_rle import brush_rle_to_mask, encode_brush_values, mask_to_brush_rle
 from ntt_batch.storage.masks import encode_rle, mask_to_box_xyxy_inclusive, xyxy_to_coco_xywh
 
-DATA = Path(__file__).parent / "data" / "label_studio"
+DATA = Path(__file__).parent / "data" / "label_studio_brush"
 H, W = 240, 320
 CATS = [{"id": 1, "name": "boat"}, {"id": 2, "name": "person"}, {"id": 3, "name": "bird"}]
 
@@ -321,7 +321,7 @@ def test_polygon_mode_and_min_part_area(frame, tmp_path):
 def test_local_paths_warn_and_cli_flags(frame, tmp_path):
     d, shards, _ = frame
     r = CliRunner().invoke(
-        main, ["merge", "--shards", str(shards), "--out", str(tmp_path / "a.json"), "--format", "label-studio"]
+        main, ["export", "--shards", str(shards), "--out", str(tmp_path / "a.json"), "--format", "label-studio"]
     )
     assert r.exit_code == 0, r.output
     assert "Label Studio cannot load" in r.output and "Local Storage" in r.output and "--image-url-prefix" in r.output
@@ -330,7 +330,7 @@ def test_local_paths_warn_and_cli_flags(frame, tmp_path):
     assert len(tasks[0]["predictions"][0]["result"]) == 15
     r = CliRunner().invoke(
         main,
-        ["merge", "--shards", str(shards), "--out", str(tmp_path / "b.json"), "--format", "label-studio"]
+        ["export", "--shards", str(shards), "--out", str(tmp_path / "b.json"), "--format", "label-studio"]
         + ["--ls-mask", "polygons", "--min-part-area", "20", "--image-root", str(d / "photos")]
         + ["--image-url-prefix", "https://example.org/photos/"],
     )
@@ -340,7 +340,7 @@ def test_local_paths_warn_and_cli_flags(frame, tmp_path):
     r = CliRunner().invoke(
         main,
         [
-            "merge",
+            "export",
             "--shards",
             str(shards),
             "--out",

@@ -27,7 +27,7 @@ from ntt_batch.method.memory_bank import (
     instance_prototype,
     mask_to_patch_weights,
 )
-from ntt_batch.references.core import validate_references
+from ntt_batch.references.files import validate_references
 from ntt_batch.storage.masks import encode_rle
 
 # ============================================================================ context_crop_box (§2.1)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ntt_batch.method.config import SegmenterConfig
-from ntt_batch.method.segmenter import Instance, Segmenter, TargetImage, masks_to_boxes_inclusive
+from ntt_batch.method.segmenter import Instance, MethodSegmenter, TargetImage, masks_to_boxes_inclusive
 from ntt_batch.storage.masks import encode_rle, xyxy_to_coco_xywh
 
 # ----------------------------------------------------------------------------- the pinned baseline
@@ -115,11 +115,11 @@ class _Encoder(torch.nn.Identity):
     native_image_size = 518
 
 
-def _segmenter(**cfg) -> Segmenter:
+def _segmenter(**cfg) -> MethodSegmenter:
     from ntt_batch.benchmark import random_bank
 
     bank = random_bank("dinov2_vits14", 8, num_classes=3)
-    return Segmenter(_Proposer(), _Encoder(), bank, SegmenterConfig(device="cpu", **cfg))
+    return MethodSegmenter(_Proposer(), _Encoder(), bank, SegmenterConfig(device="cpu", **cfg))
 
 
 def _blobs(n: int, h: int = 256, w: int = 256, seed: int = 0) -> torch.Tensor:
@@ -221,16 +221,16 @@ def test_bounded_finalize_pinned_on_real_models(random_checkpoints, coco_mini, m
     encoder, _ = load_encoder("dinov2_vits14", checkpoint_dir=str(random_checkpoints), download=False)
     bank = random_bank("dinov2_vits14", 384, num_classes=2)
     cfg = dict(points_per_side=4, device="cpu", pred_iou_threshold=0.0, nms_iou_threshold=1.0)
-    seg = Segmenter(proposer, encoder, bank, SegmenterConfig(**cfg))
-    small = Segmenter(proposer, encoder, bank, SegmenterConfig(**cfg, merge_memory_mb=1))
+    seg = MethodSegmenter(proposer, encoder, bank, SegmenterConfig(**cfg))
+    small = MethodSegmenter(proposer, encoder, bank, SegmenterConfig(**cfg, merge_memory_mb=1))
     captured = []
-    real = Segmenter._finalize
+    real = MethodSegmenter._finalize
 
     def spy(self, logits, keep, feats, sem, label, target):
         captured.append((logits, keep, feats, sem, label, target))
         return real(self, logits, keep, feats, sem, label, target)
 
-    monkeypatch.setattr(Segmenter, "_finalize", spy)
+    monkeypatch.setattr(MethodSegmenter, "_finalize", spy)
     for name in ("000000000139.jpg", "000000000802.jpg"):
         (got,) = seg.segment_images([load_image(coco_mini / "val2017" / name)])
         args = captured[-1]

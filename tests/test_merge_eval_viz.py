@@ -25,10 +25,11 @@ from pycocotools.cocoeval import COCOeval
 
 from ntt_batch.cli import main
 from ntt_batch.eval.coco_eval import evaluate_coco, format_report
+from ntt_batch.eval.shard_results import coco_results_from_shards
 from ntt_batch.exports import merge_dataset, merge_results
-from ntt_batch.output.reader import coco_results_from_shards, iter_image_batches
+from ntt_batch.output.reader import iter_image_batches
 from ntt_batch.output.shards import rows_to_table
-from ntt_batch.references.core import FEW_SHOT_CLASS_NAMES
+from ntt_batch.references.coco import FEW_SHOT_CLASS_NAMES
 from ntt_batch.storage.masks import decode_rle, encode_rle, segmentation_to_rle
 from ntt_batch.viz.overlay import PANEL_GAP, overlay_size, visualize
 
@@ -262,7 +263,7 @@ def test_eval_equals_direct_pycocotools_calls(val_gt, val_gt_path, tmp_path):
 def test_cli_eval_prints_summaries_table_and_writes_report(perfect_shards, val_gt_path, tmp_path):
     results = tmp_path / "results.json"
     r = CliRunner().invoke(
-        main, ["merge", "--shards", str(perfect_shards), "--out", str(results), "--format", "results"]
+        main, ["export", "--shards", str(perfect_shards), "--out", str(results), "--format", "results"]
     )
     assert r.exit_code == 0, r.output
     report = tmp_path / "report.json"
@@ -463,19 +464,19 @@ def test_merge_refuses_duplicates_and_leaves_no_file(tmp_path, val_gt, coco_mini
 
 def test_merge_input_errors(tmp_path):
     r = CliRunner().invoke(
-        main, ["merge", "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "x.json"), "--format", "results"]
+        main, ["export", "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "x.json"), "--format", "results"]
     )
     assert r.exit_code != 0 and "no Parquet shards under" in r.output
     shards = write_shards(tmp_path / "s", [_row(1, "/a/1.jpg", 10, 10, [])])
     r = CliRunner().invoke(
         main,
-        ["merge", "--shards", str(shards), "--out", str(tmp_path / "missing_dir" / "x.json"), "--format", "dataset"],
+        ["export", "--shards", str(shards), "--out", str(tmp_path / "missing_dir" / "x.json"), "--format", "dataset"],
     )
     assert r.exit_code != 0 and "does not exist: create it first" in r.output
     r = CliRunner().invoke(
         main,
         [
-            "merge",
+            "export",
             "--shards",
             str(shards),
             "--out",
@@ -512,7 +513,7 @@ def test_cli_merge_both_formats(perfect_shards, tmp_path):
         out = tmp_path / f"{fmt}.json"
         r = CliRunner().invoke(
             main,
-            ["merge", "--shards", str(perfect_shards), "--out", str(out), "--format", fmt, "--score-threshold", "0.5"],
+            ["export", "--shards", str(perfect_shards), "--out", str(out), "--format", fmt, "--thresholds", "0.5"],
         )
         assert r.exit_code == 0, r.output
         assert f"wrote {out} ({fmt}):" in r.output and "158 rows" in r.output

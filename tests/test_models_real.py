@@ -55,7 +55,7 @@ def test_batch_equals_one_by_one(proposer, random_checkpoints, coco_mini):
     """Batching images through the encoders must not change any answer."""
     from ntt_batch.method.config import SegmenterConfig
     from ntt_batch.method.memory_bank import MemoryBank
-    from ntt_batch.method.segmenter import Segmenter
+    from ntt_batch.method.segmenter import MethodSegmenter
     from ntt_batch.models.loading import load_encoder
 
     encoder, _ = load_encoder("dinov2_vits14", checkpoint_dir=str(random_checkpoints), download=False)
@@ -66,7 +66,7 @@ def test_batch_equals_one_by_one(proposer, random_checkpoints, coco_mini):
         instance_labels=torch.tensor([0, 1, 1]),
         encoder={"name": "dinov2_vits14"},
     )
-    seg = Segmenter(proposer, encoder, bank, SegmenterConfig(points_per_side=2, device="cpu"))
+    seg = MethodSegmenter(proposer, encoder, bank, SegmenterConfig(points_per_side=2, device="cpu"))
     images = [load_image(p) for p in sorted((coco_mini / "val2017").glob("*.jpg"))[:2]]
     together = seg.segment_images(images)
     apart = [seg.segment_images([im])[0] for im in images]

@@ -20,7 +20,7 @@ deterministic stand-ins that know nothing about labels or annotations:
 
 Everything else is the real code: synthetic COCO files on disk, ``sample_references`` (the FSS
 sampler with its filters), ``build_memory_bank`` (context crops, soft masks, prototypes),
-``Segmenter`` (squash resize, point grid, multimask selection, IoU filter, bilinear features,
+``MethodSegmenter`` (squash resize, point grid, multimask selection, IoU filter, bilinear features,
 mask pooling, cosine matching, class-aware NMS, upsampling to the original size, soft merging,
 top-k), ``Instance.to_coco_result`` (RLE encoding) and pycocotools ``COCOeval``.
 
@@ -47,8 +47,8 @@ from scipy import ndimage
 
 from ntt_batch.method.config import SegmenterConfig
 from ntt_batch.method.memory_bank import build_memory_bank
-from ntt_batch.method.segmenter import Segmenter
-from ntt_batch.references.core import sample_references
+from ntt_batch.method.segmenter import MethodSegmenter
+from ntt_batch.references.sampler import sample_references
 from ntt_batch.storage.masks import decode_rle
 
 SAM_SIZE = 512  # stand-in SAM input side → 128² low-res masks
@@ -342,7 +342,7 @@ def run(tmp_path_factory):
 
     def segment(**overrides):
         cfg = SegmenterConfig(image_size=SAM_SIZE, points_per_side=POINTS_PER_SIDE, device="cpu", **overrides)
-        seg = Segmenter(proposer, encoder, bank, cfg)
+        seg = MethodSegmenter(proposer, encoder, bank, cfg)
         ids = sorted(val_images)
         return dict(zip(ids, seg.segment_images([val_images[i] for i in ids])))
 

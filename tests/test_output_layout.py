@@ -9,6 +9,7 @@ real models.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -175,7 +176,8 @@ def test_another_bank_or_settings_is_refused_naming_the_difference(
     mixed_run, mixed_folder, random_checkpoints, small_bank, tmp_path, coco_mini
 ):
     from ntt_batch.bank.build import build_bank_folder as build_bank
-    from ntt_batch.references.core import sample_references_from_file, save_references
+    from ntt_batch.references.files import save_references
+    from ntt_batch.references.sampler import sample_references_from_file
 
     out = _copy(mixed_run[0], tmp_path / "out")
     with pytest.raises(
@@ -457,10 +459,11 @@ class _Run:
         fn(self.run)
 
 
-@pytest.mark.parametrize("crash_after", ["intent", "publish", "lost_tmp"])
-def test_interrupted_commit_is_finished_or_undone(tmp_path, crash_after, monkeypatch):
+@pytest.mark.parametrize("crash_at", ["staging.intent", "staging.published", "lost_tmp"])
+def test_interrupted_commit_is_finished_or_undone(tmp_path, crash_at, monkeypatch):
     """A crash after the intent is written is finished by the next run when the new parts are complete
-    (under _ntt/tmp or already published); if they are gone, it is undone and the sources stay."""
+    (under _ntt/tmp or already published); if they are gone, it is undone and the sources stay.
+    In-process: the crash point raises instead of killing (tests/test_crash_points.py kills for real)."""
     import ntt_batch.output.parts as parts_mod
 
     folder = OutputFolder(str(tmp_path / "out"))
@@ -475,28 +478,28 @@ def test_interrupted_commit_is_finished_or_undone(tmp_path, crash_after, monkeyp
     class Crash(Exception):
         pass
 
-    def boom(*a, **k):
-        raise Crash
+    def crash_point(name):
+        if name == (crash_at if crash_at != "lost_tmp" else "staging.intent"):
+            raise Crash(name)
 
-    if crash_after == "publish":
-        monkeypatch.setattr(
-            parts_mod, "_finish", lambda folder, intent, update: (parts_mod._publish(folder, intent), boom())
-        )
-    else:
-        monkeypatch.setattr(parts_mod, "_finish", boom)
+    monkeypatch.setattr(parts_mod, "crash_point", crash_point)
     with pytest.raises(Crash):
         commit(folder, new, [src], record.update, kind="staging")
     monkeypatch.undo()
-    if crash_after == "lost_tmp":
+    if crash_at == "lost_tmp":
         os.remove(new[0].tmp_path)
-    assert [p.name for p in folder.parts()] == ([new[0].name] if crash_after == "publish" else [])
+    assert [p.name for p in folder.parts()] == ([new[0].name] if crash_at == "staging.published" else [])
     notes = recover_commits(folder, record.update)
     visible = sorted(p.name for p in folder.parts())
-    if crash_after == "lost_tmp":
+    if crash_at == "lost_tmp":
         assert "undid" in notes[0] and visible == [] and os.path.exists(src)
     else:
         assert "finished" in notes[0] and visible == [new[0].name] and not os.path.exists(src)
         assert record.run["parts"][new[0].name]["rows"] == 2
+        assert (
+            record.run["parts"][new[0].name]["sha256"]
+            == hashlib.sha256(Path(folder.path(new[0].name)).read_bytes()).hexdigest()
+        )
     assert not list((tmp_path / "out" / "_ntt" / "commits").glob("*.json"))
 
 

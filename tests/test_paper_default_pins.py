@@ -86,9 +86,10 @@ def _pinned_outputs(random_checkpoints, coco_mini, tmp_path) -> dict:
     from ntt_batch.bank.build import build_bank_folder as build_bank
     from ntt_batch.method.config import SegmenterConfig
     from ntt_batch.method.memory_bank import MemoryBank
-    from ntt_batch.method.segmenter import Segmenter
+    from ntt_batch.method.segmenter import MethodSegmenter
     from ntt_batch.models.loading import load_encoder, load_sam2
-    from ntt_batch.references.core import sample_references_from_file, save_references
+    from ntt_batch.references.files import save_references
+    from ntt_batch.references.sampler import sample_references_from_file
 
     refs = sample_references_from_file(str(coco_mini / "annotations/instances_train2017.json"), "person,car", 1, 33)
     save_references(refs, tmp_path / "refs.json")
@@ -106,6 +107,6 @@ def _pinned_outputs(random_checkpoints, coco_mini, tmp_path) -> dict:
     encoder, _ = load_encoder("dinov2_vits14", checkpoint_dir=str(random_checkpoints), download=False)
     got = {"bank_content_hash": bank.content_hash}
     for case, settings in CASES.items():
-        seg = Segmenter(proposer, encoder, bank, SegmenterConfig(points_per_side=4, device="cpu", **settings))
+        seg = MethodSegmenter(proposer, encoder, bank, SegmenterConfig(points_per_side=4, device="cpu", **settings))
         got[case] = _detections(seg, coco_mini)
     return got

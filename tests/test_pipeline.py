@@ -152,7 +152,7 @@ def test_shards_readable_without_this_package(corpus_run):
 
 
 def test_ray_equals_single_process_segment(corpus, corpus_run, random_checkpoints, small_bank):
-    """The actor runs the same Segmenter as `ntt-batch segment`: same instances on the same images."""
+    """The actor runs the same MethodSegmenter as `ntt-batch segment`: same instances on the same images."""
     from ntt_batch.bank.load import segmenter_from_bank as load_segmenter
     from ntt_batch.storage.images import load_image
 

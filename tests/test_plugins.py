@@ -148,11 +148,6 @@ def test_plugin_encoder_random_checkpoint_load_and_forward(demo_site, tmp_path):
     assert missing.returncode == 2 and "https://example.invalid/ntt-plugin-demo" in missing.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the CLI still reads the built-in lists: `checkpoints list` must iterate "
-    "ntt_batch.models.checkpoints.all_checkpoints() and --encoder take encoder_models() (wired with the cli package)",
-)
 def test_cli_lists_the_plugin_encoder(demo_site):
     listed = ntt_batch(demo_site, "checkpoints", "list")
     assert listed.returncode == 0 and "demo_tiny" in listed.stdout and "MIT (demo)" in listed.stdout
@@ -248,15 +243,10 @@ def test_plugin_merger_source_and_writer_through_the_python_api(demo_site, image
     assert targets == [[139, images[0]], [285, images[1]], [632, images[2]]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the CLI's --format is still a literal list: it must be click.Choice(WRITERS.names()) "
-    "(wired with the cli package)",
-)
 def test_cli_exports_in_the_plugin_format(demo_site, tmp_path):
     shards = write_shards(tmp_path / "shards", [_row(7, "/x/000000000007.jpg", 4, 4, [])])
     res = ntt_batch(
-        demo_site, "merge", "--shards", str(shards), "--out", str(tmp_path / "o.tsv"), "--format", "demo-writer"
+        demo_site, "export", "--shards", str(shards), "--out", str(tmp_path / "o.tsv"), "--format", "demo-writer"
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert (tmp_path / "o.tsv").read_text().splitlines() == ["image_id\tinstances\tclasses", "7\t0\t"]

@@ -26,16 +26,13 @@ import pytest
 from conftest import free_port, job_config
 from pycocotools import mask as mask_utils
 
+from ntt_batch.output.delta_table import delta_storage_options
 from ntt_batch.output.folder import COMMITS, LeaseHeldError, OutputFolder
+from ntt_batch.output.iceberg_table import load_catalog
 from ntt_batch.output.parts import PartAssembler, RunRecord, commit
-from ntt_batch.output.publish import (
-    PublishError,
-    PublishSpec,
-    delta_storage_options,
-    load_catalog,
-    publish,
-)
+from ntt_batch.output.publish import publish
 from ntt_batch.output.shards import SHARD_SCHEMA, read_shards
+from ntt_batch.output.table_common import PublishError, PublishSpec
 from ntt_batch.pipeline.job import run_job
 from ntt_batch.pipeline.stages import NoopModelActor
 from ntt_batch.pipeline.verify import compact_output, verify_output

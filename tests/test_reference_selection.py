@@ -38,13 +38,9 @@ import torch
 
 from ntt_batch.method.config import MemoryConfig
 from ntt_batch.method.memory_bank import build_memory_bank
-from ntt_batch.references.core import (
-    ReferencePreference,
-    load_references,
-    sample_references,
-    sample_references_from_file,
-    save_references,
-)
+from ntt_batch.references.files import load_references, save_references
+from ntt_batch.references.preferences import ReferencePreference
+from ntt_batch.references.sampler import sample_references, sample_references_from_file
 
 CENTRED = [150.0, 100.0, 100.0, 100.0]
 

@@ -1,4 +1,4 @@
-"""Tests for ntt_batch.references.core (method.md §1 sampler, references.json, custom refs).
+"""Tests for ntt_batch.references (method.md §1 sampler, references.json, custom refs).
 
 Filter checks use independent inline arithmetic on the raw annotations; expected samples on a
 hand-built COCO dict come from Python's own RNG (a separate random.Random instance).
@@ -17,19 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ntt_batch.references.core import (
-    FEW_SHOT_CLASS_NAMES,
-    file_sha256,
-    is_valid_reference,
-    load_coco,
-    load_references,
-    references_from_coco_annotations,
-    references_from_csv,
-    resolve_categories,
-    sample_references,
-    sample_references_from_file,
-    save_references,
-)
+from ntt_batch.hashing import file_sha256
+from ntt_batch.references.coco import FEW_SHOT_CLASS_NAMES, load_coco, resolve_categories
+from ntt_batch.references.files import load_references, save_references
+from ntt_batch.references.importers import references_from_coco_annotations, references_from_csv
+from ntt_batch.references.sampler import is_valid_reference, sample_references, sample_references_from_file
 from ntt_batch.storage.masks import decode_rle
 
 # method.md §5.1 table: COCO ids of the 20 few-shot classes in class-index order.

@@ -1,4 +1,4 @@
-"""Tests for ntt_batch.method.segmenter (method.md §4, §8.19): the math and the Segmenter pipeline.
+"""Tests for ntt_batch.method.segmenter (method.md §4, §8.19): the math and the MethodSegmenter pipeline.
 
 Every expected value is worked out by hand (arithmetic in the comments) or by an explicit
 pixel loop; nothing is computed by calling the function under test. The pipeline tests use a
@@ -20,7 +20,7 @@ from ntt_batch.method.memory_bank import MemoryBank
 from ntt_batch.method.merging import soft_merge_scores
 from ntt_batch.method.preprocess import prepare_target
 from ntt_batch.method.segmenter import (
-    Segmenter,
+    MethodSegmenter,
     TargetImage,
     masks_to_boxes_inclusive,
     point_grid,
@@ -280,7 +280,7 @@ def test_prepare_target_rejects_non_rgb_uint8():
         prepare_target(np.zeros((4, 4, 3), dtype=np.float32), 32)
 
 
-# ============================================================================ Segmenter with fakes
+# ============================================================================ MethodSegmenter with fakes
 
 LOW = 8  # low-res mask grid of the fake proposer (the real one is 256)
 POS, NEG = 10.0, -10.0
@@ -399,12 +399,12 @@ def make_bank(num_classes: int, names=None, ids=None) -> MemoryBank:
     )
 
 
-def make_segmenter(specs, maps, bank, **cfg) -> tuple[Segmenter, FakeProposer, FakeEncoder]:
+def make_segmenter(specs, maps, bank, **cfg) -> tuple[MethodSegmenter, FakeProposer, FakeEncoder]:
     config = SegmenterConfig(
         image_size=32, encoder_image_size=14, points_per_side=2, points_batch_size=3, device="cpu", **cfg
     )
     proposer, encoder = FakeProposer(specs), FakeEncoder(maps)
-    return Segmenter(proposer, encoder, bank, config), proposer, encoder
+    return MethodSegmenter(proposer, encoder, bank, config), proposer, encoder
 
 
 def blank(h: int, w: int) -> np.ndarray:
@@ -624,7 +624,7 @@ def test_segmenter_zero_similarity_candidate_suppresses_in_nms(drop):
 def test_segmenter_rejects_proposer_size_mismatch():
     config = SegmenterConfig(image_size=64, encoder_image_size=14, points_per_side=2, device="cpu")
     with pytest.raises(ValueError):
-        Segmenter(FakeProposer([{}]), FakeEncoder([MAIN_MAP]), _main_bank(), config)
+        MethodSegmenter(FakeProposer([{}]), FakeEncoder([MAIN_MAP]), _main_bank(), config)
 
 
 def test_segment_targets_empty_input():

@@ -107,9 +107,9 @@ def test_config_validates_throughput_fields():
 def test_cli_flags_reach_the_config():
     from click.testing import CliRunner
 
-    from ntt_batch.cli import _SEGMENTER_FLAGS, main, segmenter_config_from_flags
+    from ntt_batch.cli import SEGMENTER_FLAGS, main, segmenter_config_from_flags
 
-    assert {"bf16", "compile"} <= set(_SEGMENTER_FLAGS)
+    assert {"bf16", "compile"} <= set(SEGMENTER_FLAGS)
     kw = {p.name: p.default for p in main.commands["segment"].params}  # every segmenter flag, at its default
     kw.update(device="cpu", bf16=True, compile=True)
     cfg = segmenter_config_from_flags(kw)
@@ -222,7 +222,7 @@ def test_bf16_decoder_candidates_close_to_fp32(tiny_models, tiny_features):
 def test_bf16_segmenter_agrees_with_fp32(tiny_models, coco_mini):
     from ntt_batch.benchmark import BF16_TOLERANCE, match_detections, random_bank
     from ntt_batch.method.config import SegmenterConfig
-    from ntt_batch.method.segmenter import Segmenter
+    from ntt_batch.method.segmenter import MethodSegmenter
     from ntt_batch.storage.images import load_image
 
     proposer, encoder = tiny_models
@@ -230,8 +230,8 @@ def test_bf16_segmenter_agrees_with_fp32(tiny_models, coco_mini):
     # 0.53 cuts through the random-weight IoUs (~0.53-0.55) with a margin of ~5e-3 to the nearest,
     # ten times the bf16 IoU error measured above.
     base = dict(points_per_side=4, device="cpu", pred_iou_threshold=0.53, nms_iou_threshold=0.9)
-    fp32 = Segmenter(proposer, encoder, bank, SegmenterConfig(**base))
-    bf16 = Segmenter(proposer, encoder, bank, SegmenterConfig(**base, bf16=True))
+    fp32 = MethodSegmenter(proposer, encoder, bank, SegmenterConfig(**base))
+    bf16 = MethodSegmenter(proposer, encoder, bank, SegmenterConfig(**base, bf16=True))
     image = load_image(coco_mini / "val2017" / "000000000139.jpg")
     (a,), (b,) = fp32.segment_images([image]), bf16.segment_images([image])
     assert a, "fp32 found nothing: the comparison would be vacuous"
@@ -250,14 +250,14 @@ def test_compiled_decoder_gives_the_same_detections(tiny_models, coco_mini):
     """
     from ntt_batch.benchmark import FP32_TOLERANCE, match_detections, random_bank
     from ntt_batch.method.config import SegmenterConfig
-    from ntt_batch.method.segmenter import Segmenter
+    from ntt_batch.method.segmenter import MethodSegmenter
     from ntt_batch.storage.images import load_image
 
     proposer, encoder = tiny_models
     bank = random_bank("dinov2_vits14", 384, num_classes=5)
     base = dict(points_per_side=4, device="cpu", pred_iou_threshold=0.53, nms_iou_threshold=0.9, points_batch_size=5)
-    eager = Segmenter(proposer, encoder, bank, SegmenterConfig(**base))
-    compiled = Segmenter(proposer, encoder, bank, SegmenterConfig(**base, compile=True))
+    eager = MethodSegmenter(proposer, encoder, bank, SegmenterConfig(**base))
+    compiled = MethodSegmenter(proposer, encoder, bank, SegmenterConfig(**base, compile=True))
     compiled._sam_encode, compiled._encode_patches = proposer.encode, encoder  # decoder only (see docstring)
     image = load_image(coco_mini / "val2017" / "000000000139.jpg")
     (a,), (b,) = eager.segment_images([image]), compiled.segment_images([image])
@@ -275,15 +275,15 @@ def test_compiled_decoder_gives_the_same_detections(tiny_models, coco_mini):
 def test_compiled_segmenter_all_models(tiny_models, coco_mini):
     from ntt_batch.benchmark import FP32_TOLERANCE, match_detections, random_bank
     from ntt_batch.method.config import SegmenterConfig
-    from ntt_batch.method.segmenter import Segmenter
+    from ntt_batch.method.segmenter import MethodSegmenter
     from ntt_batch.storage.images import load_image
 
     proposer, encoder = tiny_models
     bank = random_bank("dinov2_vits14", 384, num_classes=5)
     base = dict(points_per_side=4, device="cpu", pred_iou_threshold=0.53, nms_iou_threshold=0.9)
     image = load_image(coco_mini / "val2017" / "000000000139.jpg")
-    (a,) = Segmenter(proposer, encoder, bank, SegmenterConfig(**base)).segment_images([image])
-    (b,) = Segmenter(proposer, encoder, bank, SegmenterConfig(**base, compile=True)).segment_images([image])
+    (a,) = MethodSegmenter(proposer, encoder, bank, SegmenterConfig(**base)).segment_images([image])
+    (b,) = MethodSegmenter(proposer, encoder, bank, SegmenterConfig(**base, compile=True)).segment_images([image])
     m = match_detections(b, a, FP32_TOLERANCE["box_iou"], FP32_TOLERANCE["score"])
     assert a and m["agree"], m
 

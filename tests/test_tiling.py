@@ -159,7 +159,7 @@ def _large_image(h: int, w: int) -> np.ndarray:
 
 @pytest.mark.slow
 def test_tiled_run_end_to_end(tiny_models, monkeypatch):
-    from ntt_batch.method.segmenter import Segmenter, TargetImage
+    from ntt_batch.method.segmenter import MethodSegmenter, TargetImage
 
     proposer, encoder, bank = tiny_models
     image = _large_image(700, 1000)
@@ -172,19 +172,19 @@ def test_tiled_run_end_to_end(tiny_models, monkeypatch):
         tile_size=512,
         tile_overlap=0.25,
     )
-    seg = Segmenter(proposer, encoder, bank, cfg)
+    seg = MethodSegmenter(proposer, encoder, bank, cfg)
     target = TargetImage.from_image(image, cfg)
     assert target.source is image and target.orig_hw == (700, 1000)
     assert TargetImage.from_image(image[:512, :400], cfg).source is None  # within one tile: not tiled
     calls = []
-    real = Segmenter._segment_whole  # the whole-image path: each batch of tiles goes through it
+    real = MethodSegmenter._segment_whole  # the whole-image path: each batch of tiles goes through it
 
     def spy(self, targets):
         out = real(self, targets)
         calls.append(([t.orig_hw for t in targets], out))
         return out
 
-    monkeypatch.setattr(Segmenter, "_segment_whole", spy)
+    monkeypatch.setattr(MethodSegmenter, "_segment_whole", spy)
     (res,) = seg.segment_targets([target])  # the tiled path behind the ordinary API
     assert 0 < len(res) <= 12
     assert [r.score for r in res] == sorted((r.score for r in res), reverse=True)

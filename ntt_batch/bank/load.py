@@ -6,8 +6,9 @@ import torch
 
 from .._version import __version__
 from ..method.config import SegmenterConfig, config_to_dict
+from ..method.matching import check_negatives_available
 from ..method.memory_bank import MemoryBank, check_encoder_weights
-from ..method.segmenter import Segmenter
+from ..method.segmenter import MethodSegmenter
 from ..models.loading import load_encoder, load_sam2
 
 
@@ -18,16 +19,17 @@ def segmenter_from_bank(
     config: SegmenterConfig,
     checkpoint_dir: str | None = None,
     download: bool = True,
-) -> tuple[Segmenter, dict]:
-    """Load bank + models into a :class:`Segmenter`; also return the provenance record."""
+) -> tuple[MethodSegmenter, dict]:
+    """Load bank + models into a :class:`MethodSegmenter`; also return the provenance record."""
     bank = MemoryBank.load(memory)
+    check_negatives_available(config, bank, f"memory bank {memory}")
     enc_name = bank.encoder["name"]
     encoder, enc_ckpt = load_encoder(enc_name, checkpoint_dir=checkpoint_dir, download=download)
     check_encoder_weights(bank.encoder, enc_ckpt, memory)
     proposer, sam_ckpt = load_sam2(
         sam2_name, checkpoint_dir=checkpoint_dir, download=download, add_no_mem_embed=config.add_no_mem_embed
     )
-    segmenter = Segmenter(proposer, encoder, bank, config)
+    segmenter = MethodSegmenter(proposer, encoder, bank, config)
     provenance = {
         "ntt_batch_version": __version__,
         "torch_version": torch.__version__,
@@ -39,6 +41,7 @@ def segmenter_from_bank(
             "content_hash": bank.content_hash,
             "categories": bank.categories,
             "shots": bank.shots,
+            **({"negatives": bank.negative_shots} if bank.has_negatives else {}),
         },
         "official_weights": sam_ckpt.official and enc_ckpt.official,
     }

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..output.reader import is_results_file, read_json
-from ..references.core import resolve_categories
+from ..references.coco import resolve_categories
 
 STAT_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 IOU_TYPES = ("bbox", "segm")
@@ -138,6 +138,7 @@ def _has_segmentation(seg: Any) -> bool:
     return isinstance(seg, dict) and "counts" in seg or isinstance(seg, list) and len(seg) > 0
 
 
+# 88 lines, 34 of them the signature and the report's documentation: the steps are the helpers below.
 def evaluate_coco(
     annotations: str | dict,
     results: str | list,
@@ -172,44 +173,16 @@ def evaluate_coco(
         "AP75"}]}}``. AP values are in [0, 1]; -1 (stats) / null (per class) means "no ground
         truth for that class", as in pycocotools.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     iou_types = parse_iou_types(iou_types)
     notices: list[str] = []
-    ann_name = annotations if isinstance(annotations, str) else "<in memory>"
-    gt_json = read_json(annotations, options) if isinstance(annotations, str) else annotations
-    if not isinstance(gt_json, dict) or "images" not in gt_json or "annotations" not in gt_json:
-        raise ValueError(
-            f"{ann_name}: not a COCO annotation file (needs 'images', 'annotations' and 'categories'); "
-            "a results file goes to --results"
-        )
-    gt_cats = gt_json.get("categories") or []
-    if not gt_cats:
-        raise ValueError(f"{ann_name}: the annotation file has no 'categories'")
+    ann_name, gt_json = _read_ground_truth(annotations, options)
+    gt_cats = gt_json["categories"]
     cats = resolve_categories(gt_cats, split)
     keep_ids = {int(c["id"]) for c in cats}
 
-    # ---- detections
-    res_name, processed = "<in memory>", None
-    if isinstance(results, str):
-        res_name = results
-        if is_results_file(results, options):
-            dets = read_json(results, options)
-        else:
-            from ..output.reader import coco_results_from_shards
-
-            sr = coco_results_from_shards(results, options)
-            dets, processed = sr.results, sr.processed_image_ids
-            if sr.error_image_ids:
-                notices.append(
-                    f"{len(sr.error_image_ids)} image(s) have status 'error' in the shards: no detections "
-                    "on them" + ("" if restrict_to_processed else " (they count as misses)")
-                )
-    else:
-        dets = results
+    res_name, dets, processed = _read_detections(results, options, restrict_to_processed, notices)
     _check_detections(dets, res_name, gt_json["images"])
-    # ---- classes: results' ids → the ground truth's, by name, whenever the results' names are known
+    # classes: results' ids → the ground truth's, by name, whenever the results' names are known
     warnings: list[str] = []
     res_cats, cats_from = _result_categories(results, result_categories, options)
     alignment = None
@@ -221,7 +194,81 @@ def evaluate_coco(
             "were processed: images without detections are absent from it)"
         )
 
-    # ---- ground truth: split annotations, all images (or the processed ones)
+    gt = _split_ground_truth(gt_json, keep_ids, processed, restrict_to_processed, notices)
+    if not gt["annotations"]:
+        notices.append(f"the ground truth has no annotation of the selected classes ({split}): AP is undefined (-1)")
+    gt_image_ids = {int(im["id"]) for im in gt["images"]}
+    kept, det_info = _evaluated_detections(
+        dets, gt_image_ids, {int(c["id"]) for c in gt_cats}, keep_ids, restrict_to_processed, notices
+    )
+    if alignment is not None:
+        det_info["not_in_ground_truth"] = alignment["dropped_detections"]
+    if not kept:
+        notices.append("no detections to evaluate: AP = 0 for every class with ground truth")
+    run_types = _runnable_iou_types(iou_types, gt["annotations"], kept, notices)
+
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "version": 1,
+        "annotations": ann_name,
+        "results": res_name,
+        "split": split,
+        "categories": [{"id": int(c["id"]), "name": str(c["name"])} for c in cats],
+        "category_ids": sorted(keep_ids),
+        "num_images": len(gt["images"]),
+        "num_gt": len(gt["annotations"]),
+        "num_detections": len(kept),
+        "detections": det_info,
+        "notices": notices,
+        "iou_types": run_types,
+        "restricted_to_processed": bool(restrict_to_processed),
+        "class_alignment": alignment,
+        "warnings": warnings,
+    }
+    report.update(_run_cocoeval(gt, kept, cats, run_types))
+    return report
+
+
+def _read_ground_truth(annotations: str | dict, options: dict | None) -> tuple[str, dict]:
+    """(name for messages, the parsed COCO annotation dict), refusing a file that is not one or has no classes."""
+    ann_name = annotations if isinstance(annotations, str) else "<in memory>"
+    gt_json = read_json(annotations, options) if isinstance(annotations, str) else annotations
+    if not isinstance(gt_json, dict) or "images" not in gt_json or "annotations" not in gt_json:
+        raise ValueError(
+            f"{ann_name}: not a COCO annotation file (needs 'images', 'annotations' and 'categories'); "
+            "a results file goes to --results"
+        )
+    if not gt_json.get("categories"):
+        raise ValueError(f"{ann_name}: the annotation file has no 'categories'")
+    return ann_name, gt_json
+
+
+def _read_detections(
+    results: str | list, options: dict | None, restrict_to_processed: bool, notices: list[str]
+) -> tuple[str, list, set[int] | None]:
+    """(name for messages, the detections, the processed image ids — shards only, else None).
+
+    A notice counts the shards' error rows (their images have no detections)."""
+    if not isinstance(results, str):
+        return "<in memory>", results, None
+    if is_results_file(results, options):
+        return results, read_json(results, options), None
+    from .shard_results import coco_results_from_shards
+
+    sr = coco_results_from_shards(results, options)
+    if sr.error_image_ids:
+        notices.append(
+            f"{len(sr.error_image_ids)} image(s) have status 'error' in the shards: no detections "
+            "on them" + ("" if restrict_to_processed else " (they count as misses)")
+        )
+    return results, sr.results, sr.processed_image_ids
+
+
+def _split_ground_truth(
+    gt_json: dict, keep_ids: set[int], processed: set[int] | None, restrict_to_processed: bool, notices: list[str]
+) -> dict:
+    """The ground truth COCOeval scores against: the split's annotations on every image (or only the
+    processed ones with ``restrict_to_processed``), every category (see the module docstring)."""
     images = list(gt_json["images"])
     gt_image_ids = {int(im["id"]) for im in images}
     if restrict_to_processed:
@@ -238,18 +285,25 @@ def evaluate_coco(
     gt_anns = [
         a for a in gt_json["annotations"] if int(a["category_id"]) in keep_ids and int(a["image_id"]) in gt_image_ids
     ]
-    gt = {
+    return {
         "info": gt_json.get("info", {}),
         "licenses": gt_json.get("licenses", []),
         "images": images,
         "annotations": gt_anns,
-        "categories": gt_cats,
+        "categories": gt_json["categories"],
     }
-    if not gt_anns:
-        notices.append(f"the ground truth has no annotation of the selected classes ({split}): AP is undefined (-1)")
 
-    # ---- detections: drop (and count) those COCOeval cannot or would not use
-    all_cat_ids = {int(c["id"]) for c in gt_cats}
+
+def _evaluated_detections(
+    dets: list,
+    gt_image_ids: set[int],
+    all_cat_ids: set[int],
+    keep_ids: set[int],
+    restrict_to_processed: bool,
+    notices: list[str],
+) -> tuple[list, dict]:
+    """The detections COCOeval can and should use, and the report's ``detections`` counts of those
+    dropped (on unknown images, of unknown categories, of classes outside the split)."""
     counts = Counter()
     kept, unknown_img_examples = [], []
     for d in dets:
@@ -272,8 +326,6 @@ def evaluate_coco(
         "other_classes": counts["other_classes"],
         "unknown_image_examples": unknown_img_examples,
     }
-    if alignment is not None:
-        det_info["not_in_ground_truth"] = alignment["dropped_detections"]
     if counts["unknown_image"]:
         where = "the processed images" if restrict_to_processed else "the ground truth"
         notices.append(
@@ -284,10 +336,11 @@ def evaluate_coco(
         notices.append(
             f"{counts['unknown_category']} detection(s) have category ids not in the ground truth: not evaluated"
         )
-    if not kept:
-        notices.append("no detections to evaluate: AP = 0 for every class with ground truth")
+    return kept, det_info
 
-    # ---- which IoU types can run
+
+def _runnable_iou_types(iou_types: Sequence[str], gt_anns: list, kept: list, notices: list[str]) -> list[str]:
+    """The requested IoU types the data allows: ``segm`` needs segmentations on both sides, ``bbox`` boxes."""
     run_types = list(iou_types)
     if "segm" in run_types:
         no_seg = sum(1 for a in gt_anns if not _has_segmentation(a.get("segmentation")))
@@ -301,27 +354,16 @@ def evaluate_coco(
     if "bbox" in run_types and any(not d.get("bbox") for d in kept):
         run_types.remove("bbox")
         notices.append("results without 'bbox': bbox evaluation skipped")
+    return run_types
 
-    report: dict[str, Any] = {
-        "format": REPORT_FORMAT,
-        "version": 1,
-        "annotations": ann_name,
-        "results": res_name,
-        "split": split,
-        "categories": [{"id": int(c["id"]), "name": str(c["name"])} for c in cats],
-        "category_ids": sorted(keep_ids),
-        "num_images": len(images),
-        "num_gt": len(gt_anns),
-        "num_detections": len(kept),
-        "detections": det_info,
-        "notices": notices,
-        "iou_types": run_types,
-        "restricted_to_processed": bool(restrict_to_processed),
-        "class_alignment": alignment,
-        "warnings": warnings,
-    }
+
+def _run_cocoeval(gt: dict, kept: list, cats: list[dict], run_types: Sequence[str]) -> dict[str, dict]:
+    """``{iou type: {"stats", "summary", "per_class"}}`` from pycocotools' COCOeval over every ground-truth
+    image (its printout captured, not shown); empty when no type can run."""
     if not run_types:
-        return report
+        return {}
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
@@ -331,24 +373,25 @@ def evaluate_coco(
             coco_dt = coco_gt.loadRes([dict(d) for d in kept])
         else:
             coco_dt = COCO()
-            coco_dt.dataset = {"images": images, "categories": gt_cats, "annotations": []}
+            coco_dt.dataset = {"images": gt["images"], "categories": gt["categories"], "annotations": []}
             coco_dt.createIndex()
-    gt_per_class = Counter(int(a["category_id"]) for a in gt_anns if not a.get("iscrowd", 0))
+    gt_per_class = Counter(int(a["category_id"]) for a in gt["annotations"] if not a.get("iscrowd", 0))
     dt_per_class = Counter(int(d["category_id"]) for d in kept)
+    out = {}
     for t in run_types:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             ev = COCOeval(coco_gt, coco_dt, t)
-            ev.params.imgIds = sorted(gt_image_ids)
+            ev.params.imgIds = sorted({int(im["id"]) for im in gt["images"]})
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        report[t] = {
+        out[t] = {
             "stats": dict(zip(STAT_NAMES, map(float, ev.stats))),
             "summary": _summary_lines(buf.getvalue()),
             "per_class": _per_class(ev, cats, gt_per_class, dt_per_class),
         }
-    return report
+    return out
 
 
 def _result_categories(results, given, options) -> tuple[list[dict] | None, str]:
@@ -520,7 +563,7 @@ def format_report(report: dict) -> str:
 
 def write_report(report: dict, path: str, options: dict | None = None) -> None:
     """Write the report JSON atomically (local path or fsspec URI)."""
-    from ..output.reader import atomic_output
+    from ..storage.atomic import atomic_output
 
     with atomic_output(path, options) as f:
         json.dump(report, f, indent=2)

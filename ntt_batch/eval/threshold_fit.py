@@ -17,7 +17,21 @@ the chosen threshold
   table says "target not reached".
 
 The value written is the shortest decimal in (next lower detection score, cut score], so applying
-it reproduces the table's numbers exactly on this set. Only images the job processed (status
+it reproduces the table's numbers exactly on this set.
+
+A class whose detections are all false positives (F1 = 0 at every threshold: not one matches)
+gets a cut-off *above* its highest score (the next 0.01 step; 1.0 at most), so applying the map
+drops every one of them; the table says "no useful threshold: every detection is a false
+positive". That is what a labeling team reviewing auto-labels wants: each of those detections
+would be a click to reject, and a class with no labels at all is visible in review (label it by
+hand, or add references). Leaving the class out of the map instead would keep them all (or hand
+them to ``default``). Edit the line to change it; ``row.all_false_positives`` marks such rows.
+
+Ground-truth classes the memory bank does not have (its categories are in the run record,
+``_ntt/run.json``) cannot be predicted at all: they are listed apart, as "not in the memory
+bank" (``report.not_in_bank``), not as rows of the table; "never predicted" is for classes the
+bank has that got no detection on these images. Without a run record (shards written elsewhere)
+the two cannot be told apart and every such class is "never predicted". Only images the job processed (status
 ok/empty) count; ground-truth images without a row are left out (reported). Rows are matched
 to ground-truth images by file name (the basename of the row's URI; unique basenames only),
 else by image id.
@@ -35,7 +49,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ..output.reader import iter_image_batches, read_json
+from ..output.reader import dataset_categories, iter_image_batches, read_json
 from ..output.shards import STATUS_ERROR
 from ..storage.masks import segmentation_to_rle
 
@@ -56,6 +70,8 @@ class ClassThreshold:
     f1: float | None = None
     true_positives: int = 0
     note: str = ""
+    all_false_positives: bool = False  # every detection is a false positive: threshold above its max score
+    in_bank: bool | None = None  # whether the run's memory bank has the class (None: no run record)
 
 
 @dataclass
@@ -66,6 +82,7 @@ class ThresholdReport:
     images: int
     classes: list[ClassThreshold] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    not_in_bank: list[ClassThreshold] = field(default_factory=list)  # GT classes the memory bank lacks
 
     def to_map(self, default: float | None = None) -> dict[str, float]:
         """``{class name: threshold}`` for the tuned classes (+ ``default`` when given)."""
@@ -104,11 +121,19 @@ def _nice_threshold(score: float, lower: float | None) -> float:
     return float(score)
 
 
+def above_score(score: float) -> float:
+    """The next 0.01 step strictly above ``score``, at most 1.0 (1.0 for a score of 1 or more)."""
+    return min(1.0, (math.floor(score * 100 + 1e-9) + 1) / 100)
+
+
 def choose_threshold(
     scores: np.ndarray, tp: np.ndarray, num_gt: int, target: str = "f1"
-) -> tuple[float | None, float, float, float, int, str]:
+) -> tuple[float | None, float | None, float, float, int, str]:
     """Pick a threshold from one class's detections (``scores``; ``tp`` True for a match; ignored
-    detections already removed). Returns (threshold, precision, recall, F1, TPs, note)."""
+    detections already removed). Returns (threshold, precision, recall, F1, TPs, note).
+
+    No detection matching (F1 = 0 everywhere): a threshold above the highest score
+    (:func:`above_score`), precision None (nothing kept), recall and F1 0."""
     kind, goal = parse_target(target)
     if num_gt == 0:
         return None, 0.0, 0.0, 0.0, 0, "no ground truth on these images: not tuned"
@@ -123,6 +148,19 @@ def choose_threshold(
     denom = precision + recall
     f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
     note = ""
+    if ctp[-1] == 0:  # F1 = 0 at every threshold: drop them all (see the module docstring)
+        top = float(s[0])
+        t = above_score(top)
+        kept = "drops them" if t > top else f"keeps only those scoring {top:g}"
+        return (
+            t,
+            None,
+            0.0,
+            0.0,
+            0,
+            f"no useful threshold: every detection is a false positive ({len(s)}); "
+            f"cut-off above its highest score ({top:.4g}) {kept}",
+        )
     if kind == "f1":
         best = f1.max()
         k = int(np.flatnonzero(f1 == best)[0])  # earliest cut = highest threshold among ties
@@ -164,70 +202,21 @@ def tune_thresholds(
     gt = read_json(annotations, options)
     if not isinstance(gt, dict) or not {"images", "annotations", "categories"} <= set(gt):
         raise ValueError(f"{annotations}: not a COCO annotation file (needs images, annotations and categories)")
-    exact = {str(c["name"]): int(c["id"]) for c in gt["categories"]}
-    folded: dict[str, int] = {}
-    for n, i in exact.items():
-        folded.setdefault(n.casefold(), i)
-    gt_names = {int(c["id"]): str(c["name"]) for c in gt["categories"]}
-    images = {int(im["id"]): im for im in gt["images"]}
-    base_count: dict[str, int] = defaultdict(int)
-    for im in gt["images"]:
-        base_count[PurePosixPath(str(im["file_name"])).name] += 1
-    by_base = {
-        PurePosixPath(str(im["file_name"])).name: int(im["id"])
-        for im in gt["images"]
-        if base_count[PurePosixPath(str(im["file_name"])).name] == 1
-    }
+    index = _GroundTruthIndex.of(gt)
 
     report = ThresholdReport(target=target, iou_threshold=float(iou_threshold), iou_type=iou_type, images=0)
-    # detections per (gt image id, gt category id): list of (score, segmentation RLE, bbox)
-    dets: dict[tuple[int, int], list[tuple[float, dict, list[float]]]] = defaultdict(list)
-    processed: set[int] = set()
-    unmatched_names: dict[str, int] = defaultdict(int)
-    renamed: dict[str, str] = {}
-    rows_unknown = 0
-    for b in iter_image_batches(shards, options):
-        for i in range(len(b)):
-            if b.status[i] == STATUS_ERROR:
-                continue
-            gid = by_base.get(PurePosixPath(str(b.image_uri[i]).split("?", 1)[0]).name)
-            if gid is None and int(b.image_id[i]) in images:
-                gid = int(b.image_id[i])
-            if gid is None:
-                rows_unknown += 1
-                continue
-            processed.add(gid)
-            for j in range(int(b.offsets[i]), int(b.offsets[i + 1])):
-                name = b.category_name[j]
-                cid = _lookup_name(name, exact, folded)
-                if cid is None:
-                    unmatched_names[name or f"id {b.category_id[j]}"] += 1
-                    continue
-                if name != gt_names[cid]:
-                    renamed[name] = gt_names[cid]
-                dets[(gid, cid)].append((b.score[j], {"size": b.size[j], "counts": b.counts[j]}, b.bbox[j]))
-    report.images = len(processed)
-    if not processed:
+    found = _collect_detections(shards, options, index)
+    report.images = len(found.processed)
+    if not found.processed:
         raise ValueError(
             f"no row of {shards} is an image of {annotations} (matched by file name, then image id): "
             "run the job on the labelled images first"
         )
-    if len(processed) < len(images):
-        report.notices.append(
-            f"{len(images) - len(processed)} ground-truth image(s) have no processed row in the shards "
-            "and were left out"
-        )
-    if rows_unknown:
-        report.notices.append(f"{rows_unknown} processed row(s) are not images of the ground truth and were left out")
-    if unmatched_names:
-        shown = ", ".join(f"{n!r} ({k})" for n, k in sorted(unmatched_names.items()))
-        report.notices.append(f"predicted classes absent from the ground truth (not tuned): {shown}")
-    for a, g in sorted(renamed.items()):
-        report.notices.append(f"class {a!r} matched the ground truth's {g!r} (case-insensitive)")
+    report.notices += found.notices(len(index.images))
 
     gts: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for a in gt["annotations"]:
-        if int(a["image_id"]) in processed:
+        if int(a["image_id"]) in found.processed:
             gts[(int(a["image_id"]), int(a["category_id"]))].append(a)
     mode = iou_type
     if mode == "auto":
@@ -236,7 +225,123 @@ def tune_thresholds(
         if not has_masks:
             report.notices.append("some ground-truth instances have no mask: using box IoU")
     report.iou_type = mode
+    rows = _class_thresholds(
+        found.dets, gts, index, float(iou_threshold), mode, target, _bank_class_matcher(shards, options)
+    )
+    report.classes = [r for r in rows if r.in_bank is not False]
+    report.not_in_bank = [r for r in rows if r.in_bank is False]  # ground-truth classes the bank lacks
+    return report
 
+
+@dataclass
+class _GroundTruthIndex:
+    """Lookups into a COCO annotation dict: classes by exact and case-folded name, class names by id,
+    images by id, and image ids by file base name (only base names that are unique in the file)."""
+
+    exact: dict[str, int]
+    folded: dict[str, int]
+    names: dict[int, str]
+    images: dict[int, dict]
+    by_base: dict[str, int]
+
+    @classmethod
+    def of(cls, gt: dict) -> _GroundTruthIndex:
+        exact = {str(c["name"]): int(c["id"]) for c in gt["categories"]}
+        folded: dict[str, int] = {}
+        for n, i in exact.items():
+            folded.setdefault(n.casefold(), i)
+        base_count: dict[str, int] = defaultdict(int)
+        for im in gt["images"]:
+            base_count[PurePosixPath(str(im["file_name"])).name] += 1
+        by_base = {
+            PurePosixPath(str(im["file_name"])).name: int(im["id"])
+            for im in gt["images"]
+            if base_count[PurePosixPath(str(im["file_name"])).name] == 1
+        }
+        return cls(
+            exact=exact,
+            folded=folded,
+            names={int(c["id"]): str(c["name"]) for c in gt["categories"]},
+            images={int(im["id"]): im for im in gt["images"]},
+            by_base=by_base,
+        )
+
+
+@dataclass
+class _Detections:
+    """The shards' detections matched to the ground truth, and what did not match.
+
+    ``dets``: per (ground-truth image id, ground-truth category id), ``(score, segmentation RLE,
+    bbox)`` tuples; ``processed``: the ground-truth image ids with a row; ``unmatched_names``:
+    predicted class name → count of its detections with no ground-truth class; ``renamed``: predicted
+    name → the ground truth's, matched case-insensitively; ``rows_unknown``: rows of other images.
+    """
+
+    dets: dict[tuple[int, int], list[tuple[float, dict, list[float]]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    processed: set[int] = field(default_factory=set)
+    unmatched_names: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    renamed: dict[str, str] = field(default_factory=dict)
+    rows_unknown: int = 0
+
+    def notices(self, num_gt_images: int) -> list[str]:
+        """What was left out of the tuning, for the report."""
+        out = []
+        if len(self.processed) < num_gt_images:
+            out.append(
+                f"{num_gt_images - len(self.processed)} ground-truth image(s) have no processed row in the shards "
+                "and were left out"
+            )
+        if self.rows_unknown:
+            out.append(f"{self.rows_unknown} processed row(s) are not images of the ground truth and were left out")
+        if self.unmatched_names:
+            shown = ", ".join(f"{n!r} ({k})" for n, k in sorted(self.unmatched_names.items()))
+            out.append(f"predicted classes absent from the ground truth (not tuned): {shown}")
+        for a, g in sorted(self.renamed.items()):
+            out.append(f"class {a!r} matched the ground truth's {g!r} (case-insensitive)")
+        return out
+
+
+def _collect_detections(shards: str, options: dict | None, index: _GroundTruthIndex) -> _Detections:
+    """Read the shards' non-error rows: each row's image is matched by file base name, then by image id;
+    each instance's class by name (exact, then case-insensitive)."""
+    found = _Detections()
+    for b in iter_image_batches(shards, options):
+        for i in range(len(b)):
+            if b.status[i] == STATUS_ERROR:
+                continue
+            gid = index.by_base.get(PurePosixPath(str(b.image_uri[i]).split("?", 1)[0]).name)
+            if gid is None and int(b.image_id[i]) in index.images:
+                gid = int(b.image_id[i])
+            if gid is None:
+                found.rows_unknown += 1
+                continue
+            found.processed.add(gid)
+            for j in range(int(b.offsets[i]), int(b.offsets[i + 1])):
+                name = b.category_name[j]
+                cid = _lookup_name(name, index.exact, index.folded)
+                if cid is None:
+                    found.unmatched_names[name or f"id {b.category_id[j]}"] += 1
+                    continue
+                if name != index.names[cid]:
+                    found.renamed[name] = index.names[cid]
+                found.dets[(gid, cid)].append((b.score[j], {"size": b.size[j], "counts": b.counts[j]}, b.bbox[j]))
+    return found
+
+
+def _class_thresholds(
+    dets: dict[tuple[int, int], list[tuple[float, dict, list[float]]]],
+    gts: dict[tuple[int, int], list[dict]],
+    index: _GroundTruthIndex,
+    iou_threshold: float,
+    mode: str,
+    target: str,
+    in_bank=None,
+) -> list[ClassThreshold]:
+    """One row per class predicted or with ground truth: match each image's detections of the class
+    (:func:`_match`), then choose the threshold for ``target`` (:func:`choose_threshold`).
+    ``in_bank`` (name -> bool, see :func:`_bank_class_matcher`) sets each row's ``in_bank``."""
     predicted = {cid for (_, cid) in dets}
     num_gt: dict[int, int] = defaultdict(int)
     for (_, cid), anns in gts.items():
@@ -244,24 +349,39 @@ def tune_thresholds(
     per_class_scores: dict[int, list[float]] = defaultdict(list)
     per_class_tp: dict[int, list[bool]] = defaultdict(list)
     for (gid, cid), dl in dets.items():
-        im = images[gid]
+        im = index.images[gid]
         anns = gts.get((gid, cid), [])
-        scores, tp = _match(dl, anns, int(im["height"]), int(im["width"]), float(iou_threshold), mode)
+        scores, tp = _match(dl, anns, int(im["height"]), int(im["width"]), iou_threshold, mode)
         per_class_scores[cid] += scores
         per_class_tp[cid] += tp
+    rows = []
     for cid in sorted(predicted | {c for c, n in num_gt.items() if n}):
         scores = np.asarray(per_class_scores.get(cid, []), dtype=np.float64)
         tp = np.asarray(per_class_tp.get(cid, []), dtype=bool)
         n_det = sum(len(v) for (g, c), v in dets.items() if c == cid)
-        row = ClassThreshold(name=gt_names[cid], gt_category_id=cid, num_gt=num_gt.get(cid, 0), num_detections=n_det)
+        row = ClassThreshold(name=index.names[cid], gt_category_id=cid, num_gt=num_gt.get(cid, 0), num_detections=n_det)
+        if in_bank is not None:
+            row.in_bank = cid in predicted or in_bank(row.name)
         if cid not in predicted:
-            row.note = "never predicted: not tuned"
+            row.note = "never predicted: not tuned" if row.in_bank is not False else "not in the memory bank"
         else:
             (row.threshold, row.precision, row.recall, row.f1, row.true_positives, row.note) = choose_threshold(
                 scores, tp, row.num_gt, target
             )
-        report.classes.append(row)
-    return report
+            row.all_false_positives = row.num_gt > 0 and len(tp) > 0 and not tp.any()
+        rows.append(row)
+    return rows
+
+
+def _bank_class_matcher(shards: str, options: dict | None):
+    """``name -> bool``: whether the run's memory bank has the class (exact name, then case-insensitive);
+    None when the run record does not list the bank's categories."""
+    cats = dataset_categories(shards, options)  # an unreadable record is a warning and None
+    if not cats:
+        return None
+    names = {c["name"] for c in cats}
+    folded = {n.casefold() for n in names}
+    return lambda name: name in names or name.casefold() in folded
 
 
 def _match(
@@ -328,22 +448,46 @@ def _box_poly(b: list[float]) -> list[float]:
 
 
 def format_table(report: ThresholdReport) -> str:
-    """The printed table: class, threshold, precision, recall, F1, #GT (+ #detections, note)."""
+    """The printed table: class, threshold, precision, recall, F1, #GT, #detections, note; columns as
+    wide as their longest entry (class names are never cut). Then the ground-truth classes the memory
+    bank lacks, apart."""
+
+    def num(v, fmt):
+        return format(v, fmt) if v is not None else "-"
+
+    header = ("class", "threshold", "precision", "recall", "F1", "#GT", "#det")
+    cells = [
+        (
+            c.name,
+            num(c.threshold, ".4g"),
+            num(c.precision, ".3f"),
+            num(c.recall, ".3f"),
+            num(c.f1, ".3f"),
+            str(c.num_gt),
+            str(c.num_detections),
+        )
+        for c in report.classes
+    ]
+    widths = [max(len(r[k]) for r in [header, *cells]) for k in range(len(header))]
+
+    def fmt(row, note):
+        left = row[0].ljust(widths[0])
+        rest = " ".join(v.rjust(w) for v, w in zip(row[1:], widths[1:]))
+        return f"{left} {rest}  {note}".rstrip()
+
     lines = [
         (
             f"score thresholds ({report.target}; IoU >= {report.iou_threshold:g}, {report.iou_type}; "
             f"{report.images} labelled images)"
         ),
-        f"{'class':<24} {'threshold':>9} {'precision':>9} {'recall':>7} {'F1':>6} {'#GT':>5} {'#det':>6}  note",
+        fmt(header, "note"),
     ]
-
-    def num(v, fmt):
-        return format(v, fmt) if v is not None else "-"
-
-    for c in report.classes:
+    lines += [fmt(row, c.note) for row, c in zip(cells, report.classes)]
+    if report.not_in_bank:
+        shown = ", ".join(f"{c.name} ({c.num_gt} GT)" for c in report.not_in_bank)
         lines.append(
-            f"{c.name[:24]:<24} {num(c.threshold, '9.4g')} {num(c.precision, '9.3f')} {num(c.recall, '7.3f')} "
-            f"{num(c.f1, '6.3f')} {c.num_gt:>5} {c.num_detections:>6}  {c.note}".rstrip()
+            f"not in the memory bank ({len(report.not_in_bank)} ground-truth class(es), cannot be predicted; "
+            f"add references for them to label them): {shown}"
         )
     return "\n".join(lines)
 
@@ -357,7 +501,7 @@ def write_thresholds(
     import yaml
 
     from ..exports.score_filter import ScoreThresholds
-    from ..output.reader import atomic_output
+    from ..storage.atomic import atomic_output
 
     data = report.to_map(default)
     ScoreThresholds.load(data)  # the file must load back
@@ -365,7 +509,7 @@ def write_thresholds(
         if out.lower().endswith(".json"):
             f.write(json.dumps(data, indent=2) + "\n")
         else:
-            f.write("# per-class score thresholds written by `ntt-batch thresholds`; use with --score-threshold\n")
+            f.write("# per-class score thresholds written by `ntt-batch thresholds`; use with --thresholds\n")
             f.write("".join(f"# {line}\n" for line in format_table(report).splitlines()))
             f.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True) if data else "{}\n")
     return data

@@ -31,8 +31,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..output.reader import MergeStats
 from ..plugins import Registry
+from .accounting import ExportStats
 from .base import ExportContext, ExportRow, Writer, run_export
 from .coco import CocoDatasetWriter, CocoResultsWriter
 from .label_studio import LabelStudioWriter
@@ -69,7 +69,7 @@ __all__ = [
 ]
 
 
-def export(shards: str, out: str, *, format: str, **kwargs: Any) -> MergeStats:
+def export(shards: str, out: str, *, format: str, **kwargs: Any) -> ExportStats:
     """Stream the shards into ``out`` in ``format`` (a :data:`WRITERS` name).
 
     Keyword arguments: those of :func:`.base.run_export` (``options``, ``score_threshold``,
@@ -93,7 +93,7 @@ def export(shards: str, out: str, *, format: str, **kwargs: Any) -> MergeStats:
     return run_export(shards, writer, out, **passed)
 
 
-def merge(shards: str, out: str, *, format: str, **kwargs) -> MergeStats:
+def merge(shards: str, out: str, *, format: str, **kwargs) -> ExportStats:
     """Export the shards in ``format`` (a :data:`WRITERS` name): :func:`export`."""
     return export(shards, out, format=format, **kwargs)
 
@@ -106,7 +106,7 @@ def merge_results(
     score_threshold: Any = None,
     batch_rows: int = 64,
     progress: Callable[[int, int], None] | None = None,
-) -> MergeStats:
+) -> ExportStats:
     """Shards → one COCO results JSON array (``COCO.loadRes`` format), streamed to ``out``.
 
     Keeps instances with ``score >= threshold`` of their class (all when None); ``score_threshold``
@@ -135,7 +135,7 @@ def merge_dataset(
     categories: list[dict] | None = None,
     batch_rows: int = 64,
     progress: Callable[[int, int], None] | None = None,
-) -> MergeStats:
+) -> ExportStats:
     """Shards → a complete COCO annotation file (auto-labels), streamed to ``out`` in one pass.
 
     ``categories``: the category list to write; default: the memory bank's, from ``run.json``;

@@ -35,16 +35,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..output.folder import OutputFolder
-from ..output.reader import (
-    ImageBatch,
-    MergeStats,
-    _finish_stats,
-    _IdChecker,
-    iter_image_batches,
-    run_categories,
-)
+from ..output.reader import ImageBatch, iter_image_batches, run_categories
 from ..storage.fs import absolute_uri
 from ..storage.masks import decode_rle, mask_utils
+from .accounting import ExportStats, IdChecker, count_row, finish_stats
 from .score_filter import ScoreThresholds
 
 log = logging.getLogger(__name__)
@@ -128,7 +122,7 @@ class ExportContext:
     shards: str
     out: str
     options: dict | None
-    stats: MergeStats
+    stats: ExportStats
     thresholds: ScoreThresholds
     manifest: dict
     known_categories: list[dict] | None  # from run.json or the caller; None: from the instances
@@ -195,7 +189,7 @@ class Writer:
 
 
 def threshold_summary(th: ScoreThresholds) -> float | dict | None:
-    """What :class:`MergeStats` and the outputs record: one number, or the per-class map."""
+    """What :class:`ExportStats` and the outputs record: one number, or the per-class map."""
     return th.default if th.is_global else th.to_dict()
 
 
@@ -211,7 +205,7 @@ def run_export(
     batch_rows: int = 64,
     progress: Callable[[int, int], None] | None = None,
     **writer_options: Any,
-) -> MergeStats:
+) -> ExportStats:
     """Stream the shards through ``writer_cls`` into ``out``; returns the statistics.
 
     ``score_threshold``: anything :meth:`ScoreThresholds.load` takes (None, a number, a
@@ -220,7 +214,7 @@ def run_export(
     it. Raises ValueError on duplicate image ids (nothing is written then).
     """
     th = ScoreThresholds.load(score_threshold)
-    stats = MergeStats(format=writer_cls.format, out=out, score_threshold=threshold_summary(th))
+    stats = ExportStats(format=writer_cls.format, out=out, score_threshold=threshold_summary(th))
     manifest = OutputFolder(shards, options).read_run(strict=False)
     if categories is None:
         categories = run_categories(manifest)
@@ -240,7 +234,7 @@ def run_export(
         image_root=absolute_uri(image_root) if image_root else None,
     )  # the job records absolute paths
     writer = writer_cls(out, ctx, **writer_options)
-    ids = _IdChecker()
+    ids = IdChecker()
     shard_names: set[str] = set()
     cache: dict[tuple[int, str | None], float | None] = {}  # (category id, name) -> threshold
     seen = ctx.seen
@@ -249,7 +243,7 @@ def run_export(
             cat_ids, cat_names, scores = b.category_id, b.category_name, b.score
             for i in range(len(b)):
                 ids.add(b.image_id[i])
-                if not stats._count_row(b, i):
+                if not count_row(stats, b, i):
                     continue
                 lo, hi = int(b.offsets[i]), int(b.offsets[i + 1])
                 stats.instances_read += hi - lo
@@ -276,14 +270,30 @@ def run_export(
     if not categories and not th.is_global:
         _unknown_notice(th, list(cache), stats)
     stats.shards = len(shard_names)
-    _finish_stats(stats)
+    finish_stats(stats)
     return stats
 
 
-def _unknown_notice(th: ScoreThresholds, cats: list[tuple[int, str | None]], stats: MergeStats) -> None:
+def _unknown_notice(th: ScoreThresholds, cats: list[tuple[int, str | None]], stats: ExportStats) -> None:
     unknown = th.warn_unknown(cats)
     if unknown:
         stats.notices.append(
             f"score thresholds for {', '.join(map(repr, unknown))} match no class of this run and were "
             "ignored (check the spelling against the class names)"
         )
+
+
+DATASET_FORMAT = "ntt-batch/auto-labels"  # info.format of the dataset export
+
+
+def relative_file_name(uri: str, image_root: str | None) -> str:
+    """``uri`` relative to ``image_root`` (a folder or URI prefix); the URI itself without a root."""
+    if not image_root:
+        return uri
+    root = image_root.rstrip("/") + "/"
+    if not uri.startswith(root):
+        raise ValueError(
+            f"image {uri!r} is not under --image-root {image_root!r}: use a common prefix of all "
+            "image URIs, or leave --image-root out to write full URIs as file_name"
+        )
+    return uri[len(root) :]

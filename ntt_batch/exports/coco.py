@@ -25,14 +25,25 @@ import tempfile
 from json.encoder import encode_basestring_ascii as _json_str
 
 from ..output.folder import utc_now_iso
-from ..output.reader import (
-    DATASET_FORMAT,
-    AtomicFile,
-    _bbox_json,
-    _spill_dir,
-    relative_file_name,
-)
-from .base import ExportContext, ExportRow, Writer
+from ..storage.atomic import AtomicFile
+from ..storage.fs import filesystem, is_local
+from .base import DATASET_FORMAT, ExportContext, ExportRow, Writer, relative_file_name
+
+
+def _bbox_json(b: list[float]) -> str:
+    """``[x, y, w, h]`` as JSON text, each number the shortest decimal that round-trips (``repr``)."""
+    return f"[{b[0]!r}, {b[1]!r}, {b[2]!r}, {b[3]!r}]"
+
+
+def _spill_dir(out: str, options: dict | None) -> str | None:
+    """Where the dataset writer keeps its two temporary arrays: beside a local output, else the temp dir."""
+    fs, path = filesystem(out, options)
+    if is_local(fs):
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"output folder {parent!r} does not exist: create it first")
+        return parent
+    return None
 
 
 class CocoResultsWriter(Writer):

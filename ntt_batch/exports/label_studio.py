@@ -47,8 +47,8 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from ..output.reader import AtomicFile, relative_file_name
-from .base import ExportContext, ExportRow, Writer
+from ..storage.atomic import AtomicFile
+from .base import ExportContext, ExportRow, Writer, relative_file_name
 from .brush_rle import mask_to_brush_rle
 from .polygons import mask_polygons
 

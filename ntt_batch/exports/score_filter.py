@@ -7,8 +7,9 @@ A thresholds map is a YAML or JSON file (or a dict) such as::
     cat: 0.41
     3: 0.7              # by category id (an int key, or a string of digits)
 
-``ntt-batch thresholds`` writes such a file (tuned on a small labelled set); ``merge``, the
-exports and ``visualize`` read it through ``--score-threshold`` (a number or a path).
+``ntt-batch thresholds`` writes such a file (tuned on a small labelled set); ``export`` (every
+format), ``visualize`` and ``review`` read it through ``--thresholds`` (a number or a path;
+``--score-threshold`` is its old name).
 
 An instance is kept when ``score >= threshold``. A class whose threshold is ``None`` (no entry
 and no ``default``) keeps everything. Lookup order for one instance: its class name exactly,
@@ -17,7 +18,7 @@ classes seen are reported once each (a warning), since a typo there silently kee
 
 Usage::
 
-    from ntt_batch.exports.score_filter import ScoreThresholds
+    from .score_filter import ScoreThresholds
 
     th = ScoreThresholds.load("thresholds.yaml")      # or a dict, a float, or None
     th.keep(category_id=1, category_name="dog", score=0.7)   # -> bool

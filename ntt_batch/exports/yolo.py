@@ -25,7 +25,7 @@ image path alone (``img2label_paths`` in ``ultralytics/data/utils.py``: the last
 ``/labels/``, suffix → ``.txt``), so the labels of ``/data/photos/a.jpg`` or ``s3://b/a.jpg`` would
 have to sit beside the source images, and the dataset read as 0 instances, all backgrounds (an
 ``images="uri"`` mode did that; it is now refused with a pointer to ``link`` / ``copy``). Scores
-are not part of the format (filter with ``--score-threshold``).
+are not part of the format (filter with ``--thresholds``).
 
 The folder is built beside ``OUT`` under a temporary name and renamed into place at the end; an
 existing ``OUT`` is replaced only if it is empty or an earlier export (holds ``data.yaml``).

@@ -26,7 +26,7 @@ def setting(default: Any, help: str, *, flag: bool = False, **cli: Any) -> Any:
 
     The help text lives in the field's metadata (``dataclasses.fields(cls)[i].metadata["help"]``);
     ``flag=True`` makes the field a command-line flag (``--points-per-side`` for
-    ``points_per_side``) of the commands that take these settings: ``ntt_batch.cli_settings``
+    ``points_per_side``) of the commands that take these settings: ``ntt_batch.cli.settings_options``
     generates the click option from the annotation, this default and this help.
 
     Args:
@@ -163,6 +163,19 @@ class SegmenterConfig:
         "The reference labels them with torch.topk's tie-breaking and lets them suppress detections in NMS "
         "before dropping them (method.md §8.19).",
     )
+    use_negatives: bool = setting(
+        False,
+        flag=True,
+        help="Score candidates against the bank's negative references too (the authors' negative-reference mode, "
+        "docs/negative_references.md): score = sim_pos x exp(-max(sim_neg - sim_pos, 0) / negative_sigma), sim_neg "
+        "= the best clamped cosine to that class's negatives. Needs a bank with negatives (`ntt-batch memory "
+        "negatives BANK`, or `memory build --negatives FILE`). Off: the paper's matching (method.md §4.4).",
+    )
+    negative_sigma: float = setting(
+        0.8,
+        flag=True,
+        help="With use_negatives: the decay's sigma, > 0 (the authors' call site passes 0.8; smaller = stronger).",
+    )
     merger: str = setting(
         "soft",
         flag=True,
@@ -297,6 +310,8 @@ class SegmenterConfig:
         _check(0.0 < self.nms_iou_threshold <= 1.0, "nms_iou_threshold", self.nms_iou_threshold, "in (0, 1]")
         _check(self.nms_keep_factor >= 1, "nms_keep_factor", self.nms_keep_factor, ">= 1")
         _check(self.merge_exponent >= 0, "merge_exponent", self.merge_exponent, ">= 0")
+        _check(isinstance(self.use_negatives, bool), "use_negatives", self.use_negatives, "true or false")
+        _check(self.negative_sigma > 0, "negative_sigma", self.negative_sigma, "> 0")
         _check(self.max_detections >= 1, "max_detections", self.max_detections, ">= 1")
         _check(
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),

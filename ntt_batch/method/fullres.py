@@ -1,6 +1,6 @@
 """Full-resolution masks and soft merging with memory bounded by a budget (method.md §4.6-4.8).
 
-The straightforward §4.6-4.7 (``Segmenter._finalize_reference``) upsamples every NMS survivor —
+The straightforward §4.6-4.7 (``MethodSegmenter._finalize_reference``) upsamples every NMS survivor —
 up to 800 — to the original size as float32 and then takes a float Gram matrix of the flattened
 masks: memory and time grow as M·H·W (10 GB for a 9400×9400 image). This module computes the
 same masks and the same merge with buffers bounded by ``budget`` bytes:
@@ -175,6 +175,38 @@ def _band_runs(band: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return idx[0::2, 0], idx[0::2, 1], idx[0::2, 2], idx[1::2, 2]
 
 
+def _column_support(logits: Tensor, big_w: int) -> tuple[Tensor, Tensor, Tensor]:
+    """For [M, h, w] float logits upsampled to width ``big_w``: which masks have a positive logit
+    ([M] bool), and per mask the full-res columns [x_start, x_stop) ([M] int64 each) its
+    antialiased upsampling can reach from its positive low-res columns."""
+    m, h, w = logits.shape
+    dev = logits.device
+    first_x, last_x = tap_ranges(w, big_w, dev)
+    pos = logits > 0
+    cols_any = pos.any(dim=1)  # [M, w]
+    has = cols_any.any(dim=1)
+    ar_w = torch.arange(w, device=dev)
+    lx0 = torch.where(cols_any, ar_w, w).amin(dim=1)
+    lx1 = torch.where(cols_any, ar_w, -1).amax(dim=1)
+    x_start, x_stop = _support(lx0, lx1, first_x, last_x)  # full-res column support per mask
+    return has, x_start, x_stop
+
+
+def _concat_pieces(
+    pieces: list[list[tuple[Tensor, Tensor, Tensor]]], small: torch.dtype, dev: torch.device
+) -> tuple[list[Tensor], Tensor]:
+    """Per mask, its (col, start, end) run pieces in band order → the three flat run arrays (mask
+    after mask, dtype ``small``) and the [M + 1] int64 offsets of each mask's runs in them (on CPU)."""
+    counts = torch.tensor([sum(p[0].numel() for p in ps) for ps in pieces], dtype=torch.int64)
+    offsets = torch.zeros(len(pieces) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(counts, 0)
+    flat = [
+        torch.cat([p[k] for ps in pieces for p in ps]) if int(offsets[-1]) else torch.zeros(0, dtype=small, device=dev)
+        for k in range(3)
+    ]
+    return flat, offsets
+
+
 def upsample_to_runs(logits: Tensor, out_hw: tuple[int, int], budget: int = DEFAULT_BUDGET_BYTES) -> MaskRuns:
     """``F.interpolate(logits[:, None], out_hw, bilinear, antialias) > 0`` as :class:`MaskRuns`, with
     float buffers bounded by about ``budget`` bytes (§4.6).
@@ -188,15 +220,7 @@ def upsample_to_runs(logits: Tensor, out_hw: tuple[int, int], budget: int = DEFA
     dev = logits.device
     small = _small_int(max(big_h, big_w))
     logits = logits.float()
-    first_x, last_x = tap_ranges(w, big_w, dev)
-    pos = logits > 0
-    cols_any = pos.any(dim=1)  # [M, w]
-    has = cols_any.any(dim=1)
-    ar_w = torch.arange(w, device=dev)
-    lx0 = torch.where(cols_any, ar_w, w).amin(dim=1)
-    lx1 = torch.where(cols_any, ar_w, -1).amax(dim=1)
-    x_start, x_stop = _support(lx0, lx1, first_x, last_x)  # full-res column support per mask
-    del pos, cols_any
+    has, x_start, x_stop = _column_support(logits, big_w)
 
     area = torch.zeros(m, dtype=torch.int64, device=dev)
     big = torch.iinfo(torch.int64).max
@@ -248,13 +272,7 @@ def upsample_to_runs(logits: Tensor, out_hw: tuple[int, int], budget: int = DEFA
                 k += n
             del mi, col, start, end
         del rows
-    counts = torch.tensor([sum(p[0].numel() for p in ps) for ps in pieces], dtype=torch.int64)
-    offsets = torch.zeros(m + 1, dtype=torch.int64)
-    offsets[1:] = torch.cumsum(counts, 0)
-    flat = [
-        torch.cat([p[k] for ps in pieces for p in ps]) if int(offsets[-1]) else torch.zeros(0, dtype=small, device=dev)
-        for k in range(3)
-    ]
+    flat, offsets = _concat_pieces(pieces, small, dev)
     empty = area == 0
     box = torch.stack([x1b, y1b, x2b, y2b], dim=1)
     box[empty] = 0

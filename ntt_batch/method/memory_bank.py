@@ -10,12 +10,18 @@ On disk a bank is a directory::
     BANK/memory_bank.json          categories, shots, encoder (name, checkpoint sha256), config,
                                    references' provenance, content_hash
 
+A bank may also hold *negative references* (docs/negative_references.md): ``negative_prototypes``
+[Rn, D] float32 (un-normalised masked means, made like the positive ones) and ``negative_labels``
+[Rn] int64 in the safetensors file, their provenance under ``negatives`` in the JSON (format
+version 2). A bank without negatives is written exactly as before (version 1, same hash).
+
 No pickle: tensors in safetensors, everything else JSON. ``content_hash`` is a SHA-256 over the
 tensors and the metadata that changes their meaning, checked on load.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -39,6 +45,7 @@ log = logging.getLogger(__name__)
 
 BANK_FORMAT = "ntt-batch/memory-bank"
 BANK_VERSION = 1
+BANK_VERSION_NEGATIVES = 2  # written only by a bank that holds negative references
 TENSORS_FILE = "memory_bank.safetensors"
 META_FILE = "memory_bank.json"
 
@@ -143,6 +150,12 @@ class MemoryBank:
     config: dict = field(default_factory=dict)
     references: dict = field(default_factory=dict)  # provenance: source + per-reference ids
     notes: list[str] = field(default_factory=list)
+    # Negative references (docs/negative_references.md): None, or [Rn, D] float32 un-normalised
+    # instance prototypes and their [Rn] int64 class index; ``negatives`` is their provenance
+    # ({"sources": [...], "instances": [one record per row]}).
+    negative_prototypes: Tensor | None = None
+    negative_labels: Tensor | None = None
+    negatives: dict = field(default_factory=dict)
     class_prototypes: Tensor = field(init=False)
 
     def __post_init__(self):
@@ -152,6 +165,61 @@ class MemoryBank:
         self.instance_prototypes = self.instance_prototypes.to(torch.float32).contiguous()
         self.instance_labels = self.instance_labels.to(torch.int64).contiguous()
         self.class_prototypes = class_prototypes(self.instance_prototypes, self.instance_labels, len(ids))
+        self._check_negatives()
+
+    def _check_negatives(self) -> None:
+        """Normalise the negative tensors (None when there are none) and check them against the bank."""
+        protos, labels = self.negative_prototypes, self.negative_labels
+        if (protos is None) != (labels is None):
+            raise ValueError("negative_prototypes and negative_labels go together: give both or neither")
+        if protos is None or protos.shape[0] == 0:
+            self.negative_prototypes = self.negative_labels = None
+            self.negatives = {}
+            return
+        d = self.instance_prototypes.shape[1]
+        if protos.ndim != 2 or protos.shape[1] != d or labels.shape != (protos.shape[0],):
+            raise ValueError(
+                f"negative references: prototypes {tuple(protos.shape)} and labels {tuple(labels.shape)} do not "
+                f"fit a bank of feature dim {d} (expected [Rn, {d}] and [Rn])"
+            )
+        if int(labels.min()) < 0 or int(labels.max()) >= len(self.categories):
+            raise ValueError(f"negative references: class index out of range 0..{len(self.categories) - 1}")
+        self.negative_prototypes = protos.to(torch.float32).contiguous()
+        self.negative_labels = labels.to(torch.int64).contiguous()
+
+    @property
+    def has_negatives(self) -> bool:
+        """Whether the bank holds negative references (docs/negative_references.md)."""
+        return self.negative_prototypes is not None
+
+    @property
+    def negative_shots(self) -> dict[str, int]:
+        """Negative references per class name (every class listed, 0 for those without)."""
+        if not self.has_negatives:
+            return {c["name"]: 0 for c in self.categories}
+        counts = torch.bincount(self.negative_labels, minlength=len(self.categories)).tolist()
+        return {c["name"]: int(n) for c, n in zip(self.categories, counts)}
+
+    def with_negatives(
+        self, prototypes: Tensor | None, labels: Tensor | None, instances: list[dict], sources: list[dict]
+    ) -> MemoryBank:
+        """A copy of this bank whose negative references are exactly these (None / 0 rows: none).
+
+        Args:
+            prototypes: [Rn, D] un-normalised instance prototypes (as ``instance_prototypes``).
+            labels: [Rn] class index of each.
+            instances: one provenance record per row (``category_id``, ``file_name``, ``score``, ``source``...).
+            sources: how they were made (``{"kind": "mined", ...}``, ``{"kind": "file", ...}``).
+        """
+        n = 0 if prototypes is None else int(prototypes.shape[0])
+        if len(instances) != n:
+            raise ValueError(f"{len(instances)} negative records for {n} negative prototypes")
+        return dataclasses.replace(
+            self,
+            negative_prototypes=prototypes,
+            negative_labels=labels,
+            negatives={"sources": list(sources), "instances": list(instances)} if n else {},
+        )
 
     @property
     def category_ids(self) -> list[int]:
@@ -175,9 +243,28 @@ class MemoryBank:
         for t in (self.instance_prototypes, self.instance_labels):
             h.update(str(tuple(t.shape)).encode())
             h.update(t.numpy().tobytes())
+        if self.has_negatives:  # absent: the hash of a bank without negatives, unchanged
+            h.update(b"negatives")
+            for t in (self.negative_prototypes, self.negative_labels):
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.numpy().tobytes())
         return h.hexdigest()
 
     def metadata(self) -> dict:
+        meta = self._base_metadata()
+        if self.has_negatives:
+            meta["version"] = BANK_VERSION_NEGATIVES
+            meta["negatives"] = {**self.negatives, "per_class": self.negative_shots}
+        return meta
+
+    def tensors(self) -> dict[str, Tensor]:
+        """What the safetensors file holds."""
+        out = {"instance_prototypes": self.instance_prototypes, "instance_labels": self.instance_labels}
+        if self.has_negatives:
+            out |= {"negative_prototypes": self.negative_prototypes, "negative_labels": self.negative_labels}
+        return out
+
+    def _base_metadata(self) -> dict:
         return {
             "format": BANK_FORMAT,
             "version": BANK_VERSION,
@@ -193,22 +280,21 @@ class MemoryBank:
         }
 
     def save(self, directory: str | os.PathLike) -> Path:
+        """Write the two files, each atomically (tensors first: a reader between the two renames sees a
+        content-hash mismatch, never a silently mixed bank)."""
         from safetensors.torch import save
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         meta = self.metadata()
-        # safetensors' save_file creates its file 0600; the atomic writer gives the umask's mode
-        tensors = save(
-            {"instance_prototypes": self.instance_prototypes, "instance_labels": self.instance_labels},
-            metadata={"format": BANK_FORMAT, "content_hash": meta["content_hash"]},
-        )
-        atomic_write_bytes(d / TENSORS_FILE, tensors)
+        data = save(self.tensors(), metadata={"format": BANK_FORMAT, "content_hash": meta["content_hash"]})
+        atomic_write_bytes(d / TENSORS_FILE, data)
         atomic_write_text(d / META_FILE, json.dumps(meta, indent=2))
         return d
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> MemoryBank:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         d = Path(directory)
@@ -218,10 +304,20 @@ class MemoryBank:
                 f"{d} is not a memory bank: expected {META_FILE} and {TENSORS_FILE} in it "
                 "(build one with `ntt-batch memory build`)"
             )
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != BANK_FORMAT or meta.get("version") != BANK_VERSION:
+        rebuild = "rebuild the bank with `ntt-batch memory build` (or restore the file)"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as e:  # JSONDecodeError, bad UTF-8
+            raise ValueError(f"{meta_path}: not valid JSON ({e}); {rebuild}") from None
+        if meta.get("format") != BANK_FORMAT or meta.get("version") not in (BANK_VERSION, BANK_VERSION_NEGATIVES):
             raise ValueError(f"{meta_path}: unsupported format {meta.get('format')!r} version {meta.get('version')!r}")
-        tensors = load_file(str(tensor_path))
+        try:
+            tensors = load_file(str(tensor_path))
+        except SafetensorError as e:  # truncated or damaged (safetensors' own error is no ValueError)
+            raise ValueError(f"{tensor_path}: damaged safetensors file ({e}); {rebuild}") from None
+        missing = [k for k in ("instance_prototypes", "instance_labels") if k not in tensors]
+        if missing:
+            raise ValueError(f"{tensor_path}: no tensor(s) {', '.join(missing)}; {rebuild}")
         bank = cls(
             categories=meta["categories"],
             instance_prototypes=tensors["instance_prototypes"],
@@ -230,6 +326,9 @@ class MemoryBank:
             config=meta.get("config", {}),
             references=meta.get("references", {}),
             notes=meta.get("notes", []),
+            negative_prototypes=tensors.get("negative_prototypes"),
+            negative_labels=tensors.get("negative_labels"),
+            negatives={k: v for k, v in (meta.get("negatives") or {}).items() if k != "per_class"},
         )
         if bank.content_hash != meta.get("content_hash"):
             raise ValueError(f"{d}: content hash mismatch (files modified or mixed from two banks)")
@@ -298,7 +397,7 @@ def build_memory_bank(
     """Encode every reference and build the bank (§2-3).
 
     Args:
-        references: a validated references dict (see ``method.references``).
+        references: a validated references dict (see :mod:`ntt_batch.references.files`).
         load_image: reference entry → RGB uint8 [H, W, 3] original image.
         encoder: an image encoder (``models.encoders.ImageEncoder``): ``patch_size`` p,
             ``native_image_size`` and ``encoder(x [B,3,S,S] in [0,1]) -> [B, S/p, S/p, D]``.
@@ -340,24 +439,7 @@ def build_memory_bank(
 
     for n, ref in enumerate(refs):
         image = load_image(ref)
-        h, w = image.shape[:2]
-        if (h, w) != (int(ref["height"]), int(ref["width"])):
-            raise ValueError(
-                f"reference image {ref['file_name']!r} is {w}x{h} but the references file says "
-                f"{ref['width']}x{ref['height']}"
-            )
-        if ref.get("segmentation") is not None:
-            mask = segmentation_to_mask(ref["segmentation"], h, w)
-        elif box_prompter is not None:
-            mask = sam2_box_masks(box_prompter, image, [ref["bbox"]])[0]
-        else:
-            raise ValueError(
-                f"reference {ref.get('file_name')!r} has only a box; a SAM2 model is needed to make its mask"
-            )
-        if not mask.any():
-            raise ValueError(
-                f"reference annotation {ref.get('annotation_id')} in {ref['file_name']!r} has an empty mask"
-            )
+        mask = _reference_mask(ref, image, box_prompter)
         bbox = ref.get("bbox") or _mask_bbox(mask)
         img_t, mask_t = crop_reference(image_to_tensor(image), torch.from_numpy(mask.astype(np.float32)), bbox, config)
         pending.append((img_t, mask_t, ref))
@@ -376,6 +458,27 @@ def build_memory_bank(
         references={"source": references.get("source", {}), "instances": used},
         notes=notes,
     )
+
+
+def _reference_mask(ref: dict, image: np.ndarray, box_prompter) -> np.ndarray:
+    """The reference's object mask, bool ``[H, W]`` at ``image``'s size: its segmentation, or SAM 2's
+    mask for its box (box-only references need ``box_prompter``). Refuses an image whose size is not
+    the one the references file records, and an empty mask."""
+    h, w = image.shape[:2]
+    if (h, w) != (int(ref["height"]), int(ref["width"])):
+        raise ValueError(
+            f"reference image {ref['file_name']!r} is {w}x{h} but the references file says "
+            f"{ref['width']}x{ref['height']}"
+        )
+    if ref.get("segmentation") is not None:
+        mask = segmentation_to_mask(ref["segmentation"], h, w)
+    elif box_prompter is not None:
+        mask = sam2_box_masks(box_prompter, image, [ref["bbox"]])[0]
+    else:
+        raise ValueError(f"reference {ref.get('file_name')!r} has only a box; a SAM2 model is needed to make its mask")
+    if not mask.any():
+        raise ValueError(f"reference annotation {ref.get('annotation_id')} in {ref['file_name']!r} has an empty mask")
+    return mask
 
 
 def _mask_bbox(mask: np.ndarray) -> list[float]:

@@ -1,6 +1,6 @@
 """Target inference: proposals → matching → NMS → merging → top-k (method.md §4).
 
-The small functions are the math, each testable on hand-built tensors; :class:`Segmenter`
+The small functions are the math, each testable on hand-built tensors; :class:`MethodSegmenter`
 strings them together around its parts, each behind an interface:
 
 * a *proposer* (``models.proposers.MaskProposer``: SAM 2 / 2.1 point-grid prompting, §4.2);
@@ -30,7 +30,7 @@ from ..models.proposers import MaskProposer, ProposerFeatures
 from ..storage.masks import decode_rle, encode_rle, xyxy_to_coco_xywh
 from .config import SegmenterConfig
 from .fullres import dense_from_runs, rle_from_runs, same_class_intersections, upsample_to_runs
-from .matching import Matcher, PrototypeMatcher
+from .matching import Matcher, build_matcher
 from .memory_bank import MemoryBank
 from .mergers import build_merger
 from .merging import intersection_counts, soft_merge_scores
@@ -211,8 +211,10 @@ class StageTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
-class Segmenter:
-    """Segments target images against a memory bank (method.md §4).
+class MethodSegmenter:
+    """The method's segmenter (method.md §4): models + memory bank + config; in-memory images in,
+    instances out. The batch job's actors, ``ntt-batch segment`` and the public
+    :class:`ntt_batch.api.Segmenter` (which wraps one, adding image loading and thresholds) all run it.
 
     Args:
         proposer: mask proposer (``models.proposers.MaskProposer``, SAM 2 / 2.1).
@@ -220,7 +222,9 @@ class Segmenter:
             built with. ``config.encoder_image_size`` None resolves to its native input side.
         bank: the memory bank (class prototypes, category ids and names).
         config: :class:`SegmenterConfig`; ``config.merger`` picks the merger (``method.merging``).
-        matcher: how candidates are scored against the bank (default: the method's, §4.3-4.4).
+        matcher: how candidates are scored against the bank (default: what ``config`` asks for, see
+            ``matching.build_matcher``: the method's, §4.3-4.4, or with ``use_negatives`` the
+            negative-aware one).
     """
 
     def __init__(
@@ -236,7 +240,7 @@ class Segmenter:
         self.proposer = proposer.to(self.device)
         self.encoder = encoder.to(self.device)
         self.bank = bank
-        self.matcher = matcher or PrototypeMatcher()
+        self.matcher = matcher or build_matcher(self.config, bank, self.device)
         self.merger = build_merger(self.config)
         self.prototypes = bank.class_prototypes.to(self.device, torch.float32)  # [C, D]
         if proposer.image_size != config.image_size:

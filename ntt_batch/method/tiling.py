@@ -3,7 +3,7 @@
 The method resizes the whole target to 1024² (§4.1): on a 10k × 10k scene an object of 50 px
 becomes 5 px and is lost. With ``SegmenterConfig.tile_size`` set, an image with a side over
 ``tile_size`` is cut into overlapping tiles instead, and each tile is segmented as an image by
-the same :class:`~ntt_batch.method.segmenter.Segmenter` (its own resize, prompt grid, matching,
+the same :class:`~ntt_batch.method.segmenter.MethodSegmenter` (its own resize, prompt grid, matching,
 NMS, soft merging and top ``max_detections``).
 
 * **Grid.** Tiles are ``tile_size`` × ``tile_size`` (smaller only where the image is), at a

@@ -31,6 +31,9 @@ DINOV3_ACCESS = "https://ai.meta.com/resources/models-and-libraries/dinov3-downl
 # The paper's models (method.md §6): SAM 2.0 Hiera-L + DINOv2 ViT-L/14.
 DEFAULT_SAM2 = "sam2_hiera_large"
 DEFAULT_ENCODER = "dinov2_vitl14"
+# The smallest models (Apache-2.0, ungated): the CPU-sized demo, benchmarks and smoke runs.
+SMALLEST_SAM2 = "sam2.1_hiera_tiny"
+SMALLEST_ENCODER = "dinov2_vits14"
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,15 @@ Layout (any fsspec store: a local folder, ``s3://bucket/prefix``, ...)::
 
     <out>/part-<run_id>-<seq>.parquet   committed data files, one row per input image (SHARD_SCHEMA)
     <out>/_ntt/run.json                 job fingerprint, config, models, bank hash, attempts, per-part stats
-    <out>/_ntt/lock, _ntt/lock.json     the lease: one run at a time (flock locally, conditional writes on S3)
-    <out>/_ntt/staging/<run_id>/        files the running attempt's workers write (not yet committed)
+    <out>/_ntt/lock, _ntt/lock.json     the lease: one run at a time (flock locally, conditional writes on S3),
+                                        with the holder's lease generation (the fencing token)
+    <out>/_ntt/staging/g<gen>-<run_id>/ files the running attempt's workers write (not yet committed; <gen>:
+                                        its lease generation, see output.fencing)
     <out>/_ntt/tmp/                     committed files being assembled (not visible to readers)
     <out>/_ntt/commits/<id>.json        commit intents (crash recovery; see output.parts)
     <out>/_ntt/quarantine/              unreadable files moved aside (never deleted)
     <out>/_ntt/retried/                 error rows replaced by ``--retry-errors`` (kept for the record)
+    <out>/_ntt/replaced/<id>/           parts being replaced by commit <id>, moved out of the dataset first
 
 Readers (pyarrow.dataset, pandas, DuckDB ``read_parquet('<out>/*.parquet')``, Spark) see only the
 committed ``part-*.parquet`` files: everything else is under ``_ntt/``, which they skip by its
@@ -27,8 +30,10 @@ import io
 import json
 import logging
 import os
+import re
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +43,8 @@ import pyarrow.parquet as pq
 
 from ..storage.atomic import atomic_write_bytes
 from ..storage.fs import filesystem, is_local
+from .crashpoints import crash_point
+from .fencing import LeaseLostError, RunFence, lease_generation
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,7 @@ TMP = f"{META}/tmp"
 COMMITS = f"{META}/commits"
 QUARANTINE = f"{META}/quarantine"
 RETRIED = f"{META}/retried"
+REPLACED = f"{META}/replaced"
 LOCK = f"{META}/lock"
 LOCK_JSON = f"{META}/lock.json"
 LEGACY_RUN_JSON = "run.json"  # layout of ntt-batch 0.1 (run.json beside the shards)
@@ -80,10 +88,6 @@ class CorruptFileError(ValueError):
 
 class LeaseHeldError(RuntimeError):
     """Another run holds the output's lease."""
-
-
-class LeaseLostError(RuntimeError):
-    """This run's lease expired or was taken over; it must stop writing."""
 
 
 def _info_version(info: dict) -> str:
@@ -302,13 +306,53 @@ class OutputFolder:
             reason,
             self.display(dest),
         )
+        crash_point("quarantine.moving")
         self.move(path, dest)
+        crash_point("quarantine.moved")
         return dest
+
+    def remove_stale_temp_files(self) -> list[str]:
+        """Remove the temporary files of atomic metadata writes a killed process left under ``_ntt/``
+        (``.run.json.<id>.tmp``; local folders only: object stores write in one PUT). Call only while
+        holding the lease. Returns the removed paths."""
+        if not self.is_local:
+            return []
+        removed = []
+        for dirpath, dirnames, filenames in os.walk(self.path(META)):
+            if dirpath == self.path(META):
+                dirnames[:] = [d for d in dirnames if d not in ("staging", "todo")]  # workers' files, not ours
+            for name in filenames:
+                if _ATOMIC_TMP.match(name):
+                    self.remove(os.path.join(dirpath, name))
+                    removed.append(os.path.join(dirpath, name))
+        return removed
 
     # ------------------------------------------------------------------ lease
 
     def lease(self, holder: dict, ttl_s: float = 120.0) -> Lease:
         return Lease(self, holder, ttl_s)
+
+    def lock_status(self) -> tuple[dict | None, str | None]:
+        """(``_ntt/lock.json`` or None, why that lock is stale or None when its run may hold it).
+
+        Stale: on a local folder, its pid is not running on this host (the flock died with it); on an
+        object store, its ``expires_at`` has passed. Either way the next run takes it over.
+        """
+        try:
+            lock = self.read_json(LOCK_JSON)
+        except ValueError:
+            lock = {}
+        if lock is None:
+            return None, None
+        if self.is_local:
+            pid = lock.get("pid")
+            if lock.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+                return lock, f"pid {pid} is not running on this host"
+            return lock, None
+        expires = _parse_time(lock.get("expires_at"))
+        if expires is not None and expires <= _dt.datetime.now(_dt.timezone.utc):
+            return lock, f"it expired at {expires.isoformat(timespec='seconds')}"
+        return lock, None
 
     def pyarrow_fs(self):
         """(pyarrow filesystem, root) over this fsspec filesystem (Ray Data's readers and writers take it)."""
@@ -317,39 +361,52 @@ class OutputFolder:
         return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs)), self.root
 
 
+_ATOMIC_TMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # io.atomic's temporary names
+
 # What decoding Parquet bytes held in memory raises on bad bytes: ArrowInvalid (a ValueError: bad magic,
 # broken footer or thrift), OSError (pyarrow's checksum mismatch), EOFError/IndexError (truncated data).
 _DECODE_ERRORS = (pa.ArrowException, ValueError, OSError, EOFError, IndexError)
 
 
 def _parse_shard(source, deep: bool) -> int:
-    pf = pq.ParquetFile(source, page_checksum_verification=deep)
-    if deep:
-        for i in range(pf.num_row_groups):
-            pf.read_row_group(i)
-    return pf.metadata.num_rows
+    with pq.ParquetFile(source, page_checksum_verification=deep) as pf:  # closed here, not by a later GC
+        if deep:
+            for i in range(pf.num_row_groups):
+                pf.read_row_group(i)
+        return pf.metadata.num_rows
 
 
 class Lease:
     """Exclusive right to write an output folder, for one run.
 
     Local folders: an advisory ``flock`` on ``_ntt/lock``, released by the kernel when the process
-    dies (so a SIGKILLed run never blocks the next one); ``_ntt/lock.json`` says who holds it.
+    dies (so a SIGKILLed run never blocks the next one); ``_ntt/lock.json`` says who holds it. A
+    local lease cannot be taken over while its holder lives (a frozen holder keeps the flock).
 
     Object stores (S3 and S3-compatible): ``_ntt/lock.json`` created with a conditional write
     (``If-None-Match: *``), renewed by a background thread every ``ttl_s / 4`` with
     ``If-Match: <ETag>``; a lock whose ``expires_at`` has passed (the holder died) is taken over
     with ``If-Match`` on the expired version, so of two runs taking it over only one succeeds. A
-    holder that fails to renew marks the lease lost; the job checks before every commit.
+    holder that fails to renew marks the lease lost; :meth:`check` (before every step of a commit)
+    also renews on the spot when the last confirmed renewal is older than ``ttl_s / 2``, so a
+    holder that was frozen past its expiry learns it lost the lease before it writes anything.
+
+    Each acquisition gets a **generation** one above every generation recorded before (the lock's,
+    run.json's); the holder's run.json writes go through :attr:`fence` and are refused once a later
+    generation wrote (``output.fencing``).
     """
 
     def __init__(self, folder: OutputFolder, holder: dict, ttl_s: float):
         self.folder = folder
         self.holder = {**holder, "lease_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self.ttl_s = float(ttl_s)
+        self.generation = 0
+        self.fence: RunFence | None = None
         self._fd: int | None = None
         self._etag: str | None = None
         self._lost: str | None = None
+        self._confirmed = 0.0  # time.monotonic() when the last confirmed renewal was sent
+        self._put_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -360,12 +417,41 @@ class Lease:
             self._acquire_local()
         else:
             self._acquire_remote()
+        self.fence = RunFence(
+            self.folder,
+            self.folder.path(RUN_JSON),
+            self.generation,
+            str(self.holder.get("run_id")),
+            conditional=not self.folder.is_local and _supports_conditional_writes(self.folder.fs),
+        )
         return self
 
+    @property
+    def lost(self) -> bool:
+        return self._lost is not None
+
     def check(self) -> None:
-        """Raise :class:`LeaseLostError` if the lease was lost (remote stores)."""
+        """Raise :class:`LeaseLostError` if the lease was lost (remote stores: renewing first when it is due)."""
         if self._lost:
             raise LeaseLostError(self._lost)
+        if not self.folder.is_local and self._thread is not None:
+            if time.monotonic() - self._confirmed > self.ttl_s / 2:
+                self._renew()
+            if self._lost:
+                raise LeaseLostError(self._lost)
+
+    def read_run(self) -> dict:
+        """run.json as this holder's base ({} when new); its version is remembered for fenced writes."""
+        return self.fence.read()
+
+    def write_run(self, run: dict) -> None:
+        """Write run.json, fenced: refused (:class:`LeaseLostError`) once the lease is lost or a later holder wrote."""
+        self.check()
+        try:
+            self.fence.write(run)
+        except LeaseLostError as e:
+            self._lost = self._lost or str(e)
+            raise
 
     def release(self) -> None:
         self._stop.set()
@@ -392,6 +478,9 @@ class Lease:
     def __exit__(self, *exc) -> None:
         self.release()
 
+    def _recorded_generation(self) -> int:
+        return lease_generation(self.folder.read_run(strict=False))
+
     # -------------------------------------------------------------- local
 
     def _acquire_local(self) -> None:
@@ -406,6 +495,12 @@ class Lease:
             other = self.folder.read_json(LOCK_JSON) or {}
             raise LeaseHeldError(_held_message(self.folder, other, None)) from None
         self._fd = fd
+        try:
+            stale = self.folder.read_json(LOCK_JSON) or {}  # a killed holder's
+        except ValueError:
+            stale = {}
+        self.generation = max(_int(stale.get("generation")), self._recorded_generation()) + 1
+        self.holder["generation"] = self.generation
         self.folder.write_json(LOCK_JSON, {**self.holder, "acquired_at": utc_now_iso()})
 
     # -------------------------------------------------------------- remote
@@ -417,13 +512,14 @@ class Lease:
                 **self.holder,
                 "ttl_s": self.ttl_s,
                 "renewed_at": utc_now_iso(),
-                "expires_at": expires.isoformat(timespec="seconds"),
+                "expires_at": expires.isoformat(timespec="milliseconds"),
             }
         ).encode()
 
     def _read_remote(self) -> tuple[dict, str] | None:
         path = self.folder.path(LOCK_JSON)
         try:
+            self.folder.fs.invalidate_cache(path)
             info = self.folder.fs.info(path)
             data = json.loads(self.folder.read_bytes(path))
         except FileNotFoundError:
@@ -446,9 +542,14 @@ class Lease:
                 "(do not start two runs on one output)",
                 self.folder.uri,
             )
+        recorded = self._recorded_generation()
         for _ in range(3):
+            self.generation = recorded + 1
+            self.holder["generation"] = self.generation
+            sent = time.monotonic()
             try:
                 self._etag = self._put(mode="create")
+                self._confirmed = sent
                 break
             except FileExistsError:
                 pass
@@ -459,13 +560,18 @@ class Lease:
             expires = _parse_time(data.get("expires_at"))
             if expires is not None and expires > _dt.datetime.now(_dt.timezone.utc):
                 raise LeaseHeldError(_held_message(self.folder, data, expires))
+            self.generation = max(recorded, _int(data.get("generation"))) + 1
+            self.holder["generation"] = self.generation
+            sent = time.monotonic()
             try:  # expired (or unreadable): take it over, only if nobody else did in the meantime
                 self._etag = self._put(IfMatch=etag)
+                self._confirmed = sent
                 log.warning(
-                    "%s: took over an expired lock of run %s (host %s)",
+                    "%s: took over an expired lock of run %s (host %s); lease generation %d",
                     self.folder.uri,
                     data.get("run_id"),
                     data.get("host"),
+                    self.generation,
                 )
                 break
             except OSError:
@@ -476,20 +582,71 @@ class Lease:
         self._thread = threading.Thread(target=self._renew_loop, name="ntt-lease", daemon=True)
         self._thread.start()
 
-    def _renew_loop(self) -> None:
-        while not self._stop.wait(self.ttl_s / 4):
+    def _renew(self) -> None:
+        """One renewal (``If-Match`` on our last version); marks the lease lost when another run holds it."""
+        with self._put_lock:
+            if self._lost:
+                return
+            sent = time.monotonic()
             try:
                 self._etag = self._put(IfMatch=self._etag)
+                self._confirmed = sent
+                return
             except Exception as e:  # 412: someone took it over; anything else: retry until it expires
                 current = self._read_remote()
                 if current is None or current[0].get("lease_id") != self.holder["lease_id"]:
+                    self._lost = self._lost_message(current)
+                    log.error(self._lost)
+                    return
+                if current[1] != self._etag:  # our write landed but its answer was lost
+                    self._etag, self._confirmed = current[1], sent
+                    return
+                if time.monotonic() - self._confirmed > self.ttl_s:
                     self._lost = (
-                        f"the lock on {self.folder.uri} was taken over by another run "
-                        f"({(current or ({}, ''))[0].get('run_id')}); this run stops writing"
+                        f"the lock on {self.folder.uri} could not be renewed before it expired ({e}); "
+                        f"this run ({self.holder.get('run_id')}) stops writing"
                     )
                     log.error(self._lost)
                     return
                 log.warning("renewing the lock on %s failed (%s); retrying", self.folder.uri, e)
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 4):
+            self._renew()
+            if self._lost:
+                return
+
+    def _lost_message(self, current: tuple[dict, str] | None) -> str:
+        """Who holds the output now: the lock's holder, else the run that wrote run.json with a later generation."""
+        who, gen = None, None
+        if current is not None and current[0].get("lease_id") != self.holder["lease_id"]:
+            who, gen = current[0].get("run_id"), current[0].get("generation")
+        if not who:
+            run = self.folder.read_run(strict=False)
+            if lease_generation(run) > self.generation:
+                who, gen = (run.get("lease") or {}).get("run_id"), lease_generation(run)
+        holder = f"{who}, lease generation {gen}" if who else "unknown: no lock, and run.json names no later run"
+        return (
+            f"the lock on {self.folder.uri} was taken over by another run ({holder}); this run "
+            f"({self.holder.get('run_id')}, lease generation {self.generation}) lost it and stops writing"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _int(value) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _supports_conditional_writes(fs) -> bool:

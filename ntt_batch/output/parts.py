@@ -1,20 +1,33 @@
 """Committing rows into large part files, and the crash-safe protocol that does it.
 
-Workers write small Parquet files into ``_ntt/staging/<run_id>/``; nobody reads those. The
-driver turns them into committed ``part-*.parquet`` files of about ``target_bytes`` each:
+Workers write small Parquet files into ``_ntt/staging/<generation>-<run_id>/``; nobody reads
+those. The driver turns them into committed ``part-*.parquet`` files of about ``target_bytes``
+each. Every commit — staged files into parts, compaction (small parts → one large part),
+``--retry-errors`` (parts rewritten without their error rows), ``verify --repair`` (parts
+rewritten without duplicate rows) — takes the same steps (the crash-point names of
+``output.crashpoints`` in brackets):
 
-1. rows are streamed into new files under ``_ntt/tmp/`` (zstd, page checksums, row groups of
-   up to ``row_group_rows`` rows);
-2. an intent ``_ntt/commits/<id>.json`` is written: the new parts (with their row counts) and the
-   files they replace (staging files, or parts being rewritten);
-3. each new part is moved to its final name (local: rename; object stores: one copy);
-4. the replaced files are deleted, run.json's per-part stats are updated, the intent is removed.
+1. the new parts are written whole under ``_ntt/tmp/`` (zstd, page checksums, their sha256
+   computed while writing) [``assembled``];
+2. the lease is checked and an intent ``_ntt/commits/<id>.json`` is written: the new parts (name,
+   temporary path, row counts, sha256) and the files they replace, each replaced part with the
+   place it moves to, ``_ntt/replaced/<id>/<name>`` [``intent``];
+3. **retire**: each replaced part leaves the dataset — moved to ``_ntt/replaced/<id>/`` (local:
+   rename; object stores: copy, then delete) [``retiring`` after the first, ``retired``];
+4. **publish**: each new part is moved to its final name (local: rename; object stores: one copy,
+   which appears whole) [``publishing`` after the first, ``published``];
+5. run.json's per-part record drops the replaced parts and adds the new ones (a fenced write,
+   ``output.fencing``) [``recorded``];
+6. the replaced files (and consumed staged files) are deleted, then the intent.
 
-A crash anywhere leaves either the old files or the new ones visible, never both for long and
-never neither: :func:`recover_commits` finishes an intent whose parts all reached their final
-names, and undoes one that did not (the replaced files are still there). The same protocol
-serves staging commits, compaction (small parts → one large part) and ``--retry-errors``
-(parts rewritten without the error rows being redone).
+Old parts always leave the dataset before any new part enters it, so a reader of ``<out>/*.parquet``
+sees each image **at most once** at every instant; between steps 3 and 4 the replaced parts' images
+are briefly missing. :func:`recover_commits` (run by the next lease holder before anything else)
+brings it back to **exactly once**: an intent whose new parts all exist (under ``_ntt/tmp/`` or their
+final name) is finished — the remaining replaced parts retired first, then the rest published, in
+that order; an intent with a new part lost is undone — its published parts leave the dataset
+first, then the replaced parts move back. Staged files are never moved: they are deleted only
+after the record lists the parts that hold their rows.
 """
 
 from __future__ import annotations
@@ -31,9 +44,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..sources.inputs import HashAccumulator, UriHashes, uri_digests
+from ..storage.checksums import HashingWriter
+from .crashpoints import crash_point
 from .folder import (
     COMMITS,
     PART_PREFIX,
+    REPLACED,
     TMP,
     CorruptFileError,
     FileInfo,
@@ -61,6 +77,7 @@ class PartStats:
     bytes: int = 0
     version: str = ""
     run_id: str = ""
+    sha256: str = ""  # of the file's bytes, computed while writing it ("" in records of older versions)
 
     @classmethod
     def of_table(cls, table: pa.Table | pa.RecordBatch) -> PartStats:
@@ -110,21 +127,25 @@ def stats_of_file(folder: OutputFolder, path: str) -> PartStats:
 
 class RunRecord:
     """An output's run.json (a running attempt's, or ``verify --repair``'s): one in-memory dict, every
-    change written atomically.
+    change written atomically (and fenced, given the lease).
 
     Thread-safe (the committer thread and the driver both update it); the summary is recomputed
     from the per-part stats on every write, so it never needs a pass over the files.
     """
 
-    def __init__(self, folder: OutputFolder, run: dict):
+    def __init__(self, folder: OutputFolder, run: dict, lease=None):
         self.folder = folder
         self.run = run
+        self.lease = lease  # a held Lease: writes are fenced (refused once another run holds the output)
         self._lock = threading.RLock()
 
     def write(self) -> None:
         with self._lock:
             self.run["summary"] = summary_of(self.run.get("parts", {}))
-            self.folder.write_run(self.run)
+            if self.lease is not None:
+                self.lease.write_run(self.run)
+            else:
+                self.folder.write_run(self.run)
 
     def update(self, fn: Callable[[dict], None]) -> None:
         with self._lock:
@@ -178,7 +199,7 @@ class PartAssembler:
         name = f"{PART_PREFIX}{self.run_id}-{self.tag}-{len(self.parts):05d}.parquet"
         tmp = self.folder.path(f"{TMP}/{name}")
         self.folder.fs.makedirs(tmp.rsplit("/", 1)[0], exist_ok=True)
-        self._file = self.folder.fs.open(tmp, "wb")
+        self._file = HashingWriter(self.folder.fs.open(tmp, "wb"))
         self._writer = pq.ParquetWriter(self._file, SHARD_SCHEMA, compression="zstd", write_page_checksum=True)
         self._current = NewPart(tmp, name, PartStats(run_id=self.run_id))
 
@@ -199,6 +220,7 @@ class PartAssembler:
             return
         self._writer.close()
         self._file.close()
+        self._current.stats.sha256 = self._file.hexdigest()
         self._current.stats.bytes = int(self.folder.fs.size(self._current.tmp_path))
         self.parts.append(self._current)
         self._writer = self._file = self._current = None
@@ -224,6 +246,15 @@ class PartAssembler:
 RunUpdater = Callable[[Callable[[dict], None]], None]
 
 
+def _no_check() -> None:
+    return None
+
+
+def _visible(folder: OutputFolder, path: str) -> bool:
+    """Whether a file is in the dataset readers see (directly under the output, not under ``_ntt/``)."""
+    return path.rsplit("/", 1)[0] == folder.root
+
+
 def commit(
     folder: OutputFolder,
     new_parts: list[NewPart],
@@ -233,45 +264,76 @@ def commit(
     kind: str,
     before_publish: Callable[[], None] | None = None,
 ) -> None:
-    """Publish ``new_parts`` and delete ``replaced`` (paths) as one recoverable step (module docstring).
+    """Publish ``new_parts`` in place of ``replaced`` (paths) as one recoverable step (module docstring).
 
-    ``update_run(fn)`` applies ``fn(run_dict)`` to run.json under the caller's lock and writes it.
-    ``before_publish`` runs after the intent is written and before anything becomes visible (the
-    job checks its lease there).
+    ``kind``: ``staging``, ``compaction``, ``retry-errors`` or ``repair`` (the intent records it, and
+    it names the crash points). ``update_run(fn)`` applies ``fn(run_dict)`` to run.json under the
+    caller's lock and writes it. ``before_publish`` (the lease's ``check``) runs before the intent
+    is written and before every file move: a run that lost its lease moves nothing more.
+
+    A failure after the intent is written leaves it for :func:`recover_commits` (the next lease
+    holder finishes or undoes it); nothing is undone here, because a run that lost its lease must
+    not touch files the new holder may already have recovered.
     """
     if not new_parts and not replaced:
         return
+    check = before_publish or _no_check
+    crash_point(f"{kind}.assembled")
+    check()
     intent_id = f"{utc_now_iso().replace(':', '')}-{uuid.uuid4().hex[:8]}"
     intent = {
         "id": intent_id,
         "kind": kind,
         "created_at": utc_now_iso(),
         "parts": [{"name": p.name, "tmp": p.tmp_path, "stats": p.stats.to_dict()} for p in new_parts],
-        "replaced": list(replaced),
+        "replaced": [
+            {
+                "path": r,
+                "hold": folder.path(f"{REPLACED}/{intent_id}/{r.rsplit('/', 1)[-1]}") if _visible(folder, r) else None,
+            }
+            for r in replaced
+        ],
     }
     folder.write_json(f"{COMMITS}/{intent_id}.json", intent)
-    if before_publish:
-        try:
-            before_publish()
-        except BaseException:
-            _undo(folder, intent)
-            raise
-    _finish(folder, intent, update_run)
+    crash_point(f"{kind}.intent")
+    _finish(folder, intent, update_run, step=kind, check=check)
 
 
-def _publish(folder: OutputFolder, intent: dict) -> None:
-    for p in intent["parts"]:
-        final = folder.path(p["name"])
-        if folder.fs.exists(p["tmp"]):
-            folder.move(p["tmp"], final)
+def _normalise(intent: dict) -> dict:
+    """Intents of older versions list replaced files as plain paths (deleted after publishing)."""
+    intent["replaced"] = [r if isinstance(r, dict) else {"path": r, "hold": None} for r in intent.get("replaced", [])]
+    intent.setdefault("parts", [])
+    return intent
 
 
-def _finish(folder: OutputFolder, intent: dict, update_run: RunUpdater) -> None:
-    _publish(folder, intent)
-    for path in intent["replaced"]:
-        folder.remove(path)
+def _exists(folder: OutputFolder, path: str) -> bool:
+    return bool(path) and folder.fs.exists(path)
+
+
+def _finish(
+    folder: OutputFolder, intent: dict, update_run: RunUpdater, *, step: str, check: Callable[[], None]
+) -> None:
+    """Steps 3-6 (module docstring); every step is idempotent, so recovery can repeat any of them."""
+    folder.fs.invalidate_cache()
+    held = [r for r in intent["replaced"] if r["hold"]]
+    to_retire = [r for r in held if _exists(folder, r["path"])]
+    for i, r in enumerate(to_retire):
+        check()  # before every move: a holder frozen between two moves stops at the next one
+        folder.move(r["path"], r["hold"])
+        if i == 0:
+            crash_point(f"{step}.retiring")
+    if held:
+        crash_point(f"{step}.retired")
+    to_publish = [p for p in intent["parts"] if _exists(folder, p["tmp"])]
+    for i, p in enumerate(to_publish):
+        check()
+        folder.move(p["tmp"], folder.path(p["name"]))
+        if i == 0:
+            crash_point(f"{step}.publishing")
+    if intent["parts"]:
+        crash_point(f"{step}.published")
     infos = {p["name"]: folder.info(folder.path(p["name"])) for p in intent["parts"]}
-    replaced_names = {r.rsplit("/", 1)[-1] for r in intent["replaced"]}
+    replaced_names = {r["path"].rsplit("/", 1)[-1] for r in intent["replaced"]}
 
     def apply(run: dict) -> None:
         parts = run.setdefault("parts", {})
@@ -285,34 +347,70 @@ def _finish(folder: OutputFolder, intent: dict, update_run: RunUpdater) -> None:
             parts[p["name"]] = stats
 
     update_run(apply)
+    crash_point(f"{step}.recorded")
+    for r in intent["replaced"]:
+        folder.remove(r["hold"] or r["path"])
     folder.remove(folder.path(f"{COMMITS}/{intent['id']}.json"))
+    folder.remove_empty_dir(f"{REPLACED}/{intent['id']}")
 
 
-def _undo(folder: OutputFolder, intent: dict) -> None:
+def _undo(folder: OutputFolder, intent: dict, check: Callable[[], None]) -> None:
+    """Undo an intent whose new parts are not all there: new parts leave the dataset first, then the
+    replaced parts move back (never two copies visible); staged sources were never moved."""
+    folder.fs.invalidate_cache()
+    check()
     for p in intent["parts"]:
         folder.remove(folder.path(p["name"]))
+    crash_point("recovery.unpublished")
+    restored = 0
+    for r in intent["replaced"]:
+        if not r["hold"] or not _exists(folder, r["hold"]):
+            continue
+        check()
+        if _exists(folder, r["path"]):  # an object-store move copied but had not deleted yet
+            folder.remove(r["hold"])
+            continue
+        folder.move(r["hold"], r["path"])
+        restored += 1
+        if restored == 1:
+            crash_point("recovery.restoring")
+    for p in intent["parts"]:
         folder.remove(p["tmp"])
     folder.remove(folder.path(f"{COMMITS}/{intent['id']}.json"))
+    folder.remove_empty_dir(f"{REPLACED}/{intent['id']}")
 
 
-def recover_commits(folder: OutputFolder, update_run: RunUpdater) -> list[str]:
-    """Finish or undo the commits a crashed run left half done; returns notes for run.json."""
+def recover_commits(
+    folder: OutputFolder, update_run: RunUpdater, *, check: Callable[[], None] | None = None
+) -> list[str]:
+    """Finish or undo the commits a crashed run left half done; returns notes for run.json.
+
+    ``check``: the lease's check (before anything moves). Also removes what no intent refers to:
+    parts assembled under ``_ntt/tmp/`` before their intent was written, and emptied ``_ntt/replaced/``
+    folders.
+    """
+    check = check or _no_check
     notes = []
+    folder.fs.invalidate_cache()
     for f in folder.files_under(COMMITS, ".json"):
         intent = folder.read_json(f.path[len(folder.root) + 1 :])
         if not intent:
             folder.remove(f.path)
             continue
-        complete = all(folder.fs.exists(folder.path(p["name"])) or folder.fs.exists(p["tmp"]) for p in intent["parts"])
+        intent = _normalise(intent)
+        # the temporary path first: an object-store publish copies, then deletes it
+        complete = all(_exists(folder, p["tmp"]) or _exists(folder, folder.path(p["name"])) for p in intent["parts"])
         if complete:
-            _finish(folder, intent, update_run)
+            _finish(folder, intent, update_run, step="recovery", check=check)
             notes.append(
                 f"finished an interrupted {intent.get('kind')} commit {intent['id']} ({len(intent['parts'])} part(s))"
             )
         else:
-            _undo(folder, intent)
+            _undo(folder, intent, check)
             notes.append(f"undid an interrupted {intent.get('kind')} commit {intent['id']} (its sources are intact)")
     folder.rmdir_tree(TMP)
+    if not folder.files_under(COMMITS, ".json"):
+        folder.rmdir_tree(REPLACED)
     return notes
 
 
@@ -479,7 +577,7 @@ def _iter_file(folder: OutputFolder, path: str, batch_rows: int = 4096) -> Itera
 
 def withdraw_rows(
     folder: OutputFolder,
-    part: FileInfo,
+    parts: list[FileInfo],
     withdraw: UriHashes,
     *,
     run_id: str,
@@ -488,30 +586,45 @@ def withdraw_rows(
     target_bytes: int = DEFAULT_TARGET_BYTES,
     before_publish: Callable[[], None] | None = None,
 ) -> int:
-    """Rewrite ``part`` without the rows whose URI is in ``withdraw``; those rows go to ``retried_path``
-    (kept for the record, outside the dataset). Returns the number of rows withdrawn."""
-    assembler = PartAssembler(folder, run_id, target_bytes=target_bytes, name_tag="r")
+    """Rewrite ``parts`` without the rows whose URI is in ``withdraw``, as one commit (kind
+    ``retry-errors``): every rewritten part replaces its original at once, so a crash leaves all
+    the old rows or none. The withdrawn rows go to ``retried_path`` (kept for the record, outside
+    the dataset). Returns the number of rows withdrawn."""
+    new_parts: list[NewPart] = []
+    replaced: list[str] = []
     taken: list[pa.Table] = []
-    try:
-        for batch in _iter_file(folder, part.path):
-            t = pa.Table.from_batches([batch])
-            hi, lo = uri_digests(t.column("image_uri").to_pylist())
-            out = withdraw.contains(hi, lo)
-            if out.any():
-                taken.append(t.filter(pa.array(out)))
-                t = t.filter(pa.array(~out))
-            assembler.add(t)
-        new_parts = assembler.close()
-    except BaseException:
-        assembler.abort()
-        raise
-    if not taken:
-        for p in new_parts:
-            folder.remove(p.tmp_path)
+    for part in parts:
+        assembler = PartAssembler(folder, run_id, target_bytes=target_bytes, name_tag=f"r{len(replaced)}")
+        took = 0
+        try:
+            for batch in _iter_file(folder, part.path):
+                t = pa.Table.from_batches([batch])
+                hi, lo = uri_digests(t.column("image_uri").to_pylist())
+                out = withdraw.contains(hi, lo)
+                if out.any():
+                    taken.append(t.filter(pa.array(out)))
+                    took += int(out.sum())
+                    t = t.filter(pa.array(~out))
+                assembler.add(t)
+            written = assembler.close()
+        except BaseException:
+            assembler.abort()
+            for p in new_parts:
+                folder.remove(p.tmp_path)
+            raise
+        if took:
+            new_parts += written
+            replaced.append(part.path)
+        else:
+            for p in written:
+                folder.remove(p.tmp_path)
+    if not replaced:
         return 0
     withdrawn = pa.concat_tables(taken)
+    if before_publish:
+        before_publish()
     folder.write_bytes(retried_path, table_bytes(withdrawn, compression="zstd"))
-    commit(folder, new_parts, [part.path], update_run, kind="retry-errors", before_publish=before_publish)
+    commit(folder, new_parts, replaced, update_run, kind="retry-errors", before_publish=before_publish)
     return withdrawn.num_rows
 
 

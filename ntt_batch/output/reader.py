@@ -1,53 +1,21 @@
-"""Reading the batch job's Parquet shards, and the streaming merge into COCO results or a COCO dataset.
+"""Reading the batch job's Parquet shards: the one place that opens shard files.
 
-This module is the one place that reads shard files (:func:`list_shards`,
-:func:`iter_image_batches`; the run record is ``OutputFolder.read_run``); the writers of every export format live
-in :mod:`ntt_batch.exports` (``yolo`` and ``label-studio`` besides the two below) and are fed
-by one loop, :func:`ntt_batch.exports.base.run_export`.
+:func:`list_shards` and :func:`iter_image_batches` stream the committed files one record batch at a
+time into :class:`ImageBatch` columns (what every export, ``eval``, ``thresholds``, ``visualize``
+and ``review`` read); :func:`dataset_categories` gives the memory bank's classes from the run record
+(``OutputFolder.read_run``). The exports themselves live in :mod:`ntt_batch.exports`.
 
-Two COCO products (``ntt-batch merge --format ...``):
-
-``results``
-    A COCO *results* file: one JSON array of ``{"image_id", "category_id", "bbox", "score",
-    "segmentation"}`` entries (compressed RLE), exactly what ``COCO.loadRes`` and COCOeval read.
-``dataset``
-    A complete COCO *annotation* file — the auto-labeling product::
-
-        {"info": {...provenance...}, "licenses": [],
-         "images": [{"id", "file_name", "width", "height", "image_uri"}, ...],
-         "annotations": [{"id", "image_id", "category_id", "segmentation": {"size", "counts"},
-                          "bbox", "area", "iscrowd": 0, "score"}, ...],
-         "categories": [{"id", "name", "supercategory"}, ...]}
-
-    ``file_name`` is the image URI as the job read it (absolute path or ``s3://…``), or, with
-    ``image_root``, the path relative to that prefix. Every image whose row is ``ok`` or
-    ``empty`` is listed — images left without a label above the score threshold stay in as
-    negatives; ``error`` rows are skipped and counted. ``bbox`` and ``area`` are the shard's
-    (the method's box convention, method.md §4.8; ``area`` = mask pixels).
-
-Bounded memory: shards are read one record batch at a time (``ParquetFile.iter_batches``), every
-entry is written to disk as soon as it is formatted, and nothing per instance is kept. What stays
-in memory is one Parquet row group plus one batch of rows, the category list, and 8 bytes per
-image (the image ids, to refuse duplicates at the end). Score thresholds may be per class
-(:class:`~ntt_batch.exports.score_filter.ScoreThresholds`). ``dataset`` writes its ``images`` and
-``annotations`` arrays to two temporary files in the same single pass and concatenates them at the
-end. The output appears atomically (temporary file + rename, or one upload for object stores):
-a crash or an error never leaves a half-written file under the final name.
-
-Scores are written in the shortest decimal form that round-trips the stored float32 (``0.8125``,
-not ``0.8125000119...``); that mapping is monotonic, so rankings — and therefore AP — are the
-same as on the shards.
+Scores are carried as the shortest decimal text that round-trips the stored float32 (``0.8125``,
+not ``0.8125000119...``); that mapping is monotonic, so rankings, and therefore AP, are the same
+as on the shards.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
-from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,16 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..storage.atomic import AtomicLocalFile, commit_on_success
-from ..storage.fs import filesystem, is_local
+from ..storage.fs import filesystem
 from .folder import OutputFolder
-from .shards import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, shard_paths
+from .shards import shard_paths
 
 log = logging.getLogger(__name__)
 
-DATASET_FORMAT = "ntt-batch/auto-labels"
 _COLUMNS = ["image_id", "image_uri", "width", "height", "status", "error", "instances"]
-_MAX_EXAMPLES = 5
 
 
 # ----------------------------------------------------------------------------- reading
@@ -151,8 +116,7 @@ def iter_image_batches(
     fs, paths = list_shards(shards, options)
     for k, path in enumerate(paths):
         try:
-            with fs.open(path, "rb") as f:
-                pf = pq.ParquetFile(f)
+            with fs.open(path, "rb") as f, pq.ParquetFile(f) as pf:  # closed here, not by a later GC
                 missing = [c for c in _COLUMNS if c not in pf.schema_arrow.names]
                 if missing:
                     raise ValueError(f"shard {path} lacks column(s) {missing}: not an ntt-batch output shard")
@@ -247,174 +211,6 @@ def is_results_file(source: str, options: dict | None = None) -> bool:
 # ----------------------------------------------------------------------------- statistics
 
 
-@dataclass
-class MergeStats:
-    """What a merge read and wrote. ``notices`` are human-readable remarks worth showing."""
-
-    format: str
-    out: str
-    shards: int = 0
-    rows: int = 0
-    images_ok: int = 0
-    images_empty: int = 0
-    images_error: int = 0
-    images_written: int = 0
-    instances_read: int = 0
-    instances_written: int = 0
-    below_threshold: int = 0
-    score_threshold: float | dict | None = None  # one number, or the per-class map
-    categories: list[dict] = field(default_factory=list)
-    categories_source: str | None = None
-    error_examples: list[dict] = field(default_factory=list)
-    notices: list[str] = field(default_factory=list)
-    bytes_written: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def _count_row(self, b: ImageBatch, i: int) -> bool:
-        """Count row i; False if it is an error row (skipped by every product)."""
-        self.rows += 1
-        status = b.status[i]
-        if status == STATUS_ERROR:
-            self.images_error += 1
-            if len(self.error_examples) < _MAX_EXAMPLES:
-                self.error_examples.append(
-                    {"image_id": b.image_id[i], "image_uri": b.image_uri[i], "error": b.error[i]}
-                )
-            return False
-        if status == STATUS_OK:
-            self.images_ok += 1
-        elif status == STATUS_EMPTY:
-            self.images_empty += 1
-        else:
-            raise ValueError(
-                f"shard {b.shard}: row for {b.image_uri[i]!r} has unknown status {status!r} "
-                f"(expected {STATUS_OK}, {STATUS_EMPTY} or {STATUS_ERROR})"
-            )
-        return True
-
-
-class _IdChecker:
-    """Collects image ids compactly (8 bytes each) and reports duplicates at the end."""
-
-    def __init__(self) -> None:
-        self.ids = array("q")
-
-    def add(self, image_id: int) -> None:
-        self.ids.append(int(image_id))
-
-    def check(self, shards: str) -> None:
-        if not self.ids:
-            return
-        ids = np.frombuffer(self.ids, dtype=np.int64)
-        uniq, counts = np.unique(ids, return_counts=True)
-        dup = uniq[counts > 1]
-        if dup.size:
-            shown = ", ".join(str(int(x)) for x in dup[:_MAX_EXAMPLES])
-            raise ValueError(
-                f"{shards}: {dup.size} image id(s) appear in more than one row (e.g. {shown}); nothing was "
-                'written. Each image must have exactly one row: find them with e.g. duckdb -c "select image_id, '
-                f"image_uri from '{shards.rstrip('/')}/*.parquet' where image_id in ({shown})\" and give those "
-                "inputs unique ids (a manifest with an image_id column)"
-            )
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-class AtomicFile:
-    """A temporary local file that becomes ``out`` on :meth:`commit` and vanishes on :meth:`abort`.
-
-    Local ``out``: :class:`~ntt_batch.storage.atomic.AtomicLocalFile` (a hidden temporary file in the
-    same folder, then ``os.replace``). Object stores: a local temporary file, then one upload (an
-    object appears whole or not at all). ``file`` is the open text (or binary, ``mode="wb"``) file
-    to write to.
-    """
-
-    def __init__(self, out: str, options: dict | None = None, *, mode: str = "w") -> None:
-        fs, path = filesystem(out, options)
-        self.fs, self.path, self.local = fs, path, is_local(fs)
-        self._local: AtomicLocalFile | None = None
-        self.tmp: str | None = None
-        if self.local:
-            parent = os.path.dirname(os.path.abspath(path)) or "."
-            if not os.path.isdir(parent):
-                raise FileNotFoundError(f"output folder {parent!r} does not exist: create it first")
-            self._local = AtomicLocalFile(path, mode)
-            self.file = self._local.file
-            return
-        fd, self.tmp = tempfile.mkstemp(prefix="ntt-merge-", suffix=".tmp")
-        try:
-            self.file = os.fdopen(fd, mode, encoding="utf-8" if "b" not in mode else None)
-        except BaseException:
-            os.close(fd)
-            self._remove()
-            raise
-
-    def commit(self) -> None:
-        """Close the file and move it to ``out``."""
-        if self._local is not None:
-            self._local.commit()
-            return
-        try:
-            self.file.close()
-            self.fs.put_file(self.tmp, self.path)
-        finally:
-            self._remove()
-
-    def abort(self) -> None:
-        """Close and delete the temporary file; ``out`` is left as it was."""
-        if self._local is not None:
-            self._local.abort()
-            return
-        try:
-            self.file.close()
-        finally:
-            self._remove()
-
-    def _remove(self) -> None:
-        if self.tmp and os.path.exists(self.tmp):
-            os.remove(self.tmp)
-
-
-def atomic_output(out: str, options: dict | None = None, *, mode: str = "w"):
-    """Context manager: a temporary local file that becomes ``out`` only when the block succeeds.
-
-    See :class:`AtomicFile`."""
-    return commit_on_success(AtomicFile(out, options, mode=mode))
-
-
-def _bbox_json(b: list[float]) -> str:
-    return f"[{b[0]!r}, {b[1]!r}, {b[2]!r}, {b[3]!r}]"
-
-
-def _check_threshold(score_threshold: float | None) -> float | None:
-    if score_threshold is None:
-        return None
-    t = float(score_threshold)
-    if not np.isfinite(t):
-        raise ValueError(f"score threshold must be a finite number, got {score_threshold!r}")
-    return t
-
-
-def _finish_stats(stats: MergeStats) -> None:
-    if stats.images_error:
-        stats.notices.append(
-            f"{stats.images_error} image(s) with status 'error' were skipped "
-            f"(e.g. {stats.error_examples[0]['image_uri']}: {stats.error_examples[0]['error']})"
-        )
-    if stats.rows and not stats.instances_written:
-        stats.notices.append(
-            "no instance was written"
-            + (
-                f" (all {stats.below_threshold} are below the score threshold {stats.score_threshold})"
-                if stats.below_threshold
-                else ""
-            )
-        )
-
-
 def dataset_categories(shards: str, options: dict | None = None) -> list[dict] | None:
     """The memory bank's categories recorded in the run's ``run.json`` (None when unavailable)."""
     return run_categories(OutputFolder(shards, options).read_run(strict=False))
@@ -426,72 +222,3 @@ def run_categories(run: dict) -> list[dict] | None:
     if not cats:
         return None
     return [{"id": int(c["id"]), "name": str(c["name"])} for c in sorted(cats, key=lambda c: int(c["id"]))]
-
-
-def relative_file_name(uri: str, image_root: str | None) -> str:
-    """``uri`` relative to ``image_root`` (a folder or URI prefix); the URI itself without a root."""
-    if not image_root:
-        return uri
-    root = image_root.rstrip("/") + "/"
-    if not uri.startswith(root):
-        raise ValueError(
-            f"image {uri!r} is not under --image-root {image_root!r}: use a common prefix of all "
-            "image URIs, or leave --image-root out to write full URIs as file_name"
-        )
-    return uri[len(root) :]
-
-
-def _spill_dir(out: str, options: dict | None) -> str | None:
-    """Where the dataset writer keeps its two temporary arrays: beside a local output, else the temp dir."""
-    fs, path = filesystem(out, options)
-    if is_local(fs):
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise FileNotFoundError(f"output folder {parent!r} does not exist: create it first")
-        return parent
-    return None
-
-
-# ----------------------------------------------------------------------------- in memory (eval)
-
-
-@dataclass
-class ShardResults:
-    """COCO results read from shards for evaluation, with the per-image status it saw."""
-
-    results: list[dict]
-    processed_image_ids: set[int]  # rows with status ok or empty
-    error_image_ids: set[int]
-    rows: int
-
-
-def coco_results_from_shards(
-    shards: str, options: dict | None = None, *, score_threshold: float | None = None
-) -> ShardResults:
-    """All instances as COCO results dicts in memory (COCOeval needs them all at once anyway)."""
-    t = _check_threshold(score_threshold)
-    results: list[dict] = []
-    processed: set[int] = set()
-    errors: set[int] = set()
-    rows = 0
-    for b in iter_image_batches(shards, options):
-        for i in range(len(b)):
-            rows += 1
-            image_id = int(b.image_id[i])
-            if b.status[i] == STATUS_ERROR:
-                errors.add(image_id)
-                continue
-            processed.add(image_id)
-            for j in range(int(b.offsets[i]), int(b.offsets[i + 1])):
-                if t is not None and b.score[j] < t:
-                    continue
-                results.append(
-                    {
-                        "image_id": image_id,
-                        "category_id": int(b.category_id[j]),
-                        "bbox": b.bbox[j],
-                        "score": float(b.score_text[j]),
-                        "segmentation": {"size": b.size[j], "counts": b.counts[j]},
-                    }
-                )
-    return ShardResults(results, processed, errors, rows)

@@ -36,7 +36,8 @@ from pathlib import Path
 from ..method.config import ConfigError, MemoryConfig
 from ..models.encoders import encoder_family
 from ..models.registry import DEFAULT_ENCODER, get_spec
-from ..references.core import REFERENCES_FILE, sample_references, save_references, validate_references
+from ..references.files import REFERENCES_FILE, save_references, validate_references
+from ..references.sampler import sample_references
 from ..storage.fs import absolute_uri, filesystem, is_local, read_bytes
 from ..storage.names import safe_join
 from .cluster import init_ray

@@ -14,7 +14,7 @@ Attempt, start to end (the output's layout is described in ``output.folder``)::
                                      → error rows
       └─ map_batches(SegmentActor)   actor pool: models loaded once per actor, the memory bank
                                      broadcast once with ray.put; masks RLE-encoded in the actor
-      └─ write_parquet(_ntt/staging/<run_id>/)
+      └─ write_parquet(_ntt/staging/g<generation>-<run_id>/)   fenced: refused once the lease is lost
     the committer (a driver thread) turns staging files into large part-*.parquet files as they
     accumulate and at the end (output.parts), then small parts are compacted
     with --publish: the committed parts are registered in the Iceberg/Delta table(s) (output.publish)
@@ -36,7 +36,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -53,9 +53,11 @@ from ..method.config import (
 )
 from ..models.encoders import encoder_family  # torch-free at import (dry runs, config check)
 from ..models.registry import DEFAULT_SAM2, SAM2_NAMES, get_spec
+from ..output.fencing import FencedFSHandler, LeaseLostError, staging_generation, staging_name
 from ..output.folder import (
     COMMITS,
     LEGACY_RUN_JSON,
+    LOCK_JSON,
     RETRIED,
     STAGING,
     TMP,
@@ -71,7 +73,8 @@ from ..output.parts import (
     recover_commits,
     withdraw_rows,
 )
-from ..output.publish import PublishError, PublishSpec, publish_folder
+from ..output.publish import publish_folder
+from ..output.table_common import PublishError, PublishSpec
 from ..sources.inputs import HashAccumulator, InputSpec, normalise_extensions
 from ..storage.fs import (
     InputImage,
@@ -83,9 +86,17 @@ from ..storage.fs import (
 from ..storage.images import DEFAULT_MAX_PIXELS
 from .bank_prep import ReferencesSpec, prepare_memory_bank
 from .cluster import init_ray
+from .exit_codes import EXIT_IMAGE_ERRORS, EXIT_INTEGRITY, EXIT_OK  # the table of every command's exit codes
+from .placeholders import refuse_placeholders
 from .plan import TODO, OutputScan, Plan, list_inputs, plan_inputs, scan_output
 from .shard_plan import ShardPlan, check_shard_settings, finish_attempt, is_sharded, plan_shards, shard_dataset
-from .stages import NoopModelActor, SegmentActor, decode_batch, instance_record  # noqa: F401 (re-exported)
+from .stages import (  # noqa: F401 (re-exported)
+    NoopModelActor,
+    ProgressCounter,
+    SegmentActor,
+    decode_batch,
+    instance_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +278,7 @@ class JobConfig:
         (``limit: three`` is an error naming key, value and type; see ``config_from_dict``). An empty
         ``segmenter:`` or ``storage_options:`` block means the defaults. Call :meth:`validate` next."""
         if isinstance(data, dict):
+            check_job_blocks(data, where)
             data = {k: v for k, v in data.items() if not (k in ("segmenter", "storage_options") and v is None)}
         return config_from_dict(cls, data, where, validate=False)
 
@@ -282,6 +294,29 @@ class JobConfig:
         return d
 
 
+def check_job_blocks(data: Mapping, where: str = "") -> None:
+    """Refuse a ``segmenter:`` or ``storage_options:`` block that is not a mapping (None is: the defaults).
+
+    Run on a job file before it is merged with flags (``job_files.job_config_from``) and by
+    :meth:`JobConfig.from_dict`, so ``config check`` and ``run`` give the same one line. The value of
+    a ``storage_options:`` block is never shown: ``"secret=..."`` or ``[secret, ...]`` may be a credential.
+    """
+    prefix = f"{where}: " if where else ""
+    segmenter = data.get("segmenter")
+    if segmenter is not None and not isinstance(segmenter, Mapping):
+        shown = repr(segmenter) if len(repr(segmenter)) <= 80 else repr(segmenter)[:77] + "..."
+        raise ConfigError(
+            f"{prefix}segmenter: expected a mapping of settings, got {shown} ({type(segmenter).__name__}); "
+            "write one setting per line under it, e.g. 'segmenter: {points_per_side: 16}'"
+        )
+    options = data.get("storage_options")
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(
+            f"{prefix}storage_options: expected a mapping, got a {type(options).__name__} (value not shown: it may "
+            "hold a credential); write KEY: VALUE lines under it, e.g. 'storage_options: {profile: NAME}'"
+        )
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -294,9 +329,6 @@ def resolve_inputs(cfg: JobConfig) -> list[InputImage]:
     """The job's inputs as a list (small jobs and tests; the job itself streams them, see ``plan``)."""
     return list_inputs(input_spec(cfg), cfg.storage_options, limit=cfg.limit)
 
-
-# Exit codes of `ntt-batch run` (also listed in its --help).
-EXIT_OK, EXIT_IMAGE_ERRORS, EXIT_USAGE, EXIT_INTEGRITY, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 # Segmenter settings that change speed only, never the rows: left out of the job fingerprint.
 PERFORMANCE_ONLY_SETTINGS = frozenset(
@@ -437,11 +469,14 @@ class StagingCommitter(BackgroundLoop):
         *,
         target_bytes: int,
         lease,
+        staging: str | None = None,
         interval_s: float = 20.0,
     ):
         super().__init__(interval_s)
         self.folder, self.run_id, self.seen, self.record = folder, run_id, seen, record
         self.target_bytes, self.lease = target_bytes, lease
+        self.staging = staging or f"{STAGING}/{run_id}"  # this attempt's staging folder (relative to the output)
+        self.broken = False  # a commit failed after its intent may have been written: no more commits here
         self.stats = PartStats()
         self.error_examples: list[tuple[str, str]] = []
         self.duplicates_dropped = 0
@@ -450,23 +485,31 @@ class StagingCommitter(BackgroundLoop):
         self._lock = threading.Lock()
 
     def _files(self) -> list:
-        return self.folder.files_under(f"{STAGING}/{self.run_id}", ".parquet")
+        return self.folder.files_under(self.staging, ".parquet")
 
     def commit(self, *, final: bool, min_bytes: int = 0) -> None:
+        """Commit the staged files. After a failed commit this refuses (raises): that commit's intent may
+        name the same staged files, and only the next run's recovery may decide whether it happened."""
         with self._lock:
+            if self.broken:
+                raise RuntimeError("an earlier commit of this attempt failed; the next run recovers it")
             files = self._files()
             if not files or sum(f.size for f in files) < min_bytes:
                 return
-            res = commit_staging(
-                self.folder,
-                files,
-                run_id=self.run_id,
-                seen=self.seen,
-                update_run=self.record.update,
-                final=final,
-                target_bytes=self.target_bytes,
-                before_publish=self.lease.check,
-            )
+            try:
+                res = commit_staging(
+                    self.folder,
+                    files,
+                    run_id=self.run_id,
+                    seen=self.seen,
+                    update_run=self.record.update,
+                    final=final,
+                    target_bytes=self.target_bytes,
+                    before_publish=self.lease.check,
+                )
+            except BaseException:
+                self.broken = True
+                raise
             self.stats.add(res.stats)
             self.error_examples = (self.error_examples + res.error_examples)[:5]
             self.duplicates_dropped += res.duplicates_dropped
@@ -497,21 +540,41 @@ class StagingCommitter(BackgroundLoop):
 
 class ProgressLine(BackgroundLoop):
     """Images done, images/s and ETA while the dataset runs: one line redrawn every 2 s on a terminal,
-    a plain line every 30 s otherwise (``ray job logs``, CI)."""
+    a plain line every 30 s otherwise (``ray job logs``, CI), and a last one when the dataset ends.
+
+    "Done" is the larger of the rows the model stage has produced (a :class:`ProgressCounter` actor
+    that :func:`_execute` attaches as ``counter``) and the rows staged or committed: staging files
+    appear only when a whole block is written, which in a small job is at its very end.
+    """
 
     thread_name = "ntt-progress"
+    intervals_s = (2.0, 30.0)  # (terminal, plain lines)
 
     def __init__(
         self, committer: StagingCommitter, total: int, echo: Callable[[str], None], *, tty: bool | None = None
     ):
         self.tty = sys.stderr.isatty() if tty is None else tty
-        super().__init__(2.0 if self.tty else 30.0)
+        super().__init__(self.intervals_s[0] if self.tty else self.intervals_s[1])
         self.committer, self.total, self.echo = committer, total, echo
+        self.counter = None  # a ProgressCounter actor handle, set by _execute once Ray is up
+        self._produced = 0
         self._cache: dict[str, int] = {}
         self._t0 = time.perf_counter()
 
+    def produced(self) -> int:
+        """Rows the model stage reported (the last value read when the counter does not answer)."""
+        if self.counter is not None:
+            try:
+                import ray
+
+                self._produced = max(self._produced, int(ray.get(self.counter.count.remote(), timeout=10)))
+            except Exception:  # progress is best-effort
+                pass
+        return self._produced
+
     def line(self) -> str:
-        done = min(self.total, self.committer.stats.rows + self.committer.rows_in_flight(self._cache))
+        staged = self.committer.stats.rows + self.committer.rows_in_flight(self._cache)
+        done = min(self.total, max(staged, self.produced()))
         elapsed = time.perf_counter() - self._t0
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - done) / rate if rate > 0 else None
@@ -536,6 +599,8 @@ class ProgressLine(BackgroundLoop):
 
     def __exit__(self, *exc) -> None:
         super().__exit__(*exc)
+        self.tick()  # the final count, also for a job shorter than one interval
+        self.counter = None
         if self.tty:
             sys.stderr.write("\n")
 
@@ -563,9 +628,15 @@ def run_job(
     progress and status logging (the CLI's default; our progress line and summary remain).
     """
     cfg.validate()
+    refuse_placeholders(cfg)  # a template's s3://YOUR-BUCKET/: refused before anything is read or written
     folder = OutputFolder(cfg.out, cfg.storage_options)
+    if folder.fs.isfile(folder.root):
+        raise ConfigError(
+            f"out: {cfg.out} is a file, not a folder; give --out (out:) a new folder or the output of an earlier run"
+        )
     if dry_run:
         return _dry_run(cfg, folder, echo)
+    from ..method.matching import check_negatives_available
     from ..method.memory_bank import MemoryBank, check_encoder_weights  # torch: not needed for a dry run
     from ..models.checkpoints import resolve_checkpoint
 
@@ -573,6 +644,7 @@ def run_job(
         cfg, dry_run=False, echo=echo, verbose=verbose
     )  # only with `references:` and no bank yet
     bank = MemoryBank.load(cfg.memory)
+    check_negatives_available(cfg.segmenter, bank, f"memory bank {cfg.memory}")
     sam_ckpt = resolve_checkpoint(cfg.sam2, checkpoint_dir=cfg.checkpoint_dir, download=cfg.download)
     enc_ckpt = resolve_checkpoint(bank.encoder["name"], checkpoint_dir=cfg.checkpoint_dir, download=cfg.download)
     check_encoder_weights(bank.encoder, enc_ckpt, cfg.memory)
@@ -593,6 +665,7 @@ def run_job(
                 "content_hash": bank.content_hash,
                 "categories": bank.categories,
                 "shots": bank.shots,
+                **({"negatives": bank.negative_shots} if bank.has_negatives else {}),
             },
         }
         return _attempt(cfg, folder, lease, run_id, provenance, bank, bank_build, echo, model_stage, verbose)
@@ -663,8 +736,10 @@ def _attempt(
     model_stage,
     verbose: bool,
 ) -> JobResult:
-    run = folder.read_run()
+    run = lease.read_run()  # fenced: its version is remembered, later writes are conditional on it
     legacy = folder.has_legacy_run()
+    if legacy:
+        run = folder.read_run()  # the 0.1 layout's run.json, beside the parts
     old_fp = run.get("fingerprint")
     new_fp = provenance["fingerprint"]
     changes = fingerprint_differences(old_fp, new_fp) if old_fp else []
@@ -692,18 +767,27 @@ def _attempt(
     if bank_build:
         attempt["memory_bank_build"] = bank_build
     run.setdefault("attempts", []).append(attempt)
-    record = RunRecord(folder, run)
-    record.write()
+    attempt["lease_generation"] = lease.generation
+    record = RunRecord(folder, run, lease=lease)
+    record.write()  # the first fenced write: from here on a run that held an earlier lease cannot write run.json
     if legacy:
         folder.remove(folder.path(LEGACY_RUN_JSON))
         attempt.setdefault("notes", []).append("moved the 0.1 layout's run.json to _ntt/run.json")
 
     # 1. finish or undo half-done commits; 2. check the parts; 3. commit what dead attempts staged
-    notes = recover_commits(folder, record.update)
+    notes = []
+    stale_tmp = folder.remove_stale_temp_files()
+    if stale_tmp:
+        notes.append(f"removed {len(stale_tmp)} temporary file(s) of interrupted metadata writes")
+    notes += recover_commits(folder, record.update, check=lease.check)
     scan = _scan(folder, record, echo)
     seen = HashAccumulator()
     seen.add(scan.done.hi, scan.done.lo)
-    leftovers = [f for f in folder.files_under(STAGING, ".parquet") if f"/{STAGING}/{run_id}/" not in f.path]
+    leftovers, fenced_out = _staged_leftovers(folder, run, lease.generation)
+    if fenced_out:
+        notes.append(
+            f"ignored {fenced_out} file(s) staged by a run after it had lost the lease (their images are redone)"
+        )
     if leftovers:
         res = commit_staging(
             folder,
@@ -721,6 +805,8 @@ def _attempt(
             f"{len(res.quarantined)} incomplete file(s) quarantined)"
         )
         scan = _scan(folder, record, echo)
+    run["staging_accepted_from"] = lease.generation  # staged files of earlier generations: consumed or fenced out
+    record.write()
     folder.rmdir_tree(STAGING)
     folder.rmdir_tree(TODO)
     if scan.quarantined:
@@ -734,19 +820,16 @@ def _attempt(
     if notes:
         attempt.setdefault("notes", []).extend(notes)
     if plan.retry_errors:
-        withdrawn = 0
-        for name, part in scan.error_parts.items():
-            withdrawn += withdraw_rows(
-                folder,
-                part,
-                plan.retry,
-                run_id=run_id,
-                update_run=record.update,
-                retried_path=folder.path(f"{RETRIED}/{run_id}-{name}"),
-                target_bytes=cfg.target_file_bytes,
-                before_publish=lease.check,
-            )
-        attempt["errors_withdrawn"] = withdrawn
+        attempt["errors_withdrawn"] = withdraw_rows(
+            folder,
+            list(scan.error_parts.values()),
+            plan.retry,
+            run_id=run_id,
+            update_run=record.update,
+            retried_path=folder.path(f"{RETRIED}/{run_id}.parquet"),
+            target_bytes=cfg.target_file_bytes,
+            before_publish=lease.check,
+        )
     record.write()
 
     seen = HashAccumulator()  # rows this attempt commits (duplicates of a retried write are dropped)
@@ -755,12 +838,27 @@ def _attempt(
         keep = ~plan.retry.contains(scan.done.hi, scan.done.lo)
         seen = HashAccumulator()
         seen.add(scan.done.hi[keep], scan.done.lo[keep])
-    committer = StagingCommitter(folder, run_id, seen, record, target_bytes=cfg.target_file_bytes, lease=lease)
+    staging = f"{STAGING}/{staging_name(lease.generation, run_id)}"
+    committer = StagingCommitter(
+        folder, run_id, seen, record, target_bytes=cfg.target_file_bytes, lease=lease, staging=staging
+    )
     t0 = time.perf_counter()
     try:
         if plan.to_process:
-            with committer, ProgressLine(committer, plan.to_process, echo):
-                _execute(cfg, plan, bank, run_id, folder, model_stage, verbose=verbose)
+            lease.check()
+            with committer, ProgressLine(committer, plan.to_process, echo) as progress:
+                _execute(
+                    cfg,
+                    plan,
+                    bank,
+                    run_id,
+                    folder,
+                    model_stage,
+                    verbose=verbose,
+                    staging=staging,
+                    lease=lease,
+                    progress=progress,
+                )
             if committer.error:
                 raise committer.error
         committer.commit(final=True)
@@ -778,6 +876,11 @@ def _attempt(
             attempt["compacted_into"] = merged
         attempt["status"] = "completed"
     except BaseException as e:
+        lost = _lease_lost(lease)
+        if lost is not None:  # nothing more is written: another run holds the output now
+            if lost is not e:
+                raise lost from e
+            raise
         attempt["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"
         try:  # keep what finished: complete staging files are committed, partial ones wait for the next run
             committer.commit(final=False)
@@ -803,10 +906,17 @@ def _attempt(
                 }
         except Exception:  # pragma: no cover
             pass
-        record.write()
-        folder.rmdir_tree(f"{TODO}/{run_id}")
-        for rel in (TODO, TMP, f"{STAGING}/{run_id}", STAGING, COMMITS):
-            folder.remove_empty_dir(rel)
+        if not lease.lost:  # a run that lost its lease leaves run.json and _ntt/ as the new holder has them
+            try:
+                record.write()
+            except LeaseLostError as e:
+                log.error("run.json was not updated: %s", e)
+            else:
+                folder.rmdir_tree(f"{TODO}/{run_id}")
+                _remove_fenced_out_staging(folder, lease.generation)
+                for rel in (TODO, TMP, staging, STAGING, COMMITS):
+                    folder.remove_empty_dir(rel)
+    lease.check()  # a run that lost its lease (even after its last commit) does not report success
 
     missing = plan.to_process - committer.stats.rows
     summary = {
@@ -899,6 +1009,52 @@ def _scan(folder: OutputFolder, record: RunRecord, echo) -> OutputScan:
     return scan
 
 
+def _staging_folders(folder: OutputFolder) -> dict[str, list]:
+    """Staged files by staging folder name (``g<generation>-<run_id>``, or ``<run_id>`` of older versions)."""
+    out: dict[str, list] = {}
+    prefix = folder.path(STAGING) + "/"
+    for f in folder.files_under(STAGING, ".parquet"):
+        out.setdefault(f.path[len(prefix) :].split("/", 1)[0], []).append(f)
+    return out
+
+
+def _staged_leftovers(folder: OutputFolder, run: dict, generation: int) -> tuple[list, int]:
+    """(staged files of dead attempts to commit now, number of files fenced out).
+
+    Files of a generation from ``staging_accepted_from`` (run.json; 0 when absent) up to ours (not
+    included) are a dead or displaced holder's and are committed once. Files of an older generation
+    were staged after their run had lost the lease (a later holder already took what was there):
+    they are never committed (``output.fencing``).
+    """
+    accepted_from = int(run.get("staging_accepted_from") or 0)
+    leftovers, fenced_out = [], 0
+    for name, files in _staging_folders(folder).items():
+        g = staging_generation(name)
+        if g >= generation:
+            continue  # ours (none yet) or a later holder's: not ours to take
+        if g < accepted_from:
+            fenced_out += len(files)
+        else:
+            leftovers += files
+    return leftovers, fenced_out
+
+
+def _remove_fenced_out_staging(folder: OutputFolder, generation: int) -> None:
+    """Remove staging folders of earlier generations: files a run staged after it had lost the lease."""
+    for name in _staging_folders(folder):
+        if staging_generation(name) < generation:
+            folder.rmdir_tree(f"{STAGING}/{name}")
+
+
+def _lease_lost(lease) -> LeaseLostError | None:
+    """The lease's loss as an error (checking now), or None while it is held."""
+    try:
+        lease.check()
+    except LeaseLostError as e:
+        return e
+    return None
+
+
 def _decode_rows(cfg: JobConfig) -> int:
     """Images per decode task call: enough to keep ``read_concurrency`` reads in flight, within a block."""
     return max(cfg.batch_size, min(cfg.read_concurrency, cfg.block_rows))
@@ -933,9 +1089,22 @@ def read_todo_file(batch: dict, *, out: str, storage_options: dict):
 
 
 def _execute(
-    cfg: JobConfig, plan: Plan, bank, run_id: str, folder: OutputFolder, model_stage=None, *, verbose: bool = True
+    cfg: JobConfig,
+    plan: Plan,
+    bank,
+    run_id: str,
+    folder: OutputFolder,
+    model_stage=None,
+    *,
+    verbose: bool = True,
+    staging: str | None = None,
+    lease=None,
+    progress: ProgressLine | None = None,
 ) -> None:
-    """The Ray Data pipeline over the plan's todo files; rows land in ``_ntt/staging/<run_id>/``."""
+    """The Ray Data pipeline over the plan's todo files; rows land in ``<out>/<staging>``
+    (``_ntt/staging/g<generation>-<run_id>/``), written through a filesystem that refuses new files
+    once ``lease``'s generation no longer holds the output (:class:`~ntt_batch.output.fencing.FencedFSHandler`).
+    The model stage reports the rows it produces to a :class:`ProgressCounter` that ``progress`` reads."""
     import ray
     import ray.data
 
@@ -943,7 +1112,16 @@ def _execute(
     init_ray(cfg.ray_address, verbose=verbose)
     gpus = ray.cluster_resources().get("GPU", 0)
     bank_ref = ray.put(bank)  # broadcast once; actors receive the reference, never a copy per batch
-    pafs, _ = folder.pyarrow_fs()  # the writer's filesystem (custom S3 endpoints and credentials work)
+    counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
+    if progress is not None:
+        progress.counter = counter
+    import pyarrow.fs as _pafs
+
+    if lease is not None:  # the writer's filesystem (custom S3 endpoints and credentials work), fenced
+        handler = FencedFSHandler(folder.fs, folder.path(LOCK_JSON), lease.generation, folder.uri)
+        pafs = _pafs.PyFileSystem(handler)
+    else:
+        pafs, _ = folder.pyarrow_fs()
     # One todo file is one block (plan sizes them: block_rows rows, or more for huge jobs), read by a
     # small task of its own: decoding starts at once and fans out, no per-file metadata pass on the
     # driver (read_parquet's) and no repartition stage competing with decoding for CPUs.
@@ -989,7 +1167,9 @@ def _execute(
             "download": cfg.download,
             "run_id": run_id,
             "num_threads": max(1, int(cfg.actor_num_cpus)),
+            "progress": counter,
         },
     )
     # Workers write small staging files as blocks finish; the driver commits them into large parts.
-    ds.write_parquet(folder.staging(run_id), filesystem=pafs, max_rows_per_file=cfg.block_rows)
+    target = folder.path(staging) if staging else folder.staging(run_id)
+    ds.write_parquet(target, filesystem=pafs, max_rows_per_file=cfg.block_rows)

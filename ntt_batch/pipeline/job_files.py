@@ -15,22 +15,26 @@ around the error, which may be a credential.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import yaml
 
 from ..method.config import ConfigError
-from ..storage.fs import is_local
+from ..storage.fs import is_local, storage_options_from
 from .bank_prep import (
     bank_exists,
     bank_mismatches,
     memory_folder_problem,
     read_bank_meta,
 )
-from .job import JobConfig
+from .job import JobConfig, check_job_blocks
+from .placeholders import refuse_placeholders
 
 _S3 = ("s3", "s3a")
 # S3 bucket names: 3-63 chars, lowercase letters, digits, dots and hyphens, starting and ending alphanumeric.
@@ -94,12 +98,59 @@ def yaml_error_summary(error: yaml.YAMLError) -> str:
 
 def job_config_from_file(path: str | Path) -> JobConfig:
     """Load and validate a job file into a :class:`JobConfig` (errors start with the file's name)."""
-    data = load_job_file(path)
+    return job_config_from(path)
+
+
+def job_config_from(
+    file: str | os.PathLike | Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    storage_flags: Mapping[str, Any] | None = None,
+    where: str = "flags",
+) -> JobConfig:
+    """A job's settings from a job file and the settings given on top of it, validated: the one
+    merge behind ``ntt-batch run --config FILE --flag ...`` and ``ntt_batch.run(FILE, key=value)``.
+
+    Args:
+        file: a job YAML (read by :func:`load_job_file`: keys given twice are errors), a mapping of
+            the same keys, or None.
+        overrides: settings that replace the file's (job-file keys); a ``segmenter`` or ``publish``
+            mapping is merged key by key into the file's block of that name.
+        defaults: settings used only where neither the file nor ``overrides`` gives them (the
+            CLI's ``--checkpoint-dir``, which may come from ``NTT_CHECKPOINT_DIR``).
+        storage_flags: the object-store flags (``endpoint_url``, ``anon``, ``profile``,
+            ``storage_option``) applied on top of ``storage_options`` (see ``storage_options_from``).
+        where: what the settings come from when ``file`` is not a path (starts type errors).
+
+    Both nested blocks are checked to be mappings before anything is merged
+    (:func:`~ntt_batch.pipeline.job.check_job_blocks`, also run by ``config check``).
+
+    Raises:
+        ConfigError: the message names the key (and the file, when there is one).
+    """
+    if file is None or isinstance(file, Mapping):
+        data = dict(file or {})
+    else:
+        where = os.fspath(file)
+        data = load_job_file(where)
+    overrides = dict(overrides or {})
+    check_job_blocks(data, where)
+    check_job_blocks(overrides, where)
+    segmenter = {**(data.pop("segmenter", None) or {}), **(overrides.pop("segmenter", None) or {})}
+    if overrides.get("publish"):
+        overrides["publish"] = {**(data.get("publish") or {}), **overrides["publish"]}
+    data = {**{k: v for k, v in (defaults or {}).items() if v is not None}, **data, **overrides}
+    if storage_flags is not None:
+        data["storage_options"] = storage_options_from(dict(storage_flags), data.get("storage_options"))
+    data["segmenter"] = segmenter
     try:
-        return JobConfig.from_dict(data, where=str(path)).validate()
+        return JobConfig.from_dict(data, where=where).validate()
     except ValueError as e:  # ConfigError, unknown model names
         message = str(e)
-        raise ConfigError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+        if where == "flags" or message.startswith(where):
+            raise ConfigError(message) from None
+        raise ConfigError(f"{where}: {message}") from None
 
 
 # ----------------------------------------------------------------------------- config check
@@ -135,9 +186,11 @@ def check_job_file(path: str | Path) -> CheckReport:
     """Validate a job file and check, cheaply and without running anything, what it points at.
 
     Raises:
-        ConfigError: the file does not parse into a valid config (the message names the key).
+        ConfigError: the file does not parse into a valid config, or a location in it is still a
+            template's placeholder (``YOUR-BUCKET``; the message names the keys).
     """
     cfg = job_config_from_file(path)
+    refuse_placeholders(cfg, str(path))  # a template's YOUR-BUCKET: exit 2 naming the keys
     report = CheckReport(str(path), cfg)
     _check_locations(cfg, report)
     encoder = _check_bank(cfg, report)

@@ -5,8 +5,10 @@ Two streamed passes over the inputs and one over the committed parts:
 * **scan** (:func:`scan_output`): the ``image_uri`` and ``status`` columns of every committed part,
   hashed into a :class:`~ntt_batch.sources.inputs.UriHashes` (16 bytes per row). A part that run.json
   does not know, or whose size or version (mtime / ETag) changed since it was committed, is
-  decoded completely first (every page, with checksums): a corrupt one is quarantined and its
-  images are redone; unchanged parts are trusted without being re-read.
+  checked first: when its bytes still hash to the sha256 recorded at commit (``storage.checksums``; a
+  copy or a touch) it is trusted again, else it is decoded completely (every page, with
+  checksums): a corrupt one is quarantined and its images are redone. Unchanged parts are trusted
+  without being re-read (``ntt-batch verify --check full`` re-hashes them all).
 * **pass 1** (:func:`plan_inputs`): the input source streamed in Arrow batches to a local
   temporary Parquet file with each URI's digest; duplicates are found from the sorted digests
   and refused, naming a few.
@@ -45,6 +47,7 @@ from ..sources.inputs import (
     stable_image_id,
     uri_digests,
 )
+from ..storage.checksums import file_sha256
 from ..storage.fs import InputImage
 
 log = logging.getLogger(__name__)
@@ -89,17 +92,23 @@ def scan_output(
     for part in folder.parts():
         rec = recorded_parts.get(part.name)
         if rec is None or int(rec.get("bytes", -1)) != part.size or str(rec.get("version", "")) != part.version:
-            moved = folder.quarantine_if_corrupt(part.path, dry_run=read_only)
-            if moved is not None:
-                if read_only:
-                    scan.corrupt.append(part.name)
-                else:
-                    scan.quarantined.append(moved)
-                continue
-            stats = stats_of_file(folder, part.path)
-            stats.bytes, stats.version = part.size, part.version
-            stats.run_id = (rec or {}).get("run_id", "")
-            scan.verified[part.name] = stats
+            if _same_bytes(folder, part, rec):  # copied or touched: the very bytes that were committed
+                stats = PartStats(**{k: v for k, v in rec.items() if k in PartStats.__dataclass_fields__})
+                stats.version = part.version
+                scan.verified[part.name] = stats
+            else:
+                moved = folder.quarantine_if_corrupt(part.path, dry_run=read_only)
+                if moved is not None:
+                    if read_only:
+                        scan.corrupt.append(part.name)
+                    else:
+                        scan.quarantined.append(moved)
+                    continue
+                stats = stats_of_file(folder, part.path)
+                stats.bytes, stats.version = part.size, part.version
+                stats.run_id = (rec or {}).get("run_id", "")
+                stats.sha256 = "" if read_only else file_sha256(folder.fs, part.path)
+                scan.verified[part.name] = stats
         scan.parts.append(part)
         with folder.fs.open(part.path, "rb") as f:
             pf = pq.ParquetFile(f)
@@ -115,6 +124,14 @@ def scan_output(
     if echo and (scan.verified or scan.quarantined):
         echo(f"checked {len(scan.verified)} new or changed file(s) completely; quarantined {len(scan.quarantined)}")
     return scan
+
+
+def _same_bytes(folder: OutputFolder, part: FileInfo, rec: dict | None) -> bool:
+    """Whether a part whose size/version changed still has the bytes committed (its recorded sha256)."""
+    want = (rec or {}).get("sha256")
+    if not want or int(rec.get("bytes", -1)) != part.size:
+        return False
+    return file_sha256(folder.fs, part.path) == want
 
 
 @dataclass

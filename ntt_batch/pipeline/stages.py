@@ -155,11 +155,12 @@ class SegmentActor:
         download: bool,
         run_id: str,
         num_threads: int | None = None,
+        progress=None,
     ):
         import ray
         import torch
 
-        from ..method.segmenter import Segmenter
+        from ..method.segmenter import MethodSegmenter
         from ..models.loading import load_encoder, load_sam2
 
         if num_threads and not torch.cuda.is_available():
@@ -170,15 +171,18 @@ class SegmentActor:
         proposer, _ = load_sam2(
             sam2_name, checkpoint_dir=checkpoint_dir, download=download, add_no_mem_embed=config.add_no_mem_embed
         )
-        self.segmenter = Segmenter(proposer, encoder, bank, config)
+        self.segmenter = MethodSegmenter(proposer, encoder, bank, config)
         self.segmenter.dense_masks = False  # rows carry RLE only: no dense masks are built
         self.run_id = run_id
+        self.progress = progress
 
     def __call__(self, batch):
         batch = batch_columns(batch)
         n = len(batch["image_id"])
         rows = [_base_row(batch, i, self.run_id) for i in range(n)]
-        return rows_to_table(segment_rows(self.segmenter, batch, rows))
+        table = rows_to_table(segment_rows(self.segmenter, batch, rows))
+        report_rows(self.progress, n)
+        return table
 
 
 def segment_rows(segmenter, batch: dict[str, list], rows: list[dict]) -> list[dict]:
@@ -291,12 +295,42 @@ class NoopModelActor:
     benchmark uses it to measure what the framework itself costs (read, decode, move, write).
     """
 
-    def __init__(self, *, run_id: str, **_ignored):
+    def __init__(self, *, run_id: str, progress=None, **_ignored):
         self.run_id = run_id
+        self.progress = progress
 
     def __call__(self, batch):
         batch = batch_columns(batch)
-        return rows_to_table([_base_row(batch, i, self.run_id) for i in range(len(batch["image_id"]))])
+        n = len(batch["image_id"])
+        table = rows_to_table([_base_row(batch, i, self.run_id) for i in range(n)])
+        report_rows(self.progress, n)
+        return table
+
+
+class ProgressCounter:
+    """Rows the model stage has produced in this attempt; a Ray actor (``num_cpus=0``) the driver's
+    progress line reads (``pipeline.job.ProgressLine``). Rows reach the staging files only when a
+    whole block is written, so counting there would show 0 for most of a small job."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def add(self, n: int) -> None:
+        self.rows += int(n)
+
+    def count(self) -> int:
+        return self.rows
+
+
+def report_rows(progress, n: int) -> None:
+    """Tell the :class:`ProgressCounter` actor handle ``progress`` (None: nobody counts) that ``n``
+    rows are done; fire-and-forget, best effort (progress must never fail a batch)."""
+    if progress is None or not n:
+        return
+    try:
+        progress.add.remote(int(n))
+    except Exception:  # pragma: no cover - a dead counter only stalls the progress line
+        log.debug("could not report progress", exc_info=True)
 
 
 def _base_row(batch, i: int, run_id: str) -> dict:

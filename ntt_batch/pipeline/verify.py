@@ -6,6 +6,9 @@ files, lists the attempts and anything left behind (staging files, half-done com
 with the job's inputs (from run.json's fingerprint, or given) it also finds inputs without a row.
 ``--repair`` quarantines corrupt files (their images are redone by the next ``run``) and removes
 duplicate rows (keeping one per URI: a non-error row over an error row, then the newest).
+``--check full`` also hashes every file and compares it with the sha256 recorded when it was
+committed (bit rot that leaves size, mtime and the page checksums alone; a file rewritten by
+another tool): a mismatch is reported as corrupt, and ``--repair`` quarantines it.
 
 Exit codes: 0 consistent; 1 consistent but some rows have status error; 3 integrity problem
 (corrupt files, duplicates, inputs without a row, record mismatch, leftovers); 4 locked.
@@ -21,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..output.folder import COMMITS, LOCK_JSON, STAGING, OutputFolder, new_run_id
+from ..output.fencing import staging_generation
+from ..output.folder import COMMITS, STAGING, OutputFolder, new_run_id
 from ..output.parts import (
     PartAssembler,
     PartStats,
@@ -34,11 +38,14 @@ from ..output.parts import (
 )
 from ..output.shards import STATUS_ERROR
 from ..sources.inputs import HashAccumulator, InputSpec, UriHashes, iter_inputs, uri_digests
+from ..storage.checksums import file_sha256
+from .exit_codes import EXIT_IMAGE_ERRORS, EXIT_INTEGRITY, EXIT_LOCKED, EXIT_OK  # noqa: F401 (EXIT_LOCKED re-exported)
 from .shard_plan import check_sharded_inputs, is_sharded
 
 log = logging.getLogger(__name__)
 
-EXIT_CONSISTENT, EXIT_HAS_ERROR_ROWS, EXIT_INTEGRITY, EXIT_LOCKED = 0, 1, 3, 4
+# The table of codes: .exit_codes.
+EXIT_CONSISTENT, EXIT_HAS_ERROR_ROWS = EXIT_OK, EXIT_IMAGE_ERRORS
 
 
 @dataclass
@@ -57,6 +64,8 @@ class VerifyReport:
     leftovers: list[str] = field(default_factory=list)
     attempts: list[dict] = field(default_factory=list)
     lock: dict | None = None
+    lock_stale: str | None = None  # why the lock's run cannot hold it any more (dead pid, expired)
+    fenced_out: int = 0  # staged files of runs that had lost the lease: ignored, removed by the next run
     repaired: list[str] = field(default_factory=list)
 
     @property
@@ -90,6 +99,8 @@ class VerifyReport:
             "leftovers": self.leftovers,
             "attempts": self.attempts,
             "lock": self.lock,
+            "lock_stale": self.lock_stale,
+            "fenced_out_staged_files": self.fenced_out,
             "repaired": self.repaired,
             "integrity_ok": self.integrity_ok,
             "exit_code": self.exit_code,
@@ -117,7 +128,17 @@ class VerifyReport:
             lines.append(f"  run.json record: {m}")
         for m in self.leftovers:
             lines.append(f"  left behind: {m}")
-        if self.lock:
+        if self.fenced_out:
+            lines.append(
+                f"  ignored: {self.fenced_out} file(s) staged by a run after it had lost the lease "
+                "(never committed; the next run removes them)"
+            )
+        if self.lock and self.lock_stale:
+            lines.append(
+                f"  stale lock of run {self.lock.get('run_id')} (host {self.lock.get('host')}, pid "
+                f"{self.lock.get('pid')}): {self.lock_stale}; the next run takes it over"
+            )
+        elif self.lock:
             lines.append(
                 f"  locked by run {self.lock.get('run_id')} (host {self.lock.get('host')}, pid {self.lock.get('pid')})"
             )
@@ -144,40 +165,86 @@ def verify_output(
     *,
     inputs: InputSpec | None | bool = True,
     repair: bool = False,
+    check: str = "pages",
     echo: Callable[[str], None] | None = None,
 ) -> VerifyReport:
     """Check an output completely (module docstring). ``inputs``: True = the job's inputs from
-    run.json's fingerprint, an :class:`InputSpec` = those, False/None = skip the inputs check."""
+    run.json's fingerprint, an :class:`InputSpec` = those, False/None = skip the inputs check.
+    ``check``: ``pages`` (decode every page, with checksums) or ``full`` (also compare every file's
+    sha256 with the one recorded at commit)."""
+    if check not in ("pages", "full"):
+        raise ValueError(f"check: 'pages' or 'full', got {check!r}")
     folder = OutputFolder(out, options)
     report = VerifyReport(out)
-    if not folder.exists():
-        raise FileNotFoundError(f"{out!r} does not exist: pass the --out of an `ntt-batch run`")
-    run = folder.read_run()
+    run = read_job_output(folder)
+    report.lock, report.lock_stale = folder.lock_status()
+    lease = None
+    if repair:
+        lease = folder.lease({"run_id": f"verify-repair-{new_run_id()}"}).acquire()
+        report.lock = report.lock_stale = None
+        run = _fenced_record(folder, lease).run
     report.attempts = [
         {k: a.get(k) for k in ("run_id", "status", "started_at", "finished_at", "committed")}
         for a in run.get("attempts", [])
     ]
-    report.lock = folder.read_json(LOCK_JSON)
-    lease = None
-    if repair:
-        lease = folder.lease({"run_id": f"verify-repair-{new_run_id()}"}).acquire()
-        report.lock = None
     try:
-        return _verify(folder, run, report, inputs, repair, echo)
+        return _verify(folder, run, report, inputs, lease, echo, full=check == "full")
     finally:
         if lease is not None:
             lease.release()
 
 
-def _verify(folder: OutputFolder, run: dict, report: VerifyReport, inputs, repair: bool, echo) -> VerifyReport:
+class NotAJobOutputError(ValueError):
+    """The folder (or file) given is not the output of ``ntt-batch run``."""
+
+
+def read_job_output(folder: OutputFolder) -> dict:
+    """The run record of an ``ntt-batch run`` output, after checking that ``folder`` is one.
+
+    Raises:
+        FileNotFoundError: nothing is there.
+        NotAJobOutputError: a file, or a folder with neither ``_ntt/run.json`` nor part files (the
+            message says what is there instead).
+    """
+    hint = "pass the folder given to `ntt-batch run --out`"
+    if not folder.exists():
+        raise FileNotFoundError(f"{folder.uri} does not exist: {hint}")
+    if folder.fs.isfile(folder.root):
+        raise NotAJobOutputError(f"{folder.uri} is a file, not the output folder of `ntt-batch run`: {hint}")
+    run = folder.read_run()
+    if run or folder.parts():
+        return run
+    names = sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in folder.fs.ls(folder.root, detail=False))
+    more = ", ..." if len(names) > 5 else ""
+    entries = f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}"
+    found = f"{entries} ({', '.join(names[:5])}{more})" if names else "nothing"
+    raise NotAJobOutputError(
+        f"{folder.uri} is not the output of `ntt-batch run`: no _ntt/run.json and no part files, found {found}; {hint}"
+    )
+
+
+def _verify(
+    folder: OutputFolder, run: dict, report: VerifyReport, inputs, lease, echo, *, full: bool = False
+) -> VerifyReport:
+    repair = lease is not None
     if repair:
-        record = RunRecord(folder, run)
-        report.repaired += recover_commits(folder, record.update)
+        record = RunRecord(folder, run, lease=lease)
+        removed = folder.remove_stale_temp_files()
+        if removed:
+            report.repaired.append(f"removed {len(removed)} temporary file(s) of interrupted metadata writes")
+        report.repaired += recover_commits(folder, record.update, check=lease.check)
     for f in folder.files_under(COMMITS, ".json"):
         report.leftovers.append(f"half-done commit {f.name} (the next run or --repair finishes it)")
-    staged = folder.files_under(STAGING, ".parquet")
+    accepted_from = int(run.get("staging_accepted_from") or 0)
+    prefix = folder.path(STAGING) + "/"
+    staged = 0
+    for f in folder.files_under(STAGING, ".parquet"):
+        if staging_generation(f.path[len(prefix) :].split("/", 1)[0]) < accepted_from:
+            report.fenced_out += 1
+        else:
+            staged += 1
     if staged:
-        report.leftovers.append(f"{len(staged)} staged file(s) of interrupted attempts (the next run commits them)")
+        report.leftovers.append(f"{staged} staged file(s) of interrupted attempts (the next run commits them)")
     recorded = dict(run.get("parts", {}))
     digests = HashAccumulator()
     where: list[np.ndarray] = []  # part index per row, for naming/repairing duplicates
@@ -188,6 +255,16 @@ def _verify(folder: OutputFolder, run: dict, report: VerifyReport, inputs, repai
             report.corrupt.append(part.name)
             if repair:
                 report.repaired.append(f"quarantined {part.name} (its images are redone by the next run)")
+            continue
+        want = (recorded.get(part.name) or {}).get("sha256")
+        if full and want and file_sha256(folder.fs, part.path) != want:
+            report.corrupt.append(part.name)
+            if repair:
+                folder.quarantine(part.path, "its sha256 differs from the one recorded when it was committed")
+                report.repaired.append(f"quarantined {part.name} (bytes changed since commit; images redone)")
+            else:
+                report.record_mismatches.append(f"{part.name}: its bytes differ from the ones committed (sha256)")
+            recorded.pop(part.name, None)
             continue
         good.append(part)
         with folder.fs.open(part.path, "rb") as fh:
@@ -218,7 +295,7 @@ def _verify(folder: OutputFolder, run: dict, report: VerifyReport, inputs, repai
     if len(dups):
         report.duplicate_examples = _uris_with(folder, good, dups, 5)
         if repair:
-            removed = _remove_duplicates(folder, good, dups, run)
+            removed = _remove_duplicates(folder, good, dups, RunRecord(folder, run, lease=lease), lease.check)
             report.repaired.append(f"removed {removed} duplicate row(s), keeping one row per URI")
     spec = _input_spec(run, inputs)
     if spec is not None and is_sharded(spec):  # samples of shards: per-shard counts (pipeline.shard_plan)
@@ -239,11 +316,22 @@ def _verify(folder: OutputFolder, run: dict, report: VerifyReport, inputs, repai
                     report.missing_examples.append(u)
         report.inputs, report.missing_inputs = n, missing
     if repair and (report.corrupt or report.duplicate_uris or report.record_mismatches):
-        RunRecord(folder, run).update(lambda r: _resync_parts(folder, r))
+        RunRecord(folder, run, lease=lease).update(lambda r: _resync_parts(folder, r))
         report.record_mismatches = []
         report.duplicate_uris = 0
         report.corrupt = []
     return report
+
+
+def _fenced_record(folder: OutputFolder, lease) -> RunRecord:
+    """run.json read under ``lease`` and written back at once with its generation (the fence: a run that
+    held an earlier lease can no longer write it). An 0.1-layout record is read, not moved (``run`` moves it)."""
+    run = lease.read_run()
+    if run:
+        record = RunRecord(folder, run, lease=lease)
+        record.write()
+        return record
+    return RunRecord(folder, folder.read_run(), lease=lease)
 
 
 def _input_spec(run: dict, inputs) -> InputSpec | None:
@@ -271,9 +359,10 @@ def _uris_with(folder: OutputFolder, parts, wanted: UriHashes, limit: int) -> li
     return found
 
 
-def _remove_duplicates(folder: OutputFolder, parts, dups: UriHashes, run: dict) -> int:
+def _remove_duplicates(folder: OutputFolder, parts, dups: UriHashes, record: RunRecord, check) -> int:
     """Keep one row per duplicated URI — a non-error row over an error row, then the newest run —
-    by rewriting the parts that hold the others (same commit protocol as the job)."""
+    by rewriting the parts that hold the others, all in one commit (kind ``repair``, the job's
+    protocol: the rewritten parts replace their originals at once)."""
     rows = []
     for k, part in enumerate(parts):
         with folder.fs.open(part.path, "rb") as fh:
@@ -300,19 +389,26 @@ def _remove_duplicates(folder: OutputFolder, parts, dups: UriHashes, run: dict) 
     for r in rows:
         if best[(r[0], r[1])] is not r:
             drop.setdefault(r[4], set()).add(r[5])
-    record = RunRecord(folder, run)
     removed = 0
-    for k, idx in drop.items():
-        part = parts[k]
-        with folder.fs.open(part.path, "rb") as fh:
-            t = pq.read_table(fh)
-        keep = np.ones(t.num_rows, dtype=bool)
-        keep[list(idx)] = False
-        assembler = PartAssembler(folder, f"repair-{new_run_id()}", name_tag="d")
-        assembler.add(t.filter(pa.array(keep)))
-        new_parts = assembler.close()
-        commit(folder, new_parts, [part.path], record.update, kind="repair")
-        removed += len(idx)
+    new_parts, replaced = [], []
+    repair_id = f"repair-{new_run_id()}"
+    try:
+        for n, (k, idx) in enumerate(sorted(drop.items())):
+            part = parts[k]
+            with folder.fs.open(part.path, "rb") as fh:
+                t = pq.read_table(fh)
+            keep = np.ones(t.num_rows, dtype=bool)
+            keep[list(idx)] = False
+            assembler = PartAssembler(folder, repair_id, name_tag=f"d{n}")
+            assembler.add(t.filter(pa.array(keep)))
+            new_parts += assembler.close()
+            replaced.append(part.path)
+            removed += len(idx)
+    except BaseException:
+        for p in new_parts:
+            folder.remove(p.tmp_path)
+        raise
+    commit(folder, new_parts, replaced, record.update, kind="repair", before_publish=check)
     return removed
 
 
@@ -322,7 +418,10 @@ def _resync_parts(folder: OutputFolder, run: dict) -> None:
     for part in folder.parts():
         st = stats_of_file(folder, part.path)
         st.bytes, st.version = part.size, part.version
-        st.run_id = (run.get("parts", {}).get(part.name) or {}).get("run_id", "")
+        old = run.get("parts", {}).get(part.name) or {}
+        st.run_id = old.get("run_id", "")
+        same = old.get("sha256") and int(old.get("bytes", -1)) == part.size and old.get("version") == part.version
+        st.sha256 = old["sha256"] if same else file_sha256(folder.fs, part.path)
         parts[part.name] = st.to_dict()
     run["parts"] = parts
     run["summary"] = summary_of(parts)
@@ -337,8 +436,9 @@ def compact_output(
     if not run:
         raise FileNotFoundError(f"{out!r} holds no ntt-batch output (no _ntt/run.json)")
     with folder.lease({"run_id": f"compact-{new_run_id()}"}) as lease:
-        record = RunRecord(folder, run)
-        notes = recover_commits(folder, record.update)
+        record = _fenced_record(folder, lease)
+        folder.remove_stale_temp_files()
+        notes = recover_commits(folder, record.update, check=lease.check)
         before = folder.parts()
         new = compact(
             folder,

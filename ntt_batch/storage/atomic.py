@@ -16,10 +16,13 @@ for local targets) cover them.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
+
+from .fs import filesystem, is_local
 
 
 class AtomicLocalFile:
@@ -126,3 +129,65 @@ __all__ = [
     "commit_on_success",
     "make_unique_dir",
 ]
+
+
+class AtomicFile:
+    """A temporary local file that becomes ``out`` on :meth:`commit` and vanishes on :meth:`abort`.
+
+    Local ``out``: :class:`~ntt_batch.storage.atomic.AtomicLocalFile` (a hidden temporary file in the
+    same folder, then ``os.replace``). Object stores: a local temporary file, then one upload (an
+    object appears whole or not at all). ``file`` is the open text (or binary, ``mode="wb"``) file
+    to write to.
+    """
+
+    def __init__(self, out: str, options: dict | None = None, *, mode: str = "w") -> None:
+        fs, path = filesystem(out, options)
+        self.fs, self.path, self.local = fs, path, is_local(fs)
+        self._local: AtomicLocalFile | None = None
+        self.tmp: str | None = None
+        if self.local:
+            parent = os.path.dirname(os.path.abspath(path)) or "."
+            if not os.path.isdir(parent):
+                raise FileNotFoundError(f"output folder {parent!r} does not exist: create it first")
+            self._local = AtomicLocalFile(path, mode)
+            self.file = self._local.file
+            return
+        fd, self.tmp = tempfile.mkstemp(prefix="ntt-export-", suffix=".tmp")
+        try:
+            self.file = os.fdopen(fd, mode, encoding="utf-8" if "b" not in mode else None)
+        except BaseException:
+            os.close(fd)
+            self._remove()
+            raise
+
+    def commit(self) -> None:
+        """Close the file and move it to ``out``."""
+        if self._local is not None:
+            self._local.commit()
+            return
+        try:
+            self.file.close()
+            self.fs.put_file(self.tmp, self.path)
+        finally:
+            self._remove()
+
+    def abort(self) -> None:
+        """Close and delete the temporary file; ``out`` is left as it was."""
+        if self._local is not None:
+            self._local.abort()
+            return
+        try:
+            self.file.close()
+        finally:
+            self._remove()
+
+    def _remove(self) -> None:
+        if self.tmp and os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+def atomic_output(out: str, options: dict | None = None, *, mode: str = "w"):
+    """Context manager: a temporary local file that becomes ``out`` only when the block succeeds.
+
+    See :class:`AtomicFile`."""
+    return commit_on_success(AtomicFile(out, options, mode=mode))

@@ -10,6 +10,7 @@ secret-looking key.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -80,7 +81,8 @@ def is_secret_key(key: str) -> bool:
 
 
 def redact_options(options: dict | None) -> dict:
-    """Storage options safe to log or record: the values of secret-looking keys replaced by ``***``."""
+    """Storage options safe to log or record: the values of secret-looking keys replaced by ``***``,
+    and the userinfo of any URL in the others (``http://user:pw@host`` → ``http://***@host``)."""
     out = {}
     for k, v in (options or {}).items():
         if isinstance(v, dict):
@@ -88,8 +90,18 @@ def redact_options(options: dict | None) -> dict:
         elif is_secret_key(k):
             out[k] = "***"
         else:
-            out[k] = v
+            out[k] = redact_urls(v) if isinstance(v, str) else v
     return out
+
+
+# scheme://userinfo@ : the userinfo runs up to the last '@' before the host's end (a password may hold '@').
+_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#'\"<>]*@")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the credentials of every URL in it hidden: ``http://user:SECRET@host/x`` →
+    ``http://***@host/x`` (for messages, logs and records)."""
+    return _URL_USERINFO.sub(r"\1***@", text) if "@" in text else text
 
 
 def yaml_scalar(text: str) -> Any:
@@ -181,6 +193,23 @@ def check_storage_options(options: dict | None, uris: Iterable[str]) -> None:
                 f"(s3fs); valid keys: {', '.join(sorted(valid))}"
             )
         check_s3_option_types(options)
+        check_endpoint_credentials(options)
+
+
+def check_endpoint_credentials(options: dict) -> None:
+    """Refuse an s3 ``endpoint_url`` with credentials in it (``http://user:pw@host``): botocore's HTTP
+    client cannot use them, and they would travel in every log line. The URL is not echoed."""
+    client_kwargs = options.get("client_kwargs") if isinstance(options.get("client_kwargs"), dict) else {}
+    for key, value in (
+        ("endpoint_url", options.get("endpoint_url")),
+        ("client_kwargs.endpoint_url", client_kwargs.get("endpoint_url")),
+    ):
+        if isinstance(value, str) and redact_urls(value) != value:
+            raise StorageOptionsError(
+                f"storage_options.{key}: credentials in the URL are not supported (URL not shown); give "
+                "http(s)://host:port and the credentials as storage_options key/secret, a profile, or "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            )
 
 
 # Option types s3fs does not state in its signature (None defaults); the others follow their defaults.

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..references.core import reference_image_root
+from ..references.files import reference_image_root
 from ..storage.images import load_image
 from ..storage.masks import segmentation_to_mask
 from ..storage.names import safe_join
@@ -105,6 +105,77 @@ def _text(draw: ImageDraw.ImageDraw, xy, text: str, px: int, fill=(40, 40, 40), 
     draw.text(xy, text, fill=fill, font=font)
 
 
+class _Sam2OnDemand:
+    """SAM2 box prompting for box-only references, loaded on the first box that needs it."""
+
+    def __init__(self, name: str, checkpoint_dir: str | None, download: bool, device: str, echo) -> None:
+        self.name, self.checkpoint_dir, self.download = name, checkpoint_dir, download
+        self.device, self.echo = device, echo
+        self.prompter = None
+
+    def mask(self, image: np.ndarray, bbox: list[float]) -> np.ndarray:
+        """The SAM2 mask (bool ``[H, W]``) of the box ``bbox`` (xywh, px) in ``image`` (RGB uint8 ``[H, W, 3]``)."""
+        from ..method.memory_bank import sam2_box_masks
+
+        if self.prompter is None:
+            from ..method.segmenter import resolve_device
+            from ..models.loading import load_sam2
+
+            if self.echo:
+                self.echo(f"making masks for box-only references with {self.name}")
+            prompter, _ = load_sam2(
+                self.name, checkpoint_dir=self.checkpoint_dir, download=self.download, add_no_mem_embed=True
+            )
+            self.prompter = prompter.to(resolve_device(self.device))
+        return sam2_box_masks(self.prompter, image, [bbox])[0]
+
+
+def _reference_mask(
+    r: Mapping[str, Any],
+    image: np.ndarray,
+    bbox: list[float],
+    box_masks: Mapping[tuple, dict],
+    sam2: _Sam2OnDemand | None,
+) -> tuple[np.ndarray | None, str]:
+    """(mask bool ``[H, W]`` or None, where it came from): the reference's own segmentation, else the
+    bank's SAM2 mask for its box, else one SAM2 makes now (``sam2``), else none ("box only")."""
+    h, w = image.shape[:2]
+    if r.get("segmentation") is not None:
+        source = "SAM2 mask from box" if r.get("mask_source", "").startswith("sam2") else "mask"
+        return segmentation_to_mask(r["segmentation"], h, w), source
+    made = box_masks.get(_box_key(r["file_name"], bbox))
+    if made is not None:
+        return segmentation_to_mask(made["segmentation"], h, w), "SAM2 mask from box"
+    if sam2 is not None:
+        return sam2.mask(image, bbox), "SAM2 mask from box"
+    return None, "box only"
+
+
+def _compose_sheet(
+    flat: list[tuple[int, tuple[Image.Image | None, str, str, str]]], names: Mapping[int, str], cell: int, columns: int
+) -> Image.Image:
+    """Lay the cells ``(class id, (tile or None, caption, error, mask source))`` out in rows of ``columns``,
+    each with its class (colour, name, id) and caption below, or the error where the tile is missing."""
+    cols = max(1, min(columns, len(flat)))
+    cw, ch = cell, cell + CAPTION_PX
+    nrows = (len(flat) + cols - 1) // cols
+    width, height = GAP + cols * (cw + GAP), GAP + nrows * (ch + GAP)
+    sheet = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    for k, (cid, (tile, caption, err, source)) in enumerate(flat):
+        x, y = GAP + (k % cols) * (cw + GAP), GAP + (k // cols) * (ch + GAP)
+        draw.rectangle([x, y, x + cw - 1, y + cell - 1], fill=(225, 225, 225))
+        if tile is not None:
+            sheet.paste(tile, (x + (cw - tile.width) // 2, y + (cell - tile.height) // 2))
+        else:
+            _text(draw, (x + 6, y + cell // 2 - 20), "cannot draw:", 13, fill=(160, 0, 0))
+            _text(draw, (x + 6, y + cell // 2), err, 12, fill=(160, 0, 0), max_w=cw - 12)
+        draw.rectangle([x, y + cell + 4, x + 10, y + cell + 14], fill=class_color(cid))
+        _text(draw, (x + 14, y + cell + 2), f"{names[cid]} (id {cid})", 12, fill=(20, 20, 20), max_w=cw - 16)
+        _text(draw, (x + 2, y + cell + 16), f"{source}: {caption}" if source else caption, 11, max_w=cw - 4)
+    return sheet
+
+
 def reference_sheet(
     refs: Mapping[str, Any],
     out: str | os.PathLike,
@@ -138,7 +209,7 @@ def reference_sheet(
     for r in refs["references"]:
         groups[int(r["category_id"])].append(r)
     box_masks = box_masks or {}
-    prompter = None
+    sam2 = _Sam2OnDemand(sam2_name, checkpoint_dir, download, device, echo) if sam2_name else None
     cells: dict[int, list[tuple[Image.Image | None, str, str, str]]] = {}
     for cid, items in groups.items():
         cells[cid] = []
@@ -149,30 +220,8 @@ def reference_sheet(
                 if root is None:
                     raise ValueError("no image root: pass --image-root")
                 image = load_image(safe_join(root, r["file_name"]))
-                h, w = image.shape[:2]
                 bbox = [float(v) for v in r["bbox"]]
-                if r.get("segmentation") is not None:
-                    mask = segmentation_to_mask(r["segmentation"], h, w)
-                    source = "SAM2 mask from box" if r.get("mask_source", "").startswith("sam2") else "mask"
-                elif _box_key(r["file_name"], bbox) in box_masks:
-                    mask = segmentation_to_mask(box_masks[_box_key(r["file_name"], bbox)]["segmentation"], h, w)
-                    source = "SAM2 mask from box"
-                elif sam2_name:
-                    if prompter is None:
-                        from ..method.memory_bank import sam2_box_masks
-                        from ..method.segmenter import resolve_device
-                        from ..models.loading import load_sam2
-
-                        if echo:
-                            echo(f"making masks for box-only references with {sam2_name}")
-                        prompter, _ = load_sam2(
-                            sam2_name, checkpoint_dir=checkpoint_dir, download=download, add_no_mem_embed=True
-                        )
-                        prompter = prompter.to(resolve_device(device))
-                    mask = sam2_box_masks(prompter, image, [bbox])[0]
-                    source = "SAM2 mask from box"
-                else:
-                    mask, source = None, "box only"
+                mask, source = _reference_mask(r, image, bbox, box_masks, sam2)
                 summary.masks[source] = summary.masks.get(source, 0) + 1
                 tile = _cell(image, mask, bbox, cid, names[cid], source, cell, context_ratio)
                 cells[cid].append((tile, caption, "", source))
@@ -181,25 +230,7 @@ def reference_sheet(
                 cells[cid].append((None, caption, str(e), ""))
             summary.references += 1
     summary.classes = len(groups)
-
-    flat = [(cid, item) for cid, items in cells.items() for item in items]
-    cols = max(1, min(columns, len(flat)))
-    cw, ch = cell, cell + CAPTION_PX
-    nrows = (len(flat) + cols - 1) // cols
-    width, height = GAP + cols * (cw + GAP), GAP + nrows * (ch + GAP)
-    sheet = Image.new("RGB", (width, height), BACKGROUND)
-    draw = ImageDraw.Draw(sheet)
-    for k, (cid, (tile, caption, err, source)) in enumerate(flat):
-        x, y = GAP + (k % cols) * (cw + GAP), GAP + (k // cols) * (ch + GAP)
-        draw.rectangle([x, y, x + cw - 1, y + cell - 1], fill=(225, 225, 225))
-        if tile is not None:
-            sheet.paste(tile, (x + (cw - tile.width) // 2, y + (cell - tile.height) // 2))
-        else:
-            _text(draw, (x + 6, y + cell // 2 - 20), "cannot draw:", 13, fill=(160, 0, 0))
-            _text(draw, (x + 6, y + cell // 2), err, 12, fill=(160, 0, 0), max_w=cw - 12)
-        draw.rectangle([x, y + cell + 4, x + 10, y + cell + 14], fill=class_color(cid))
-        _text(draw, (x + 14, y + cell + 2), f"{names[cid]} (id {cid})", 12, fill=(20, 20, 20), max_w=cw - 16)
-        _text(draw, (x + 2, y + cell + 16), f"{source}: {caption}" if source else caption, 11, max_w=cw - 4)
+    sheet = _compose_sheet([(cid, item) for cid, items in cells.items() for item in items], names, cell, columns)
     out = os.fspath(out)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if out.lower().endswith((".jpg", ".jpeg")):

@@ -40,11 +40,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from ..method.memory_bank import MemoryBank
-from ..references.core import ReferencePreference
+from ..references.preferences import ReferencePreference
 from ..storage.atomic import atomic_local_file
 from .overlay import label_font
 
@@ -57,6 +57,7 @@ __all__ = [
     "memory_bank_report",
     "misplaced_references",
     "near_duplicate_classes",
+    "negative_references_lines",
     "prototype_similarity",
     "render_similarity_heatmap",
     "show_memory_bank",
@@ -297,33 +298,62 @@ def render_similarity_heatmap(
             draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], outline=_DUPLICATE_FRAME, width=max(1, cell // 8))
 
     if labelled:
-        for k, text in enumerate(labels):  # rows: right-aligned left of the grid
-            tw = scratch.textlength(text, font=font)
-            y = top + k * cell + (cell - font_px) // 2 - 1
-            draw.text((left - 4 - tw, y), text, fill=_INK, font=font)
-        # columns: text drawn horizontally on a strip, rotated 90° (reads bottom to top)
-        strip = Image.new("RGB", (label_w, grid), _BACKGROUND)
-        sd = ImageDraw.Draw(strip)
-        for k, text in enumerate(labels):
-            sd.text((4, k * cell + (cell - font_px) // 2 - 1), text, fill=_INK, font=font)
-        img.paste(strip.rotate(90, expand=True), (left, top - label_w))
+        _draw_class_names(img, labels, font, font_px, cell, (left, top), label_w)
+    _draw_colour_bar(draw, img, (left + grid + bar_gap, top), (bar_w, max(grid, 2)), lo, hi, threshold, small)
+    return _atomic_save(img, path)
 
-    # colour bar with ticks at lo, the middle, 1 and the threshold
-    bx = left + grid + bar_gap
-    ramp = np.linspace(hi, lo, max(grid, 2))[:, None].repeat(bar_w, axis=1)
+
+def _draw_class_names(
+    img: Image.Image,
+    labels: Sequence[str],
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    font_px: int,
+    cell: int,
+    corner: tuple[int, int],
+    label_w: int,
+) -> None:
+    """Class names beside the grid whose top-left corner is ``corner`` (px): rows right-aligned left of
+    it, columns along its top (drawn on a strip, rotated 90°: reads bottom to top)."""
+    left, top = corner
+    draw, scratch = ImageDraw.Draw(img), ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    for k, text in enumerate(labels):  # rows: right-aligned left of the grid
+        tw = scratch.textlength(text, font=font)
+        y = top + k * cell + (cell - font_px) // 2 - 1
+        draw.text((left - 4 - tw, y), text, fill=_INK, font=font)
+    strip = Image.new("RGB", (label_w, len(labels) * cell), _BACKGROUND)
+    sd = ImageDraw.Draw(strip)
+    for k, text in enumerate(labels):
+        sd.text((4, k * cell + (cell - font_px) // 2 - 1), text, fill=_INK, font=font)
+    img.paste(strip.rotate(90, expand=True), (left, top - label_w))
+
+
+def _draw_colour_bar(
+    draw: ImageDraw.ImageDraw,
+    img: Image.Image,
+    corner: tuple[int, int],
+    size: tuple[int, int],
+    lo: float,
+    hi: float,
+    threshold: float | None,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+) -> None:
+    """The colour bar (``size`` = (width, height) px at ``corner``), ticks at ``lo``, the middle, ``hi``
+    and the threshold (red); a tick label that would overlap the previous one moves down."""
+    bx, top = corner
+    bar_w, bar_h = size
+    ramp = np.linspace(hi, lo, bar_h)[:, None].repeat(bar_w, axis=1)
     img.paste(Image.fromarray(_colormap(ramp, lo, hi), "RGB"), (bx, top))
-    draw.rectangle([bx - 1, top - 1, bx + bar_w, top + max(grid, 2)], outline=(120, 120, 120))
+    draw.rectangle([bx - 1, top - 1, bx + bar_w, top + bar_h], outline=(120, 120, 120))
     ticks = [hi, (hi + lo) / 2, lo]
     if threshold is not None and lo < threshold < hi:
         ticks.append(threshold)
-    marks = sorted((top + round((hi - v) / (hi - lo) * (max(grid, 2) - 1)), v) for v in ticks)
+    marks = sorted((top + round((hi - v) / (hi - lo) * (bar_h - 1)), v) for v in ticks)
     text_y = top - 6 - 13
-    for y, v in marks:  # top to bottom; a label that would overlap the previous one moves down
+    for y, v in marks:  # top to bottom
         colour = _DUPLICATE_FRAME if threshold is not None and v == threshold else _INK
         draw.line([bx + bar_w, y, bx + bar_w + 3, y], fill=colour)
         text_y = max(y - 6, text_y + 13)
-        draw.text((bx + bar_w + 5, text_y), f"{v:.2f}", fill=colour, font=small)
-    return _atomic_save(img, path)
+        draw.text((bx + bar_w + 5, text_y), f"{v:.2f}", fill=colour, font=font)
 
 
 # ----------------------------------------------------------------------------- report
@@ -371,13 +401,21 @@ def memory_bank_report(
     """
     threshold = _check_threshold(threshold)
     sim = prototype_similarity(bank) if sim is None else sim
-    names = bank.category_names
+    lines = _report_head(bank, name)
+    lines += _similarity_lines(sim, bank.category_names, threshold)
+    lines += _consistency_lines(bank, lowest)
+    lines += negative_references_lines(bank)
+    return "\n".join(lines)
+
+
+def _report_head(bank: MemoryBank, name: str | None) -> list[str]:
+    """The report's first lines: size, encoder, hash, shots, and where sampled references came from."""
     enc = bank.encoder or {}
     official = enc.get("official")
     enc_txt = str(enc.get("name", "unknown encoder"))
     if official is not None:
         enc_txt += " (official weights)" if official else " (not the official weights)"
-    c = len(names)
+    c = len(bank.category_names)
     r = int(bank.instance_labels.numel())
     head = (
         f"{name or 'memory bank'}: {c} class{'es' if c != 1 else ''}, {r} reference instance{'s' if r != 1 else ''}, "
@@ -394,31 +432,39 @@ def memory_bank_report(
             except (TypeError, ValueError):
                 extra += f", reference preference {src['prefer']}"
         lines.append(extra)
+    return lines
 
-    if c >= 2:
-        off = sim.to(torch.float64)[~torch.eye(c, dtype=torch.bool)]
-        i, j = divmod(int(torch.argmax(torch.where(torch.eye(c, dtype=torch.bool), -2.0, sim.to(torch.float64)))), c)
+
+def _similarity_lines(sim: Tensor, names: Sequence[str], threshold: float) -> list[str]:
+    """Between classes: the median and the most similar pair, then the near-duplicate pairs (the first 20)."""
+    c = len(names)
+    if c < 2:
+        return ["one class only: nothing to confuse it with"]
+    off = sim.to(torch.float64)[~torch.eye(c, dtype=torch.bool)]
+    i, j = divmod(int(torch.argmax(torch.where(torch.eye(c, dtype=torch.bool), -2.0, sim.to(torch.float64)))), c)
+    lines = [
+        f"class prototype similarity (cosine, between classes): median {float(off.median()):.2f}, "
+        f"max {float(sim[i, j]):.2f} ({names[i]} ~ {names[j]})"
+    ]
+    pairs = near_duplicate_classes(sim, names, threshold)
+    if not pairs:
+        return lines + [f"near-duplicate classes (cosine >= {threshold:g}): none"]
+    lines.append(f"near-duplicate classes (cosine >= {threshold:g}): {len(pairs)} pair{'s' if len(pairs) != 1 else ''}")
+    for a, b, v in pairs[:20]:
         lines.append(
-            f"class prototype similarity (cosine, between classes): median {float(off.median()):.2f}, "
-            f"max {float(sim[i, j]):.2f} ({names[i]} ~ {names[j]})"
+            f"  {a} ~ {b}: {v:.2f} — their references look alike to the encoder; detections between "
+            "them will be confused. Add more distinctive references or merge the classes"
         )
-        pairs = near_duplicate_classes(sim, names, threshold)
-        if pairs:
-            lines.append(
-                f"near-duplicate classes (cosine >= {threshold:g}): {len(pairs)} pair{'s' if len(pairs) != 1 else ''}"
-            )
-            for a, b, v in pairs[:20]:
-                lines.append(
-                    f"  {a} ~ {b}: {v:.2f} — their references look alike to the encoder; detections between "
-                    "them will be confused. Add more distinctive references or merge the classes"
-                )
-            if len(pairs) > 20:
-                lines.append(f"  ... and {len(pairs) - 20} more pair(s)")
-        else:
-            lines.append(f"near-duplicate classes (cosine >= {threshold:g}): none")
-    else:
-        lines.append("one class only: nothing to confuse it with")
+    if len(pairs) > 20:
+        lines.append(f"  ... and {len(pairs) - 20} more pair(s)")
+    return lines
 
+
+def _consistency_lines(bank: MemoryBank, lowest: int) -> list[str]:
+    """Within classes: the ``lowest`` least consistent classes, the 1-shot ones, and the references closer
+    to another class's prototype than to their own (the first ``lowest``)."""
+    lines = []
+    c = len(bank.category_names)
     cons = class_consistency(bank)
     multi = sorted((x for x in cons if x.shots > 1), key=lambda x: (x.mean, x.index))
     one = [x.name for x in cons if x.shots == 1]
@@ -445,7 +491,50 @@ def memory_bank_report(
                 f"  {m['class']} {_instance_label(bank, m['row'])}: {m['own']:.2f} to {m['class']}, "
                 f"{m['other']:.2f} to {m['closer_to']} — check its label and mask"
             )
-    return "\n".join(lines)
+    return lines
+
+
+def negative_references_lines(bank: MemoryBank, per_class: int = 5) -> list[str]:
+    """The report's lines on the bank's negative references (docs/negative_references.md): how many,
+    where from, and per class the first ``per_class`` (image, score when mined, and the cosine to the
+    class's own prototype: a negative as close as the references themselves will also suppress true
+    detections). No lines for a bank without negatives."""
+    if not bank.has_negatives:
+        return []
+    records = (bank.negatives or {}).get("instances") or []
+    n = int(bank.negative_labels.numel())
+    by_source: dict[str, int] = {}
+    for r in records:
+        by_source[r.get("source", "?")] = by_source.get(r.get("source", "?"), 0) + 1
+    how = ", ".join(f"{k} {v}" for k, v in sorted(by_source.items()))
+    lines = [
+        f"negative references: {n} ({how}); segment/run use them with --use-negatives "
+        "(score x exp(-max(sim_neg - sim_pos, 0) / sigma))"
+    ]
+    mined = [s for s in (bank.negatives or {}).get("sources") or [] if s.get("kind") == "mined"]
+    for s in mined:
+        lines.append(
+            f"  mined from {s.get('images')} reference image(s): score >= {s.get('score_threshold')}, box IoU < "
+            f"{s.get('iou_threshold')} with every annotated instance of the class, at most {s.get('max_per_class')} "
+            "per class"
+        )
+    cos = (F.normalize(bank.negative_prototypes, dim=1) * bank.class_prototypes[bank.negative_labels]).sum(dim=1)
+    for c, name in enumerate(bank.category_names):
+        rows = torch.nonzero(bank.negative_labels == c).flatten().tolist()
+        if not rows:
+            lines.append(f"  {name}: none")
+            continue
+        items = []
+        for row in rows[:per_class]:
+            r = records[row] if row < len(records) else {}
+            bits = [str(r.get("file_name") or f"row {row}")]
+            if r.get("score") is not None:
+                bits.append(f"score {float(r['score']):.2f}")
+            bits.append(f"cos {float(cos[row]):.2f} to {name}")
+            items.append(" ".join(bits))
+        more = f"; ... and {len(rows) - per_class} more" if len(rows) > per_class else ""
+        lines.append(f"  {name}: {len(rows)} — " + "; ".join(items) + more)
+    return lines
 
 
 def default_heatmap_path(bank_dir: str | os.PathLike) -> Path:

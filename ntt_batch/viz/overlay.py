@@ -63,7 +63,7 @@ def _text_color(rgb: Sequence[int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luminance > 140 else (255, 255, 255)
 
 
-def _edges(mask: np.ndarray, width: int) -> np.ndarray:
+def mask_edges(mask: np.ndarray, width: int) -> np.ndarray:
     """Border pixels of a bool mask (inside pixels with a 4-neighbour outside), ``width`` px thick."""
     padded = np.pad(mask, 1)
     interior = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
@@ -98,7 +98,7 @@ def render_panel(image: np.ndarray, instances: Sequence[DrawnInstance], title: s
         color = np.asarray(class_color(inst.category_id), dtype=np.float32)
         m = inst.mask
         canvas[m] = canvas[m] * (1.0 - FILL_ALPHA) + color * FILL_ALPHA
-        canvas[_edges(m, line)] = color
+        canvas[mask_edges(m, line)] = color
     img = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     font_px = max(11, min(28, round(max(h, w) / 45)))
@@ -223,14 +223,6 @@ def render_overlay(
     size = (max(1, round(W * s)), max(1, round(H * s)))
     shown = image if s == 1.0 else np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
     names = names or {}
-
-    def name(d):
-        cid = int(d["category_id"])
-        return names.get(cid) or d.get("category_name") or f"class {cid}"
-
-    def scaled(b):
-        return None if not b else [float(v) * s for v in b]
-
     th = ScoreThresholds.load(score_threshold)
     preds = [
         p
@@ -242,27 +234,10 @@ def render_overlay(
     pred_inst = []
     for p in preds:
         seg = p.get("segmentation")
-        mask = None
-        if seg:
-            mask = (
-                decode_rle(seg)
-                if isinstance(seg, dict) and not isinstance(seg.get("counts"), list)
-                else segmentation_to_mask(seg, H, W)
-            )
-            if mask.shape != (H, W):
-                raise ValueError(
-                    f"a mask is {mask.shape[1]}x{mask.shape[0]} but the image is {W}x{H}: wrong image for "
-                    "these predictions (check --images / the image id)"
-                )
-            mask = resize_mask(mask, size)
+        mask = resize_mask(_prediction_mask(seg, H, W), size) if seg else None
+        label = f"{_instance_name(p, names)} {float(p['score']):.2f}"
         pred_inst.append(
-            DrawnInstance(
-                int(p["category_id"]),
-                f"{name(p)} {float(p['score']):.2f}",
-                mask,
-                scaled(p.get("bbox")),
-                float(p["score"]),
-            )
+            DrawnInstance(int(p["category_id"]), label, mask, _scaled(p.get("bbox"), s), float(p["score"]))
         )
     title = f"prediction: {len(preds)}"
     if n_pass > len(preds):
@@ -277,10 +252,36 @@ def render_overlay(
         for a in ground_truth:
             seg = a.get("segmentation")
             mask = resize_mask(segmentation_to_mask(seg, H, W), size) if seg else None
-            label = name(a) + (" (crowd)" if a.get("iscrowd") else "")
-            gt_inst.append(DrawnInstance(int(a["category_id"]), label, mask, scaled(a.get("bbox"))))
+            label = _instance_name(a, names) + (" (crowd)" if a.get("iscrowd") else "")
+            gt_inst.append(DrawnInstance(int(a["category_id"]), label, mask, _scaled(a.get("bbox"), s)))
         panels.insert(0, render_panel(shown, gt_inst, f"ground truth: {len(gt_inst)}"))
     return compose(panels)
+
+
+def _instance_name(d: dict, names: dict[int, str]) -> str:
+    """A prediction's or annotation's class name: ``names``, else its ``category_name``, else ``class <id>``."""
+    cid = int(d["category_id"])
+    return names.get(cid) or d.get("category_name") or f"class {cid}"
+
+
+def _scaled(b: Sequence[float] | None, s: float) -> list[float] | None:
+    return None if not b else [float(v) * s for v in b]
+
+
+def _prediction_mask(seg: dict | list, H: int, W: int) -> np.ndarray:
+    """A prediction's segmentation (compressed RLE, or polygons / uncompressed RLE) as bool ``[H, W]``;
+    a mask of another size means the predictions belong to another image (a clear error)."""
+    mask = (
+        decode_rle(seg)
+        if isinstance(seg, dict) and not isinstance(seg.get("counts"), list)
+        else segmentation_to_mask(seg, H, W)
+    )
+    if mask.shape != (H, W):
+        raise ValueError(
+            f"a mask is {mask.shape[1]}x{mask.shape[0]} but the image is {W}x{H}: wrong image for "
+            "these predictions (check --images / the image id)"
+        )
+    return mask
 
 
 # ----------------------------------------------------------------------------- batch of images
@@ -335,7 +336,7 @@ def _targets_from_results(dets: list, gt: dict | None, ids: set[int] | None, lim
     return [_Target(i, None, by_image.get(i, [])) for i in order]
 
 
-class _ImageFinder:
+class ImageFinder:
     """Locates an image file for (image id, URI, GT file_name) — see the module docstring."""
 
     def __init__(self, root: str | None, options: dict | None) -> None:
@@ -387,6 +388,32 @@ def _parse_ids(ids: Iterable[int | str] | None) -> set[int] | None:
     return out or None
 
 
+def _targets(
+    source: str,
+    options: dict | None,
+    images_root: str | None,
+    gt: dict | None,
+    wanted: set[int] | None,
+    limit: int | None,
+    skipped: list[dict],
+) -> list[_Target]:
+    """The images to draw from a results JSON or shards; wanted ids that ``source`` lacks go to ``skipped``."""
+    if is_results_file(source, options):
+        dets = read_json(source, options)
+        if not isinstance(dets, list):
+            raise ValueError(f"{source}: a COCO results file is a JSON array of detections")
+        if not images_root:
+            raise ValueError("a results JSON does not say where the images are: pass --images ROOT")
+        targets = _targets_from_results(dets, gt, wanted, limit)
+    else:
+        targets = _targets_from_shards(source, options, wanted, limit, skipped)
+    if wanted is not None:
+        found = {t.image_id for t in targets} | {s["image_id"] for s in skipped}
+        for iid in sorted(wanted - found):
+            skipped.append({"image_id": iid, "reason": f"no such image id in {source}"})
+    return targets
+
+
 def visualize(
     source: str,
     out_dir: str,
@@ -419,26 +446,14 @@ def visualize(
     if gt is not None and ("images" not in gt or "annotations" not in gt):
         raise ValueError(f"{annotations}: not a COCO annotation file (needs 'images' and 'annotations')")
     names = {int(c["id"]): str(c["name"]) for c in (gt or {}).get("categories", [])}
-    if is_results_file(source, options):
-        dets = read_json(source, options)
-        if not isinstance(dets, list):
-            raise ValueError(f"{source}: a COCO results file is a JSON array of detections")
-        if not images_root:
-            raise ValueError("a results JSON does not say where the images are: pass --images ROOT")
-        targets = _targets_from_results(dets, gt, wanted, limit)
-    else:
-        targets = _targets_from_shards(source, options, wanted, limit, summary.skipped)
-    if wanted is not None:
-        found = {t.image_id for t in targets} | {s["image_id"] for s in summary.skipped}
-        for iid in sorted(wanted - found):
-            summary.skipped.append({"image_id": iid, "reason": f"no such image id in {source}"})
+    targets = _targets(source, options, images_root, gt, wanted, limit, summary.skipped)
     gt_images = {int(im["id"]): im for im in gt["images"]} if gt else {}
     gt_anns: dict[int, list[dict]] = defaultdict(list)
     if gt:
         for a in gt["annotations"]:
             gt_anns[int(a["image_id"])].append(a)
     os.makedirs(out_dir, exist_ok=True)
-    finder = _ImageFinder(images_root, options)
+    finder = ImageFinder(images_root, options)
     for t in targets:
         gt_im = gt_images.get(t.image_id)
         uri = finder.find(t.image_id, t.image_uri, gt_im.get("file_name") if gt_im else None)

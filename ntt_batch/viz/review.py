@@ -52,7 +52,7 @@ from ..output.folder import OutputFolder, utc_now_iso
 from ..output.reader import dataset_categories, is_results_file
 from ..output.shards import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 from ..storage.atomic import atomic_write_text
-from .overlay import _ImageFinder, class_color
+from .overlay import ImageFinder, class_color
 from .review_draw import row_entry
 from .review_select import MAX_ERRORS_LISTED, Selection, iter_rows, row_instances
 
@@ -192,7 +192,7 @@ def write_review(
         echo(f"review: {sel.rows} rows read; drawing the pages")
     file_n = sel.rows if max_rows is None else min(sel.rows, max_rows)
     summary.rows_read, summary.more_rows, summary.errors = sel.rows, file_n < sel.rows, sel.status[STATUS_ERROR]
-    finder = _ImageFinder(images_root, options)
+    finder = ImageFinder(images_root, options)
     counts = _write_pages(
         shards, options, out, sel, file_n, page_size, max_instances, finder, (thumb_side, full_side), summary, echo
     )

@@ -26,7 +26,7 @@ from ..output.shards import STATUS_ERROR
 from ..storage.fs import filesystem
 from ..storage.images import ImageDecodeError, decode_image
 from ..storage.masks import decode_rle
-from .overlay import FILL_ALPHA, _edges, _ImageFinder, class_color, resize_mask
+from .overlay import FILL_ALPHA, ImageFinder, class_color, mask_edges, resize_mask
 
 SPRITE_WIDTH = 1024  # px: mask crops are packed in shelves of at most this width (or the widest crop)
 
@@ -65,7 +65,7 @@ def _crop(mask: np.ndarray, size: tuple[int, int], color: tuple[int, int, int]) 
     rgba = np.zeros((y1 - y0, x1 - x0, 4), dtype=np.uint8)
     rgba[..., :3] = color
     rgba[..., 3] = np.where(mc, round(255 * FILL_ALPHA), 0)
-    rgba[_edges(mc, 1), 3] = 255
+    rgba[mask_edges(mc, 1), 3] = 255
     return Image.fromarray(rgba, "RGBA"), [x0, y0, x1 - x0, y1 - y0]
 
 
@@ -130,7 +130,7 @@ def row_entry(
     b,
     i: int,
     preds: list[tuple[int, dict]],
-    finder: _ImageFinder,
+    finder: ImageFinder,
     out: Path,
     sizes: tuple[int, int],
     options: dict | None,

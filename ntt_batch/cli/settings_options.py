@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import click
 
-from .method.config import settings_type_hints
+from ..method.config import settings_type_hints
 
 __all__ = ["flag_fields", "flag_name", "flag_names", "settings_from_flags", "settings_given", "settings_options"]
 

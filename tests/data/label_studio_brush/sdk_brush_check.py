@@ -3,10 +3,11 @@
 Runs in its own virtualenv (label-studio-sdk is not a dependency of ntt-batch), e.g.::
 
     python3 -m venv /tmp/ls-venv && /tmp/ls-venv/bin/pip install label-studio-sdk==2.1.2
-    /tmp/ls-venv/bin/python tests/data/label_studio/sdk_brush_check.py \
-        tests/data/label_studio/tasks.json tests/data/label_studio/tasks.label_config.xml tests/data/label_studio/sdk
+    /tmp/ls-venv/bin/python tests/data/label_studio_brush/sdk_brush_check.py \
+        tests/data/label_studio_brush/tasks.json tests/data/label_studio_brush/tasks.label_config.xml \
+        tests/data/label_studio_brush/sdk
 
-Input: the tasks file ``ntt-batch merge --format label-studio`` wrote (brush predictions) and its
+Input: the tasks file ``ntt-batch export --format label-studio`` wrote (brush predictions) and its
 labeling config. Each task's prediction becomes an annotation (what Label Studio stores when a
 reviewer accepts a prediction) in a Label Studio JSON export; then:
 

@@ -1,0 +1,5 @@
+"""``python -m ntt_batch.cli``: the same as the ``ntt-batch`` program."""
+
+from . import main
+
+main()
