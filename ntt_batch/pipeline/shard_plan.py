@@ -19,7 +19,9 @@ with a quarantined part is not complete any more, whatever was recorded. The pla
 * shard without rows → read.
 
 The census is a fact about the *input* (what the shard holds), not about the output's state, so
-a census written late by a dying attempt is as true as any: nothing needs fencing.
+a census written late by a dying attempt is as true as any, and a merge only ever deletes records
+and census files whose content its new records file holds: neither needs the lease's fence
+(``output.fencing``); completion is recounted from the committed parts at every plan anyway.
 
 Why a reading task of our own rather than ``ray.data.read_webdataset`` / ``read_parquet``: a
 broken shard must give its readable samples *plus* an error row (Ray's readers fail the dataset,
