@@ -19,8 +19,6 @@ from .options import storage_flags, storage_options_from_flags, thresholds_optio
 @thresholds_option(
     "Current score thresholds (the table's 'before'): a number, or a YAML/JSON map {class: T, default: T}."
 )
-    "Current score thresholds (the table's 'before'): a number, or a YAML/JSON map {class: T, default: T}."
-)
 @storage_flags
 def corrections(shards, decisions, label_studio, coco, out, iou_match, target, thresholds, **kw):
     """Review outcome back in: gold labels, negative and positive references, refit thresholds.
