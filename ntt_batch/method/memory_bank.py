@@ -209,6 +209,8 @@ class MemoryBank:
         ids = [int(c["id"]) for c in self.categories]
         if ids != sorted(ids) or len(set(ids)) != len(ids):
             raise ValueError(f"bank categories must be unique and sorted by id, got {ids}")
+        if "checkpoint_sha256" not in self.encoder:  # built in Python without it: recorded as unknown (no check)
+            self.encoder = {**self.encoder, "checkpoint_sha256": None}
         self.instance_prototypes = self.instance_prototypes.to(torch.float32).contiguous()
         self.instance_labels = self.instance_labels.to(torch.int64).contiguous()
         self.class_prototypes = class_prototypes(self.instance_prototypes, self.instance_labels, len(ids))
