@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .app import main
-from .options import storage_flags, storage_options_from_flags
+from .options import storage_flags, storage_options_from_flags, thresholds_option
 
 
 @main.command()
@@ -16,9 +16,11 @@ from .options import storage_flags, storage_options_from_flags
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Local folder for the outputs.")
 @click.option("--iou", "iou_match", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True))
 @click.option("--target", default="f1", show_default=True, help="Threshold refit: 'f1' or 'precision=P'.")
-@click.option("--score-threshold", default=None, metavar="T|FILE", help="Current thresholds (the table's 'before').")
+@thresholds_option(
+    "Current score thresholds (the table's 'before'): a number, or a YAML/JSON map {class: T, default: T}."
+)
 @storage_flags
-def corrections(shards, decisions, label_studio, coco, out, iou_match, target, score_threshold, **kw):
+def corrections(shards, decisions, label_studio, coco, out, iou_match, target, thresholds, **kw):
     """Review outcome back in: gold labels, negative and positive references, refit thresholds.
 
     Writes OUT/reviewed.json (COCO), negatives.json and positives.json (references files),
@@ -35,6 +37,6 @@ def corrections(shards, decisions, label_studio, coco, out, iou_match, target, s
         raise click.UsageError("give exactly one of --decisions, --label-studio, --coco")
     rep = apply_corrections(
         shards, decisions=decisions, label_studio=label_studio, coco=coco, dest_dir=out, iou_match=iou_match,
-        target=target, thresholds=score_threshold, options=storage_options_from_flags(kw),
+        target=target, thresholds=thresholds, options=storage_options_from_flags(kw),
     )  # fmt: skip
     click.echo(format_report(rep))

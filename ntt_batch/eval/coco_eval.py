@@ -70,7 +70,7 @@ def _check_detections(dets: list, where: str, gt_images: Sequence[dict] = ()) ->
     if not isinstance(dets, list):
         raise ValueError(
             f"{where}: a COCO results file is a JSON array of detections, got {type(dets).__name__} "
-            "(an annotation file? pass it as --annotations, and `ntt-batch merge --format results` output "
+            "(an annotation file? pass it as --annotations, and `ntt-batch export --format results` output "
             "or the shards as --results)"
         )
     sizes = {}

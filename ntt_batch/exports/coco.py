@@ -1,4 +1,4 @@
-"""COCO results and COCO dataset writers (``merge --format results|dataset``).
+"""COCO results and COCO dataset writers (``export --format results|dataset``).
 
 Entries are formatted as text straight from the shard columns and written as they come; the
 dataset writer keeps its ``images`` and ``annotations`` arrays in two temporary files (beside a

@@ -1,4 +1,4 @@
-"""Label Studio tasks with predictions (``merge --format label-studio``): pre-annotations to review.
+"""Label Studio tasks with predictions (``export --format label-studio``): pre-annotations to review.
 
 ``OUT`` is one JSON array of tasks, importable in Label Studio (Import → upload the file, or
 ``POST /api/projects/<id>/import``). Each instance is **one region** (``mask="brush"``, the

@@ -1,4 +1,4 @@
-"""Ultralytics YOLO segmentation dataset writer (``merge --format yolo``).
+"""Ultralytics YOLO segmentation dataset writer (``export --format yolo``).
 
 Output folder (local)::
 
@@ -151,7 +151,7 @@ class YoloSegmentationWriter(Writer):
             self._class_index(cid)
         by_index = {k: names.get(cid, f"class_{cid}") for cid, k in sorted(self.index.items(), key=lambda kv: kv[1])}
         header = (
-            f"# Ultralytics YOLO segmentation dataset written by ntt-batch merge --format yolo\n"
+            f"# Ultralytics YOLO segmentation dataset written by ntt-batch export --format yolo\n"
             f"# from {ctx.shards} on {utc_now_iso()}; "
             f"score threshold: {ctx.thresholds.describe()}\n"
             f"# class index -> category id: {dict(sorted((k, cid) for cid, k in self.index.items()))}\n"

@@ -15,8 +15,20 @@ A bank may also hold *negative references* (docs/negative_references.md): ``nega
 [Rn] int64 in the safetensors file, their provenance under ``negatives`` in the JSON (format
 version 2). A bank without negatives is written exactly as before (version 1, same hash).
 
-No pickle: tensors in safetensors, everything else JSON. ``content_hash`` is a SHA-256 over the
-tensors and the metadata that changes their meaning, checked on load.
+No pickle: tensors in safetensors, everything else JSON. Two digests, both checked on load:
+
+* ``content_hash``: a SHA-256 over the tensors, the categories and the encoder's name (unchanged
+  since the first version: job fingerprints and pins record it);
+* ``metadata_hash``: a SHA-256 over the canonical JSON (sorted keys, no spaces) of every other
+  field of ``memory_bank.json`` (shots, feature dimension, the whole ``encoder`` record with its
+  ``checkpoint_sha256`` and ``official``, config, references, notes, negatives, format, versions):
+  an edit of any of them is refused ("the metadata was edited: rebuild the bank"). A bank written
+  before this digest existed has none: it loads with a warning.
+
+Required fields (a bank without one is refused, naming it): ``categories``, ``encoder`` with
+``name`` and ``checkpoint_sha256`` (``null`` only for banks of random prototypes, which then skip
+the encoder-weights check), ``feature_dim`` and ``shots`` (which must agree with the tensors) and
+``content_hash``.
 """
 
 from __future__ import annotations
@@ -48,6 +60,41 @@ BANK_VERSION = 1
 BANK_VERSION_NEGATIVES = 2  # written only by a bank that holds negative references
 TENSORS_FILE = "memory_bank.safetensors"
 META_FILE = "memory_bank.json"
+# Fields every bank's JSON must hold (``encoder`` must hold ENCODER_FIELDS), checked on load.
+REQUIRED_FIELDS = ("categories", "encoder", "feature_dim", "shots", "content_hash")
+ENCODER_FIELDS = ("name", "checkpoint_sha256")
+
+
+def metadata_hash(meta: dict) -> str:
+    """SHA-256 (hex) of the canonical JSON of every field of a bank's metadata but ``metadata_hash``."""
+    body = {k: v for k, v in meta.items() if k != "metadata_hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_metadata(meta: dict, where: str) -> None:
+    """Refuse a bank's metadata with a required field missing, or edited since it was saved.
+
+    Raises:
+        ValueError: naming ``where`` (the JSON file) and the field, or saying the metadata was edited.
+    """
+    rebuild = "rebuild the bank with `ntt-batch memory build`"
+    for key in REQUIRED_FIELDS:
+        if key not in meta:
+            raise ValueError(f"{where}: required field {key!r} is missing; {rebuild}")
+    if not isinstance(meta["encoder"], dict):
+        raise ValueError(f"{where}: field 'encoder' must be a mapping; {rebuild}")
+    for key in ENCODER_FIELDS:
+        if key not in meta["encoder"]:
+            raise ValueError(f"{where}: required field 'encoder.{key}' is missing; {rebuild}")
+    recorded = meta.get("metadata_hash")
+    if recorded is None:
+        log.warning(
+            "%s has no metadata_hash (written by ntt-batch before it existed): edits of its metadata cannot be "
+            "detected; rebuild the bank (`ntt-batch memory build`) to protect it",
+            where,
+        )
+    elif recorded != metadata_hash(meta):
+        raise ValueError(f"{where}: the metadata was edited (metadata_hash mismatch): rebuild the bank")
 
 
 # ----------------------------------------------------------------------------- math (method.md §2-3)
@@ -162,6 +209,8 @@ class MemoryBank:
         ids = [int(c["id"]) for c in self.categories]
         if ids != sorted(ids) or len(set(ids)) != len(ids):
             raise ValueError(f"bank categories must be unique and sorted by id, got {ids}")
+        if "checkpoint_sha256" not in self.encoder:  # built in Python without it: recorded as unknown (no check)
+            self.encoder = {**self.encoder, "checkpoint_sha256": None}
         self.instance_prototypes = self.instance_prototypes.to(torch.float32).contiguous()
         self.instance_labels = self.instance_labels.to(torch.int64).contiguous()
         self.class_prototypes = class_prototypes(self.instance_prototypes, self.instance_labels, len(ids))
@@ -279,6 +328,12 @@ class MemoryBank:
             "content_hash": self.content_hash,
         }
 
+    def saved_metadata(self) -> dict:
+        """:meth:`metadata` with its ``metadata_hash`` (what :meth:`save` writes)."""
+        meta = self.metadata()
+        meta["metadata_hash"] = metadata_hash(meta)
+        return meta
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the two files, each atomically (tensors first: a reader between the two renames sees a
         content-hash mismatch, never a silently mixed bank)."""
@@ -286,7 +341,7 @@ class MemoryBank:
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        meta = self.metadata()
+        meta = self.saved_metadata()
         data = save(self.tensors(), metadata={"format": BANK_FORMAT, "content_hash": meta["content_hash"]})
         atomic_write_bytes(d / TENSORS_FILE, data)
         atomic_write_text(d / META_FILE, json.dumps(meta, indent=2))
@@ -309,8 +364,11 @@ class MemoryBank:
             meta = json.loads(meta_path.read_text())
         except ValueError as e:  # JSONDecodeError, bad UTF-8
             raise ValueError(f"{meta_path}: not valid JSON ({e}); {rebuild}") from None
-        if meta.get("format") != BANK_FORMAT or meta.get("version") not in (BANK_VERSION, BANK_VERSION_NEGATIVES):
+        if not isinstance(meta, dict) or meta.get("format") != BANK_FORMAT:
+            raise ValueError(f"{meta_path}: not a memory bank's metadata (format {BANK_FORMAT!r} expected); {rebuild}")
+        if meta.get("version") not in (BANK_VERSION, BANK_VERSION_NEGATIVES):
             raise ValueError(f"{meta_path}: unsupported format {meta.get('format')!r} version {meta.get('version')!r}")
+        check_metadata(meta, str(meta_path))
         try:
             tensors = load_file(str(tensor_path))
         except SafetensorError as e:  # truncated or damaged (safetensors' own error is no ValueError)
@@ -332,6 +390,12 @@ class MemoryBank:
         )
         if bank.content_hash != meta.get("content_hash"):
             raise ValueError(f"{d}: content hash mismatch (files modified or mixed from two banks)")
+        dim = int(bank.instance_prototypes.shape[1])
+        if meta["feature_dim"] != dim or meta["shots"] != bank.shots:
+            raise ValueError(
+                f"{meta_path}: feature_dim/shots ({meta['feature_dim']}, {meta['shots']}) disagree with the tensors "
+                f"({dim}, {bank.shots}); {rebuild}"
+            )
         return bank
 
 
@@ -339,8 +403,15 @@ def check_encoder_weights(bank_encoder: dict, enc_ckpt, memory: str) -> None:
     """Refuse encoder weights other than those a bank was built with (its features would not be comparable).
 
     ``bank_encoder``: the bank's ``encoder`` record (``name``, ``checkpoint_sha256``); ``enc_ckpt``: the
-    resolved checkpoint (``path``, ``sha256``). A bank without a recorded sha256 is accepted.
+    resolved checkpoint (``path``, ``sha256``). A bank recording ``checkpoint_sha256: null`` (random
+    prototypes: ``benchmark.random_bank``) is accepted; a record without the field is refused (removing
+    it must not turn the check off).
     """
+    if "checkpoint_sha256" not in bank_encoder:
+        raise ValueError(
+            f"memory bank {memory}: required field 'encoder.checkpoint_sha256' is missing; rebuild the bank with "
+            "`ntt-batch memory build`"
+        )
     want = bank_encoder.get("checkpoint_sha256")
     if want and enc_ckpt.sha256 != want:
         raise ValueError(

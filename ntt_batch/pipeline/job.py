@@ -97,6 +97,7 @@ from .stages import (  # noqa: F401 (re-exported)
     decode_batch,
     instance_record,
 )
+from .validate import check_before_writing, output_before, tidy_after_release, undo_refused_attempt, verify_bank
 
 log = logging.getLogger(__name__)
 
@@ -634,6 +635,7 @@ def run_job(
         raise ConfigError(
             f"out: {cfg.out} is a file, not a folder; give --out (out:) a new folder or the output of an earlier run"
         )
+    check_before_writing(input_spec(cfg), cfg.storage_options, folder)  # nothing is written before (validate)
     if dry_run:
         return _dry_run(cfg, folder, echo)
     from ..method.matching import check_negatives_available
@@ -650,6 +652,7 @@ def run_job(
     check_encoder_weights(bank.encoder, enc_ckpt, cfg.memory)
     run_id = new_run_id()
     fingerprint = job_fingerprint(cfg, bank.content_hash, sam_ckpt, enc_ckpt)
+    before = output_before(folder)
     lease = folder.lease({"run_id": run_id}, ttl_s=cfg.lease_ttl_s).acquire()
     try:
         provenance = {
@@ -669,13 +672,18 @@ def run_job(
             },
         }
         return _attempt(cfg, folder, lease, run_id, provenance, bank, bank_build, echo, model_stage, verbose)
+    except BaseException as e:  # a refusal found while planning leaves the output as it was (validate)
+        undo_refused_attempt(folder, lease, run_id, before, e)
+        raise
     finally:
         lease.release()
+        tidy_after_release(folder, before)
 
 
 def _dry_run(cfg: JobConfig, folder: OutputFolder, echo: Callable[[str], None]) -> JobResult:
     """What a run would do, without taking the lock or writing anything."""
     prepare_memory_bank(cfg, dry_run=True, echo=echo)  # says how a `references:` block would build the bank
+    verify_bank(cfg.memory, echo)  # an existing bank is loaded, so its hashes are checked
     run = folder.read_run() if folder.exists() else {}
     scan = scan_output(folder, run.get("parts", {}), read_only=True) if folder.exists() else OutputScan()
     plan = _plan(cfg, scan, folder=None, output=folder, run_id="dry-run", echo=echo)

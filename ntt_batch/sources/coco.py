@@ -12,6 +12,7 @@ import pyarrow as pa
 from ..storage.fs import filesystem
 from ..storage.names import safe_join
 from .base import Source, SourceStats, input_batch
+from .uris import normalise_uri
 
 
 class CocoSource(Source):
@@ -53,6 +54,7 @@ def iter_coco(
     root = image_root.rstrip("/")
     for start in range(0, len(images), chunk_rows):
         part = images[start : start + chunk_rows]
-        uris = [f"{root}/{safe_join('', im['file_name']).as_posix()}" for im in part]  # refuses '..' and absolute names
+        # refuses '..' and absolute names; one spelling per file (sources.uris: local roots normalised)
+        uris = [normalise_uri(f"{root}/{safe_join('', im['file_name']).as_posix()}") for im in part]
         stats.listed += len(part)
         yield input_batch(uris, [int(im["id"]) for im in part])

@@ -1,6 +1,11 @@
 """Inputs from a manifest: Parquet, CSV or JSONL with a column ``image_uri`` (or ``uri``/``path``)
 and an optional ``image_id`` (``manifest:``), read with Arrow's streaming readers (vectorised; no
-Python rows).
+Python rows unless a batch holds a local path to normalise).
+
+URIs are normalised before they become identities (:mod:`.uris`): local paths with ``.``/``..``
+segments or doubled slashes are written once (``a/./x.jpg`` = ``a//x.jpg`` = ``a/x.jpg``, so a
+manifest listing all three is refused as listing one file three times); object-store keys are
+literal and kept as written.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import pyarrow as pa
 
 from ..storage.fs import filesystem
 from .base import INPUT_SCHEMA, Source, SourceStats
+from .uris import normalise_uri_array
 
 URI_COLUMNS = ("image_uri", "uri", "path")
 
@@ -38,6 +44,7 @@ def _manifest_batch(batch: pa.RecordBatch, where: str) -> pa.RecordBatch:
     uris = batch.column(col).cast(pa.string())
     if uris.null_count:
         raise ValueError(f"manifest {where!r}: column {col!r} has empty values")
+    uris = normalise_uri_array(uris)  # one spelling per file: a/./x.jpg, a//x.jpg → a/x.jpg (sources.uris)
     if "image_id" in batch.schema.names:
         raw = batch.column("image_id")
         try:
