@@ -50,11 +50,22 @@ def check_before_writing(spec: InputSpec, options: dict | None, folder: OutputFo
         ConfigError: the output holds Parquet files that ntt-batch did not write.
     """
     check_output_parts(folder)
-    check_inputs_exist(spec, options)
+    check_inputs_exist(spec, options, folder)
 
 
-def check_inputs_exist(spec: InputSpec, options: dict | None) -> None:
-    """The input exists and gives at least one input (a COCO file: exists)."""
+def check_inputs_exist(spec: InputSpec, options: dict | None, folder: OutputFolder | None = None) -> None:
+    """The input exists and gives at least one input (a COCO file: exists; shards: they name at least
+    one, and the first exists unless ``folder`` already holds shard records: complete shards may be gone)."""
+    from ..sources.shards import ShardedSource
+
+    source = spec.source()
+    if isinstance(source, ShardedSource):  # planned shard by shard: nothing is opened here
+        try:
+            source.check_exists(options)
+        except FileNotFoundError:
+            if folder is None or not folder.fs.exists(folder.path(f"{META}/shards")):
+                raise
+        return
     if spec.kind in _NOT_PEEKED:
         from ..storage.fs import filesystem
 

@@ -220,6 +220,17 @@ class ShardedSource(Source):
         """Every sample of ``shard`` whose (escaped) key is not in ``done``; a broken shard ends with
         a :data:`SHARD_ERROR_KEY` sample naming where it broke. Never raises for a bad shard."""
 
+    def check_exists(self, options: dict | None) -> None:
+        """Raise FileNotFoundError when the shards name nothing: a glob, folder or file matching no
+        shard, or a brace pattern whose first shard does not exist (a typo; one stat or HEAD)."""
+        shards = self.shards(options)
+        if _BRACE.search(self.location):
+            fs, path = filesystem(shards[0].uri, options)
+            if not fs.isfile(path):
+                raise FileNotFoundError(
+                    f"{self.main_key()}: the first shard of {self.location!r}, {shards[0].uri}, does not exist"
+                )
+
     def check(self, shard: str, options: dict | None) -> None:
         """Raise a clear error when ``shard`` (the first one to read) cannot be this source's input."""
 

@@ -5,9 +5,10 @@
 * :func:`read_many`: the objects of a batch read by a bounded thread pool and handed back as they
   arrive (their index in the batch with the bytes or the exception), so a decode task waits for the
   slowest object instead of for the sum of first-byte latencies. At most ``concurrency`` reads are
-  in flight, and a new one starts only while the bytes held (read and not yet taken, plus the
-  in-flight reads estimated at the mean size seen so far) stay under ``buffer_bytes``; one read
-  is always allowed, so an object over the cap is read alone.
+  in flight, and a new one starts only while the in-flight reads, each counted at the largest size
+  seen so far (at least 256 kB), stay under ``buffer_bytes``; one read is always allowed, so an
+  object over the cap is read alone. (Object sizes are not known before they are read: a batch
+  whose objects grow past the largest seen can exceed the cap by that growth, once.)
 * :func:`open_stream`: a shard as a forward-only file object. On S3 it is the body of one GET
   (no HEAD, no range requests), read in chunks as the consumer asks for them: a 1,000-image tar is
   one request and holds one chunk in memory at a time. Elsewhere a buffered fsspec file.
@@ -27,7 +28,7 @@ from .fs import filesystem, is_local
 
 DEFAULT_READ_CONCURRENCY = 16
 DEFAULT_READ_BUFFER_MB = 64
-_INITIAL_SIZE_GUESS = 256 << 10  # before any object was read: a typical JPEG
+_INITIAL_SIZE_GUESS = 256 << 10  # the least an object is counted at (a typical JPEG is smaller)
 
 
 def read_object(uri: str, options: dict[str, Any] | None = None) -> bytes:
@@ -68,17 +69,16 @@ def read_many(
             except Exception as e:  # noqa: BLE001 - handed to the caller as this object's error
                 yield i, e
         return
-    sizes_seen, bytes_seen = 0, 0
+    largest = _INITIAL_SIZE_GUESS
     next_i = 0
     running: dict[Future, int] = {}
     with ThreadPoolExecutor(max_workers=min(concurrency, n), thread_name_prefix="ntt-read") as pool:
         try:
             while next_i < n or running:
-                mean = bytes_seen / sizes_seen if sizes_seen else _INITIAL_SIZE_GUESS
                 while (
                     next_i < n
                     and len(running) < concurrency
-                    and (not running or (len(running) + 1) * mean <= buffer_bytes)
+                    and (not running or (len(running) + 1) * largest <= buffer_bytes)
                 ):
                     running[pool.submit(read_object, str(uris[next_i]), options)] = next_i
                     next_i += 1
@@ -90,8 +90,7 @@ def read_many(
                     except Exception as e:  # noqa: BLE001 - handed to the caller as this object's error
                         yield i, e
                         continue
-                    sizes_seen += 1
-                    bytes_seen += len(data)
+                    largest = max(largest, len(data))
                     yield i, data
                     del data
         finally:  # the consumer stopped early: do not start more, let the running ones finish
