@@ -366,7 +366,7 @@ def test_no_literal_credentials_anywhere_in_deploy():
             )
 
 
-def test_rayjob_runs_the_job_files_entrypoint_on_a_mounted_job_file():
+def test_rayjob_runs_the_job_files_entrypoint_on_a_mounted_job_file(tmp_path):
     from click.testing import CliRunner
 
     from ntt_batch.cli import main
@@ -390,8 +390,13 @@ def test_rayjob_runs_the_job_files_entrypoint_on_a_mounted_job_file():
     assert "items" not in volumes[mount["name"]]["configMap"]  # every job file, under its own name
     # `kubectl create configmap --from-file=jobs/` keys each file by its name; keys are [-._a-zA-Z0-9]+.
     assert all(re.fullmatch(r"[-._a-zA-Z0-9]+", p.name) for p in (REPO / "jobs").glob("*.yaml"))
-    # and the arguments are ones `ntt-batch run` takes: the file is a valid job config.
-    res = CliRunner().invoke(main, ["config", "check", str(job_file)])
+    # and the arguments are ones `ntt-batch run` takes: once its YOUR-BUCKET placeholders are replaced (as its
+    # instructions say), the file is a valid job config; as shipped, `config check` refuses the placeholders.
+    shipped = CliRunner().invoke(main, ["config", "check", str(job_file)])
+    assert shipped.exit_code == 2 and "placeholder" in shipped.output, shipped.output
+    filled = tmp_path / config.name
+    filled.write_text(job_file.read_text().replace("YOUR-BUCKET", "my-team-bucket"))
+    res = CliRunner().invoke(main, ["config", "check", str(filled)])
     assert res.exit_code == 0 and "valid job config" in res.output, res.output
 
 

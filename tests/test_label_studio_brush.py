@@ -2,7 +2,7 @@
 
 * Our brush RLE encoder (``ntt_batch.exports.brush_rle``) against the SDK: the committed
   ``tests/data/label_studio_brush/sdk/`` holds what ``label-studio-sdk`` 2.1.2 itself made of the committed
-  ``tasks.json`` (``sdk_brush_check.py``: its ``Converter`` "BRUSH_TO_PNG" export, one PNG per
+  ``tasks.json`` (``benchmarks/label_studio_brush_check.py``: its ``Converter`` "BRUSH_TO_PNG" export, one PNG per
   region, and its ``mask2rle`` bytes of each decoded mask). The test rebuilds the tasks from the
   masks below, checks they are the committed ones, and compares the SDK's PNGs pixel for pixel with
   the masks and its bytes with ours. With ``LS_SDK_PYTHON`` naming the Python of a virtualenv that
@@ -262,7 +262,7 @@ def test_real_label_studio_sdk_decodes_a_fresh_export(frame, tmp_path):
     res = subprocess.run(
         [
             python,
-            str(DATA / "sdk_brush_check.py"),
+            str(Path(__file__).resolve().parents[1] / "benchmarks" / "label_studio_brush_check.py"),
             str(out),
             str(tmp_path / "t.label_config.xml"),
             str(tmp_path / "sdk"),

@@ -3,7 +3,7 @@
 Runs in its own virtualenv (label-studio-sdk is not a dependency of ntt-batch), e.g.::
 
     python3 -m venv /tmp/ls-venv && /tmp/ls-venv/bin/pip install label-studio-sdk==2.1.2
-    /tmp/ls-venv/bin/python tests/data/label_studio_brush/sdk_brush_check.py \
+    /tmp/ls-venv/bin/python benchmarks/label_studio_brush_check.py \
         tests/data/label_studio_brush/tasks.json tests/data/label_studio_brush/tasks.label_config.xml \
         tests/data/label_studio_brush/sdk
 
@@ -107,5 +107,5 @@ def main(tasks_path: str, config_path: str, out: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
-        sys.exit("usage: sdk_brush_check.py TASKS.json LABEL_CONFIG.xml OUT_FOLDER")
+        sys.exit("usage: label_studio_brush_check.py TASKS.json LABEL_CONFIG.xml OUT_FOLDER")
     main(*sys.argv[1:])
