@@ -160,9 +160,7 @@ class _FirstImageStage:
     marker = ""
 
     def __init__(self, *, run_id: str, **kwargs):
-        from ntt_batch.pipeline.job import (
-            NoopModelActor,  # old: defined there; new: re-exported
-        )
+        from ntt_batch.pipeline.stages import NoopModelActor
 
         self.inner = NoopModelActor(run_id=run_id, **kwargs)
         self.called = False
@@ -181,7 +179,7 @@ class _FirstImageStage:
 
 
 def _job_config(a: dict):
-    from ntt_batch.pipeline.job import JobConfig
+    from ntt_batch.pipeline.config import JobConfig
 
     kw = {"memory": a["memory"], "out": a["out"], "manifest": a["manifest"]}
     if a.get("ckpt"):
@@ -274,8 +272,8 @@ def child_build_new_output(a: dict) -> dict:
     import pyarrow.parquet as pq
 
     from ntt_batch.output.folder import STAGING, OutputFolder
-    from ntt_batch.output.parts import commit_staging
-    from ntt_batch.pipeline.job import JobConfig, RunRecord
+    from ntt_batch.output.parts import RunRecord, commit_staging
+    from ntt_batch.pipeline.config import JobConfig
     from ntt_batch.sources.inputs import HashAccumulator
 
     folder = OutputFolder(a["out"])

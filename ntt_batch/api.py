@@ -451,7 +451,8 @@ def run(
         plus ``exit_code``: what ``ntt-batch run`` would exit with (0 success, 1 some images
         errored without ``allow_errors``, 3 rows missing or duplicated). Rerunning resumes.
     """
-    from .pipeline.job import JobConfig, run_job
+    from .pipeline.config import JobConfig
+    from .pipeline.job import run_job
     from .pipeline.job_files import job_config_from
 
     if isinstance(config, JobConfig):

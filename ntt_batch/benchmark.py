@@ -326,7 +326,8 @@ def run_pipeline_noop(
     import ray
 
     from .pipeline.cluster import init_ray
-    from .pipeline.job import JobConfig, run_job
+    from .pipeline.config import JobConfig
+    from .pipeline.job import run_job
     from .pipeline.stages import NoopModelActor
 
     work = Path(tempfile.mkdtemp(prefix="ntt-bench-pipeline-"))

@@ -141,7 +141,8 @@ def _demo_job(data: Path, out: Path, bank_dir: Path, sam2_name, checkpoint_dir, 
     """Step 3: the batch job on the first ``limit`` val images into ``out/shards``, then its COCO results
     in ``out/results.json``. Returns (the job's result, the shards folder, the results file)."""
     from .exports import merge_results
-    from .pipeline.job import JobConfig, run_job
+    from .pipeline.config import JobConfig
+    from .pipeline.job import run_job
 
     shards, results = out / "shards", out / "results.json"
     job = JobConfig(

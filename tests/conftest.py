@@ -90,7 +90,7 @@ SEG = {"points_per_side": 2, "device": "cpu"}  # the tests' segmenter: a 2x2 poi
 def job_config(random_checkpoints: Path, small_bank: Path, **kw):
     """A batch-job config over the random-weight checkpoints and ``small_bank``; ``kw`` overrides any setting."""
     from ntt_batch.method.config import SegmenterConfig
-    from ntt_batch.pipeline.job import JobConfig
+    from ntt_batch.pipeline.config import JobConfig
 
     base = dict(
         memory=str(small_bank),

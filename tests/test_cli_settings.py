@@ -207,7 +207,7 @@ def job(tmp_path, monkeypatch):
 
 
 def test_every_job_flag_field_is_a_run_flag_with_the_dataclass_default_and_help():
-    from ntt_batch.pipeline.job import JobConfig
+    from ntt_batch.pipeline.config import JobConfig
 
     params, defaults = _params("run"), JobConfig()
     names = {f.name for f in flag_fields(JobConfig)}

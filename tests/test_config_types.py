@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from ntt_batch.cli import main
 from ntt_batch.method.config import ConfigError, SegmenterConfig, config_from_dict
 from ntt_batch.pipeline.bank_prep import ReferencesSpec
-from ntt_batch.pipeline.job import JobConfig
+from ntt_batch.pipeline.config import JobConfig
 
 BASE = "images: s3://bucket/in/\nmemory: bank\nout: s3://bucket/out/\n"
 REFS = "references:\n  image_root: s3://bucket/imgs/\n  annotations: s3://bucket/a.json\n  shots: 1\n"

@@ -29,7 +29,8 @@ from PIL import Image
 
 from ntt_batch.output.crashpoints import CRASH_POINTS
 from ntt_batch.output.shards import SHARD_SCHEMA
-from ntt_batch.pipeline.job import JobConfig, run_job
+from ntt_batch.pipeline.config import JobConfig
+from ntt_batch.pipeline.job import run_job
 from ntt_batch.pipeline.stages import NoopModelActor
 from ntt_batch.pipeline.verify import compact_output, verify_output
 

@@ -158,7 +158,7 @@ def test_an_endpoint_url_with_a_password_is_never_printed(job):
 
 def test_the_run_record_and_messages_hide_url_credentials():
     from ntt_batch.cli.errors import one_line
-    from ntt_batch.pipeline.job import JobConfig
+    from ntt_batch.pipeline.config import JobConfig
 
     cfg = JobConfig(
         images="/data/in",

@@ -159,8 +159,9 @@ def test_match_detections_counts_disagreements():
 
 
 def test_decode_memory_reservation_is_capped():
-    from ntt_batch.pipeline.job import JobConfig, _decode_memory_bytes
+    from ntt_batch.pipeline.config import JobConfig
+    from ntt_batch.pipeline.graph import decode_memory_bytes
 
     cfg = JobConfig(memory="m", out="o", images="i", batch_size=256)
-    assert _decode_memory_bytes(cfg) > 9e9  # uncapped: more than a small node's budget allows
-    assert _decode_memory_bytes(cfg, cluster_memory=16e9) == 4e9  # never more than a quarter of the cluster
+    assert decode_memory_bytes(cfg) > 9e9  # uncapped: more than a small node's budget allows
+    assert decode_memory_bytes(cfg, cluster_memory=16e9) == 4e9  # never more than a quarter of the cluster

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from ntt_batch.cli import main
 from ntt_batch.method.config import ConfigError, SegmenterConfig
 from ntt_batch.pipeline.bank_prep import ReferencesSpec, bank_mismatches, prepare_memory_bank
-from ntt_batch.pipeline.job import JobConfig, fingerprint_differences, job_fingerprint
+from ntt_batch.pipeline.config import JobConfig
+from ntt_batch.pipeline.fingerprint import fingerprint_differences, job_fingerprint
 from ntt_batch.pipeline.job_files import job_config_from_file, load_job_file
 
 REPO = Path(__file__).resolve().parents[1]

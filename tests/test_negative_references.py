@@ -322,7 +322,7 @@ def test_false_positives_and_selection_equal_authors():
 
 
 def test_settings_off_by_default_and_old_outputs_are_the_same_job():
-    from ntt_batch.pipeline.job import fingerprint_differences
+    from ntt_batch.pipeline.fingerprint import fingerprint_differences
 
     cfg = SegmenterConfig()
     assert cfg.use_negatives is False and cfg.negative_sigma == 0.8

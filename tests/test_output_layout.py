@@ -29,7 +29,9 @@ from ntt_batch.method.config import SegmenterConfig
 from ntt_batch.output.folder import RUN_JSON, LeaseHeldError, OutputFolder
 from ntt_batch.output.parts import PartAssembler, commit, recover_commits
 from ntt_batch.output.shards import SHARD_SCHEMA
-from ntt_batch.pipeline.job import JobConfig, JobMismatchError, run_job
+from ntt_batch.pipeline.config import JobConfig
+from ntt_batch.pipeline.fingerprint import JobMismatchError
+from ntt_batch.pipeline.job import run_job
 from ntt_batch.pipeline.plan import DuplicateInputError, OutputScan, plan_inputs
 from ntt_batch.pipeline.stages import NoopModelActor
 from ntt_batch.pipeline.verify import verify_output

@@ -21,7 +21,8 @@ from conftest import SEG, job_config, rows_by_uri
 from PIL import Image
 
 from ntt_batch.method.config import SegmenterConfig
-from ntt_batch.pipeline.job import JobConfig, run_job
+from ntt_batch.pipeline.config import JobConfig
+from ntt_batch.pipeline.job import run_job
 from ntt_batch.storage.masks import decode_rle
 
 pytestmark = pytest.mark.slow

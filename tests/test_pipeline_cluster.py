@@ -14,7 +14,8 @@ import pytest
 
 from ntt_batch.method.config import SegmenterConfig
 from ntt_batch.output.shards import read_shards
-from ntt_batch.pipeline.job import JobConfig, run_job
+from ntt_batch.pipeline.config import JobConfig
+from ntt_batch.pipeline.job import run_job
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from ntt_batch.cli import main
-from ntt_batch.pipeline.job import JobConfig
+from ntt_batch.pipeline.config import JobConfig
 from ntt_batch.storage.fs import StorageOptionsError, redact_options, storage_options_from
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import click
 
 from ..method.config import SegmenterConfig
-from ..pipeline.job import JobConfig
+from ..pipeline.config import JobConfig
 from ..storage.fs import StorageOptionsError, storage_options_from
 from .settings_options import flag_names, settings_from_flags, settings_options
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..method.config import SegmenterConfig
-from ..pipeline.job import JobConfig
+from ..pipeline.config import JobConfig
 from .app import main
 from .options import (
     STORAGE_FLAGS,

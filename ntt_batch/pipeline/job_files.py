@@ -33,7 +33,7 @@ from .bank_prep import (
     memory_folder_problem,
     read_bank_meta,
 )
-from .job import JobConfig, check_job_blocks
+from .config import JobConfig, check_job_blocks
 from .placeholders import refuse_placeholders
 
 _S3 = ("s3", "s3a")
