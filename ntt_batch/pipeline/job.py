@@ -218,6 +218,22 @@ def _attempt(
     model_stage,
     verbose: bool,
 ) -> JobResult:
+    """One attempt, under the lease: open it in run.json, recover → plan → execute → report."""
+    record, attempt = _open_attempt(cfg, folder, lease, run_id, provenance, bank_build)
+    scan, notes = _recover(cfg, folder, lease, record, run_id, echo)
+    plan = _plan_attempt(cfg, folder, lease, record, attempt, scan, notes, run_id, echo)
+    committer = _execute_attempt(
+        cfg, folder, lease, record, attempt, plan, scan, bank, run_id, echo, model_stage, verbose
+    )
+    lease.check()  # a run that lost its lease (even after its last commit) does not report success
+    return _report(cfg, folder, record, attempt, plan, committer, echo)
+
+
+def _open_attempt(
+    cfg: JobConfig, folder: OutputFolder, lease, run_id: str, provenance: dict, bank_build
+) -> tuple[RunRecord, dict]:
+    """Check the job fingerprint, mark dead attempts, and record this attempt in run.json (the first
+    fenced write). Returns the run record and this attempt's (live) entry in it."""
     run = lease.read_run()  # fenced: its version is remembered, later writes are conditional on it
     legacy = folder.has_legacy_run()
     if legacy:
@@ -255,8 +271,15 @@ def _attempt(
     if legacy:
         folder.remove(folder.path(LEGACY_RUN_JSON))
         attempt.setdefault("notes", []).append("moved the 0.1 layout's run.json to _ntt/run.json")
+    return record, attempt
 
-    # 1. finish or undo half-done commits; 2. check the parts; 3. commit what dead attempts staged
+
+def _recover(
+    cfg: JobConfig, folder: OutputFolder, lease, record: RunRecord, run_id: str, echo
+) -> tuple[OutputScan, list[str]]:
+    """1. finish or undo half-done commits; 2. check the parts; 3. commit what dead attempts staged.
+    Returns the scan of the committed output and the notes (already echoed)."""
+    run = record.run
     notes = []
     stale_tmp = folder.remove_stale_temp_files()
     if stale_tmp:
@@ -295,7 +318,21 @@ def _attempt(
         notes.append(f"quarantined {len(scan.quarantined)} unreadable file(s): {', '.join(scan.quarantined[:5])}")
     for n in notes:
         echo(f"note: {n}")
+    return scan, notes
 
+
+def _plan_attempt(
+    cfg: JobConfig,
+    folder: OutputFolder,
+    lease,
+    record: RunRecord,
+    attempt: dict,
+    scan: OutputScan,
+    notes: list[str],
+    run_id: str,
+    echo,
+) -> Plan | ShardPlan:
+    """Plan the attempt, record the plan (and the recovery notes), withdraw error rows to redo."""
     plan = _plan(cfg, scan, folder=folder, output=folder, run_id=run_id, echo=echo)
     _echo_plan(plan, echo)
     attempt.update(plan.to_record())
@@ -313,7 +350,25 @@ def _attempt(
             before_publish=lease.check,
         )
     record.write()
+    return plan
 
+
+def _execute_attempt(
+    cfg: JobConfig,
+    folder: OutputFolder,
+    lease,
+    record: RunRecord,
+    attempt: dict,
+    plan: Plan | ShardPlan,
+    scan: OutputScan,
+    bank,
+    run_id: str,
+    echo,
+    model_stage,
+    verbose: bool,
+) -> StagingCommitter:
+    """Run the Ray Data graph with the committer beside it, commit, compact; the attempt's status and
+    timings are recorded whatever happens (see :func:`_close_attempt`). Returns the committer."""
     seen = HashAccumulator()  # rows this attempt commits (duplicates of a retried write are dropped)
     seen.add(scan.done.hi, scan.done.lo)
     if plan.retry_errors:
@@ -370,36 +425,60 @@ def _attempt(
             log.exception("could not commit the finished rows; the next run will")
         raise
     finally:
-        elapsed = time.perf_counter() - t0
-        attempt.update(
-            finished_at=utc_now_iso(),
-            seconds=round(elapsed, 3),
-            committed=committer.stats.to_dict() | {"duplicates_dropped": committer.duplicates_dropped},
-            images_per_s=round(committer.stats.rows / elapsed, 4) if elapsed > 0 and committer.stats.rows else None,
-        )
-        for k in ("bytes", "version", "run_id"):
-            attempt["committed"].pop(k, None)
+        _close_attempt(folder, lease, record, attempt, committer, staging, run_id, time.perf_counter() - t0)
+    return committer
+
+
+def _close_attempt(
+    folder: OutputFolder,
+    lease,
+    record: RunRecord,
+    attempt: dict,
+    committer: StagingCommitter,
+    staging: str,
+    run_id: str,
+    elapsed: float,
+) -> None:
+    """Whatever the attempt's outcome: record its timings and the cluster, write run.json and tidy
+    ``_ntt/`` (unless the lease was lost: then both are left as the new holder has them)."""
+    run = record.run
+    attempt.update(
+        finished_at=utc_now_iso(),
+        seconds=round(elapsed, 3),
+        committed=committer.stats.to_dict() | {"duplicates_dropped": committer.duplicates_dropped},
+        images_per_s=round(committer.stats.rows / elapsed, 4) if elapsed > 0 and committer.stats.rows else None,
+    )
+    for k in ("bytes", "version", "run_id"):
+        attempt["committed"].pop(k, None)
+    try:
+        import ray
+
+        if ray.is_initialized():
+            run["cluster_resources"] = {k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")}
+    except Exception:  # pragma: no cover
+        pass
+    if not lease.lost:  # a run that lost its lease leaves run.json and _ntt/ as the new holder has them
         try:
-            import ray
+            record.write()
+        except LeaseLostError as e:
+            log.error("run.json was not updated: %s", e)
+        else:
+            folder.rmdir_tree(f"{TODO}/{run_id}")
+            _remove_fenced_out_staging(folder, lease.generation)
+            for rel in (TODO, TMP, staging, STAGING, COMMITS):
+                folder.remove_empty_dir(rel)
 
-            if ray.is_initialized():
-                run["cluster_resources"] = {
-                    k: v for k, v in ray.cluster_resources().items() if not k.startswith("node:")
-                }
-        except Exception:  # pragma: no cover
-            pass
-        if not lease.lost:  # a run that lost its lease leaves run.json and _ntt/ as the new holder has them
-            try:
-                record.write()
-            except LeaseLostError as e:
-                log.error("run.json was not updated: %s", e)
-            else:
-                folder.rmdir_tree(f"{TODO}/{run_id}")
-                _remove_fenced_out_staging(folder, lease.generation)
-                for rel in (TODO, TMP, staging, STAGING, COMMITS):
-                    folder.remove_empty_dir(rel)
-    lease.check()  # a run that lost its lease (even after its last commit) does not report success
 
+def _report(
+    cfg: JobConfig,
+    folder: OutputFolder,
+    record: RunRecord,
+    attempt: dict,
+    plan: Plan | ShardPlan,
+    committer: StagingCommitter,
+    echo,
+) -> JobResult:
+    """The summary over the whole output, the errors of this run, ``--publish``, and the exit code."""
     missing = plan.to_process - committer.stats.rows
     summary = {
         **record.run["summary"],
