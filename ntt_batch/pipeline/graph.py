@@ -59,6 +59,22 @@ def read_todo_file(batch: dict, *, out: str, storage_options: dict):
     return pa.concat_tables(tables)
 
 
+def _input_dataset(cfg: JobConfig, plan: Plan, run_id: str):
+    """The graph's first stage: the inputs to decode, one block per todo file (or per shard)."""
+    import ray.data
+
+    if isinstance(plan, ShardPlan):  # one reading task per shard (pipeline.shard_plan)
+        return shard_dataset(cfg, plan, run_id)
+    ds = ray.data.from_items([{"todo": p} for p in plan.todo_paths], override_num_blocks=len(plan.todo_paths))
+    return ds.map_batches(
+        read_todo_file,
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=0.25,
+        fn_kwargs={"out": cfg.out, "storage_options": cfg.storage_options},
+    )
+
+
 def execute(
     cfg: JobConfig,
     plan: Plan,
@@ -96,17 +112,7 @@ def execute(
     # One todo file is one block (plan sizes them: block_rows rows, or more for huge jobs), read by a
     # small task of its own: decoding starts at once and fans out, no per-file metadata pass on the
     # driver (read_parquet's) and no repartition stage competing with decoding for CPUs.
-    if isinstance(plan, ShardPlan):  # one reading task per shard (pipeline.shard_plan)
-        ds = shard_dataset(cfg, plan, run_id)
-    else:
-        ds = ray.data.from_items([{"todo": p} for p in plan.todo_paths], override_num_blocks=len(plan.todo_paths))
-        ds = ds.map_batches(
-            read_todo_file,
-            batch_size=1,
-            batch_format="numpy",
-            num_cpus=0.25,
-            fn_kwargs={"out": cfg.out, "storage_options": cfg.storage_options},
-        )
+    ds = _input_dataset(cfg, plan, run_id)
     # Decode tasks reserve memory for a full-size decode; that remote arg also differs from the
     # actors', so Ray does not fuse decoding into the actors: CPU decoding overlaps with model work.
     ds = ds.map_batches(

@@ -201,27 +201,7 @@ def plan_inputs(
     stats = SourceStats()
     with tempfile.TemporaryDirectory(prefix="ntt-plan-") as tmp:
         pass1 = os.path.join(tmp, "inputs.parquet")
-        with pq.ParquetWriter(pass1, _PASS1_SCHEMA, compression="lz4") as writer:
-            any_missing_id, all_numbered = False, True
-            for batch in iter_inputs(spec, options, stats=stats):
-                if limit is not None and plan.inputs + batch.num_rows > limit:
-                    batch = batch.slice(0, max(0, limit - plan.inputs))
-                if not batch.num_rows:
-                    break
-                uris = batch.column("image_uri")
-                hi, lo = uri_digests(uris.to_pylist())
-                ids = batch.column("image_id")
-                any_missing_id |= ids.null_count > 0
-                nums = name_numbers(uris)
-                all_numbered &= nums.null_count == 0
-                writer.write_batch(
-                    pa.RecordBatch.from_arrays([ids, uris, nums, pa.array(hi), pa.array(lo)], schema=_PASS1_SCHEMA)
-                )
-                plan.inputs += batch.num_rows
-                if echo and plan.inputs % 1_000_000 < batch.num_rows:
-                    echo(f"  listed {plan.inputs:,} inputs ...")
-                if limit is not None and plan.inputs >= limit:
-                    break
+        any_missing_id, all_numbered = _list_inputs(spec, options, stats, plan, pass1, limit, echo)
         plan.listed, plan.skipped_by_extension = stats.listed, stats.skipped_by_extension
         if not plan.inputs:
             if allow_empty:
@@ -234,19 +214,7 @@ def plan_inputs(
         dups = _repeated_digests(pass1)
         if len(dups):
             raise DuplicateInputError(_duplicate_message(pass1, dups, spec))
-
-        # ids: the source's when all inputs have one (unique), else file-name numbers when unique, else URI hashes
-        mode = "uri hashes"
-        if not any_missing_id:
-            repeated = _repeated_values(pass1, "image_id")
-            if repeated:
-                raise DuplicateInputError(
-                    f"{spec.location}: image_id values are not unique "
-                    f"(e.g. {', '.join(map(str, repeated))}); each input needs its own id"
-                )
-            mode = "source"
-        elif all_numbered and not _repeated_values(pass1, "number"):
-            mode = "file names"
+        mode = _id_mode(spec, pass1, any_missing_id, all_numbered)
         plan.ids_from = mode
 
         retry_hits = HashAccumulator() if retry_errors and len(scan.errors) else None
@@ -256,62 +224,129 @@ def plan_inputs(
         if retry_hits is not None:
             todo_total += len(scan.errors)  # an upper bound: sizes the todo files only
         rows_per_file = max(block_rows, -(-todo_total // max_todo_files))
-
-        # pass 2
-        writer2, rows_in_file = None, 0
-        try:
-            for batch in pq.ParquetFile(pass1).iter_batches(batch_size=65536):
-                hi = batch.column("hi").to_numpy()
-                lo = batch.column("lo").to_numpy()
-                done = scan.done.contains(hi, lo)
-                if retry_hits is not None:
-                    redo = done & scan.errors.contains(hi, lo)
-                    if redo.any():
-                        retry_hits.add(hi[redo], lo[redo])
-                        done &= ~redo
-                todo = ~done
-                plan.already_done += int(done.sum())
-                if not todo.any():
-                    continue
-                sel = batch.filter(pa.array(todo))
-                if mode == "source":
-                    ids_out = sel.column("image_id")
-                elif mode == "file names":
-                    ids_out = sel.column("number")
-                else:
-                    ids_out = pa.array([stable_image_id(u) for u in sel.column("image_uri").to_pylist()], pa.int64())
-                out = pa.RecordBatch.from_arrays([ids_out, sel.column("image_uri")], schema=TODO_SCHEMA)
-                plan.to_process += out.num_rows
-                if len(plan.sample) < sample:
-                    head = out.slice(0, sample - len(plan.sample))
-                    plan.sample += list(zip(head.column("image_id").to_pylist(), head.column("image_uri").to_pylist()))
-                if folder is None:
-                    continue
-                start = 0
-                while start < out.num_rows:
-                    if writer2 is None:
-                        path = folder.path(f"{TODO}/{run_id}/todo-{len(plan.todo_paths):05d}.parquet")
-                        folder.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-                        fh = folder.fs.open(path, "wb")
-                        writer2 = (pq.ParquetWriter(fh, TODO_SCHEMA), fh)
-                        plan.todo_paths.append(path)
-                        rows_in_file = 0
-                    take = min(out.num_rows - start, rows_per_file - rows_in_file)
-                    writer2[0].write_batch(out.slice(start, take))
-                    rows_in_file += take
-                    start += take
-                    if rows_in_file >= rows_per_file:
-                        writer2[0].close()
-                        writer2[1].close()
-                        writer2 = None
-        finally:
-            if writer2 is not None:
-                writer2[0].close()
-                writer2[1].close()
+        _write_todo(pass1, scan, plan, mode, retry_hits, rows_per_file, folder, run_id, sample)
         if retry_hits is not None:
             plan.retry = retry_hits.freeze()
             plan.retry_errors = len(plan.retry)
     return plan
+
+
+def _list_inputs(
+    spec: InputSpec,
+    options: dict | None,
+    stats: SourceStats,
+    plan: Plan,
+    pass1: str,
+    limit: int | None,
+    echo: Callable[[str], None] | None,
+) -> tuple[bool, bool]:
+    """Pass 1: stream the inputs (up to ``limit``) into the local file ``pass1`` (ids, URIs, file-name
+    numbers, URI digests), counting them in ``plan.inputs``. Returns (some input has no id, every
+    file name has a number)."""
+    with pq.ParquetWriter(pass1, _PASS1_SCHEMA, compression="lz4") as writer:
+        any_missing_id, all_numbered = False, True
+        for batch in iter_inputs(spec, options, stats=stats):
+            if limit is not None and plan.inputs + batch.num_rows > limit:
+                batch = batch.slice(0, max(0, limit - plan.inputs))
+            if not batch.num_rows:
+                break
+            uris = batch.column("image_uri")
+            hi, lo = uri_digests(uris.to_pylist())
+            ids = batch.column("image_id")
+            any_missing_id |= ids.null_count > 0
+            nums = name_numbers(uris)
+            all_numbered &= nums.null_count == 0
+            writer.write_batch(
+                pa.RecordBatch.from_arrays([ids, uris, nums, pa.array(hi), pa.array(lo)], schema=_PASS1_SCHEMA)
+            )
+            plan.inputs += batch.num_rows
+            if echo and plan.inputs % 1_000_000 < batch.num_rows:
+                echo(f"  listed {plan.inputs:,} inputs ...")
+            if limit is not None and plan.inputs >= limit:
+                break
+    return any_missing_id, all_numbered
+
+
+def _id_mode(spec: InputSpec, pass1: str, any_missing_id: bool, all_numbered: bool) -> str:
+    """ids: the source's when all inputs have one (unique), else file-name numbers when unique, else URI hashes."""
+    mode = "uri hashes"
+    if not any_missing_id:
+        repeated = _repeated_values(pass1, "image_id")
+        if repeated:
+            raise DuplicateInputError(
+                f"{spec.location}: image_id values are not unique "
+                f"(e.g. {', '.join(map(str, repeated))}); each input needs its own id"
+            )
+        mode = "source"
+    elif all_numbered and not _repeated_values(pass1, "number"):
+        mode = "file names"
+    return mode
+
+
+def _write_todo(
+    pass1: str,
+    scan: OutputScan,
+    plan: Plan,
+    mode: str,
+    retry_hits: HashAccumulator | None,
+    rows_per_file: int,
+    folder: OutputFolder | None,
+    run_id: str,
+    sample: int,
+) -> None:
+    """Pass 2: drop the inputs with a row (keeping error rows to redo, added to ``retry_hits``), give
+    the rest their ids and write them to todo files of ``rows_per_file`` rows (none when ``folder`` is
+    None); counts and samples go into ``plan``."""
+    writer2, rows_in_file = None, 0
+    try:
+        for batch in pq.ParquetFile(pass1).iter_batches(batch_size=65536):
+            hi = batch.column("hi").to_numpy()
+            lo = batch.column("lo").to_numpy()
+            done = scan.done.contains(hi, lo)
+            if retry_hits is not None:
+                redo = done & scan.errors.contains(hi, lo)
+                if redo.any():
+                    retry_hits.add(hi[redo], lo[redo])
+                    done &= ~redo
+            todo = ~done
+            plan.already_done += int(done.sum())
+            if not todo.any():
+                continue
+            sel = batch.filter(pa.array(todo))
+            if mode == "source":
+                ids_out = sel.column("image_id")
+            elif mode == "file names":
+                ids_out = sel.column("number")
+            else:
+                ids_out = pa.array([stable_image_id(u) for u in sel.column("image_uri").to_pylist()], pa.int64())
+            out = pa.RecordBatch.from_arrays([ids_out, sel.column("image_uri")], schema=TODO_SCHEMA)
+            plan.to_process += out.num_rows
+            if len(plan.sample) < sample:
+                head = out.slice(0, sample - len(plan.sample))
+                plan.sample += list(zip(head.column("image_id").to_pylist(), head.column("image_uri").to_pylist()))
+            if folder is None:
+                continue
+            start = 0
+            while start < out.num_rows:
+                if writer2 is None:
+                    path = folder.path(f"{TODO}/{run_id}/todo-{len(plan.todo_paths):05d}.parquet")
+                    folder.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                    fh = folder.fs.open(path, "wb")
+                    writer2 = (pq.ParquetWriter(fh, TODO_SCHEMA), fh)
+                    plan.todo_paths.append(path)
+                    rows_in_file = 0
+                take = min(out.num_rows - start, rows_per_file - rows_in_file)
+                writer2[0].write_batch(out.slice(start, take))
+                rows_in_file += take
+                start += take
+                if rows_in_file >= rows_per_file:
+                    writer2[0].close()
+                    writer2[1].close()
+                    writer2 = None
+    finally:
+        if writer2 is not None:
+            writer2[0].close()
+            writer2[1].close()
 
 
 def _repeated_digests(pass1: str) -> UriHashes:
