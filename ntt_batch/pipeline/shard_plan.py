@@ -241,6 +241,45 @@ def plan_shards(
     shard_set = pa.array([s.uri for s in shards], pa.string())
     counts, _ = _shard_rows(output, scan.parts, shard_set) if scan.parts else ({}, {})
 
+    need_keys, read_plain, retry = _sort_shards(plan, shards, counts, records, retry_errors)
+    keys: dict[str, list[tuple[str, bool]]] = {}
+    if need_keys:
+        _, keys = _shard_rows(output, scan.parts, shard_set, want_keys=pa.array(need_keys, pa.string()))
+    retry_uris: list[str] = []
+    todo = {s: [] for s in read_plain}
+    for s in need_keys:
+        entries = keys.get(s, [])
+        if s in retry:
+            plan.retry_shards += 1
+            done = [k for k, e in entries if not e]
+            retry_uris += [f"{s}#{k}" for k, e in entries if e]
+        else:
+            plan.partial += 1
+            done = [k for k, _ in entries]
+        plan.already_done += len(done)
+        todo[s] = done
+    _list_to_read(plan, shards, todo, records)
+    plan.inputs = plan.already_done + plan.to_process
+    if retry_uris:
+        hi, lo = uri_digests(retry_uris)
+        acc = HashAccumulator()
+        acc.add(hi, lo)
+        plan.retry = acc.freeze()
+        plan.retry_errors = len(plan.retry)
+    plan.sample = [(0, t["shard"]) for t in plan.to_read[:50]]
+    if plan.to_read:
+        source.check(plan.to_read[0]["shard"], options)  # e.g. a table without the image column: fail now
+    if echo and plan.complete:
+        echo(f"  {plan.complete} complete shard(s) skipped without being opened (records in {SHARDS}/)")
+    return plan
+
+
+def _sort_shards(
+    plan: ShardPlan, shards: list, counts: dict, records: dict, retry_errors: bool
+) -> tuple[list[str], list[str], set[str]]:
+    """Each shard by what the output holds of it: complete (counted in ``plan``, skipped), partly done
+    or with errors to redo (its done keys are needed), or not started. Returns (shards needing their
+    done keys, shards to read whole, shards with errors to redo)."""
     need_keys, read_plain = [], []
     retry = set()
     for s in shards:
@@ -258,23 +297,13 @@ def plan_shards(
             need_keys.append(s.uri)
         else:
             read_plain.append(s.uri)
-    keys: dict[str, list[tuple[str, bool]]] = {}
-    if need_keys:
-        _, keys = _shard_rows(output, scan.parts, shard_set, want_keys=pa.array(need_keys, pa.string()))
-    retry_uris: list[str] = []
+    return need_keys, read_plain, retry
+
+
+def _list_to_read(plan: ShardPlan, shards: list, todo: dict[str, list], records: dict) -> None:
+    """``plan.to_read`` in listing order, and the rows to process (from the census; estimated for
+    shards never read)."""
     unknown = 0
-    todo = {s: [] for s in read_plain}
-    for s in need_keys:
-        entries = keys.get(s, [])
-        if s in retry:
-            plan.retry_shards += 1
-            done = [k for k, e in entries if not e]
-            retry_uris += [f"{s}#{k}" for k, e in entries if e]
-        else:
-            plan.partial += 1
-            done = [k for k, _ in entries]
-        plan.already_done += len(done)
-        todo[s] = done
     for s in shards:  # in listing order
         if s.uri not in todo:
             continue
@@ -290,19 +319,6 @@ def plan_shards(
         per = int(round(sum(known) / len(known))) if known else 1
         plan.to_process += unknown * max(per, 1)
         plan.estimated = True
-    plan.inputs = plan.already_done + plan.to_process
-    if retry_uris:
-        hi, lo = uri_digests(retry_uris)
-        acc = HashAccumulator()
-        acc.add(hi, lo)
-        plan.retry = acc.freeze()
-        plan.retry_errors = len(plan.retry)
-    plan.sample = [(0, t["shard"]) for t in plan.to_read[:50]]
-    if plan.to_read:
-        source.check(plan.to_read[0]["shard"], options)  # e.g. a table without the image column: fail now
-    if echo and plan.complete:
-        echo(f"  {plan.complete} complete shard(s) skipped without being opened (records in {SHARDS}/)")
-    return plan
 
 
 # ----------------------------------------------------------------------------- the reading stage

@@ -233,18 +233,7 @@ def _verify(
         if removed:
             report.repaired.append(f"removed {len(removed)} temporary file(s) of interrupted metadata writes")
         report.repaired += recover_commits(folder, record.update, check=lease.check)
-    for f in folder.files_under(COMMITS, ".json"):
-        report.leftovers.append(f"half-done commit {f.name} (the next run or --repair finishes it)")
-    accepted_from = int(run.get("staging_accepted_from") or 0)
-    prefix = folder.path(STAGING) + "/"
-    staged = 0
-    for f in folder.files_under(STAGING, ".parquet"):
-        if staging_generation(f.path[len(prefix) :].split("/", 1)[0]) < accepted_from:
-            report.fenced_out += 1
-        else:
-            staged += 1
-    if staged:
-        report.leftovers.append(f"{staged} staged file(s) of interrupted attempts (the next run commits them)")
+    _check_leftovers(folder, run, report)
     recorded = dict(run.get("parts", {}))
     digests = HashAccumulator()
     where: list[np.ndarray] = []  # part index per row, for naming/repairing duplicates
@@ -303,24 +292,45 @@ def _verify(
             folder, spec, all_digests, good, folder.options
         )
     elif spec is not None:
-        n = 0
-        missing = 0
-        for batch in iter_inputs(spec, folder.options):
-            uris = batch.column("image_uri").to_pylist()
-            hi, lo = uri_digests(uris)
-            absent = ~all_digests.contains(hi, lo)
-            n += len(uris)
-            missing += int(absent.sum())
-            for u, a in zip(uris, absent):
-                if a and len(report.missing_examples) < 5:
-                    report.missing_examples.append(u)
-        report.inputs, report.missing_inputs = n, missing
+        _check_inputs(folder, spec, all_digests, report)
     if repair and (report.corrupt or report.duplicate_uris or report.record_mismatches):
         RunRecord(folder, run, lease=lease).update(lambda r: _resync_parts(folder, r))
         report.record_mismatches = []
         report.duplicate_uris = 0
         report.corrupt = []
     return report
+
+
+def _check_leftovers(folder: OutputFolder, run: dict, report: VerifyReport) -> None:
+    """Half-done commits and staged files in ``_ntt/`` (those of fenced-out runs counted apart)."""
+    for f in folder.files_under(COMMITS, ".json"):
+        report.leftovers.append(f"half-done commit {f.name} (the next run or --repair finishes it)")
+    accepted_from = int(run.get("staging_accepted_from") or 0)
+    prefix = folder.path(STAGING) + "/"
+    staged = 0
+    for f in folder.files_under(STAGING, ".parquet"):
+        if staging_generation(f.path[len(prefix) :].split("/", 1)[0]) < accepted_from:
+            report.fenced_out += 1
+        else:
+            staged += 1
+    if staged:
+        report.leftovers.append(f"{staged} staged file(s) of interrupted attempts (the next run commits them)")
+
+
+def _check_inputs(folder: OutputFolder, spec, all_digests, report: VerifyReport) -> None:
+    """Inputs (not sharded) without a row: counted, with up to 5 examples."""
+    n = 0
+    missing = 0
+    for batch in iter_inputs(spec, folder.options):
+        uris = batch.column("image_uri").to_pylist()
+        hi, lo = uri_digests(uris)
+        absent = ~all_digests.contains(hi, lo)
+        n += len(uris)
+        missing += int(absent.sum())
+        for u, a in zip(uris, absent):
+            if a and len(report.missing_examples) < 5:
+                report.missing_examples.append(u)
+    report.inputs, report.missing_inputs = n, missing
 
 
 def _fenced_record(folder: OutputFolder, lease) -> RunRecord:
