@@ -122,6 +122,114 @@ def _kept_file_negatives(bank, bank_dir: Path) -> tuple[list[int], list[dict], l
     return rows, [entries[i] for i in rows], sources
 
 
+def _check_mining_inputs(bank_dir: Path, config: SegmenterConfig) -> Path:
+    """The bank's references file (mined from); errors where the config or the bank cannot mine."""
+    if config.use_negatives:
+        raise ValueError(
+            "mining segments the reference images with the positive bank only (the authors' test_support mode): "
+            "leave --use-negatives off here"
+        )
+    refs_path = bank_dir / REFERENCES_FILE
+    if not refs_path.is_file():
+        raise FileNotFoundError(
+            f"{bank_dir} has no {REFERENCES_FILE}: negatives are mined from the bank's reference images, which "
+            "`ntt-batch memory build` records there. Rebuild the bank with `memory build --references ...`"
+        )
+    return refs_path
+
+
+def _annotation_files(
+    refs: Mapping,
+    refs_path: Path,
+    annotations: str | os.PathLike | None,
+    use_source_annotations: bool,
+    say: Callable[[str], None],
+) -> list[str]:
+    """The COCO files whose annotations of the reference images count as annotated (``say`` tells which)."""
+    if annotations is not None:
+        ann_files = [os.fspath(annotations)]
+    elif use_source_annotations:
+        ann_files, missing = source_annotation_files(refs, refs_path.parent)
+        for m in missing:
+            say(f"the references were sampled from {m}, which is not there: only the references count as annotated")
+    else:
+        ann_files = []
+    if ann_files:
+        say(f"annotated instances: the references and every annotation of their images in {', '.join(ann_files)}")
+    else:
+        say(
+            "annotated instances: the references only (other objects of a class in a reference image will be mined "
+            "as its negatives; --annotations FILE names a COCO file with all of them)"
+        )
+    return ann_files
+
+
+def _reference_images(refs: Mapping, by_file: dict[str, list[dict]]) -> list[MiningImage]:
+    """One :class:`MiningImage` per reference image (in first-seen order), annotated with its references'
+    boxes and the annotations ``by_file`` has for its file name."""
+    images: dict[tuple[str | None, str], MiningImage] = {}
+    for ref in refs["references"]:
+        root = reference_image_root(refs, ref)
+        key = (root, str(ref["file_name"]))
+        if key not in images:
+            entry = {k: ref.get(k) for k in ("file_name", "width", "height", "image_id")} | {"image_root": root}
+            images[key] = MiningImage(
+                entry=entry,
+                load=lambda r=root, f=ref["file_name"]: load_image(safe_join(r, f)),
+                annotations=list(by_file.get(str(ref["file_name"]), [])),
+            )
+        images[key].annotations.append({"category_id": int(ref["category_id"]), "bbox": _reference_box(ref)})
+    return list(images.values())
+
+
+def _encode_mined(mined: list[dict], segmenter, bank, protos: list, labels: list) -> tuple[list[dict], list[str]]:
+    """Encode the mined negatives with the bank's encoder, appending their prototypes / labels to ``protos`` /
+    ``labels``; returns (their records, the encoder's notes)."""
+    if not mined:
+        return [], []
+    neg_refs = negatives_as_references(mined, bank.categories, {"kind": "mined"})
+
+    def load_neg_image(ref: dict):
+        return load_image(safe_join(ref.get("image_root"), ref["file_name"]))
+
+    p, lab, mined_records, notes = encode_negatives(neg_refs, load_neg_image, segmenter.encoder, bank)
+    protos.append(p)
+    labels.append(lab)
+    return mined_records, notes
+
+
+def _save_mined_bank(
+    bank_dir: Path,
+    bank,
+    protos: list,
+    labels: list,
+    records: list[dict],
+    kept_sources: list[dict],
+    all_entries: list[dict],
+    notes: list[str],
+    source: dict,
+):
+    """Save the bank with the kept and mined negatives (``source`` describes the mining) and rewrite its
+    negatives file with ``all_entries``; returns the new bank."""
+    new_bank = bank.with_negatives(
+        torch.cat(protos) if protos else None,
+        torch.cat(labels) if labels else None,
+        records,
+        kept_sources + [source],
+    )
+    if notes:
+        new_bank = dataclasses.replace(new_bank, notes=[*bank.notes, *(f"negative {n}" for n in notes)])
+    new_bank.save(bank_dir)
+    write_negatives_file(
+        bank_dir,
+        negatives_as_references(all_entries, bank.categories, {"kind": "negatives of a memory bank"})
+        if all_entries
+        else None,
+    )
+    return new_bank
+
+
+# 101 lines: a third is the docstring; the body is the named steps above
 def mine_negatives(
     bank_dir: str | os.PathLike,
     *,
@@ -158,17 +266,7 @@ def mine_negatives(
     """
     bank_dir = Path(bank_dir)
     config = config or SegmenterConfig()
-    if config.use_negatives:
-        raise ValueError(
-            "mining segments the reference images with the positive bank only (the authors' test_support mode): "
-            "leave --use-negatives off here"
-        )
-    refs_path = bank_dir / REFERENCES_FILE
-    if not refs_path.is_file():
-        raise FileNotFoundError(
-            f"{bank_dir} has no {REFERENCES_FILE}: negatives are mined from the bank's reference images, which "
-            "`ntt-batch memory build` records there. Rebuild the bank with `memory build --references ...`"
-        )
+    refs_path = _check_mining_inputs(bank_dir, config)
     refs = load_references(refs_path)
 
     def say(text: str) -> None:
@@ -177,44 +275,15 @@ def mine_negatives(
         else:
             log.info("negatives: %s", text)
 
-    if annotations is not None:
-        ann_files = [os.fspath(annotations)]
-    elif use_source_annotations:
-        ann_files, missing = source_annotation_files(refs, refs_path.parent)
-        for m in missing:
-            say(f"the references were sampled from {m}, which is not there: only the references count as annotated")
-    else:
-        ann_files = []
-    if ann_files:
-        say(f"annotated instances: the references and every annotation of their images in {', '.join(ann_files)}")
-    else:
-        say(
-            "annotated instances: the references only (other objects of a class in a reference image will be mined "
-            "as its negatives; --annotations FILE names a COCO file with all of them)"
-        )
-
+    ann_files = _annotation_files(refs, refs_path, annotations, use_source_annotations, say)
     segmenter, provenance = segmenter_from_bank(
         str(bank_dir), sam2_name=sam2_name, config=config, checkpoint_dir=checkpoint_dir, download=download
     )
     bank = segmenter.bank
     by_file = _annotations_by_file_name(ann_files, bank) if ann_files else {}
-
-    images: dict[tuple[str | None, str], MiningImage] = {}
-    for ref in refs["references"]:
-        root = reference_image_root(refs, ref)
-        key = (root, str(ref["file_name"]))
-        if key not in images:
-            entry = {k: ref.get(k) for k in ("file_name", "width", "height", "image_id")} | {"image_root": root}
-            images[key] = MiningImage(
-                entry=entry,
-                load=lambda r=root, f=ref["file_name"]: load_image(safe_join(r, f)),
-                annotations=list(by_file.get(str(ref["file_name"]), [])),
-            )
-        images[key].annotations.append({"category_id": int(ref["category_id"]), "bbox": _reference_box(ref)})
-
     mined, stats = mine_negatives_in_images(
         segmenter,
-        images.values(),
+        _reference_images(refs, by_file),
         score_threshold=score_threshold,
         iou_threshold=iou_threshold,
         max_per_class=max_per_class,
@@ -225,46 +294,30 @@ def mine_negatives(
     protos = [bank.negative_prototypes[rows]] if rows else []
     labels = [bank.negative_labels[rows]] if rows else []
     records = [bank.negatives["instances"][i] for i in rows]
-    mined_records: list[dict] = []
-    notes: list[str] = []
-    if mined:
-        neg_refs = negatives_as_references(mined, bank.categories, {"kind": "mined"})
-
-        def load_neg_image(ref: dict):
-            return load_image(safe_join(ref.get("image_root"), ref["file_name"]))
-
-        p, lab, mined_records, notes = encode_negatives(neg_refs, load_neg_image, segmenter.encoder, bank)
-        protos.append(p)
-        labels.append(lab)
+    mined_records, notes = _encode_mined(mined, segmenter, bank, protos, labels)
     records += mined_records
-    source = {
-        "kind": "mined",
-        "from": "the bank's reference images",
-        "images": stats["images"],
-        "sam2": provenance["models"]["sam2"],
-        "segmenter": provenance["config"],
-        "positive_bank_hash": bank.with_negatives(None, None, [], []).content_hash,
-        "score_threshold": score_threshold,
-        "iou_threshold": iou_threshold,
-        "max_per_class": max_per_class,
-        "annotations": ann_files,
-        "count": len(mined_records),
-    }
-    new_bank = bank.with_negatives(
-        torch.cat(protos) if protos else None,
-        torch.cat(labels) if labels else None,
-        records,
-        kept_sources + [source],
-    )
-    if notes:
-        new_bank = dataclasses.replace(new_bank, notes=[*bank.notes, *(f"negative {n}" for n in notes)])
-    new_bank.save(bank_dir)
-    all_entries = kept_entries + mined
-    write_negatives_file(
+    new_bank = _save_mined_bank(
         bank_dir,
-        negatives_as_references(all_entries, bank.categories, {"kind": "negatives of a memory bank"})
-        if all_entries
-        else None,
+        bank,
+        protos,
+        labels,
+        records,
+        kept_sources,
+        kept_entries + mined,
+        notes,
+        {
+            "kind": "mined",
+            "from": "the bank's reference images",
+            "images": stats["images"],
+            "sam2": provenance["models"]["sam2"],
+            "segmenter": provenance["config"],
+            "positive_bank_hash": bank.with_negatives(None, None, [], []).content_hash,
+            "score_threshold": score_threshold,
+            "iou_threshold": iou_threshold,
+            "max_per_class": max_per_class,
+            "annotations": ann_files,
+            "count": len(mined_records),
+        },
     )
     per_class: dict[str, int] = {}
     for r in mined_records:

@@ -5,6 +5,7 @@ See :mod:`ntt_batch.corrections.core` for the outputs and what each input means,
 ``docs/labeling_loop.md`` for the loop run → review → corrections → rerun.
 """
 
-from .core import CorrectionsReport, apply_corrections, format_report, format_summary, format_table
+from .core import apply_corrections
+from .report import CorrectionsReport, format_report, format_summary, format_table
 
 __all__ = ["CorrectionsReport", "apply_corrections", "format_report", "format_summary", "format_table"]
