@@ -22,7 +22,8 @@ from conftest import job_config
 from PIL import Image
 
 from ntt_batch.output.fencing import FencedFSHandler, LeaseLostError, RunFence
-from ntt_batch.output.folder import LOCK_JSON, RUN_JSON, LeaseHeldError, OutputFolder
+from ntt_batch.output.folder import LOCK_JSON, RUN_JSON, OutputFolder
+from ntt_batch.output.lease import LeaseHeldError
 from ntt_batch.pipeline.job import run_job
 from ntt_batch.pipeline.stages import NoopModelActor
 from ntt_batch.pipeline.verify import verify_output
@@ -89,12 +90,12 @@ def _snapshot(folder: OutputFolder) -> dict[str, str]:
 def _wait_until_expired(folder: OutputFolder, timeout_s: float = 30) -> None:
     import datetime as dt
 
-    from ntt_batch.output.folder import _parse_time
+    from ntt_batch.output.lease import parse_time
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         lock, _ = folder.lock_status()
-        expires = _parse_time((lock or {}).get("expires_at"))
+        expires = parse_time((lock or {}).get("expires_at"))
         if lock and expires and expires < dt.datetime.now(dt.timezone.utc):
             return
         time.sleep(0.1)

@@ -26,7 +26,8 @@ from conftest import job_config, rows_by_uri
 from PIL import Image
 
 from ntt_batch.method.config import SegmenterConfig
-from ntt_batch.output.folder import RUN_JSON, LeaseHeldError, OutputFolder
+from ntt_batch.output.folder import RUN_JSON, OutputFolder
+from ntt_batch.output.lease import LeaseHeldError
 from ntt_batch.output.parts import PartAssembler, commit, recover_commits
 from ntt_batch.output.shards import SHARD_SCHEMA
 from ntt_batch.pipeline.config import JobConfig

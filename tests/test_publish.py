@@ -27,8 +27,9 @@ from conftest import free_port, job_config
 from pycocotools import mask as mask_utils
 
 from ntt_batch.output.delta_table import delta_storage_options
-from ntt_batch.output.folder import COMMITS, LeaseHeldError, OutputFolder
+from ntt_batch.output.folder import COMMITS, OutputFolder
 from ntt_batch.output.iceberg_table import load_catalog
+from ntt_batch.output.lease import LeaseHeldError
 from ntt_batch.output.parts import PartAssembler, RunRecord, commit
 from ntt_batch.output.publish import publish
 from ntt_batch.output.shards import SHARD_SCHEMA, read_shards

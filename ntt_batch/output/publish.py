@@ -71,7 +71,7 @@ def publish(
     """Publish output ``out`` to an Iceberg table and/or a Delta table (module docstring), holding its lease.
 
     Raises :class:`PublishError` (output inconsistent, bad target), ``FileNotFoundError`` (no output),
-    :class:`~ntt_batch.output.folder.LeaseHeldError` (a run is writing the output).
+    :class:`~ntt_batch.output.lease.LeaseHeldError` (a run is writing the output).
     """
     spec = PublishSpec(
         iceberg=iceberg,

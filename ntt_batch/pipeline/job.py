@@ -2,7 +2,7 @@
 
 Attempt, start to end (the output's layout is described in ``output.folder``)::
 
-    take the output's lease (one run at a time; output.folder.Lease)
+    take the output's lease (one run at a time; output.lease.Lease)
     check the job fingerprint against run.json (another job's output is refused)
     finish or undo half-done commits; check new/changed parts; commit what dead attempts staged
     plan (pipeline.plan): stream the inputs, drop those with a row → todo files under _ntt/todo/
