@@ -23,7 +23,7 @@ from PIL import Image
 
 from ntt_batch.output.fencing import FencedFSHandler, LeaseLostError, RunFence
 from ntt_batch.output.folder import LOCK_JSON, RUN_JSON, OutputFolder
-from ntt_batch.output.lease import LeaseHeldError
+from ntt_batch.output.lease import Lease, LeaseHeldError, lock_status
 from ntt_batch.pipeline.job import run_job
 from ntt_batch.pipeline.stages import NoopModelActor
 from ntt_batch.pipeline.verify import verify_output
@@ -94,7 +94,7 @@ def _wait_until_expired(folder: OutputFolder, timeout_s: float = 30) -> None:
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        lock, _ = folder.lock_status()
+        lock, _ = lock_status(folder)
         expires = parse_time((lock or {}).get("expires_at"))
         if lock and expires and expires < dt.datetime.now(dt.timezone.utc):
             return
@@ -191,7 +191,7 @@ def test_staged_writes_of_a_displaced_holder_are_refused(ray_local, s3):
     import ray.data
 
     folder = OutputFolder("s3://fence/staged/", s3)
-    a = folder.lease({"run_id": "A"}, ttl_s=1.0).acquire()
+    a = Lease(folder, {"run_id": "A"}, ttl_s=1.0).acquire()
     fs_a = pafs.PyFileSystem(FencedFSHandler(folder.fs, folder.path(LOCK_JSON), a.generation, folder.uri))
     items = ray.data.from_items([{"x": i} for i in range(4)], override_num_blocks=2)
     items.write_parquet(folder.path("_ntt/staging/g1-A"), filesystem=fs_a)
@@ -199,7 +199,7 @@ def test_staged_writes_of_a_displaced_holder_are_refused(ray_local, s3):
     a._stop.set()  # A freezes: no more renewals
     a._thread.join()
     time.sleep(1.3)
-    b = folder.lease({"run_id": "B"}, ttl_s=30).acquire()
+    b = Lease(folder, {"run_id": "B"}, ttl_s=30).acquire()
     assert b.generation == a.generation + 1
     with pytest.raises(Exception, match="a run that lost its lease stages nothing more"):
         items.write_parquet(folder.path("_ntt/staging/g1-A-late"), filesystem=fs_a)

@@ -33,7 +33,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,9 +41,6 @@ import pyarrow.parquet as pq
 from ..storage.atomic import atomic_write_bytes
 from ..storage.fs import filesystem, is_local
 from .crashpoints import crash_point
-
-if TYPE_CHECKING:
-    from .lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -321,20 +318,6 @@ class OutputFolder:
                     self.remove(os.path.join(dirpath, name))
                     removed.append(os.path.join(dirpath, name))
         return removed
-
-    # ------------------------------------------------------------------ lease
-
-    def lease(self, holder: dict, ttl_s: float = 120.0) -> Lease:
-        """A :class:`~ntt_batch.output.lease.Lease` on this folder (not yet acquired)."""
-        from .lease import Lease
-
-        return Lease(self, holder, ttl_s)
-
-    def lock_status(self) -> tuple[dict | None, str | None]:
-        """See :func:`ntt_batch.output.lease.lock_status`."""
-        from .lease import lock_status
-
-        return lock_status(self)
 
     def pyarrow_fs(self):
         """(pyarrow filesystem, root) over this fsspec filesystem (Ray Data's readers and writers take it)."""

@@ -53,11 +53,12 @@ from ..output.folder import (
     new_run_id,
     utc_now_iso,
 )
+from ..output.intents import recover_commits
+from ..output.lease import Lease
 from ..output.parts import (
     RunRecord,
     commit_staging,
     compact,
-    recover_commits,
     withdraw_rows,
 )
 from ..output.publish import publish_folder
@@ -127,7 +128,7 @@ def run_job(
     run_id = new_run_id()
     fingerprint = job_fingerprint(cfg, bank.content_hash, sam_ckpt, enc_ckpt)
     before = output_before(folder)
-    lease = folder.lease({"run_id": run_id}, ttl_s=cfg.lease_ttl_s).acquire()
+    lease = Lease(folder, {"run_id": run_id}, ttl_s=cfg.lease_ttl_s).acquire()
     try:
         provenance = {
             "format": "ntt-batch/run",
