@@ -45,7 +45,7 @@ class Lease:
     generation wrote (``output.fencing``).
     """
 
-    def __init__(self, folder: OutputFolder, holder: dict, ttl_s: float):
+    def __init__(self, folder: OutputFolder, holder: dict, ttl_s: float = 120.0):
         self.folder = folder
         self.holder = {**holder, "lease_id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self.ttl_s = float(ttl_s)
