@@ -78,7 +78,8 @@ def retry_errors(out: str, rows: int) -> int:
     from their parts (``withdraw_rows``: each part rewritten without them) and their redone rows committed
     as a new part. Returns the number of rows redone."""
     from ntt_batch.output.folder import RETRIED, OutputFolder
-    from ntt_batch.output.parts import PartAssembler, RunRecord, commit, withdraw_rows
+    from ntt_batch.output.intents import commit
+    from ntt_batch.output.parts import PartAssembler, RunRecord, withdraw_rows
     from ntt_batch.sources.inputs import UriHashes, uri_digests
 
     folder = OutputFolder(out)
@@ -106,7 +107,8 @@ def retry_errors(out: str, rows: int) -> int:
 def build_output(out: str, rows: int, parts: int = 2, chunk: int = 50_000) -> float:
     """An output of ``rows`` rows in ``parts`` part files, committed by the job's commit code; returns seconds."""
     from ntt_batch.output.folder import OutputFolder
-    from ntt_batch.output.parts import PartAssembler, RunRecord, commit
+    from ntt_batch.output.intents import commit
+    from ntt_batch.output.parts import PartAssembler, RunRecord
 
     t0 = time.perf_counter()
     folder = OutputFolder(out)

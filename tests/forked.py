@@ -31,7 +31,8 @@ EXIT_LEASE = 4
 
 def _child(op: str, out: str, cfg, crash_at: str | None, signal_name: str | None, options, result_file) -> None:
     from ntt_batch.output.crashpoints import ENV, ENV_SIGNAL
-    from ntt_batch.output.folder import LeaseHeldError, LeaseLostError
+    from ntt_batch.output.fencing import LeaseLostError
+    from ntt_batch.output.lease import LeaseHeldError
 
     if crash_at:
         os.environ[ENV] = crash_at

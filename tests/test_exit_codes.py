@@ -222,7 +222,7 @@ def test_the_mapping_of_other_failures():
     from botocore.exceptions import EndpointConnectionError, NoCredentialsError
 
     from ntt_batch.method.config import ConfigError
-    from ntt_batch.output.folder import LeaseHeldError
+    from ntt_batch.output.lease import LeaseHeldError
 
     unreachable = failure_of(EndpointConnectionError(endpoint_url="http://user:pw@10.0.0.1:9000/b"))
     assert unreachable.code == EXIT_ENVIRONMENT and "http://***@10.0.0.1:9000/b" in unreachable.message

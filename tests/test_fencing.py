@@ -22,7 +22,8 @@ from conftest import job_config
 from PIL import Image
 
 from ntt_batch.output.fencing import FencedFSHandler, LeaseLostError, RunFence
-from ntt_batch.output.folder import LOCK_JSON, RUN_JSON, LeaseHeldError, OutputFolder
+from ntt_batch.output.folder import LOCK_JSON, RUN_JSON, OutputFolder
+from ntt_batch.output.lease import Lease, LeaseHeldError, lock_status
 from ntt_batch.pipeline.job import run_job
 from ntt_batch.pipeline.stages import NoopModelActor
 from ntt_batch.pipeline.verify import verify_output
@@ -89,12 +90,12 @@ def _snapshot(folder: OutputFolder) -> dict[str, str]:
 def _wait_until_expired(folder: OutputFolder, timeout_s: float = 30) -> None:
     import datetime as dt
 
-    from ntt_batch.output.folder import _parse_time
+    from ntt_batch.output.lease import parse_time
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        lock, _ = folder.lock_status()
-        expires = _parse_time((lock or {}).get("expires_at"))
+        lock, _ = lock_status(folder)
+        expires = parse_time((lock or {}).get("expires_at"))
         if lock and expires and expires < dt.datetime.now(dt.timezone.utc):
             return
         time.sleep(0.1)
@@ -190,7 +191,7 @@ def test_staged_writes_of_a_displaced_holder_are_refused(ray_local, s3):
     import ray.data
 
     folder = OutputFolder("s3://fence/staged/", s3)
-    a = folder.lease({"run_id": "A"}, ttl_s=1.0).acquire()
+    a = Lease(folder, {"run_id": "A"}, ttl_s=1.0).acquire()
     fs_a = pafs.PyFileSystem(FencedFSHandler(folder.fs, folder.path(LOCK_JSON), a.generation, folder.uri))
     items = ray.data.from_items([{"x": i} for i in range(4)], override_num_blocks=2)
     items.write_parquet(folder.path("_ntt/staging/g1-A"), filesystem=fs_a)
@@ -198,7 +199,7 @@ def test_staged_writes_of_a_displaced_holder_are_refused(ray_local, s3):
     a._stop.set()  # A freezes: no more renewals
     a._thread.join()
     time.sleep(1.3)
-    b = folder.lease({"run_id": "B"}, ttl_s=30).acquire()
+    b = Lease(folder, {"run_id": "B"}, ttl_s=30).acquire()
     assert b.generation == a.generation + 1
     with pytest.raises(Exception, match="a run that lost its lease stages nothing more"):
         items.write_parquet(folder.path("_ntt/staging/g1-A-late"), filesystem=fs_a)

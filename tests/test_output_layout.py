@@ -26,8 +26,10 @@ from conftest import job_config, rows_by_uri
 from PIL import Image
 
 from ntt_batch.method.config import SegmenterConfig
-from ntt_batch.output.folder import RUN_JSON, LeaseHeldError, OutputFolder
-from ntt_batch.output.parts import PartAssembler, commit, recover_commits
+from ntt_batch.output.folder import RUN_JSON, OutputFolder
+from ntt_batch.output.intents import commit, recover_commits
+from ntt_batch.output.lease import Lease, LeaseHeldError
+from ntt_batch.output.parts import PartAssembler
 from ntt_batch.output.shards import SHARD_SCHEMA
 from ntt_batch.pipeline.config import JobConfig
 from ntt_batch.pipeline.fingerprint import JobMismatchError
@@ -291,17 +293,17 @@ def test_two_concurrent_runs_on_one_s3_output(ray_local, s3, mixed_folder, rando
 
 def test_s3_lease_expires_and_is_taken_over_once(s3):
     folder = OutputFolder("s3://lake/lease/", s3)
-    a = folder.lease({"run_id": "A"}, ttl_s=1.0).acquire()
+    a = Lease(folder, {"run_id": "A"}, ttl_s=1.0).acquire()
     with pytest.raises(LeaseHeldError, match="run A"):
-        folder.lease({"run_id": "B"}, ttl_s=1.0).acquire()
+        Lease(folder, {"run_id": "B"}, ttl_s=1.0).acquire()
     a._stop.set()  # A dies: no more renewals
     a._thread.join()
     import time
 
     time.sleep(1.5)
-    b1 = folder.lease({"run_id": "B1"}, ttl_s=30).acquire()  # takes the expired lock over
+    b1 = Lease(folder, {"run_id": "B1"}, ttl_s=30).acquire()  # takes the expired lock over
     with pytest.raises(LeaseHeldError, match="run B1"):
-        folder.lease({"run_id": "B2"}, ttl_s=30).acquire()
+        Lease(folder, {"run_id": "B2"}, ttl_s=30).acquire()
     a._stop.clear()  # A wakes up again: its next renewal must fail and mark the lease lost
     a.ttl_s = 0.04
     t = threading.Thread(target=a._renew_loop)
@@ -312,7 +314,7 @@ def test_s3_lease_expires_and_is_taken_over_once(s3):
     with pytest.raises(Exception, match="taken over"):
         a.check()
     b1.release()
-    folder.lease({"run_id": "C"}, ttl_s=30).acquire().release()
+    Lease(folder, {"run_id": "C"}, ttl_s=30).acquire().release()
 
 
 # ----------------------------------------------------------------------------- retry, corruption, repair

@@ -196,7 +196,7 @@ def test_killed_driver_resumes_without_loss_or_duplicates(
 ):
     """SIGKILL mid-run: readers see no partial file, a second run is refused while the first holds the
     output, and the rerun commits what the dead run staged, redoes the rest, and equals an uninterrupted run."""
-    from ntt_batch.output.folder import LeaseHeldError
+    from ntt_batch.output.lease import LeaseHeldError
 
     images = tmp_path / "in"
     images.mkdir()

@@ -27,9 +27,11 @@ from conftest import free_port, job_config
 from pycocotools import mask as mask_utils
 
 from ntt_batch.output.delta_table import delta_storage_options
-from ntt_batch.output.folder import COMMITS, LeaseHeldError, OutputFolder
+from ntt_batch.output.folder import COMMITS, OutputFolder
 from ntt_batch.output.iceberg_table import load_catalog
-from ntt_batch.output.parts import PartAssembler, RunRecord, commit
+from ntt_batch.output.intents import commit
+from ntt_batch.output.lease import Lease, LeaseHeldError
+from ntt_batch.output.parts import PartAssembler, RunRecord
 from ntt_batch.output.publish import publish
 from ntt_batch.output.shards import SHARD_SCHEMA, read_shards
 from ntt_batch.output.table_common import PublishError, PublishSpec
@@ -257,7 +259,7 @@ def test_inconsistent_outputs_and_bad_targets_are_refused_with_the_fix(tmp_path)
         publish(str(out), echo=_quiet)
     with pytest.raises(FileNotFoundError, match="no _ntt/run.json"):
         publish(str(tmp_path / "nothing"), table=TABLE, echo=_quiet)
-    with folder.lease({"run_id": "someone"}):
+    with Lease(folder, {"run_id": "someone"}):
         with pytest.raises(LeaseHeldError, match="run someone"):
             publish(str(out), table=TABLE, echo=_quiet)
     assert not (out / "_ntt" / "iceberg").exists()  # nothing was created by the refused calls

@@ -20,6 +20,7 @@ from conftest import job_config
 from PIL import Image
 
 from ntt_batch.output.folder import RUN_JSON, OutputFolder
+from ntt_batch.output.lease import Lease
 from ntt_batch.pipeline.job import run_job
 from ntt_batch.pipeline.stages import NoopModelActor
 from ntt_batch.pipeline.verify import verify_output
@@ -83,7 +84,7 @@ def test_a_dead_runs_lock_is_reported_stale_and_its_temp_files_removed(make_cfg,
 def test_a_live_lock_is_reported_held(done, tmp_path):
     out = _copy(done, tmp_path / "out")
     folder = OutputFolder(str(out))
-    with folder.lease({"run_id": "live"}):
+    with Lease(folder, {"run_id": "live"}):
         report = verify_output(str(out))
         assert report.lock["run_id"] == "live" and report.lock_stale is None
         assert "locked by run live" in report.format()

@@ -19,7 +19,7 @@ on purpose. Unset (always, outside tests) the check is one dictionary lookup.
 
 Staging commits replace nothing a reader sees (staged files are under ``_ntt/``), so they have no
 ``retiring``/``retired`` steps. ``recovery.*`` are the same steps taken by
-:func:`~ntt_batch.output.parts.recover_commits`
+:func:`~ntt_batch.output.intents.recover_commits`
 finishing a dead run's intent, plus the two of undoing one (``unpublished``: the intent's new parts
 have left the dataset; ``restoring``: the first replaced part is back). ``quarantine.moving`` /
 ``quarantine.moved`` bracket moving an unreadable part out of the dataset.

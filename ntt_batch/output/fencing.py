@@ -1,6 +1,6 @@
 """Fencing: a run that lost the output's lease can no longer change it.
 
-A lease (``output.folder.Lease``) can be lost while its holder still runs: on S3 a holder that
+A lease (``output.lease.Lease``) can be lost while its holder still runs: on S3 a holder that
 was frozen (SIGSTOP, a VM pause, a long GC) past ``expires_at`` finds, when it wakes, that another
 run took the lock over. Checking the lease before each step is not enough (the holder can freeze
 right after a check), so every write a holder makes to the output's metadata carries its **lease

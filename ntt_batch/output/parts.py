@@ -22,7 +22,7 @@ rewritten without duplicate rows) — takes the same steps (the crash-point name
 
 Old parts always leave the dataset before any new part enters it, so a reader of ``<out>/*.parquet``
 sees each image **at most once** at every instant; between steps 3 and 4 the replaced parts' images
-are briefly missing. :func:`recover_commits` (run by the next lease holder before anything else)
+are briefly missing. :func:`.intents.recover_commits` (run by the next lease holder before anything else)
 brings it back to **exactly once**: an intent whose new parts all exist (under ``_ntt/tmp/`` or their
 final name) is finished — the remaining replaced parts retired first, then the rest published, in
 that order; an intent with a new part lost is undone — its published parts leave the dataset
@@ -45,18 +45,15 @@ import pyarrow.parquet as pq
 
 from ..sources.inputs import HashAccumulator, UriHashes, uri_digests
 from ..storage.checksums import HashingWriter
-from .crashpoints import crash_point
 from .folder import (
-    COMMITS,
     PART_PREFIX,
-    REPLACED,
     TMP,
     CorruptFileError,
     FileInfo,
     OutputFolder,
     table_bytes,
-    utc_now_iso,
 )
+from .intents import RunUpdater, commit
 from .shards import SHARD_SCHEMA, STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 
 log = logging.getLogger(__name__)
@@ -243,177 +240,6 @@ class PartAssembler:
 # ----------------------------------------------------------------------------- the commit protocol
 
 
-RunUpdater = Callable[[Callable[[dict], None]], None]
-
-
-def _no_check() -> None:
-    return None
-
-
-def _visible(folder: OutputFolder, path: str) -> bool:
-    """Whether a file is in the dataset readers see (directly under the output, not under ``_ntt/``)."""
-    return path.rsplit("/", 1)[0] == folder.root
-
-
-def commit(
-    folder: OutputFolder,
-    new_parts: list[NewPart],
-    replaced: list[str],
-    update_run: RunUpdater,
-    *,
-    kind: str,
-    before_publish: Callable[[], None] | None = None,
-) -> None:
-    """Publish ``new_parts`` in place of ``replaced`` (paths) as one recoverable step (module docstring).
-
-    ``kind``: ``staging``, ``compaction``, ``retry-errors`` or ``repair`` (the intent records it, and
-    it names the crash points). ``update_run(fn)`` applies ``fn(run_dict)`` to run.json under the
-    caller's lock and writes it. ``before_publish`` (the lease's ``check``) runs before the intent
-    is written and before every file move: a run that lost its lease moves nothing more.
-
-    A failure after the intent is written leaves it for :func:`recover_commits` (the next lease
-    holder finishes or undoes it); nothing is undone here, because a run that lost its lease must
-    not touch files the new holder may already have recovered.
-    """
-    if not new_parts and not replaced:
-        return
-    check = before_publish or _no_check
-    crash_point(f"{kind}.assembled")
-    check()
-    intent_id = f"{utc_now_iso().replace(':', '')}-{uuid.uuid4().hex[:8]}"
-    intent = {
-        "id": intent_id,
-        "kind": kind,
-        "created_at": utc_now_iso(),
-        "parts": [{"name": p.name, "tmp": p.tmp_path, "stats": p.stats.to_dict()} for p in new_parts],
-        "replaced": [
-            {
-                "path": r,
-                "hold": folder.path(f"{REPLACED}/{intent_id}/{r.rsplit('/', 1)[-1]}") if _visible(folder, r) else None,
-            }
-            for r in replaced
-        ],
-    }
-    folder.write_json(f"{COMMITS}/{intent_id}.json", intent)
-    crash_point(f"{kind}.intent")
-    _finish(folder, intent, update_run, step=kind, check=check)
-
-
-def _normalise(intent: dict) -> dict:
-    """Intents of older versions list replaced files as plain paths (deleted after publishing)."""
-    intent["replaced"] = [r if isinstance(r, dict) else {"path": r, "hold": None} for r in intent.get("replaced", [])]
-    intent.setdefault("parts", [])
-    return intent
-
-
-def _exists(folder: OutputFolder, path: str) -> bool:
-    return bool(path) and folder.fs.exists(path)
-
-
-def _finish(
-    folder: OutputFolder, intent: dict, update_run: RunUpdater, *, step: str, check: Callable[[], None]
-) -> None:
-    """Steps 3-6 (module docstring); every step is idempotent, so recovery can repeat any of them."""
-    folder.fs.invalidate_cache()
-    held = [r for r in intent["replaced"] if r["hold"]]
-    to_retire = [r for r in held if _exists(folder, r["path"])]
-    for i, r in enumerate(to_retire):
-        check()  # before every move: a holder frozen between two moves stops at the next one
-        folder.move(r["path"], r["hold"])
-        if i == 0:
-            crash_point(f"{step}.retiring")
-    if held:
-        crash_point(f"{step}.retired")
-    to_publish = [p for p in intent["parts"] if _exists(folder, p["tmp"])]
-    for i, p in enumerate(to_publish):
-        check()
-        folder.move(p["tmp"], folder.path(p["name"]))
-        if i == 0:
-            crash_point(f"{step}.publishing")
-    if intent["parts"]:
-        crash_point(f"{step}.published")
-    infos = {p["name"]: folder.info(folder.path(p["name"])) for p in intent["parts"]}
-    replaced_names = {r["path"].rsplit("/", 1)[-1] for r in intent["replaced"]}
-
-    def apply(run: dict) -> None:
-        parts = run.setdefault("parts", {})
-        for name in replaced_names:
-            parts.pop(name, None)
-        for p in intent["parts"]:
-            info = infos[p["name"]]
-            stats = dict(p["stats"])
-            if info is not None:
-                stats["bytes"], stats["version"] = info.size, info.version
-            parts[p["name"]] = stats
-
-    update_run(apply)
-    crash_point(f"{step}.recorded")
-    for r in intent["replaced"]:
-        folder.remove(r["hold"] or r["path"])
-    folder.remove(folder.path(f"{COMMITS}/{intent['id']}.json"))
-    folder.remove_empty_dir(f"{REPLACED}/{intent['id']}")
-
-
-def _undo(folder: OutputFolder, intent: dict, check: Callable[[], None]) -> None:
-    """Undo an intent whose new parts are not all there: new parts leave the dataset first, then the
-    replaced parts move back (never two copies visible); staged sources were never moved."""
-    folder.fs.invalidate_cache()
-    check()
-    for p in intent["parts"]:
-        folder.remove(folder.path(p["name"]))
-    crash_point("recovery.unpublished")
-    restored = 0
-    for r in intent["replaced"]:
-        if not r["hold"] or not _exists(folder, r["hold"]):
-            continue
-        check()
-        if _exists(folder, r["path"]):  # an object-store move copied but had not deleted yet
-            folder.remove(r["hold"])
-            continue
-        folder.move(r["hold"], r["path"])
-        restored += 1
-        if restored == 1:
-            crash_point("recovery.restoring")
-    for p in intent["parts"]:
-        folder.remove(p["tmp"])
-    folder.remove(folder.path(f"{COMMITS}/{intent['id']}.json"))
-    folder.remove_empty_dir(f"{REPLACED}/{intent['id']}")
-
-
-def recover_commits(
-    folder: OutputFolder, update_run: RunUpdater, *, check: Callable[[], None] | None = None
-) -> list[str]:
-    """Finish or undo the commits a crashed run left half done; returns notes for run.json.
-
-    ``check``: the lease's check (before anything moves). Also removes what no intent refers to:
-    parts assembled under ``_ntt/tmp/`` before their intent was written, and emptied ``_ntt/replaced/``
-    folders.
-    """
-    check = check or _no_check
-    notes = []
-    folder.fs.invalidate_cache()
-    for f in folder.files_under(COMMITS, ".json"):
-        intent = folder.read_json(f.path[len(folder.root) + 1 :])
-        if not intent:
-            folder.remove(f.path)
-            continue
-        intent = _normalise(intent)
-        # the temporary path first: an object-store publish copies, then deletes it
-        complete = all(_exists(folder, p["tmp"]) or _exists(folder, folder.path(p["name"])) for p in intent["parts"])
-        if complete:
-            _finish(folder, intent, update_run, step="recovery", check=check)
-            notes.append(
-                f"finished an interrupted {intent.get('kind')} commit {intent['id']} ({len(intent['parts'])} part(s))"
-            )
-        else:
-            _undo(folder, intent, check)
-            notes.append(f"undid an interrupted {intent.get('kind')} commit {intent['id']} (its sources are intact)")
-    folder.rmdir_tree(TMP)
-    if not folder.files_under(COMMITS, ".json"):
-        folder.rmdir_tree(REPLACED)
-    return notes
-
-
 # ----------------------------------------------------------------------------- staging → parts
 
 
@@ -448,6 +274,44 @@ def commit_staging(
     result = CommitResult()
     done = seen.freeze()
     # pass 1: the URIs of every readable file → which rows repeat a committed or an earlier row
+    readable = _read_staged_uris(folder, files, final=final, result=result)
+    if not readable:
+        return result
+    all_hi = np.concatenate([r[1] for r in readable])
+    all_lo = np.concatenate([r[2] for r in readable])
+    drop = done.contains(all_hi, all_lo) | _dups_within(all_hi, all_lo)
+    # pass 2: full rows, minus the dropped ones, into new parts
+    assembler = PartAssembler(folder, run_id, target_bytes=target_bytes, row_group_rows=row_group_rows)
+    try:
+        consumed = _assemble_staged(folder, readable, drop, assembler, result)
+        new_parts = assembler.close()
+    except BaseException:
+        assembler.abort()
+        raise
+    result.duplicates_dropped = int(drop.sum())
+    if not consumed:
+        return result
+    commit(folder, new_parts, consumed, update_run, kind="staging", before_publish=before_publish)
+    seen.add(all_hi[~drop], all_lo[~drop])
+    for p in new_parts:
+        result.stats.add(p.stats)
+    result.files = len(consumed)
+    result.parts = [p.name for p in new_parts]
+    if result.duplicates_dropped:
+        log.warning(
+            "dropped %d row(s) already committed (a retried write task wrote them twice)", result.duplicates_dropped
+        )
+    return result
+
+
+def _read_staged_uris(
+    folder: OutputFolder, files: list[FileInfo], *, final: bool, result: CommitResult
+) -> list[tuple[FileInfo, np.ndarray, np.ndarray]]:
+    """(file, URI digests hi, lo: (n,) uint64 each) of every readable staging file, in order.
+
+    Unreadable files are skipped (``final`` False: still being written) or quarantined when proven
+    corrupt (counted in ``result``).
+    """
     readable: list[tuple[FileInfo, np.ndarray, np.ndarray]] = []
     for f in files:
         try:
@@ -468,51 +332,36 @@ def commit_staging(
             ) from e
         hi, lo = uri_digests(uris)
         readable.append((f, hi, lo))
-    if not readable:
-        return result
-    all_hi = np.concatenate([r[1] for r in readable])
-    all_lo = np.concatenate([r[2] for r in readable])
-    drop = done.contains(all_hi, all_lo) | _dups_within(all_hi, all_lo)
-    # pass 2: full rows, minus the dropped ones, into new parts
-    assembler = PartAssembler(folder, run_id, target_bytes=target_bytes, row_group_rows=row_group_rows)
+    return readable
+
+
+def _assemble_staged(
+    folder: OutputFolder,
+    readable: list[tuple[FileInfo, np.ndarray, np.ndarray]],
+    drop: np.ndarray,
+    assembler: PartAssembler,
+    result: CommitResult,
+) -> list[str]:
+    """Add the rows of ``readable`` not marked in ``drop`` ((rows,) bool over all files) to
+    ``assembler``; returns the staging files consumed (a few error rows are kept in ``result``)."""
     consumed: list[str] = []
     offset = 0
-    try:
-        for f, hi, _ in readable:
-            n = hi.size
-            keep = ~drop[offset : offset + n]
-            offset += n
-            with folder.fs.open(f.path, "rb") as fh:
-                table = _conform(pq.read_table(fh))
-            if table.num_rows != n:
-                raise CorruptFileError(f"{folder.display(f.path)} changed while being committed")
-            if not keep.all():
-                table = table.filter(pa.array(keep))
-            if len(result.error_examples) < 5:
-                errs = table.filter(pc.equal(table.column("status"), STATUS_ERROR)).slice(0, 5)
-                result.error_examples += list(
-                    zip(errs.column("image_uri").to_pylist(), errs.column("error").to_pylist())
-                )
-            assembler.add(table)
-            consumed.append(f.path)
-        new_parts = assembler.close()
-    except BaseException:
-        assembler.abort()
-        raise
-    result.duplicates_dropped = int(drop.sum())
-    if not consumed:
-        return result
-    commit(folder, new_parts, consumed, update_run, kind="staging", before_publish=before_publish)
-    seen.add(all_hi[~drop], all_lo[~drop])
-    for p in new_parts:
-        result.stats.add(p.stats)
-    result.files = len(consumed)
-    result.parts = [p.name for p in new_parts]
-    if result.duplicates_dropped:
-        log.warning(
-            "dropped %d row(s) already committed (a retried write task wrote them twice)", result.duplicates_dropped
-        )
-    return result
+    for f, hi, _ in readable:
+        n = hi.size
+        keep = ~drop[offset : offset + n]
+        offset += n
+        with folder.fs.open(f.path, "rb") as fh:
+            table = _conform(pq.read_table(fh))
+        if table.num_rows != n:
+            raise CorruptFileError(f"{folder.display(f.path)} changed while being committed")
+        if not keep.all():
+            table = table.filter(pa.array(keep))
+        if len(result.error_examples) < 5:
+            errs = table.filter(pc.equal(table.column("status"), STATUS_ERROR)).slice(0, 5)
+            result.error_examples += list(zip(errs.column("image_uri").to_pylist(), errs.column("error").to_pylist()))
+        assembler.add(table)
+        consumed.append(f.path)
+    return consumed
 
 
 def _dups_within(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:

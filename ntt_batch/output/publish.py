@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from .delta_table import publish_delta
 from .folder import OutputFolder, new_run_id
 from .iceberg_table import publish_iceberg
+from .lease import Lease
 from .table_common import PublishSpec, TablePublish, committed_parts
 
 
@@ -71,7 +72,7 @@ def publish(
     """Publish output ``out`` to an Iceberg table and/or a Delta table (module docstring), holding its lease.
 
     Raises :class:`PublishError` (output inconsistent, bad target), ``FileNotFoundError`` (no output),
-    :class:`~ntt_batch.output.folder.LeaseHeldError` (a run is writing the output).
+    :class:`~ntt_batch.output.lease.LeaseHeldError` (a run is writing the output).
     """
     spec = PublishSpec(
         iceberg=iceberg,
@@ -83,7 +84,7 @@ def publish(
     folder = OutputFolder(out, storage_options)
     if not folder.exists() or not folder.read_run():
         raise FileNotFoundError(f"{out!r} holds no ntt-batch output (no _ntt/run.json): pass the --out of a run")
-    with folder.lease({"run_id": f"publish-{new_run_id()}"}):
+    with Lease(folder, {"run_id": f"publish-{new_run_id()}"}):
         return publish_folder(folder, spec, echo=echo)
 
 

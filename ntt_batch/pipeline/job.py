@@ -2,7 +2,7 @@
 
 Attempt, start to end (the output's layout is described in ``output.folder``)::
 
-    take the output's lease (one run at a time; output.folder.Lease)
+    take the output's lease (one run at a time; output.lease.Lease)
     check the job fingerprint against run.json (another job's output is refused)
     finish or undo half-done commits; check new/changed parts; commit what dead attempts staged
     plan (pipeline.plan): stream the inputs, drop those with a row → todo files under _ntt/todo/
@@ -53,11 +53,12 @@ from ..output.folder import (
     new_run_id,
     utc_now_iso,
 )
+from ..output.intents import recover_commits
+from ..output.lease import Lease
 from ..output.parts import (
     RunRecord,
     commit_staging,
     compact,
-    recover_commits,
     withdraw_rows,
 )
 from ..output.publish import publish_folder
@@ -127,7 +128,7 @@ def run_job(
     run_id = new_run_id()
     fingerprint = job_fingerprint(cfg, bank.content_hash, sam_ckpt, enc_ckpt)
     before = output_before(folder)
-    lease = folder.lease({"run_id": run_id}, ttl_s=cfg.lease_ttl_s).acquire()
+    lease = Lease(folder, {"run_id": run_id}, ttl_s=cfg.lease_ttl_s).acquire()
     try:
         provenance = {
             "format": "ntt-batch/run",

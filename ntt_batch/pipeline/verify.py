@@ -26,13 +26,13 @@ import pyarrow.parquet as pq
 
 from ..output.fencing import staging_generation
 from ..output.folder import COMMITS, STAGING, OutputFolder, new_run_id
+from ..output.intents import commit, recover_commits
+from ..output.lease import Lease, lock_status
 from ..output.parts import (
     PartAssembler,
     PartStats,
     RunRecord,
-    commit,
     compact,
-    recover_commits,
     stats_of_file,
     summary_of,
 )
@@ -177,10 +177,10 @@ def verify_output(
     folder = OutputFolder(out, options)
     report = VerifyReport(out)
     run = read_job_output(folder)
-    report.lock, report.lock_stale = folder.lock_status()
+    report.lock, report.lock_stale = lock_status(folder)
     lease = None
     if repair:
-        lease = folder.lease({"run_id": f"verify-repair-{new_run_id()}"}).acquire()
+        lease = Lease(folder, {"run_id": f"verify-repair-{new_run_id()}"}).acquire()
         report.lock = report.lock_stale = None
         run = _fenced_record(folder, lease).run
     report.attempts = [
@@ -445,7 +445,7 @@ def compact_output(
     run = folder.read_run()
     if not run:
         raise FileNotFoundError(f"{out!r} holds no ntt-batch output (no _ntt/run.json)")
-    with folder.lease({"run_id": f"compact-{new_run_id()}"}) as lease:
+    with Lease(folder, {"run_id": f"compact-{new_run_id()}"}) as lease:
         record = _fenced_record(folder, lease)
         folder.remove_stale_temp_files()
         notes = recover_commits(folder, record.update, check=lease.check)
