@@ -100,6 +100,9 @@ __all__ = [
 ]
 
 
+# 83 lines, 29 of them the signature and docstring: the body is the named steps.
+
+
 def apply_corrections(
     out_shards: str,
     *,

@@ -284,6 +284,9 @@ def _task_regions(task: dict, ann: dict, row: Row, counts: dict[str, int], probl
     return out
 
 
+# 85 lines: one pass over the export; each task's choices (latest annotation, row match, regions) share its state.
+
+
 def read_label_studio(path: str, shards: str, options: dict | None = None) -> ReviewInput:
     """Label Studio's JSON export of reviewed tasks, tied to the output's rows (module docstring)."""
     tasks = read_json(path, options)

@@ -131,6 +131,9 @@ def _ipc_batches(reader) -> Iterator[pa.RecordBatch]:
         yield from reader
 
 
+# 92 lines: one streaming loop; a shard's skip/break bookkeeping (done keys, row groups, break) is its state.
+
+
 def iter_table_samples(
     shard: str,
     options: dict | None,

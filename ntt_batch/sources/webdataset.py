@@ -91,6 +91,9 @@ def _next_member(tf: tarfile.TarFile) -> tarfile.TarInfo | None:
         raise _TarBreak(f"corrupt extended header at byte {at} ({e})") from None
 
 
+# 101 lines: one streaming loop over a tar; truncation reporting (offset, last complete sample) is its state.
+
+
 def iter_tar_samples(
     shard: str,
     options: dict | None,

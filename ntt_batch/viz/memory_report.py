@@ -220,6 +220,9 @@ def _atomic_save(img: Image.Image, path: Path) -> Path:
     return path
 
 
+# 81 lines, 21 of them the signature and docstring: the drawing is one canvas, laid out in order.
+
+
 def render_similarity_heatmap(
     sim: Tensor,
     names: Sequence[str],

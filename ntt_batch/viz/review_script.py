@@ -1,4 +1,3 @@
-# ruff: noqa: E501  (the review page's code, kept as written, as in review_template.py)
 """The review page's JavaScript, inlined by :func:`.review_template.render_page` (the DOM it builds: see there)."""
 
 JS = r"""

@@ -1,4 +1,3 @@
-# ruff: noqa: E501  (the review page's code, kept as written, as in review_template.py)
 """The review page's CSS, inlined by :func:`.review_template.render_page`."""
 
 CSS = r"""
