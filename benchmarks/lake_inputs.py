@@ -338,7 +338,7 @@ def plan_measurements(lake: Lake, work: Path, samples: int, shards: int) -> dict
     from ntt_batch.pipeline.plan import OutputScan, plan_inputs, scan_output
     from ntt_batch.pipeline.shard_plan import load_records, plan_shards, write_census
     from ntt_batch.sources import InputSpec
-    from ntt_batch.sources.inputs import HashAccumulator
+    from ntt_batch.sources.ids import HashAccumulator
     from ntt_batch.sources.listing import iter_listing
     from ntt_batch.sources.shards import ShardCensus
 

@@ -80,7 +80,7 @@ def retry_errors(out: str, rows: int) -> int:
     from ntt_batch.output.folder import RETRIED, OutputFolder
     from ntt_batch.output.intents import commit
     from ntt_batch.output.parts import PartAssembler, RunRecord, withdraw_rows
-    from ntt_batch.sources.inputs import UriHashes, uri_digests
+    from ntt_batch.sources.ids import UriHashes, uri_digests
 
     folder = OutputFolder(out)
     record = RunRecord(folder, folder.read_run())

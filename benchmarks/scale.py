@@ -274,7 +274,7 @@ def child_build_new_output(a: dict) -> dict:
     from ntt_batch.output.folder import STAGING, OutputFolder
     from ntt_batch.output.parts import RunRecord, commit_staging
     from ntt_batch.pipeline.config import JobConfig
-    from ntt_batch.sources.inputs import HashAccumulator
+    from ntt_batch.sources.ids import HashAccumulator
 
     folder = OutputFolder(a["out"])
     run_id = "20261130T000000Z-bench000"

@@ -417,7 +417,7 @@ def bench(options: BenchOptions, *, echo: Callable[[str], None] = print, note: C
     """``ntt-batch bench``: time the fast path against the reference path (or the pipeline with a
     no-op model stage), print the report with ``echo`` (progress with ``note``), return it."""
     from .pipeline.plan import list_inputs
-    from .sources.inputs import InputSpec
+    from .sources import InputSpec
 
     o = options
     checkpoint_dir = _random_weights_for(o, note) if o.random_weights else o.checkpoint_dir

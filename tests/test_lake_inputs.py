@@ -34,7 +34,7 @@ from ntt_batch.pipeline.job import run_job
 from ntt_batch.pipeline.shard_plan import SHARDS, load_records
 from ntt_batch.pipeline.stages import NoopModelActor, decode_batch
 from ntt_batch.pipeline.verify import verify_output
-from ntt_batch.sources.inputs import stable_image_id
+from ntt_batch.sources.ids import stable_image_id
 from ntt_batch.sources.shards import expand_braces, split_sample_uris
 from ntt_batch.storage import reads
 

@@ -37,7 +37,9 @@ from ntt_batch.pipeline.job import run_job
 from ntt_batch.pipeline.plan import DuplicateInputError, OutputScan, plan_inputs
 from ntt_batch.pipeline.stages import NoopModelActor
 from ntt_batch.pipeline.verify import verify_output
-from ntt_batch.sources.inputs import InputSpec, UriHashes, iter_manifest, uri_digests
+from ntt_batch.sources import InputSpec
+from ntt_batch.sources.ids import UriHashes, uri_digests
+from ntt_batch.sources.manifest import iter_manifest
 
 
 def _job(random_checkpoints, small_bank, **kw) -> JobConfig:

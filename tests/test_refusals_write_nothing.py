@@ -177,7 +177,7 @@ def test_a_typo_in_images_then_the_corrected_rerun_is_accepted(tmp_path, bank, i
 
 def test_three_spellings_of_one_file_are_one_input(tmp_path, bank, images):
     from ntt_batch.pipeline.plan import list_inputs
-    from ntt_batch.sources.inputs import InputSpec
+    from ntt_batch.sources import InputSpec
 
     a = images / "a"
     a.mkdir()

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..sources.inputs import HashAccumulator, UriHashes, uri_digests
+from ..sources.ids import HashAccumulator, UriHashes, uri_digests
 from ..storage.checksums import HashingWriter
 from .folder import (
     PART_PREFIX,

@@ -19,7 +19,7 @@ from ..output.parts import (
     RunRecord,
     commit_staging,
 )
-from ..sources.inputs import HashAccumulator
+from ..sources.ids import HashAccumulator
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from ..method.config import (
 )
 from ..models.registry import DEFAULT_SAM2, SAM2_NAMES, get_spec
 from ..output.table_common import PublishError, PublishSpec
-from ..sources.inputs import InputSpec, normalise_extensions
+from ..sources import InputSpec
+from ..sources.ids import normalise_extensions
 from ..storage.fs import (
     InputImage,
     StorageOptionsError,

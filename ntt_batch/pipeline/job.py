@@ -63,7 +63,7 @@ from ..output.parts import (
 )
 from ..output.publish import publish_folder
 from ..output.table_common import PublishError
-from ..sources.inputs import HashAccumulator
+from ..sources.ids import HashAccumulator
 from .background import ProgressLine, StagingCommitter
 from .bank_prep import prepare_memory_bank
 from .config import JobConfig, input_spec

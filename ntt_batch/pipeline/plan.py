@@ -3,7 +3,7 @@
 Two streamed passes over the inputs and one over the committed parts:
 
 * **scan** (:func:`scan_output`): the ``image_uri`` and ``status`` columns of every committed part,
-  hashed into a :class:`~ntt_batch.sources.inputs.UriHashes` (16 bytes per row). A part that run.json
+  hashed into a :class:`~ntt_batch.sources.ids.UriHashes` (16 bytes per row). A part that run.json
   does not know, or whose size or version (mtime / ETag) changed since it was committed, is
   checked first: when its bytes still hash to the sha256 recorded at commit (``storage.checksums``; a
   copy or a touch) it is trusted again, else it is decoded completely (every page, with
@@ -37,16 +37,9 @@ import pyarrow.parquet as pq
 from ..output.folder import META, FileInfo, OutputFolder
 from ..output.parts import PartStats, stats_of_file
 from ..output.shards import STATUS_ERROR
-from ..sources.inputs import (
-    HashAccumulator,
-    InputSpec,
-    SourceStats,
-    UriHashes,
-    iter_inputs,
-    name_numbers,
-    stable_image_id,
-    uri_digests,
-)
+from ..sources import InputSpec, iter_inputs
+from ..sources.base import SourceStats
+from ..sources.ids import HashAccumulator, UriHashes, name_numbers, stable_image_id, uri_digests
 from ..storage.checksums import file_sha256
 from ..storage.fs import InputImage
 

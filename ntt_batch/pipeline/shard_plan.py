@@ -46,7 +46,8 @@ import pyarrow.parquet as pq
 
 from ..output.folder import META, OutputFolder, new_run_id, utc_now_iso
 from ..output.shards import STATUS_ERROR
-from ..sources.inputs import HashAccumulator, InputSpec, stable_image_id, uri_digests
+from ..sources import InputSpec
+from ..sources.ids import HashAccumulator, stable_image_id, uri_digests
 from ..sources.shards import ShardCensus, ShardedSource, is_sharded, split_sample_uris
 from .plan import OutputScan, Plan
 

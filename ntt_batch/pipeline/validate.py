@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 
 from ..method.config import ConfigError
 from ..output.folder import LEGACY_RUN_JSON, LOCK_JSON, META, RUN_JSON, OutputFolder, utc_now_iso
+from ..sources import InputSpec, iter_inputs
 from ..sources.base import SourceStats
-from ..sources.inputs import InputSpec, iter_inputs
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ from ..output.parts import (
     summary_of,
 )
 from ..output.shards import STATUS_ERROR
-from ..sources.inputs import HashAccumulator, InputSpec, UriHashes, iter_inputs, uri_digests
+from ..sources import InputSpec, iter_inputs
+from ..sources.ids import HashAccumulator, UriHashes, uri_digests
 from ..storage.checksums import file_sha256
 from .exit_codes import EXIT_IMAGE_ERRORS, EXIT_INTEGRITY, EXIT_LOCKED, EXIT_OK  # noqa: F401 (EXIT_LOCKED re-exported)
 from .shard_plan import check_sharded_inputs, is_sharded

@@ -17,7 +17,7 @@ separates shard and key. A shard that breaks (truncated, corrupt header, unreada
 readable samples plus one ``error`` row keyed ``<shard uri>#.shard`` (:data:`SHARD_ERROR_KEY`,
 a key no sample can have: WebDataset keys end before the first dot) naming where it broke.
 
-Image ids are :func:`~ntt_batch.sources.inputs.stable_image_id` of the row's URI, as for objects
+Image ids are :func:`~ntt_batch.sources.ids.stable_image_id` of the row's URI, as for objects
 whose names carry no unique number.
 """
 

@@ -7,9 +7,6 @@ memory does not grow with the number of inputs (only the 16-byte hash of each UR
 :class:`UriHashes` is the compact set used for duplicate detection and resume: two uint64 halves
 of a BLAKE2b-128 digest per URI (16 bytes per image), sorted; membership is exact up to a 2^-128
 collision chance.
-
-``InputSpec``, ``iter_inputs``, ``iter_listing``, ``iter_manifest``, ``iter_coco`` and
-``SourceStats`` are re-exported here from their modules in ``ntt_batch.sources`` (older imports).
 """
 
 from __future__ import annotations
@@ -21,12 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-
-from . import InputSpec, iter_inputs  # noqa: F401 (re-exported: older imports)
-from .base import INPUT_SCHEMA, SourceStats  # noqa: F401 (re-exported)
-from .coco import iter_coco  # noqa: F401 (re-exported)
-from .listing import iter_listing  # noqa: F401 (re-exported)
-from .manifest import URI_COLUMNS, iter_manifest  # noqa: F401 (re-exported)
 
 # The number a file name ends with, before its extension: 000000000139.jpg → 139 (at most 18 digits: int64).
 NAME_NUMBER = r"(?P<n>\d{1,18})(?:\.[^./]*)?$"
