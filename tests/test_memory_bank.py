@@ -366,7 +366,7 @@ def test_build_memory_bank_mean_colour_encoder():
     s26 = math.sqrt(26)
     assert bank.class_prototypes[0].tolist() == pytest.approx([5 / s26, 1 / s26, 0.0], abs=1e-5)
     assert bank.class_prototypes[1].tolist() == pytest.approx([0.0, 0.0, 1.0], abs=1e-5)
-    assert bank.encoder == {"name": "fake-colour"}
+    assert bank.encoder == {"name": "fake-colour", "checkpoint_sha256": None}  # recorded even when unknown
     assert bank.config["crop_size"] == 28
     assert [r["annotation_id"] for r in bank.references["instances"]] == [11, 12, 13]
     assert bank.references["source"] == {"kind": "test"}

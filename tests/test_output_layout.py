@@ -470,7 +470,7 @@ def test_interrupted_commit_is_finished_or_undone(tmp_path, crash_at, monkeypatc
     """A crash after the intent is written is finished by the next run when the new parts are complete
     (under _ntt/tmp or already published); if they are gone, it is undone and the sources stay.
     In-process: the crash point raises instead of killing (tests/test_crash_points.py kills for real)."""
-    import ntt_batch.output.parts as parts_mod
+    import ntt_batch.output.intents as intents_mod
 
     folder = OutputFolder(str(tmp_path / "out"))
     src = folder.path("_ntt/staging/r/a.parquet")
@@ -488,7 +488,7 @@ def test_interrupted_commit_is_finished_or_undone(tmp_path, crash_at, monkeypatc
         if name == (crash_at if crash_at != "lost_tmp" else "staging.intent"):
             raise Crash(name)
 
-    monkeypatch.setattr(parts_mod, "crash_point", crash_point)
+    monkeypatch.setattr(intents_mod, "crash_point", crash_point)
     with pytest.raises(Crash):
         commit(folder, new, [src], record.update, kind="staging")
     monkeypatch.undo()
