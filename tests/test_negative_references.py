@@ -599,7 +599,7 @@ def test_memory_build_negatives_file_and_remining_keeps_them(mined_bank, random_
     res = CliRunner().invoke(
         main,
         ["memory", "negatives", str(out), "--sam2", "sam2.1_hiera_tiny", *common, "--points-per-side", "2",
-         "--pred-iou-threshold", "0", "--nms-iou-threshold", "1", "--score-threshold", "0", "--max-per-class", "1",
+         "--pred-iou-threshold", "0", "--nms-iou-threshold", "1", "--thresholds", "0", "--max-per-class", "1",
          "--references-only"],
         catch_exceptions=False,
     )  # fmt: skip

@@ -167,12 +167,15 @@ def memory_info(bank):
 @memory.command("negatives")
 @click.argument("bank", type=click.Path(exists=True, file_okay=False))
 @click.option(
-    "--score-threshold",
+    "--thresholds",
+    "score_threshold",
     default=0.2,
     show_default=True,
     type=click.FloatRange(0, 1),
-    help="Keep detections scoring at least this (the authors' negative_score_thr).",
+    metavar="T",
+    help="Keep detections scoring at least this (the authors' negative_score_thr; one number here).",
 )
+@click.option("--score-threshold", "old_score_threshold", default=None, type=click.FloatRange(0, 1), hidden=True)
 @click.option(
     "--max-per-class",
     default=10,
@@ -197,11 +200,13 @@ def memory_info(bank):
 )
 @click.option("--references-only", is_flag=True, help="Only the bank's references count as annotated (no COCO file).")
 @segmenter_options
-def memory_negatives(bank, score_threshold, max_per_class, iou_threshold, annotations, references_only, **kw):
+def memory_negatives(
+    bank, score_threshold, old_score_threshold, max_per_class, iou_threshold, annotations, references_only, **kw
+):
     """Mine negative references from BANK's own reference images and add them to BANK.
 
     The reference images are segmented with the bank (the segmenter flags below, as for `segment`);
-    detections that are not annotated instances of their class score >= --score-threshold become
+    detections that are not annotated instances of their class score >= --thresholds become
     negative references of that class (the authors' negative-reference mode,
     docs/negative_references.md). BANK is rewritten with them (new content hash) and they are saved
     as BANK/negatives.json; `segment`/`run` use them with --use-negatives.
@@ -210,6 +215,9 @@ def memory_negatives(bank, score_threshold, max_per_class, iou_threshold, annota
       ntt-batch memory negatives bank/ --sam2 sam2_hiera_large
       ntt-batch segment --memory bank/ --use-negatives ...
     """
+    if old_score_threshold is not None:  # the flag's old name, as on the other commands
+        click.echo("notice: --score-threshold is now --thresholds; the old name keeps working", err=True)
+        score_threshold = old_score_threshold
     from ..bank.mining import mine_negatives
 
     config = segmenter_config_from_flags(kw)
