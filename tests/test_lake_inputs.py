@@ -28,10 +28,10 @@ import pytest
 from conftest import job_config, rows_by_uri
 
 from ntt_batch.method.config import ConfigError
-from ntt_batch.output.folder import OutputFolder
+from ntt_batch.output.folder import SHARDS, OutputFolder
 from ntt_batch.output.lease import LeaseHeldError
 from ntt_batch.pipeline.job import run_job
-from ntt_batch.pipeline.shard_plan import SHARDS, load_records
+from ntt_batch.pipeline.shard_plan import load_records
 from ntt_batch.pipeline.stages import NoopModelActor, decode_batch
 from ntt_batch.pipeline.verify import verify_output
 from ntt_batch.sources.ids import stable_image_id

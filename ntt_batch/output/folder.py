@@ -54,6 +54,9 @@ RETRIED = f"{META}/retried"
 REPLACED = f"{META}/replaced"
 LOCK = f"{META}/lock"
 LOCK_JSON = f"{META}/lock.json"
+TODO = f"{META}/todo"  # an attempt's planned inputs (pipeline.plan)
+SHARDS = f"{META}/shards"  # the per-shard census of sharded inputs (pipeline.shard_plan)
+ICEBERG = f"{META}/iceberg"  # the embedded Iceberg catalog and warehouse (output.iceberg_table)
 LEGACY_RUN_JSON = "run.json"  # layout of ntt-batch 0.1 (run.json beside the shards)
 PART_PREFIX = "part-"
 

@@ -7,11 +7,10 @@ import logging
 import os
 import time
 
-from .folder import OutputFolder
+from .folder import ICEBERG, OutputFolder
 from .shards import SHARD_SCHEMA
 from .table_common import (
     EMBEDDED,
-    EMBEDDED_DIR,
     PROPERTY_OUTPUT,
     Part,
     PublishError,
@@ -72,7 +71,7 @@ def load_catalog(spec: PublishSpec, folder: OutputFolder):
                 "local): name one with --iceberg sqlite:////local/path/catalog.db (--warehouse s3://... to keep the "
                 "table's metadata in the object store), or a REST/Glue catalog"
             )
-        catalog = "sqlite:///" + folder.path(f"{EMBEDDED_DIR}/catalog.db")
+        catalog = "sqlite:///" + folder.path(f"{ICEBERG}/catalog.db")
     db = _sqlite_path(catalog)
     if db is not None:
         os.makedirs(os.path.dirname(db), exist_ok=True)

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .folder import COMMITS, META, OutputFolder
+from .folder import COMMITS, OutputFolder
 
 EMBEDDED = "embedded"  # --iceberg without a value: the embedded SQLite catalog under <out>/_ntt/iceberg/
-
-
-EMBEDDED_DIR = f"{META}/iceberg"
 
 
 PROPERTY_OUTPUT = "ntt-batch.output"  # table property / snapshot property: the output a table publishes

@@ -49,6 +49,7 @@ from ..output.folder import (
     RETRIED,
     STAGING,
     TMP,
+    TODO,
     OutputFolder,
     new_run_id,
     utc_now_iso,
@@ -71,7 +72,7 @@ from .exit_codes import EXIT_IMAGE_ERRORS, EXIT_INTEGRITY, EXIT_OK  # the table 
 from .fingerprint import JobMismatchError, fingerprint_differences, job_fingerprint
 from .graph import execute
 from .placeholders import refuse_placeholders
-from .plan import TODO, OutputScan, Plan, plan_inputs, scan_output
+from .plan import OutputScan, Plan, plan_inputs, scan_output
 from .shard_plan import ShardPlan, finish_attempt, is_sharded, plan_shards
 from .validate import check_before_writing, output_before, tidy_after_release, undo_refused_attempt, verify_bank
 

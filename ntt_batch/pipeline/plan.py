@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..output.folder import META, FileInfo, OutputFolder
+from ..output.folder import TODO, FileInfo, OutputFolder
 from ..output.parts import PartStats, stats_of_file
 from ..output.shards import STATUS_ERROR
 from ..sources import InputSpec, iter_inputs
@@ -45,7 +45,6 @@ from ..storage.fs import InputImage
 
 log = logging.getLogger(__name__)
 
-TODO = f"{META}/todo"
 TODO_SCHEMA = pa.schema([("image_id", pa.int64()), ("image_uri", pa.string())])
 _PASS1_SCHEMA = pa.schema(
     [

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..output.folder import META, OutputFolder, new_run_id, utc_now_iso
+from ..output.folder import SHARDS, OutputFolder, new_run_id, utc_now_iso
 from ..output.shards import STATUS_ERROR
 from ..sources import InputSpec
 from ..sources.ids import HashAccumulator, stable_image_id, uri_digests
@@ -53,7 +53,6 @@ from .plan import OutputScan, Plan
 
 log = logging.getLogger(__name__)
 
-SHARDS = f"{META}/shards"
 CENSUS = f"{SHARDS}/census"
 RECORDS_SCHEMA = pa.schema(
     [

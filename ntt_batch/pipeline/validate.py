@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..method.config import ConfigError
-from ..output.folder import LEGACY_RUN_JSON, LOCK_JSON, META, RUN_JSON, OutputFolder, utc_now_iso
+from ..output.folder import LEGACY_RUN_JSON, LOCK_JSON, META, RUN_JSON, SHARDS, OutputFolder, utc_now_iso
 from ..sources import InputSpec, iter_inputs
 from ..sources.base import SourceStats
 
@@ -63,7 +63,7 @@ def check_inputs_exist(spec: InputSpec, options: dict | None, folder: OutputFold
         try:
             source.check_exists(options)
         except FileNotFoundError:
-            if folder is None or not folder.fs.exists(folder.path(f"{META}/shards")):
+            if folder is None or not folder.fs.exists(folder.path(SHARDS)):
                 raise
         return
     if spec.kind in _NOT_PEEKED:
